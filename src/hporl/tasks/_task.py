@@ -1,0 +1,669 @@
+"""``Task``: the data (train/val/test, in memory), the model(s), the loss and metric, the budget."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import inspect
+import io
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hporl.exceptions import TaskError
+from hporl.tasks import models as _models
+
+__all__ = ["FEATURE_NAMES", "ModelSpec", "Task"]
+
+logger = logging.getLogger(__name__)
+
+TASK_TYPES = ("classification", "regression")
+INPUT_KINDS = ("tabular", "image", "sequence")
+_MISSING_STRINGS = {"", "na", "nan", "null", "none", "?"}
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_n_train",
+    "log_n_inputs",
+    "log_n_classes",
+    "is_regression",
+    "class_balance",
+    "class_entropy",
+    "input_tabular",
+    "input_image",
+    "input_sequence",
+    "frac_categorical",
+    "frac_missing",
+    "log_samples_per_input",
+    "landmark_linear",
+    "log_params",
+    "model_depth",
+    "model_conv",
+    "model_dropout",
+    "n_models",
+    "log_epochs",
+)
+"""Names of :meth:`Task.features`, in order. All lie in [0, 1] (``log_samples_per_input`` in
+[-1, 1]) so that they are comparable across tasks; the task's name or id is never a feature."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a task: a module deep-copied for each trial, or a factory."""
+
+    name: str
+    source: nn.Module | Callable[..., nn.Module]
+
+    @classmethod
+    def of(cls, model: Any) -> ModelSpec:
+        if isinstance(model, ModelSpec):
+            return model
+        if isinstance(model, nn.Module):
+            return cls(type(model).__name__, model)
+        if callable(model):
+            return cls(getattr(model, "__name__", type(model).__name__), model)
+        raise TaskError(
+            f"model must be an nn.Module or a factory(input_shape, n_outputs) returning one, "
+            f"got {type(model).__name__}"
+        )
+
+    @property
+    def takes_config(self) -> bool:
+        if isinstance(self.source, nn.Module):
+            return False
+        try:
+            return "config" in inspect.signature(self.source).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def build(
+        self, input_shape: tuple[int, ...], n_outputs: int, config: Mapping[str, Any] | None = None
+    ) -> nn.Module:
+        """A fresh model: a deep copy of the module, or the factory's output (seed torch first)."""
+        if isinstance(self.source, nn.Module):
+            return copy.deepcopy(self.source)
+        if self.takes_config:
+            module = self.source(input_shape, n_outputs, config=config)
+        else:
+            module = self.source(input_shape, n_outputs)
+        if not isinstance(module, nn.Module):
+            raise TaskError(
+                f"model factory {self.name!r} returned {type(module).__name__}, not an nn.Module"
+            )
+        return module
+
+
+class Task:
+    """A learning problem: preprocessed train/val/test tensors, one model or several, a budget.
+
+    Build one with :meth:`from_arrays`, :meth:`from_csv` or :func:`hporl.tasks.builtin`. The data
+    is held once, in memory, as tensors; models are built fresh for every trial.
+
+    Attributes:
+        name: a label for reports (never a meta-feature).
+        task_type: ``"classification"`` (cross-entropy, accuracy) or ``"regression"`` (MSE on the
+            standardised target, R²).
+        input_shape: shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
+        n_outputs: number of classes, or 1.
+        epochs: the default training budget of one trial.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        X_train: torch.Tensor,
+        y_train: torch.Tensor,
+        X_val: torch.Tensor,
+        y_val: torch.Tensor,
+        X_test: torch.Tensor,
+        y_test: torch.Tensor,
+        model: Any = None,
+        task_type: str = "classification",
+        epochs: int = 20,
+        input_kind: str | None = None,
+        n_outputs: int | None = None,
+        classes: Sequence[Any] | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        if task_type not in TASK_TYPES:
+            raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            raise TaskError(f"epochs must be a positive integer, got {epochs!r}")
+        for split, X, y in (("train", X_train, y_train), ("val", X_val, y_val), ("test", X_test, y_test)):
+            if len(X) == 0:
+                raise TaskError(f"the {split} split is empty")
+            if len(X) != len(y):
+                raise TaskError(f"the {split} split has {len(X)} inputs but {len(y)} targets")
+            if not torch.isfinite(X).all():
+                raise TaskError(f"the {split} inputs contain NaN or inf")
+        self.name = name
+        self.task_type = task_type
+        self.X_train, self.y_train = X_train.float().contiguous(), y_train.contiguous()
+        self.X_val, self.y_val = X_val.float().contiguous(), y_val.contiguous()
+        self.X_test, self.y_test = X_test.float().contiguous(), y_test.contiguous()
+        if task_type == "classification":
+            self.y_train, self.y_val, self.y_test = (t.long() for t in (self.y_train, self.y_val, self.y_test))
+        else:
+            self.y_train, self.y_val, self.y_test = (t.float().reshape(-1) for t in (self.y_train, self.y_val, self.y_test))
+        self.input_shape = tuple(int(s) for s in X_train.shape[1:])
+        if input_kind is None:
+            input_kind = {1: "tabular", 2: "sequence"}.get(len(self.input_shape), "image")
+        if input_kind not in INPUT_KINDS:
+            raise TaskError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+        self.input_kind = input_kind
+        if task_type == "classification":
+            n_cls = int(max(self.y_train.max(), self.y_val.max(), self.y_test.max())) + 1
+            self.n_outputs = int(n_outputs or n_cls)
+            present = int(torch.unique(self.y_train).numel())
+            if present < 2:
+                raise TaskError(
+                    f"task {name!r}: the classification target has one class in the train split; "
+                    "it needs at least two"
+                )
+        else:
+            self.n_outputs = 1
+        self.classes = list(classes) if classes is not None else None
+        self.epochs = epochs
+        self.info: dict[str, Any] = dict(info or {})
+        if model is None:
+            model = _models.make_cnn if input_kind == "image" else _models.make_mlp
+        raw = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not raw:
+            raise TaskError("model: the list of models is empty")
+        self.models = [ModelSpec.of(m) for m in raw]
+        self._check_models()
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        X: Any,
+        y: Any,
+        *,
+        model: Any = None,
+        task_type: str | None = None,
+        epochs: int = 20,
+        name: str = "task",
+        val_size: float = 0.2,
+        test_size: float = 0.2,
+        seed: int = 0,
+        columns: Sequence[str] | None = None,
+        input_kind: str | None = None,
+    ) -> Task:
+        """Split, preprocess (fitted on the train split only) and wrap arrays as a task.
+
+        ``X`` is 2-D tabular data (numbers, strings, missing values; numeric columns are imputed
+        with the median and standardised, others imputed with the most frequent value and
+        one-hot encoded), or an array of 3+ dimensions of numbers (sequences ``(n, C, L)``,
+        images ``(n, C, H, W)``; standardised per channel). ``y`` holds class labels (any type)
+        or real values; ``task_type`` is inferred when not given.
+
+        Raises:
+            TaskError: before any training, naming what is wrong.
+        """
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a DataFrame, without importing pandas
+            columns = columns or [str(c) for c in X.columns]
+            X = X.to_numpy(dtype=object)
+        if hasattr(y, "to_numpy"):
+            y = y.to_numpy()
+        X = np.asarray(X)
+        y = np.asarray(y)
+        if X.ndim == 1:
+            raise TaskError(f"X must have one row per sample (2 or more dimensions), got shape {X.shape}")
+        if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
+            raise TaskError(f"y must be one-dimensional (one target per row), got shape {y.shape}")
+        y = y.reshape(-1)
+        if len(X) != len(y):
+            raise TaskError(f"X has {len(X)} rows but y has {len(y)}; they must have the same length")
+        if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
+            raise TaskError(
+                f"val_size and test_size must be in (0, 1) with a sum below 1, got {val_size}, {test_size}"
+            )
+        missing_y = _missing_mask(y)
+        if missing_y.any():
+            rows = np.flatnonzero(missing_y)
+            raise TaskError(
+                f"the target has {len(rows)} missing value(s) (rows {', '.join(map(str, rows[:5]))}"
+                f"{', ...' if len(rows) > 5 else ''}); drop or fill those rows"
+            )
+        task_type = task_type or _infer_task_type(y)
+        if task_type not in TASK_TYPES:
+            raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        classes = None
+        if task_type == "classification":
+            classes, y_enc = np.unique(y.astype(str) if y.dtype == object else y, return_inverse=True)
+            if len(classes) < 2:
+                raise TaskError(
+                    f"the classification target has one class ({classes[0]!r}); it needs at least two"
+                )
+            y_arr = y_enc.astype(np.int64)
+        else:
+            try:
+                y_arr = y.astype(np.float64)
+            except ValueError as err:
+                raise TaskError(f"the regression target is not numeric: {err}") from None
+            if not np.isfinite(y_arr).all():
+                raise TaskError("the regression target contains inf")
+        train_idx, val_idx, test_idx = _split(len(y_arr), y_arr if classes is not None else None, val_size, test_size, seed)
+        info: dict[str, Any] = {"n_rows": len(y_arr)}
+        if X.ndim == 2:
+            prep = _TabularPreprocessor(columns)
+            X_train = prep.fit_transform(X[train_idx])
+            X_val, X_test = prep.transform(X[val_idx]), prep.transform(X[test_idx])
+            info.update(
+                frac_categorical=prep.frac_categorical,
+                frac_missing=prep.frac_missing,
+                n_raw_features=X.shape[1],
+                columns=prep.columns,
+            )
+            input_kind = input_kind or "tabular"
+        else:
+            try:
+                Xf = X.astype(np.float32)
+            except (ValueError, TypeError) as err:
+                raise TaskError(f"X with {X.ndim} dimensions must be numeric: {err}") from None
+            bad = ~np.isfinite(Xf)
+            if bad.any():
+                row = int(np.argwhere(bad)[0][0])
+                raise TaskError(f"X contains NaN or inf (first at row {row})")
+            axes = (0, *range(2, Xf.ndim))
+            mean = Xf[train_idx].mean(axis=axes, keepdims=True)
+            std = Xf[train_idx].std(axis=axes, keepdims=True) + 1e-8
+            X_train, X_val, X_test = ((Xf[i] - mean) / std for i in (train_idx, val_idx, test_idx))
+            info.update(frac_categorical=0.0, frac_missing=0.0, n_raw_features=int(np.prod(X.shape[1:])))
+            input_kind = input_kind or ("sequence" if X.ndim == 3 else "image")
+        if task_type == "regression":
+            mu, sd = float(y_arr[train_idx].mean()), float(y_arr[train_idx].std()) or 1.0
+            y_arr = (y_arr - mu) / sd
+            info.update(y_mean=mu, y_std=sd)
+        t = torch.from_numpy
+        return cls(
+            name=name,
+            X_train=t(np.ascontiguousarray(X_train, dtype=np.float32)),
+            y_train=t(y_arr[train_idx]),
+            X_val=t(np.ascontiguousarray(X_val, dtype=np.float32)),
+            y_val=t(y_arr[val_idx]),
+            X_test=t(np.ascontiguousarray(X_test, dtype=np.float32)),
+            y_test=t(y_arr[test_idx]),
+            model=model,
+            task_type=task_type,
+            epochs=epochs,
+            input_kind=input_kind,
+            n_outputs=len(classes) if classes is not None else None,
+            classes=[c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else None,
+            info=info,
+        )
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        *,
+        target: str,
+        model: Any = None,
+        delimiter: str | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        """Read a CSV file with a header row; ``target`` names the column to predict.
+
+        Other keyword arguments go to :meth:`from_arrays`. Without ``model``, the default MLP.
+        """
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise TaskError(f"cannot read CSV file {str(path)!r}: {err.strerror}") from None
+        if b"\x00" in raw[:4096]:
+            raise TaskError(f"{path} is not a CSV file (it holds binary data)")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise TaskError(f"{path} is not a UTF-8 text CSV file") from None
+        if delimiter is None:
+            try:
+                delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|").delimiter
+            except csv.Error:
+                delimiter = ","
+        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+        rows = [r for r in rows if any(cell.strip() for cell in r)]
+        if not rows:
+            raise TaskError(f"{path} is empty")
+        header = [h.strip() for h in rows[0]]
+        if target not in header:
+            import difflib
+
+            close = difflib.get_close_matches(target, header, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TaskError(
+                f"{path}: no target column {target!r}; the columns are {header!r}.{hint}"
+            )
+        body = rows[1:]
+        for i, r in enumerate(body, start=2):
+            if len(r) != len(header):
+                raise TaskError(
+                    f"{path}, line {i}: {len(r)} fields where the header has {len(header)}; "
+                    "is this a CSV file with the right delimiter?"
+                )
+        if len(body) < 5:
+            raise TaskError(f"{path}: {len(body)} data rows are too few for train/val/test splits")
+        data = np.array(body, dtype=object)
+        ti = header.index(target)
+        X = np.delete(data, ti, axis=1)
+        y = data[:, ti]
+        y_num = _as_float(y)
+        if y_num is not None and kwargs.get("task_type") != "classification":
+            y = y_num
+        cols = [h for j, h in enumerate(header) if j != ti]
+        kwargs.setdefault("name", path.stem)
+        return cls.from_arrays(X, y, model=model, columns=cols, **kwargs)
+
+    # -- models -----------------------------------------------------------------------------
+    def build_model(self, index: int = 0, config: Mapping[str, Any] | None = None) -> nn.Module:
+        return self.models[index].build(self.input_shape, self.n_outputs, config)
+
+    def _check_models(self) -> None:
+        x = self.X_train[:2]
+        for spec in self.models:
+            torch.manual_seed(0)
+            module = spec.build(self.input_shape, self.n_outputs, None)
+            try:
+                with torch.no_grad():
+                    out = module(x)
+            except Exception as err:
+                raise TaskError(
+                    f"model {spec.name!r} fails on a batch of shape {tuple(x.shape)}: {err}"
+                ) from None
+            want = (len(x), self.n_outputs)
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+            ok = got == want or (self.task_type == "regression" and got == (len(x),))
+            if not ok:
+                raise TaskError(
+                    f"model {spec.name!r} returns shape {got} for a batch of {len(x)}; task "
+                    f"{self.name!r} needs {want} ({self.task_type}, {self.n_outputs} outputs)"
+                )
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def metric_name(self) -> str:
+        return "accuracy" if self.task_type == "classification" else "r2"
+
+    @cached_property
+    def chance_metric(self) -> float:
+        """The metric of a constant prediction on the validation split (majority class / 0 R²)."""
+        if self.task_type == "classification":
+            counts = torch.bincount(self.y_train, minlength=self.n_outputs)
+            return float((self.y_val == int(counts.argmax())).float().mean())
+        return 0.0
+
+    @cached_property
+    def _model_stats(self) -> dict[str, float]:
+        params, depth, conv, drop = [], [], [], []
+        for spec in self.models:
+            torch.manual_seed(0)
+            m = spec.build(self.input_shape, self.n_outputs, None)
+            params.append(sum(p.numel() for p in m.parameters()))
+            mods = list(m.modules())
+            depth.append(sum(isinstance(x, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods))
+            conv.append(any(isinstance(x, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods))
+            drop.append(any(isinstance(x, nn.Dropout) for x in mods))
+        return {
+            "log_params": float(np.mean([math.log10(max(p, 1)) for p in params])) / 8,
+            "model_depth": float(np.mean([math.log2(1 + d) for d in depth])) / 5,
+            "model_conv": float(np.mean(conv)),
+            "model_dropout": float(np.mean(drop)),
+        }
+
+    @cached_property
+    def _landmark(self) -> float:
+        """Chance-adjusted validation score of a linear model fitted on (a sample of) train."""
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        rng = np.random.default_rng(0)
+        n = len(self.X_train)
+        idx = rng.choice(n, size=min(n, 1000), replace=False)
+        X = self.X_train[idx].reshape(len(idx), -1).numpy()
+        y = self.y_train[idx].numpy()
+        Xv = self.X_val.reshape(len(self.X_val), -1).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.task_type == "classification":
+                if len(np.unique(y)) < 2:
+                    return 0.0
+                score = LogisticRegression(max_iter=200).fit(X, y).score(Xv, self.y_val.numpy())
+                chance = self.chance_metric
+                return float(np.clip((score - chance) / max(1 - chance, 1e-9), 0, 1))
+            score = Ridge(alpha=1.0).fit(X, y).score(Xv, self.y_val.numpy())
+            return float(np.clip(score, 0, 1))
+
+    def features(self) -> np.ndarray:
+        """Meta-features of the task (see :data:`FEATURE_NAMES`), comparable across tasks."""
+        n = len(self.X_train)
+        d = int(math.prod(self.input_shape))
+        if self.task_type == "classification":
+            freq = torch.bincount(self.y_train, minlength=self.n_outputs).double() / n
+            nz = freq[freq > 0]
+            balance = float(nz.min() / nz.max())
+            entropy = float(-(nz * nz.log()).sum() / math.log(self.n_outputs))
+            log_classes = math.log2(self.n_outputs) / 10
+        else:
+            balance, entropy, log_classes = 1.0, 1.0, 0.0
+        ms = self._model_stats
+        values = {
+            "log_n_train": math.log10(n) / 6,
+            "log_n_inputs": math.log10(d) / 5,
+            "log_n_classes": log_classes,
+            "is_regression": float(self.task_type == "regression"),
+            "class_balance": balance,
+            "class_entropy": entropy,
+            "input_tabular": float(self.input_kind == "tabular"),
+            "input_image": float(self.input_kind == "image"),
+            "input_sequence": float(self.input_kind == "sequence"),
+            "frac_categorical": float(self.info.get("frac_categorical", 0.0)),
+            "frac_missing": float(self.info.get("frac_missing", 0.0)),
+            "log_samples_per_input": float(np.clip(math.log10(n / d) / 5, -1, 1)),
+            "landmark_linear": self._landmark,
+            **ms,
+            "n_models": min(len(self.models), 10) / 10,
+            "log_epochs": math.log10(self.epochs) / 3,
+        }
+        return np.array([min(max(values[k], -1.0), 1.0) for k in FEATURE_NAMES], dtype=np.float32)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the data, the model definitions, the task type and the epoch budget."""
+        h = hashlib.sha256()
+        for t in (self.X_train, self.y_train, self.X_val, self.y_val, self.X_test, self.y_test):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.numpy().tobytes())
+        for spec in self.models:
+            torch.manual_seed(0)
+            m = spec.build(self.input_shape, self.n_outputs, None)
+            h.update(spec.name.encode())
+            h.update(repr(m).encode())
+            for k, v in m.state_dict().items():
+                h.update(k.encode())
+                h.update(v.detach().cpu().numpy().tobytes())
+        h.update(f"{self.task_type}|{self.epochs}|{self.n_outputs}".encode())
+        return h.hexdigest()[:32]
+
+    def with_epochs(self, epochs: int) -> Task:
+        """A shallow copy with another epoch budget (data tensors are shared, not copied)."""
+        if not isinstance(epochs, int) or epochs < 1:
+            raise TaskError(f"epochs must be a positive integer, got {epochs!r}")
+        other = copy.copy(self)
+        other.epochs = epochs
+        other.__dict__.pop("fingerprint", None)
+        return other
+
+    def __repr__(self) -> str:
+        return (
+            f"Task({self.name!r}, {self.task_type}, {self.input_kind} {self.input_shape}, "
+            f"train/val/test={len(self.X_train)}/{len(self.X_val)}/{len(self.X_test)}, "
+            f"models={[m.name for m in self.models]}, epochs={self.epochs})"
+        )
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _missing_mask(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "f":
+        return np.isnan(a)
+    if a.dtype == object:
+        return np.array(
+            [
+                v is None
+                or (isinstance(v, float) and math.isnan(v))
+                or (isinstance(v, str) and v.strip().lower() in _MISSING_STRINGS)
+                for v in a.reshape(-1)
+            ],
+            dtype=bool,
+        ).reshape(a.shape)
+    if a.dtype.kind in "US":
+        return np.char.lower(np.char.strip(a.astype(str))) == "" if a.size else np.zeros(a.shape, bool)
+    return np.zeros(a.shape, dtype=bool)
+
+
+def _as_float(col: np.ndarray) -> np.ndarray | None:
+    """The column as floats (missing -> NaN) if every present value is a number, else None."""
+    if col.dtype.kind in "fiub":
+        return col.astype(np.float64)
+    missing = _missing_mask(col)
+    out = np.full(col.shape, np.nan)
+    for i, v in enumerate(col):
+        if missing[i]:
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            return None
+    return out
+
+
+def _infer_task_type(y: np.ndarray) -> str:
+    yf = _as_float(y) if y.dtype == object else (y.astype(np.float64) if y.dtype.kind in "fiub" else None)
+    if yf is None or y.dtype.kind in "bUS":
+        return "classification"
+    integral = np.all(np.mod(yf, 1) == 0)
+    if integral and len(np.unique(yf)) <= max(2, min(50, len(yf) // 5)):
+        return "classification"
+    return "regression"
+
+
+def _split(
+    n: int, y: np.ndarray | None, val_size: float, test_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_test = int(round(n * test_size))
+    n_val = int(round(n * val_size))
+    n_train = n - n_test - n_val
+    for split, k in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if k < 1:
+            raise TaskError(
+                f"the {split} split is empty: {n} rows are too few for val_size={val_size} and "
+                f"test_size={test_size}"
+            )
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
+
+    def cut(a: np.ndarray, size: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        strat = labels
+        if strat is not None:
+            _, counts = np.unique(strat, return_counts=True)
+            n_cls = len(counts)
+            if counts.min() < 2 or size < n_cls or len(a) - size < n_cls:
+                strat = None
+        return train_test_split(a, test_size=size, random_state=seed, stratify=strat)
+
+    rest, test = cut(idx, n_test, y)
+    train, val = cut(rest, n_val, y[rest] if y is not None else None)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+class _TabularPreprocessor:
+    """Median-impute + standardise numeric columns, impute + one-hot the others (sklearn)."""
+
+    def __init__(self, columns: Sequence[str] | None) -> None:
+        self.columns = list(columns) if columns is not None else None
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        n_cols = X.shape[1]
+        if self.columns is None:
+            self.columns = [f"x{j}" for j in range(n_cols)]
+        if len(self.columns) != n_cols:
+            raise TaskError(f"{len(self.columns)} column names for {n_cols} columns")
+        if n_cols == 0:
+            raise TaskError("X has no feature columns")
+        self.numeric, self.categorical = [], []
+        missing_total = 0
+        for j, name in enumerate(self.columns):
+            col = X[:, j]
+            miss = _missing_mask(col)
+            if miss.all():
+                raise TaskError(f"column {name!r} is entirely empty in the train split; drop it")
+            missing_total += int(miss.sum())
+            num = _as_float(col)
+            if num is not None:
+                if np.isinf(num).any():
+                    row = int(np.flatnonzero(np.isinf(num))[0])
+                    raise TaskError(f"feature column {name!r} contains inf (train row {row})")
+                self.numeric.append(j)
+            else:
+                self.categorical.append(j)
+        self.frac_missing = missing_total / max(X.size, 1)
+        if missing_total:
+            msg = f"{missing_total} missing feature value(s) in the train split were imputed"
+            warnings.warn(msg, UserWarning, stacklevel=3)
+            logger.info(msg)
+        self.num_pipe = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+        self.cat_pipe = make_pipeline(
+            SimpleImputer(strategy="most_frequent"),
+            OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+        )
+        num, cat = self._clean(X)
+        blocks = []
+        if self.numeric:
+            blocks.append(self.num_pipe.fit_transform(num))
+        if self.categorical:
+            blocks.append(self.cat_pipe.fit_transform(cat))
+        out = np.hstack(blocks)
+        n_out = out.shape[1]
+        self.frac_categorical = (n_out - len(self.numeric)) / max(n_out, 1)
+        return out
+
+    def _clean(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        num = np.empty((len(X), len(self.numeric)), dtype=np.float64)
+        for k, j in enumerate(self.numeric):
+            col = _as_float(X[:, j])
+            if col is None:
+                raise TaskError(f"feature column {self.columns[j]!r} holds text in val/test rows")
+            if np.isinf(col).any():
+                raise TaskError(f"feature column {self.columns[j]!r} contains inf")
+            num[:, k] = col
+        cat = np.empty((len(X), len(self.categorical)), dtype=object)
+        for k, j in enumerate(self.categorical):
+            col = X[:, j]
+            miss = _missing_mask(col)
+            cat[:, k] = [np.nan if m else str(v) for v, m in zip(col, miss)]
+        return num, cat
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        num, cat = self._clean(X)
+        blocks = []
+        if self.numeric:
+            blocks.append(self.num_pipe.transform(num))
+        if self.categorical:
+            blocks.append(self.cat_pipe.transform(cat))
+        return np.hstack(blocks)
