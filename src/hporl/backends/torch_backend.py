@@ -1,0 +1,354 @@
+"""``TorchBackend``: real PyTorch training of a task's model(s) with one configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
+
+if TYPE_CHECKING:
+    from hporl.tasks import Task
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TorchBackend"]
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle")
+AVERAGING = ("off", "ema", "swa")
+
+
+class _BadConfig(ValueError):
+    """A hyperparameter value the backend cannot use (becomes a ``failed`` result)."""
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    """The training hyperparameters read from a configuration (the ``optimizer`` space's names;
+    ``learning_rate`` is accepted for ``lr``, as in the ``lcbench`` space). Missing keys take
+    the ``optimizer`` space's defaults; other keys (architecture) are for the model factory."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    beta1: float
+    beta2: float
+    weight_decay: float
+    lr_schedule: str
+    warmup_fraction: float
+    step_gamma: float
+    exp_gamma: float
+    batch_size: int
+    grad_clip_norm: float
+    label_smoothing: float
+    weight_averaging: str
+    ema_decay: float
+    swa_start: float
+
+    @classmethod
+    def read(cls, config: Mapping[str, Any]) -> _Hyper:
+        def num(key: str, default: float, lo: float, hi: float, *, lo_open: bool = False) -> float:
+            value = config.get(key, default)
+            if key == "lr" and "lr" not in config and "learning_rate" in config:
+                value = config["learning_rate"]
+            if value is None:
+                value = default
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _BadConfig(f"{key} must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
+                bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+                raise _BadConfig(f"{key} must lie in {bound}, got {value!r}")
+            return value
+
+        def choice(key: str, default: str, options: tuple[str, ...]) -> str:
+            value = config.get(key, default)
+            if value not in options:
+                raise _BadConfig(f"{key} must be one of {', '.join(options)}, got {value!r}")
+            return str(value)
+
+        batch = config.get("batch_size", 64)
+        if isinstance(batch, bool) or not isinstance(batch, (int, float)) or batch < 1 or batch != int(batch):
+            raise _BadConfig(f"batch_size must be a positive integer, got {batch!r}")
+        return cls(
+            optimizer=choice("optimizer", "adam", OPTIMIZERS),
+            lr=num("lr", 1e-3, 0.0, math.inf, lo_open=True),
+            momentum=num("momentum", 0.9, 0.0, 1.0),
+            beta1=num("beta1", 0.9, 0.0, 1.0),
+            beta2=num("beta2", 0.999, 0.0, 1.0),
+            weight_decay=num("weight_decay", 0.0, 0.0, math.inf),
+            lr_schedule=choice("lr_schedule", "constant", SCHEDULES),
+            warmup_fraction=num("warmup_fraction", 0.1, 0.0, 1.0),
+            step_gamma=num("step_gamma", 0.5, 0.0, 1.0, lo_open=True),
+            exp_gamma=num("exp_gamma", 0.95, 0.0, 1.0, lo_open=True),
+            batch_size=int(batch),
+            grad_clip_norm=num("grad_clip_norm", 0.0, 0.0, math.inf),
+            label_smoothing=num("label_smoothing", 0.0, 0.0, 1.0),
+            weight_averaging=choice("weight_averaging", "off", AVERAGING),
+            ema_decay=num("ema_decay", 0.99, 0.0, 1.0),
+            swa_start=num("swa_start", 0.75, 0.0, 1.0),
+        )
+
+
+def _optimizer(h: _Hyper, params: Any) -> torch.optim.Optimizer:
+    betas = (h.beta1, h.beta2)
+    wd = h.weight_decay
+    if h.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=wd)
+    if h.optimizer == "sgd_nesterov":
+        # Nesterov needs momentum > 0; with none it is plain SGD.
+        return torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=wd, nesterov=h.momentum > 0)
+    if h.optimizer == "adam":
+        return torch.optim.Adam(params, lr=h.lr, betas=betas, weight_decay=wd)
+    if h.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=h.lr, betas=betas, weight_decay=wd)
+    if h.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=h.lr, momentum=h.momentum, weight_decay=wd)
+    if h.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=h.lr, weight_decay=wd)
+    if h.optimizer == "nadam":
+        return torch.optim.NAdam(params, lr=h.lr, betas=betas, weight_decay=wd)
+    return torch.optim.RAdam(params, lr=h.lr, betas=betas, weight_decay=wd)
+
+
+def _scheduler(
+    h: _Hyper, opt: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> tuple[lr_scheduler.LRScheduler | None, bool]:
+    """The schedule and whether it steps per batch (True) or per epoch (False)."""
+    total = epochs * steps_per_epoch
+    if h.lr_schedule == "constant":
+        return None, False
+    if h.lr_schedule == "step":
+        return lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=h.step_gamma), False
+    if h.lr_schedule == "exponential":
+        return lr_scheduler.ExponentialLR(opt, gamma=h.exp_gamma), False
+    if h.lr_schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(opt, T_max=total), True
+    if h.lr_schedule == "warmup_cosine":
+        warm = int(round(h.warmup_fraction * total))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
+
+        return lr_scheduler.LambdaLR(opt, factor), True
+    # onecycle: the chosen momentum/betas are kept (no momentum cycling).
+    pct = min(max(h.warmup_fraction, 0.01), 0.99)
+    return (
+        lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=max(total, 2), pct_start=pct, cycle_momentum=False),
+        True,
+    )
+
+
+class TorchBackend(Backend):
+    """Real PyTorch training from in-memory tensors (batches by index, no DataLoader).
+
+    Optimizers: ``sgd, sgd_nesterov, adam, adamw, rmsprop, adagrad, nadam, radam``; schedules:
+    ``constant, step`` (x ``step_gamma`` after each third of the epochs), ``exponential``
+    (x ``exp_gamma`` per epoch), ``cosine``, ``warmup_cosine`` and ``onecycle`` (per batch,
+    warm-up over ``warmup_fraction`` of the steps); add-ons: ``grad_clip_norm`` (0 = off),
+    ``label_smoothing`` (classification), ``weight_averaging`` ``ema`` (per step, decay
+    ``ema_decay``) or ``swa`` (per epoch from ``swa_start`` of the epochs); validation, the best
+    weights and the test metric then use the averaged weights.
+
+    A non-finite training loss is detected at the end of the epoch it appears in (checking every
+    batch would cost a synchronisation per step); the trial stops there as ``diverged``.
+
+    Args:
+        device: where to train (``"cpu"``, ``"cuda"``...).
+        num_threads: torch intra-op threads during an evaluation (``None``: leave as is). Small
+            models train faster with 1.
+        eval_batch_size: batch size for validation and test passes.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self, *, device: str | torch.device = "cpu", num_threads: int | None = None, eval_batch_size: int = 4096
+    ) -> None:
+        self.device = torch.device(device)
+        self.num_threads = num_threads
+        self.eval_batch_size = eval_batch_size
+
+    def evaluate(
+        self,
+        task: Task,
+        config: Mapping[str, Any],
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> TrialResult:
+        epochs = int(epochs or task.epochs)
+        if epochs < 1:
+            raise ValueError(f"epochs must be positive, got {epochs}")
+        previous_threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            results = []
+            for i in range(len(task.models)):
+                with torch.random.fork_rng(devices=[]):
+                    results.append(self._train_one(task, i, config, seed, epochs, checkpoint_dir, on_epoch))
+        finally:
+            if self.num_threads:
+                torch.set_num_threads(previous_threads)
+        result = aggregate(results)
+        if checkpoint_dir is not None:
+            _atomic_write_text(
+                Path(checkpoint_dir) / "config.json",
+                json.dumps({"config": dict(config), "seed": seed, "epochs": epochs, "task": task.name,
+                            "result": result.to_dict()}, indent=2, default=str),
+            )
+        return result
+
+    # -- one model ----------------------------------------------------------------------------
+    def _train_one(
+        self,
+        task: Task,
+        index: int,
+        config: Mapping[str, Any],
+        seed: int,
+        epochs: int,
+        checkpoint_dir: str | Path | None,
+        on_epoch: EpochCallback | None,
+    ) -> TrialResult:
+        start = time.perf_counter()
+        common = {"metric_name": task.metric_name, "chance_metric": task.chance_metric, "epochs": epochs,
+                  "seed": seed, "config": dict(config)}
+        curve: list[float] = []
+        losses: list[float] = []
+        train_losses: list[float] = []
+
+        def result(status: str, reason: str | None = None, **kw: Any) -> TrialResult:
+            return TrialResult.from_curves(
+                curve=curve, loss_curve=losses, train_loss_curve=train_losses, status=status, reason=reason,
+                wall_time=time.perf_counter() - start, **common, **kw,
+            )
+
+        try:
+            h = _Hyper.read(config)
+            torch.manual_seed(seed)
+            model = task.build_model(index, config).to(self.device)
+            opt = _optimizer(h, model.parameters())
+            n = len(task.X_train)
+            bs = min(h.batch_size, n)
+            steps = math.ceil(n / bs)
+            sched, per_step = _scheduler(h, opt, epochs, steps)
+        except Exception as err:  # a value this backend cannot use: a failed trial, never a raise
+            logger.debug("trial setup failed", exc_info=True)
+            return result("failed", str(err) if isinstance(err, _BadConfig) else f"{type(err).__name__}: {err}")
+
+        classification = task.task_type == "classification"
+        train_loss_fn: nn.Module = (
+            nn.CrossEntropyLoss(label_smoothing=h.label_smoothing) if classification else nn.MSELoss()
+        )
+        X, y = task.X_train.to(self.device), task.y_train.to(self.device)
+        Xv, yv = task.X_val.to(self.device), task.y_val.to(self.device)
+        averaged: AveragedModel | None = None
+        if h.weight_averaging == "ema":
+            averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(h.ema_decay), use_buffers=True)
+        elif h.weight_averaging == "swa":
+            averaged = AveragedModel(model, use_buffers=True)
+        swa_from = max(1, math.ceil(h.swa_start * epochs))
+        gen = torch.Generator().manual_seed(seed)
+        best_value, best_state = -math.inf, None
+        stopped = False
+        epoch = 0
+        try:
+            for epoch in range(1, epochs + 1):
+                model.train()
+                perm = torch.randperm(n, generator=gen).to(self.device)
+                total = torch.zeros((), device=self.device)
+                for s in range(0, n, bs):
+                    idx = perm[s : s + bs]
+                    xb, yb = X[idx], y[idx]
+                    opt.zero_grad(set_to_none=True)
+                    out = model(xb)
+                    loss = train_loss_fn(out, yb) if classification else train_loss_fn(out.reshape(-1), yb)
+                    loss.backward()
+                    if h.grad_clip_norm > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), h.grad_clip_norm)
+                    opt.step()
+                    if per_step and sched is not None:
+                        sched.step()
+                    if h.weight_averaging == "ema":
+                        averaged.update_parameters(model)
+                    total += loss.detach() * len(idx)
+                train_loss = float(total) / n
+                if not math.isfinite(train_loss):
+                    return result("diverged", f"non-finite training loss in epoch {epoch}")
+                if not per_step and sched is not None:
+                    sched.step()
+                use_avg = averaged is not None and (h.weight_averaging == "ema" or epoch >= swa_from)
+                if h.weight_averaging == "swa" and epoch >= swa_from:
+                    averaged.update_parameters(model)
+                scored = averaged.module if use_avg else model
+                value, val_loss = self._score(task, scored, Xv, yv)
+                if not (math.isfinite(val_loss) and math.isfinite(value)):
+                    return result("diverged", f"non-finite validation loss in epoch {epoch}")
+                curve.append(value)
+                losses.append(val_loss)
+                train_losses.append(train_loss)
+                if value > best_value:
+                    best_value = value
+                    best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+                if on_epoch is not None and on_epoch(epoch, value):
+                    stopped = True
+                    break
+            test_metric = None
+            if best_state is not None:
+                model.load_state_dict(best_state)
+                test_metric, _ = self._score(task, model, task.X_test.to(self.device), task.y_test.to(self.device))
+                if checkpoint_dir is not None:
+                    name = "model.pt" if len(task.models) == 1 else f"model_{index}.pt"
+                    _atomic_save(best_state, Path(checkpoint_dir) / name)
+        except Exception as err:  # e.g. out of memory, a shape error in a user model mid-way
+            logger.debug("trial failed in epoch %d", epoch, exc_info=True)
+            return result("failed", f"{type(err).__name__} in epoch {epoch}: {err}")
+        return result("ok", stopped_early=stopped, test_metric=test_metric)
+
+    @torch.no_grad()
+    def _score(self, task: Task, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(metric, loss) on a split: accuracy and cross-entropy, or R² and MSE."""
+        was_training = model.training
+        model.eval()
+        outs = [model(X[s : s + self.eval_batch_size]) for s in range(0, len(X), self.eval_batch_size)]
+        model.train(was_training)
+        out = torch.cat(outs)
+        if task.task_type == "classification":
+            loss = nn.functional.cross_entropy(out, y).item()
+            return (out.argmax(1) == y).float().mean().item(), loss
+        pred = out.reshape(-1)
+        sse = ((pred - y) ** 2).sum()
+        sst = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
+        return (1 - sse / sst).item(), (sse / len(y)).item()
+
+
+def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
