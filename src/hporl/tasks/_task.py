@@ -244,7 +244,7 @@ class Task:
             classes, y_enc = np.unique(y.astype(str) if y.dtype == object else y, return_inverse=True)
             if len(classes) < 2:
                 raise TaskError(
-                    f"the classification target has one class ({classes[0]!r}); it needs at least two"
+                    f"the classification target has one class ({classes[0].item()!r}); it needs at least two"
                 )
             y_arr = y_enc.astype(np.int64)
         else:
