@@ -16,7 +16,14 @@ BASE = {
     "opt": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"], "default": "adam"},
     "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "default": 1e-3},
     "momentum": {"type": "float", "low": 0.0, "high": 0.99, "when": {"opt": ["sgd", "rmsprop"]}},
-    "wd": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True, "off_value": 0.0, "default": 0.0},
+    "wd": {
+        "type": "float",
+        "low": 1e-6,
+        "high": 1e-1,
+        "log": True,
+        "off_value": 0.0,
+        "default": 0.0,
+    },
     "bs": {"type": "int", "low": 16, "high": 512, "log": True, "default": 64},
     "sched": {"type": "categorical", "choices": ["constant", "cosine"]},
     "warmup": {"type": "float", "low": 0.0, "high": 0.3, "when": {"sched": ["cosine"]}},
@@ -41,13 +48,37 @@ def test_builtin_spaces_load_and_round_trip(name):
 def test_builtin_optimizer_space_has_the_general_hyperparameters():
     space = SearchSpace.builtin("optimizer")
     assert set(space["optimizer"].choices) == {
-        "sgd", "sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam"
+        "sgd",
+        "sgd_nesterov",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "adagrad",
+        "nadam",
+        "radam",
     }
     assert set(space["lr_schedule"].choices) == {
-        "constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle"
+        "constant",
+        "step",
+        "exponential",
+        "cosine",
+        "warmup_cosine",
+        "onecycle",
     }
-    for name in ("lr", "momentum", "beta1", "beta2", "weight_decay", "batch_size", "grad_clip_norm",
-                 "label_smoothing", "weight_averaging", "ema_decay", "warmup_fraction", "step_gamma"):
+    for name in (
+        "lr",
+        "momentum",
+        "beta1",
+        "beta2",
+        "weight_decay",
+        "batch_size",
+        "grad_clip_norm",
+        "label_smoothing",
+        "weight_averaging",
+        "ema_decay",
+        "warmup_fraction",
+        "step_gamma",
+    ):
         assert name in space
     assert space["lr"].log and space["batch_size"].kind == "int" and space["batch_size"].log
     assert space["weight_decay"].has_off and space["grad_clip_norm"].has_off
@@ -56,15 +87,29 @@ def test_builtin_optimizer_space_has_the_general_hyperparameters():
 def test_lcbench_space_matches_lcbench_ranges():
     space = SearchSpace.builtin("lcbench")
     assert [p.name for p in space.chosen] == [
-        "batch_size", "learning_rate", "momentum", "weight_decay", "num_layers", "max_units", "max_dropout"
+        "batch_size",
+        "learning_rate",
+        "momentum",
+        "weight_decay",
+        "num_layers",
+        "max_units",
+        "max_dropout",
     ]
-    assert (space["batch_size"].low, space["batch_size"].high, space["batch_size"].log) == (16, 512, True)
+    assert (space["batch_size"].low, space["batch_size"].high, space["batch_size"].log) == (
+        16,
+        512,
+        True,
+    )
     assert (space["max_units"].low, space["max_units"].high) == (64, 1024)
-    assert space["learning_rate"].low == pytest.approx(1e-4) and space["learning_rate"].high == pytest.approx(0.1)
+    assert space["learning_rate"].low == pytest.approx(1e-4) and space[
+        "learning_rate"
+    ].high == pytest.approx(0.1)
 
 
 def test_unknown_builtin_suggests_nearest():
-    with pytest.raises(SearchSpaceError, match=re.escape("unknown built-in search space 'optimiser'")) as e:
+    with pytest.raises(
+        SearchSpaceError, match=re.escape("unknown built-in search space 'optimiser'")
+    ) as e:
         SearchSpace.builtin("optimiser")
     assert "Did you mean 'optimizer'?" in str(e.value)
 
@@ -72,22 +117,41 @@ def test_unknown_builtin_suggests_nearest():
 param_spec = st.one_of(
     st.builds(
         lambda choices: {"type": "categorical", "choices": choices},
-        st.lists(st.sampled_from(["a", "b", "c", "d", 1, 2.5, True]), min_size=1, max_size=4, unique_by=repr),
+        st.lists(
+            st.sampled_from(["a", "b", "c", "d", 1, 2.5, True]),
+            min_size=1,
+            max_size=4,
+            unique_by=repr,
+        ),
     ),
     st.builds(
         lambda lo, span, log: {"type": "float", "low": lo, "high": lo + span, "log": log},
-        st.floats(1e-3, 10), st.floats(0, 100), st.booleans(),
+        st.floats(1e-3, 10),
+        st.floats(0, 100),
+        st.booleans(),
     ),
     st.builds(
-        lambda lo, span, log, off: {"type": "int", "low": lo, "high": lo + span, "log": log,
-                                    **({"off_value": 0} if off else {})},
-        st.integers(1, 100), st.integers(0, 1000), st.booleans(), st.booleans(),
+        lambda lo, span, log, off: {
+            "type": "int",
+            "low": lo,
+            "high": lo + span,
+            "log": log,
+            **({"off_value": 0} if off else {}),
+        },
+        st.integers(1, 100),
+        st.integers(0, 1000),
+        st.booleans(),
+        st.booleans(),
     ),
     st.builds(lambda v: {"type": "fixed", "value": v}, st.sampled_from(["x", 3, 0.5])),
 )
 
 
-@given(st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), param_spec, min_size=1, max_size=6))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z]{1,6}", fullmatch=True), param_spec, min_size=1, max_size=6
+    )
+)
 @settings(max_examples=60, deadline=None)
 def test_round_trip_from_dict_to_dict(spec):
     space = SearchSpace.from_dict(spec)
@@ -117,7 +181,10 @@ def test_encode_decode_round_trip(seed, name):
 # -- bad spaces: every case with its message ------------------------------------------------------
 BAD = [
     ({"x": {"type": "gaussian"}}, "parameter 'x': unknown kind 'type: gaussian'"),
-    ({"x": {"type": "float", "low": 2.0, "high": 1.0}}, "parameter 'x': low > high (low=2.0, high=1.0)"),
+    (
+        {"x": {"type": "float", "low": 2.0, "high": 1.0}},
+        "parameter 'x': low > high (low=2.0, high=1.0)",
+    ),
     (
         {"x": {"type": "float", "low": 0.0, "high": 1.0, "log": True}},
         "parameter 'x': low > 0 must hold for log=true, but got (low=0.0, high=1.0)",
@@ -149,11 +216,22 @@ BAD = [
         "cycle in conditions: a -> b -> a",
     ),
     (
-        {"parameters": [{"name": "x", "type": "fixed", "value": 1}, {"name": "x", "type": "fixed", "value": 2}]},
+        {
+            "parameters": [
+                {"name": "x", "type": "fixed", "value": 1},
+                {"name": "x", "type": "fixed", "value": 2},
+            ]
+        },
         "duplicate parameter name 'x'",
     ),
-    ({"x": {"type": "float", "low": 0.0, "hihg": 1.0}}, "parameter 'x': unknown key 'hihg' for type float. Did you mean 'high'?"),
-    ({"x": {"type": "float", "low": "a", "high": 1.0}}, "parameter 'x': 'low' must be a finite number, got 'a'"),
+    (
+        {"x": {"type": "float", "low": 0.0, "hihg": 1.0}},
+        "parameter 'x': unknown key 'hihg' for type float. Did you mean 'high'?",
+    ),
+    (
+        {"x": {"type": "float", "low": "a", "high": 1.0}},
+        "parameter 'x': 'low' must be a finite number, got 'a'",
+    ),
     (
         {"x": {"type": "float", "low": 0.0, "high": 1.0, "off_value": 0.5}},
         "parameter 'x': off value 0.5 lies inside the range [0.0, 1.0]",
@@ -178,7 +256,9 @@ def test_composition_and_include(tmp_path):
     combined = SearchSpace.builtin("optimizer") + extra
     assert combined.names[-1] == "aug" and "lr" in combined
     path = tmp_path / "space.yaml"
-    path.write_text("include: [optimizer]\nparameters:\n  aug: {type: categorical, choices: [none, flip]}\n")
+    path.write_text(
+        "include: [optimizer]\nparameters:\n  aug: {type: categorical, choices: [none, flip]}\n"
+    )
     assert SearchSpace.from_yaml(path).names == combined.names
 
 
@@ -207,7 +287,9 @@ def test_from_yaml_bad_syntax_names_line(tmp_path):
 def test_from_yaml_error_names_file_and_key(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("x: {type: int, low: 1, high: 5, default: 7}\n")
-    with pytest.raises(SearchSpaceError, match=re.escape(f"{path}: parameter 'x': default 7 is outside")):
+    with pytest.raises(
+        SearchSpaceError, match=re.escape(f"{path}: parameter 'x': default 7 is outside")
+    ):
         SearchSpace.from_yaml(path)
 
 
@@ -228,7 +310,14 @@ def test_conditional_parameters_active_and_inactive():
     assert space.is_active("lr", {})
     default = space.default()
     assert "momentum" not in default and "warmup" not in default
-    assert default == {"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant", "net": "mlp"}
+    assert default == {
+        "opt": "adam",
+        "lr": 1e-3,
+        "wd": 0.0,
+        "bs": 64,
+        "sched": "constant",
+        "net": "mlp",
+    }
     configs = [space.sample(np.random.default_rng(s)) for s in range(50)]
     assert all(("momentum" in c) == (c["opt"] in ("sgd", "rmsprop")) for c in configs)
     assert {c["opt"] for c in configs} == {"sgd", "adam", "rmsprop"}
@@ -236,11 +325,13 @@ def test_conditional_parameters_active_and_inactive():
 
 
 def test_nested_conditions_follow_the_chain():
-    space = SearchSpace.from_dict({
-        "c": {"type": "float", "low": 0.0, "high": 1.0, "when": {"b": ["y"]}},
-        "b": {"type": "categorical", "choices": ["x", "y"], "when": {"a": [True]}},
-        "a": {"type": "categorical", "choices": [False, True]},
-    })
+    space = SearchSpace.from_dict(
+        {
+            "c": {"type": "float", "low": 0.0, "high": 1.0, "when": {"b": ["y"]}},
+            "b": {"type": "categorical", "choices": ["x", "y"], "when": {"a": [True]}},
+            "a": {"type": "categorical", "choices": [False, True]},
+        }
+    )
     assert space.names == ["a", "b", "c"]  # parents first
     assert not space.is_active("c", {"a": False, "b": "y"})
     assert space.is_active("c", {"a": True, "b": "y"})
@@ -249,18 +340,30 @@ def test_nested_conditions_follow_the_chain():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant", "momentum": 0.9},
-         "parameter 'momentum' = 0.9 is inactive here (it is used only when opt in ['sgd', 'rmsprop'])"),
-        ({"opt": "adam", "lr": 5.0, "wd": 0.0, "bs": 64, "sched": "constant"},
-         "parameter 'lr': value 5.0 is outside [0.0001, 1.0]"),
-        ({"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64.5, "sched": "constant"},
-         "parameter 'bs': value 64.5 is outside [16, 512]"),
-        ({"opt": "sgd", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant"},
-         "configuration is missing the active parameter 'momentum'"),
-        ({"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant", "lrr": 1},
-         "unknown parameter 'lrr' in configuration. Did you mean 'lr'?"),
-        ({"opt": "lamb", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant"},
-         "parameter 'opt': value 'lamb' is outside the choices ['sgd', 'adam', 'rmsprop']"),
+        (
+            {"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant", "momentum": 0.9},
+            "parameter 'momentum' = 0.9 is inactive here (it is used only when opt in ['sgd', 'rmsprop'])",
+        ),
+        (
+            {"opt": "adam", "lr": 5.0, "wd": 0.0, "bs": 64, "sched": "constant"},
+            "parameter 'lr': value 5.0 is outside [0.0001, 1.0]",
+        ),
+        (
+            {"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64.5, "sched": "constant"},
+            "parameter 'bs': value 64.5 is outside [16, 512]",
+        ),
+        (
+            {"opt": "sgd", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant"},
+            "configuration is missing the active parameter 'momentum'",
+        ),
+        (
+            {"opt": "adam", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant", "lrr": 1},
+            "unknown parameter 'lrr' in configuration. Did you mean 'lr'?",
+        ),
+        (
+            {"opt": "lamb", "lr": 1e-3, "wd": 0.0, "bs": 64, "sched": "constant"},
+            "parameter 'opt': value 'lamb' is outside the choices ['sgd', 'adam', 'rmsprop']",
+        ),
     ],
 )
 def test_validate_names_key_and_value(config, message):
@@ -278,7 +381,9 @@ def test_bins():
     assert bs == [16, 32, 64, 128, 256, 512]
     assert all(space["bs"].contains(v) for v in space.bins("bs", 50))
     assert space.bins("net", 4) == ["mlp"]
-    with pytest.raises(SearchSpaceError, match=re.escape("bins('lr', n=1): n must be an integer >= 2")):
+    with pytest.raises(
+        SearchSpaceError, match=re.escape("bins('lr', n=1): n must be an integer >= 2")
+    ):
         space.bins("lr", 1)
 
 
@@ -308,4 +413,3 @@ def test_to_optuna_and_suggest_with_a_real_study():
     study.enqueue_trial(space.optuna_params(default))
     study.optimize(objective, n_trials=1)
     assert seen[-1] == default
-

@@ -62,7 +62,9 @@ def test_one_class_target():
 
 def test_model_output_shape_mismatch():
     X, y = blobs()
-    with pytest.raises(TaskError, match=re.escape("model 'Sequential' returns shape (2, 2) for a batch of 2")):
+    with pytest.raises(
+        TaskError, match=re.escape("model 'Sequential' returns shape (2, 2) for a batch of 2")
+    ):
         Task.from_arrays(X, y, model=nn.Sequential(nn.Linear(5, 2)))
 
 
@@ -74,7 +76,7 @@ def test_model_that_fails_on_the_input():
 
 def test_factory_must_return_a_module():
     X, y = blobs()
-    with pytest.raises(TaskError, match="returned int, not an nn.Module"):
+    with pytest.raises(TaskError, match=r"returned int, not an nn\.Module"):
         Task.from_arrays(X, y, model=lambda shape, n: 3)
 
 
@@ -102,7 +104,7 @@ def test_mixed_columns_imputed_and_one_hot_fitted_on_train():
     assert torch.isfinite(task.X_train).all()
     assert abs(float(task.X_train[:, 0].mean())) < 1e-5  # standardised on the train split
     assert set(task.X_train[:, 1:].unique().tolist()) == {0.0, 1.0}
-    f = dict(zip(FEATURE_NAMES, task.features()))
+    f = dict(zip(FEATURE_NAMES, task.features(), strict=False))
     assert f["frac_categorical"] == pytest.approx(0.75)
     assert f["frac_missing"] > 0
 
@@ -135,8 +137,10 @@ def test_from_csv(tmp_path):
     X, y = blobs(n=60)
     path = tmp_path / "data.csv"
     lines = ["a,b,c,d,e,city,label"]
-    for row, label in zip(X, y):
-        lines.append(",".join(f"{v:.4f}" for v in row) + f",{'paris' if label else 'rome'},c{label}")
+    for row, label in zip(X, y, strict=False):
+        lines.append(
+            ",".join(f"{v:.4f}" for v in row) + f",{'paris' if label else 'rome'},c{label}"
+        )
     path.write_text("\n".join(lines) + "\n")
     task = Task.from_csv(path, target="label", epochs=2)
     assert task.name == "data" and task.n_outputs == 3 and task.input_shape == (7,)
@@ -155,7 +159,10 @@ def test_from_csv_not_a_csv(tmp_path):
 
 
 # -- built-ins, features, fingerprint -------------------------------------------------------------
-@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "diabetes", "digits_image", "synth_clf_3", "synth_reg_2"])
+@pytest.mark.parametrize(
+    "name",
+    ["iris", "wine", "breast_cancer", "diabetes", "digits_image", "synth_clf_3", "synth_reg_2"],
+)
 def test_builtin_tasks(name):
     task = builtin(name)
     f = task.features()
@@ -195,7 +202,10 @@ def test_features_are_comparable_and_not_the_name():
 def test_generated_family_is_reproducible_and_varied():
     a, b = builtin("synth_clf_4"), builtin("synth_clf_4")
     assert torch.equal(a.X_train, b.X_train) and a.fingerprint == b.fingerprint
-    shapes = {(builtin(f"synth_clf_{i}").input_shape, builtin(f"synth_clf_{i}").n_outputs) for i in range(6)}
+    shapes = {
+        (builtin(f"synth_clf_{i}").input_shape, builtin(f"synth_clf_{i}").n_outputs)
+        for i in range(6)
+    }
     assert len(shapes) >= 3
 
 

@@ -29,7 +29,9 @@ def demo(
     task: Annotated[str, typer.Option(help="built-in task to train on")] = "digits",
     epochs: Annotated[int | None, typer.Option(help="epochs (default: the task's)")] = None,
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
-    out: Annotated[Path | None, typer.Option(help="directory for the best weights and config")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="directory for the best weights and config")
+    ] = None,
 ) -> None:
     """Train a built-in task with the optimizer space's default configuration and report it."""
     import torch
@@ -50,7 +52,9 @@ def demo(
     table.add_column(f"val {result.metric_name}", justify="right")
     table.add_column("val loss", justify="right")
     table.add_column("train loss", justify="right")
-    for i, (m, lv, lt) in enumerate(zip(result.curve, result.loss_curve, result.train_loss_curve), start=1):
+    for i, (m, lv, lt) in enumerate(
+        zip(result.curve, result.loss_curve, result.train_loss_curve, strict=True), start=1
+    ):
         table.add_row(str(i), f"{m:.4f}", f"{lv:.4f}", f"{lt:.4f}")
     console.print(table)
     console.print(result.summary() + f" in {result.wall_time:.2f} s")
@@ -76,7 +80,11 @@ def spaces(
             if p.kind in ("categorical", "fixed"):
                 dom = ", ".join(map(str, p.choices))
             else:
-                dom = f"[{p.low}, {p.high}]" + (" log" if p.log else "") + (f" or {p.off}" if p.has_off else "")
+                dom = (
+                    f"[{p.low}, {p.high}]"
+                    + (" log" if p.log else "")
+                    + (f" or {p.off}" if p.has_off else "")
+                )
             when = "; ".join(f"{k} in {list(v)}" for k, v in p.when)
             table.add_row(p.name, p.kind, dom, str(d.get("default", d.get("value"))), when)
         console.print(table)

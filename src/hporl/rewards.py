@@ -59,7 +59,9 @@ class RewardApproach(abc.ABC):
         if result.status != "ok" or result.best_metric is None:
             return self.floor
         if self.needs_reference and reference is None:
-            raise ConfigError(f"reward {self.name!r} needs a reference result (the default configuration's)")
+            raise ConfigError(
+                f"reward {self.name!r} needs a reference result (the default configuration's)"
+            )
         return max(self.floor, self.score(result, reference))
 
     @abc.abstractmethod
@@ -126,7 +128,11 @@ class ImprovementOverReference(RewardApproach):
 
     def score(self, result: TrialResult, reference: TrialResult | None) -> float:
         assert reference is not None  # checked in __call__
-        ref = normalized_score(reference.best_metric, reference.chance_metric) if reference.ok else -1.0
+        ref = (
+            normalized_score(reference.best_metric, reference.chance_metric)
+            if reference.ok
+            else -1.0
+        )
         return min(max(normalized_score(result.best_metric, result.chance_metric) - ref, -1.0), 1.0)
 
 
@@ -138,13 +144,19 @@ class TimePenalized(RewardApproach):
 
     def __init__(self, weight: float = 0.05, time_scale: float = 60.0) -> None:
         if weight < 0 or time_scale <= 0:
-            raise ConfigError(f"time_penalized needs weight >= 0 and time_scale > 0, got {weight}, {time_scale}")
+            raise ConfigError(
+                f"time_penalized needs weight >= 0 and time_scale > 0, got {weight}, {time_scale}"
+            )
         self.weight = weight
         self.time_scale = time_scale
         self.floor = -1.0 - 4 * weight
 
     def score(self, result: TrialResult, reference: TrialResult | None) -> float:
-        scale = reference.wall_time if reference is not None and reference.wall_time > 0 else self.time_scale
+        scale = (
+            reference.wall_time
+            if reference is not None and reference.wall_time > 0
+            else self.time_scale
+        )
         penalty = self.weight * min(math.log2(1 + result.wall_time / scale), 4.0)
         return normalized_score(result.best_metric, result.chance_metric) - penalty
 

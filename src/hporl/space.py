@@ -89,7 +89,11 @@ class Parameter:
             )
         unknown = sorted(map(str, set(spec) - _KEYS[kind]))
         if unknown:
-            hint = " (YAML reads a bare off/on/yes/no as a boolean)" if unknown[0] in ("False", "True") else ""
+            hint = (
+                " (YAML reads a bare off/on/yes/no as a boolean)"
+                if unknown[0] in ("False", "True")
+                else ""
+            )
             raise SearchSpaceError(
                 f"{where}: unknown key {unknown[0]!r} for type {kind}{hint}."
                 + _suggest(unknown[0], sorted(_KEYS[kind]))
@@ -100,11 +104,15 @@ class Parameter:
             if "value" not in spec:
                 raise SearchSpaceError(f"{where}: a fixed parameter needs 'value'")
             value = spec["value"]
-            return cls(name, kind, choices=(value,), default=value, when=when, description=description)
+            return cls(
+                name, kind, choices=(value,), default=value, when=when, description=description
+            )
         if kind == "categorical":
             choices = spec.get("choices")
             if not isinstance(choices, (list, tuple)) or not choices:
-                raise SearchSpaceError(f"{where}: 'choices' must be a non-empty list, got {choices!r}")
+                raise SearchSpaceError(
+                    f"{where}: 'choices' must be a non-empty list, got {choices!r}"
+                )
             for c in choices:
                 if not (isinstance(c, (str, bool)) or _is_number(c) or c is None):
                     raise SearchSpaceError(f"{where}: choice {c!r} is not a string, number or bool")
@@ -125,7 +133,10 @@ class Parameter:
                 description=description,
             )
         # float / int. PyYAML reads "1e-5" (no dot) as a string: accept such numbers.
-        spec = {k: _yaml_number(v) if k in ("low", "high", "default", "off_value") else v for k, v in spec.items()}
+        spec = {
+            k: _yaml_number(v) if k in ("low", "high", "default", "off_value") else v
+            for k, v in spec.items()
+        }
         low, high = spec.get("low"), spec.get("high")
         for key, value in (("low", low), ("high", high)):
             if not _is_number(value) or not math.isfinite(float(value)):
@@ -169,7 +180,7 @@ class Parameter:
                 default = int(default) if kind == "int" else float(default)
         else:
             mid = math.sqrt(low * high) if log else (low + high) / 2
-            default = int(round(mid)) if kind == "int" else float(mid)
+            default = round(mid) if kind == "int" else float(mid)
         return cls(
             name,
             kind,
@@ -249,7 +260,11 @@ class Parameter:
         lo, hi = float(self.low), float(self.high)
         if u in (0.0, 1.0):  # exact endpoints, free of exp/log rounding
             return self.low if u == 0.0 else self.high
-        value = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if self.log else lo + u * (hi - lo)
+        value = (
+            math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+            if self.log
+            else lo + u * (hi - lo)
+        )
         if self.kind == "int":
             return int(min(max(round(value), self.low), self.high))
         return float(min(max(value, lo), hi))
@@ -400,7 +415,9 @@ class SearchSpace:
         try:
             text = path.read_text()
         except OSError as err:
-            raise SearchSpaceError(f"cannot read search space file {str(path)!r}: {err.strerror}") from err
+            raise SearchSpaceError(
+                f"cannot read search space file {str(path)!r}: {err.strerror}"
+            ) from err
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -411,7 +428,9 @@ class SearchSpace:
         if data is None:
             raise SearchSpaceError(f"{path}: the file is empty")
         try:
-            return cls.from_dict(data, name=None if isinstance(data, Mapping) and "name" in data else path.stem)
+            return cls.from_dict(
+                data, name=None if isinstance(data, Mapping) and "name" in data else path.stem
+            )
         except SearchSpaceError as err:
             raise SearchSpaceError(f"{path}: {err}") from None
 
@@ -526,7 +545,9 @@ class SearchSpace:
             SearchSpaceError: naming the key and the value at fault.
         """
         if not isinstance(config, Mapping):
-            raise SearchSpaceError(f"a configuration must be a mapping, got {type(config).__name__}")
+            raise SearchSpaceError(
+                f"a configuration must be a mapping, got {type(config).__name__}"
+            )
         for key in config:
             if key not in self._index:
                 raise SearchSpaceError(
@@ -550,7 +571,9 @@ class SearchSpace:
                 raise SearchSpaceError(f"configuration is missing the active parameter {p.name!r}")
             value = config[p.name]
             if not p.contains(value):
-                raise SearchSpaceError(f"parameter {p.name!r}: value {value!r} is outside {_domain(p)}")
+                raise SearchSpaceError(
+                    f"parameter {p.name!r}: value {value!r} is outside {_domain(p)}"
+                )
             if p.kind in ("categorical", "fixed"):
                 value = next(c for c in p.choices if _same(value, c))
             elif p.has_off and _same(value, p.off):
@@ -582,13 +605,17 @@ class SearchSpace:
                 if p.kind == "categorical":
                     idx = next((j for j, c in enumerate(p.choices) if _same(value, c)), None)
                     if idx is None:
-                        raise SearchSpaceError(f"parameter {p.name!r}: value {value!r} is outside {_domain(p)}")
+                        raise SearchSpaceError(
+                            f"parameter {p.name!r}: value {value!r} is outside {_domain(p)}"
+                        )
                     out[i + idx] = 1.0
                 elif p.has_off and _same(value, p.off):
                     out[i] = 1.0
                 else:
                     if not p.contains(value):
-                        raise SearchSpaceError(f"parameter {p.name!r}: value {value!r} is outside {_domain(p)}")
+                        raise SearchSpaceError(
+                            f"parameter {p.name!r}: value {value!r} is outside {_domain(p)}"
+                        )
                     out[i + p.width - 1] = min(max(p._to_unit(float(value)), 0.0), 1.0)
             i += p.width
         return out
@@ -628,7 +655,9 @@ class SearchSpace:
         if p.kind in ("categorical", "fixed"):
             return list(p.choices)
         if not isinstance(n, int) or n < (3 if p.has_off else 2):
-            raise SearchSpaceError(f"bins({name!r}, n={n!r}): n must be an integer >= {3 if p.has_off else 2}")
+            raise SearchSpaceError(
+                f"bins({name!r}, n={n!r}): n must be an integer >= {3 if p.has_off else 2}"
+            )
         m = n - 1 if p.has_off else n
         values = [p._from_unit(k / (m - 1)) for k in range(m)]
         if p.kind == "int":

@@ -44,7 +44,10 @@ def check_contract(r: TrialResult, epochs: int):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_trains_one_epoch(digits, optimizer):
-    c = config(optimizer=optimizer, lr=0.01 if optimizer in ("sgd", "sgd_nesterov", "adagrad", "radam") else 1e-3)
+    c = config(
+        optimizer=optimizer,
+        lr=0.01 if optimizer in ("sgd", "sgd_nesterov", "adagrad", "radam") else 1e-3,
+    )
     r = TorchBackend().evaluate(digits, c, seed=0, epochs=1)
     check_contract(r, 1)
     assert r.status == "ok" and r.best_metric > 0.3, r.summary()
@@ -72,14 +75,20 @@ def test_every_schedule_trains(digits, schedule):
     ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()),
 )
 def test_every_addon_trains(digits, addon):
-    r = TorchBackend().evaluate(digits, config(**addon), seed=0, epochs=2 if "swa_start" in addon else 1)
+    r = TorchBackend().evaluate(
+        digits, config(**addon), seed=0, epochs=2 if "swa_start" in addon else 1
+    )
     check_contract(r, r.epochs)
     assert r.status == "ok" and r.best_metric > 0.3, r.summary()
 
 
 def test_addons_change_training(digits):
     base = TorchBackend().evaluate(digits, config(), seed=0, epochs=2)
-    for addon in ({"grad_clip_norm": 0.1}, {"weight_averaging": "ema", "ema_decay": 0.99}, {"label_smoothing": 0.3}):
+    for addon in (
+        {"grad_clip_norm": 0.1},
+        {"weight_averaging": "ema", "ema_decay": 0.99},
+        {"label_smoothing": 0.3},
+    ):
         other = TorchBackend().evaluate(digits, config(**addon), seed=0, epochs=2)
         assert other.loss_curve != base.loss_curve, addon
 
@@ -93,7 +102,10 @@ def test_adam_defaults_reach_090_on_digits(digits):
 
 
 def test_huge_sgd_lr_diverges_without_raising(digits):
-    c = {**config(optimizer="sgd", momentum=0.9), "lr": 1e3}  # outside the space: the backend still copes
+    c = {
+        **config(optimizer="sgd", momentum=0.9),
+        "lr": 1e3,
+    }  # outside the space: the backend still copes
     r = TorchBackend().evaluate(digits, c, seed=0, epochs=5)
     check_contract(r, 5)
     assert r.status == "diverged"
@@ -143,19 +155,23 @@ def test_list_of_two_models_aggregates(iris):
     assert len(r.per_model) == 2
     a, b = r.per_model
     assert a.curve != b.curve
-    assert r.curve == pytest.approx([(x + y) / 2 for x, y in zip(a.curve, b.curve)])
+    assert r.curve == pytest.approx([(x + y) / 2 for x, y in zip(a.curve, b.curve, strict=False)])
     assert r.test_metric == pytest.approx((a.test_metric + b.test_metric) / 2)
     assert r.best_metric == pytest.approx((a.best_metric + b.best_metric) / 2)
 
 
 def test_determinism(digits):
-    c = config(optimizer="sgd", lr=0.05, momentum=0.9, weight_averaging="ema", lr_schedule="onecycle")
+    c = config(
+        optimizer="sgd", lr=0.05, momentum=0.9, weight_averaging="ema", lr_schedule="onecycle"
+    )
     task = builtin("digits", model=models.mlp((64,), dropout=0.2))
     r1 = TorchBackend().evaluate(task, c, seed=3, epochs=3)
     torch.manual_seed(123)  # global state must not matter
     r2 = TorchBackend().evaluate(task, c, seed=3, epochs=3)
     r3 = TorchBackend().evaluate(task, c, seed=4, epochs=3)
-    assert r1.curve == r2.curve and r1.loss_curve == r2.loss_curve and r1.test_metric == r2.test_metric
+    assert (
+        r1.curve == r2.curve and r1.loss_curve == r2.loss_curve and r1.test_metric == r2.test_metric
+    )
     assert r1.loss_curve != r3.loss_curve
 
 
@@ -198,7 +214,13 @@ def test_lcbench_space_drives_real_training():
     r = TorchBackend().evaluate(task, c, seed=0)
     check_contract(r, 3)
     assert r.status in ("ok", "diverged")
-    good = {**space.default(), "learning_rate": 0.05, "weight_decay": 1e-4, "batch_size": 32, "max_dropout": 0.0}
+    good = {
+        **space.default(),
+        "learning_rate": 0.05,
+        "weight_decay": 1e-4,
+        "batch_size": 32,
+        "max_dropout": 0.0,
+    }
     r = TorchBackend().evaluate(task, good, seed=0)
     assert r.status == "ok" and r.best_metric > 0.85, r.summary()
 

@@ -141,7 +141,8 @@ def aggregate(results: list[TrialResult]) -> TrialResult:
         loss_curve=loss,
         train_loss_curve=train,
         status=worst.status,
-        reason="; ".join(f"model {i}: {r.reason}" for i, r in enumerate(results) if r.reason) or None,
+        reason="; ".join(f"model {i}: {r.reason}" for i, r in enumerate(results) if r.reason)
+        or None,
         chance_metric=results[0].chance_metric,
         epochs=results[0].epochs,
         wall_time=sum(r.wall_time for r in results),

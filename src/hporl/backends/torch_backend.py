@@ -81,7 +81,12 @@ class _Hyper:
             return str(value)
 
         batch = config.get("batch_size", 64)
-        if isinstance(batch, bool) or not isinstance(batch, (int, float)) or batch < 1 or batch != int(batch):
+        if (
+            isinstance(batch, bool)
+            or not isinstance(batch, (int, float))
+            or batch < 1
+            or batch != int(batch)
+        ):
             raise _BadConfig(f"batch_size must be a positive integer, got {batch!r}")
         return cls(
             optimizer=choice("optimizer", "adam", OPTIMIZERS),
@@ -110,7 +115,9 @@ def _optimizer(h: _Hyper, params: Any) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=wd)
     if h.optimizer == "sgd_nesterov":
         # Nesterov needs momentum > 0; with none it is plain SGD.
-        return torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=wd, nesterov=h.momentum > 0)
+        return torch.optim.SGD(
+            params, lr=h.lr, momentum=h.momentum, weight_decay=wd, nesterov=h.momentum > 0
+        )
     if h.optimizer == "adam":
         return torch.optim.Adam(params, lr=h.lr, betas=betas, weight_decay=wd)
     if h.optimizer == "adamw":
@@ -138,18 +145,22 @@ def _scheduler(
     if h.lr_schedule == "cosine":
         return lr_scheduler.CosineAnnealingLR(opt, T_max=total), True
     if h.lr_schedule == "warmup_cosine":
-        warm = int(round(h.warmup_fraction * total))
+        warm = round(h.warmup_fraction * total)
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
+            return 0.5 * (
+                1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm))
+            )
 
         return lr_scheduler.LambdaLR(opt, factor), True
     # onecycle: the chosen momentum/betas are kept (no momentum cycling).
     pct = min(max(h.warmup_fraction, 0.01), 0.99)
     return (
-        lr_scheduler.OneCycleLR(opt, max_lr=h.lr, total_steps=max(total, 2), pct_start=pct, cycle_momentum=False),
+        lr_scheduler.OneCycleLR(
+            opt, max_lr=h.lr, total_steps=max(total, 2), pct_start=pct, cycle_momentum=False
+        ),
         True,
     )
 
@@ -178,7 +189,11 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, *, device: str | torch.device = "cpu", num_threads: int | None = None, eval_batch_size: int = 4096
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        num_threads: int | None = None,
+        eval_batch_size: int = 4096,
     ) -> None:
         self.device = torch.device(device)
         self.num_threads = num_threads
@@ -204,7 +219,9 @@ class TorchBackend(Backend):
             results = []
             for i in range(len(task.models)):
                 with torch.random.fork_rng(devices=[]):
-                    results.append(self._train_one(task, i, config, seed, epochs, checkpoint_dir, on_epoch))
+                    results.append(
+                        self._train_one(task, i, config, seed, epochs, checkpoint_dir, on_epoch)
+                    )
         finally:
             if self.num_threads:
                 torch.set_num_threads(previous_threads)
@@ -212,8 +229,17 @@ class TorchBackend(Backend):
         if checkpoint_dir is not None:
             _atomic_write_text(
                 Path(checkpoint_dir) / "config.json",
-                json.dumps({"config": dict(config), "seed": seed, "epochs": epochs, "task": task.name,
-                            "result": result.to_dict()}, indent=2, default=str),
+                json.dumps(
+                    {
+                        "config": dict(config),
+                        "seed": seed,
+                        "epochs": epochs,
+                        "task": task.name,
+                        "result": result.to_dict(),
+                    },
+                    indent=2,
+                    default=str,
+                ),
             )
         return result
 
@@ -229,16 +255,27 @@ class TorchBackend(Backend):
         on_epoch: EpochCallback | None,
     ) -> TrialResult:
         start = time.perf_counter()
-        common = {"metric_name": task.metric_name, "chance_metric": task.chance_metric, "epochs": epochs,
-                  "seed": seed, "config": dict(config)}
+        common = {
+            "metric_name": task.metric_name,
+            "chance_metric": task.chance_metric,
+            "epochs": epochs,
+            "seed": seed,
+            "config": dict(config),
+        }
         curve: list[float] = []
         losses: list[float] = []
         train_losses: list[float] = []
 
         def result(status: str, reason: str | None = None, **kw: Any) -> TrialResult:
             return TrialResult.from_curves(
-                curve=curve, loss_curve=losses, train_loss_curve=train_losses, status=status, reason=reason,
-                wall_time=time.perf_counter() - start, **common, **kw,
+                curve=curve,
+                loss_curve=losses,
+                train_loss_curve=train_losses,
+                status=status,
+                reason=reason,
+                wall_time=time.perf_counter() - start,
+                **common,
+                **kw,
             )
 
         try:
@@ -252,17 +289,24 @@ class TorchBackend(Backend):
             sched, per_step = _scheduler(h, opt, epochs, steps)
         except Exception as err:  # a value this backend cannot use: a failed trial, never a raise
             logger.debug("trial setup failed", exc_info=True)
-            return result("failed", str(err) if isinstance(err, _BadConfig) else f"{type(err).__name__}: {err}")
+            return result(
+                "failed",
+                str(err) if isinstance(err, _BadConfig) else f"{type(err).__name__}: {err}",
+            )
 
         classification = task.task_type == "classification"
         train_loss_fn: nn.Module = (
-            nn.CrossEntropyLoss(label_smoothing=h.label_smoothing) if classification else nn.MSELoss()
+            nn.CrossEntropyLoss(label_smoothing=h.label_smoothing)
+            if classification
+            else nn.MSELoss()
         )
         X, y = task.X_train.to(self.device), task.y_train.to(self.device)
         Xv, yv = task.X_val.to(self.device), task.y_val.to(self.device)
         averaged: AveragedModel | None = None
         if h.weight_averaging == "ema":
-            averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(h.ema_decay), use_buffers=True)
+            averaged = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(h.ema_decay), use_buffers=True
+            )
         elif h.weight_averaging == "swa":
             averaged = AveragedModel(model, use_buffers=True)
         swa_from = max(1, math.ceil(h.swa_start * epochs))
@@ -280,7 +324,11 @@ class TorchBackend(Backend):
                     xb, yb = X[idx], y[idx]
                     opt.zero_grad(set_to_none=True)
                     out = model(xb)
-                    loss = train_loss_fn(out, yb) if classification else train_loss_fn(out.reshape(-1), yb)
+                    loss = (
+                        train_loss_fn(out, yb)
+                        if classification
+                        else train_loss_fn(out.reshape(-1), yb)
+                    )
                     loss.backward()
                     if h.grad_clip_norm > 0:
                         nn.utils.clip_grad_norm_(model.parameters(), h.grad_clip_norm)
@@ -295,7 +343,9 @@ class TorchBackend(Backend):
                     return result("diverged", f"non-finite training loss in epoch {epoch}")
                 if not per_step and sched is not None:
                     sched.step()
-                use_avg = averaged is not None and (h.weight_averaging == "ema" or epoch >= swa_from)
+                use_avg = averaged is not None and (
+                    h.weight_averaging == "ema" or epoch >= swa_from
+                )
                 if h.weight_averaging == "swa" and epoch >= swa_from:
                     averaged.update_parameters(model)
                 scored = averaged.module if use_avg else model
@@ -314,7 +364,9 @@ class TorchBackend(Backend):
             test_metric = None
             if best_state is not None:
                 model.load_state_dict(best_state)
-                test_metric, _ = self._score(task, model, task.X_test.to(self.device), task.y_test.to(self.device))
+                test_metric, _ = self._score(
+                    task, model, task.X_test.to(self.device), task.y_test.to(self.device)
+                )
                 if checkpoint_dir is not None:
                     name = "model.pt" if len(task.models) == 1 else f"model_{index}.pt"
                     _atomic_save(best_state, Path(checkpoint_dir) / name)
@@ -324,11 +376,15 @@ class TorchBackend(Backend):
         return result("ok", stopped_early=stopped, test_metric=test_metric)
 
     @torch.no_grad()
-    def _score(self, task: Task, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    def _score(
+        self, task: Task, model: nn.Module, X: torch.Tensor, y: torch.Tensor
+    ) -> tuple[float, float]:
         """(metric, loss) on a split: accuracy and cross-entropy, or R² and MSE."""
         was_training = model.training
         model.eval()
-        outs = [model(X[s : s + self.eval_batch_size]) for s in range(0, len(X), self.eval_batch_size)]
+        outs = [
+            model(X[s : s + self.eval_batch_size]) for s in range(0, len(X), self.eval_batch_size)
+        ]
         model.train(was_training)
         out = torch.cat(outs)
         if task.task_type == "classification":

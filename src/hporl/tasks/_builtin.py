@@ -32,7 +32,9 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as err:  # pragma: no cover - depends on the extra
-        raise TaskError("task 'mnist1d' needs the mnist1d package: pip install 'hporl[mnist1d]'") from err
+        raise TaskError(
+            "task 'mnist1d' needs the mnist1d package: pip install 'hporl[mnist1d]'"
+        ) from err
     data = make_dataset(get_dataset_args())  # generated offline (get_dataset would download)
     X = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)[:, None, :]
     y = np.concatenate([data["y"], data["y_test"]])
@@ -75,8 +77,12 @@ def _synth_regression(index: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(2000 + index)
     n = int(rng.choice([300, 600, 1000, 2000]))
     if index % 3 == 2:  # a non-linear member
-        return make_friedman1(n_samples=n, n_features=int(rng.choice([5, 10, 20])),
-                              noise=float(rng.uniform(0, 2)), random_state=index)
+        return make_friedman1(
+            n_samples=n,
+            n_features=int(rng.choice([5, 10, 20])),
+            noise=float(rng.uniform(0, 2)),
+            random_state=index,
+        )
     n_features = int(rng.choice([8, 16, 32, 64]))
     X, y = make_regression(
         n_samples=n,
@@ -90,19 +96,61 @@ def _synth_regression(index: int) -> tuple[np.ndarray, np.ndarray]:
 
 # name -> (loader, default epochs, default model, description)
 _FIXED: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], int, Any, str]] = {
-    "iris": (lambda: _sklearn("load_iris"), 30, None, "scikit-learn iris: 150 rows, 4 features, 3 classes"),
-    "wine": (lambda: _sklearn("load_wine"), 30, None, "scikit-learn wine: 178 rows, 13 features, 3 classes"),
-    "breast_cancer": (lambda: _sklearn("load_breast_cancer"), 20, None,
-                      "scikit-learn breast cancer: 569 rows, 30 features, 2 classes"),
-    "digits": (lambda: _sklearn("load_digits"), 20, None, "scikit-learn digits: 1797 rows, 64 pixels as features, 10 classes"),
-    "digits_linear": (lambda: _sklearn("load_digits"), 20, _models.linear, "digits with a linear model"),
+    "iris": (
+        lambda: _sklearn("load_iris"),
+        30,
+        None,
+        "scikit-learn iris: 150 rows, 4 features, 3 classes",
+    ),
+    "wine": (
+        lambda: _sklearn("load_wine"),
+        30,
+        None,
+        "scikit-learn wine: 178 rows, 13 features, 3 classes",
+    ),
+    "breast_cancer": (
+        lambda: _sklearn("load_breast_cancer"),
+        20,
+        None,
+        "scikit-learn breast cancer: 569 rows, 30 features, 2 classes",
+    ),
+    "digits": (
+        lambda: _sklearn("load_digits"),
+        20,
+        None,
+        "scikit-learn digits: 1797 rows, 64 pixels as features, 10 classes",
+    ),
+    "digits_linear": (
+        lambda: _sklearn("load_digits"),
+        20,
+        _models.linear,
+        "digits with a linear model",
+    ),
     "digits_image": (_digits_images, 15, None, "digits as 1x8x8 images with a small CNN"),
-    "diabetes": (lambda: _sklearn("load_diabetes"), 40, None, "scikit-learn diabetes: 442 rows, 10 features, regression"),
-    "mnist1d": (_mnist1d, 15, None, "MNIST-1D (generated offline): 5000 sequences of length 40, 10 classes"),
+    "diabetes": (
+        lambda: _sklearn("load_diabetes"),
+        40,
+        None,
+        "scikit-learn diabetes: 442 rows, 10 features, regression",
+    ),
+    "mnist1d": (
+        _mnist1d,
+        15,
+        None,
+        "MNIST-1D (generated offline): 5000 sequences of length 40, 10 classes",
+    ),
 }
 _FAMILIES: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray]], int, str]] = {
-    "synth_clf": (_synth_classification, 20, "make_classification, size/width/noise/classes/imbalance vary with N"),
-    "synth_reg": (_synth_regression, 30, "make_regression / friedman1, size/width/noise vary with N"),
+    "synth_clf": (
+        _synth_classification,
+        20,
+        "make_classification, size/width/noise/classes/imbalance vary with N",
+    ),
+    "synth_reg": (
+        _synth_regression,
+        30,
+        "make_regression / friedman1, size/width/noise vary with N",
+    ),
 }
 _SUITES: dict[str, list[str]] = {
     "small": ["iris", "wine"],
@@ -110,7 +158,13 @@ _SUITES: dict[str, list[str]] = {
     "images": ["digits_image"],
     "synthetic": [f"synth_clf_{i}" for i in range(12)] + [f"synth_reg_{i}" for i in range(4)],
 }
-_SUITES["all"] = [*_SUITES["tabular"], "digits_linear", "digits_image", "mnist1d", *_SUITES["synthetic"]]
+_SUITES["all"] = [
+    *_SUITES["tabular"],
+    "digits_linear",
+    "digits_image",
+    "mnist1d",
+    *_SUITES["synthetic"],
+]
 
 
 def available() -> dict[str, str]:
@@ -124,7 +178,9 @@ def suites() -> dict[str, list[str]]:
     return {k: list(v) for k, v in _SUITES.items()}
 
 
-def builtin(name: str, *, model: Any = None, epochs: int | None = None, seed: int = 0, **kwargs: Any) -> Task:
+def builtin(
+    name: str, *, model: Any = None, epochs: int | None = None, seed: int = 0, **kwargs: Any
+) -> Task:
     """A built-in task by name: a fixed data set, or ``synth_clf_N`` / ``synth_reg_N``.
 
     Args:
@@ -154,7 +210,9 @@ def builtin(name: str, *, model: Any = None, epochs: int | None = None, seed: in
         epochs=epochs or default_epochs,
         name=name,
         seed=seed,
-        task_type="regression" if name == "diabetes" or name.startswith("synth_reg") else "classification",
+        task_type="regression"
+        if name == "diabetes" or name.startswith("synth_reg")
+        else "classification",
         **kwargs,
     )
 

@@ -139,7 +139,11 @@ class Task:
             raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise TaskError(f"epochs must be a positive integer, got {epochs!r}")
-        for split, X, y in (("train", X_train, y_train), ("val", X_val, y_val), ("test", X_test, y_test)):
+        for split, X, y in (
+            ("train", X_train, y_train),
+            ("val", X_val, y_val),
+            ("test", X_test, y_test),
+        ):
             if len(X) == 0:
                 raise TaskError(f"the {split} split is empty")
             if len(X) != len(y):
@@ -152,9 +156,13 @@ class Task:
         self.X_val, self.y_val = X_val.float().contiguous(), y_val.contiguous()
         self.X_test, self.y_test = X_test.float().contiguous(), y_test.contiguous()
         if task_type == "classification":
-            self.y_train, self.y_val, self.y_test = (t.long() for t in (self.y_train, self.y_val, self.y_test))
+            self.y_train, self.y_val, self.y_test = (
+                t.long() for t in (self.y_train, self.y_val, self.y_test)
+            )
         else:
-            self.y_train, self.y_val, self.y_test = (t.float().reshape(-1) for t in (self.y_train, self.y_val, self.y_test))
+            self.y_train, self.y_val, self.y_test = (
+                t.float().reshape(-1) for t in (self.y_train, self.y_val, self.y_test)
+            )
         self.input_shape = tuple(int(s) for s in X_train.shape[1:])
         if input_kind is None:
             input_kind = {1: "tabular", 2: "sequence"}.get(len(self.input_shape), "image")
@@ -211,7 +219,9 @@ class Task:
         Raises:
             TaskError: before any training, naming what is wrong.
         """
-        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a DataFrame, without importing pandas
+        if hasattr(X, "columns") and hasattr(
+            X, "to_numpy"
+        ):  # a DataFrame, without importing pandas
             columns = columns or [str(c) for c in X.columns]
             X = X.to_numpy(dtype=object)
         if hasattr(y, "to_numpy"):
@@ -219,12 +229,16 @@ class Task:
         X = np.asarray(X)
         y = np.asarray(y)
         if X.ndim == 1:
-            raise TaskError(f"X must have one row per sample (2 or more dimensions), got shape {X.shape}")
+            raise TaskError(
+                f"X must have one row per sample (2 or more dimensions), got shape {X.shape}"
+            )
         if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
             raise TaskError(f"y must be one-dimensional (one target per row), got shape {y.shape}")
         y = y.reshape(-1)
         if len(X) != len(y):
-            raise TaskError(f"X has {len(X)} rows but y has {len(y)}; they must have the same length")
+            raise TaskError(
+                f"X has {len(X)} rows but y has {len(y)}; they must have the same length"
+            )
         if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
             raise TaskError(
                 f"val_size and test_size must be in (0, 1) with a sum below 1, got {val_size}, {test_size}"
@@ -241,7 +255,9 @@ class Task:
             raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
         classes = None
         if task_type == "classification":
-            classes, y_enc = np.unique(y.astype(str) if y.dtype == object else y, return_inverse=True)
+            classes, y_enc = np.unique(
+                y.astype(str) if y.dtype == object else y, return_inverse=True
+            )
             if len(classes) < 2:
                 raise TaskError(
                     f"the classification target has one class ({classes[0].item()!r}); it needs at least two"
@@ -254,7 +270,9 @@ class Task:
                 raise TaskError(f"the regression target is not numeric: {err}") from None
             if not np.isfinite(y_arr).all():
                 raise TaskError("the regression target contains inf")
-        train_idx, val_idx, test_idx = _split(len(y_arr), y_arr if classes is not None else None, val_size, test_size, seed)
+        train_idx, val_idx, test_idx = _split(
+            len(y_arr), y_arr if classes is not None else None, val_size, test_size, seed
+        )
         info: dict[str, Any] = {"n_rows": len(y_arr)}
         if X.ndim == 2:
             prep = _TabularPreprocessor(columns)
@@ -280,7 +298,9 @@ class Task:
             mean = Xf[train_idx].mean(axis=axes, keepdims=True)
             std = Xf[train_idx].std(axis=axes, keepdims=True) + 1e-8
             X_train, X_val, X_test = ((Xf[i] - mean) / std for i in (train_idx, val_idx, test_idx))
-            info.update(frac_categorical=0.0, frac_missing=0.0, n_raw_features=int(np.prod(X.shape[1:])))
+            info.update(
+                frac_categorical=0.0, frac_missing=0.0, n_raw_features=int(np.prod(X.shape[1:]))
+            )
             input_kind = input_kind or ("sequence" if X.ndim == 3 else "image")
         if task_type == "regression":
             mu, sd = float(y_arr[train_idx].mean()), float(y_arr[train_idx].std()) or 1.0
@@ -300,7 +320,9 @@ class Task:
             epochs=epochs,
             input_kind=input_kind,
             n_outputs=len(classes) if classes is not None else None,
-            classes=[c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else None,
+            classes=[c.item() if hasattr(c, "item") else c for c in classes]
+            if classes is not None
+            else None,
             info=info,
         )
 
@@ -413,7 +435,9 @@ class Task:
             m = spec.build(self.input_shape, self.n_outputs, None)
             params.append(sum(p.numel() for p in m.parameters()))
             mods = list(m.modules())
-            depth.append(sum(isinstance(x, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods))
+            depth.append(
+                sum(isinstance(x, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods)
+            )
             conv.append(any(isinstance(x, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods))
             drop.append(any(isinstance(x, nn.Dropout) for x in mods))
         return {
@@ -528,7 +552,9 @@ def _missing_mask(a: np.ndarray) -> np.ndarray:
             dtype=bool,
         ).reshape(a.shape)
     if a.dtype.kind in "US":
-        return np.char.lower(np.char.strip(a.astype(str))) == "" if a.size else np.zeros(a.shape, bool)
+        return (
+            np.char.lower(np.char.strip(a.astype(str))) == "" if a.size else np.zeros(a.shape, bool)
+        )
     return np.zeros(a.shape, dtype=bool)
 
 
@@ -549,7 +575,11 @@ def _as_float(col: np.ndarray) -> np.ndarray | None:
 
 
 def _infer_task_type(y: np.ndarray) -> str:
-    yf = _as_float(y) if y.dtype == object else (y.astype(np.float64) if y.dtype.kind in "fiub" else None)
+    yf = (
+        _as_float(y)
+        if y.dtype == object
+        else (y.astype(np.float64) if y.dtype.kind in "fiub" else None)
+    )
     if yf is None or y.dtype.kind in "bUS":
         return "classification"
     integral = np.all(np.mod(yf, 1) == 0)
@@ -561,8 +591,8 @@ def _infer_task_type(y: np.ndarray) -> str:
 def _split(
     n: int, y: np.ndarray | None, val_size: float, test_size: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n_test = int(round(n * test_size))
-    n_val = int(round(n * val_size))
+    n_test = round(n * test_size)
+    n_val = round(n * val_size)
     n_train = n - n_test - n_val
     for split, k in (("train", n_train), ("val", n_val), ("test", n_test)):
         if k < 1:
@@ -656,7 +686,7 @@ class _TabularPreprocessor:
         for k, j in enumerate(self.categorical):
             col = X[:, j]
             miss = _missing_mask(col)
-            cat[:, k] = [np.nan if m else str(v) for v, m in zip(col, miss)]
+            cat[:, k] = [np.nan if m else str(v) for v, m in zip(col, miss, strict=True)]
         return num, cat
 
     def transform(self, X: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ class MLP(nn.Sequential):
         drops = [dropout] * len(hidden) if isinstance(dropout, (int, float)) else list(dropout)
         layers: list[nn.Module] = [nn.Flatten()]
         width = input_dim
-        for h, p in zip(hidden, drops):
+        for h, p in zip(hidden, drops, strict=True):
             layers += [nn.Linear(width, h), nn.ReLU()]
             if p > 0:
                 layers.append(nn.Dropout(p))
