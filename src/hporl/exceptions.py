@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "HporlError",
+    "PolicyError",
     "SearchSpaceError",
     "TaskError",
 ]
@@ -24,3 +25,7 @@ class TaskError(HporlError, ValueError):
 
 class ConfigError(HporlError, ValueError):
     """A configuration file or argument is malformed (YAML, types, unknown names)."""
+
+
+class PolicyError(HporlError, ValueError):
+    """A saved policy is missing, edited, or does not fit the space or task it is used with."""

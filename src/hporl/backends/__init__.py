@@ -1,6 +1,15 @@
 """Backends evaluate a configuration on a task: real training, or a published surrogate."""
 
 from hporl.backends._base import STATUSES, Backend, EpochCallback, TrialResult
+from hporl.backends.synthetic import SyntheticBackend, SyntheticTask
 from hporl.backends.torch_backend import TorchBackend
 
-__all__ = ["STATUSES", "Backend", "EpochCallback", "TorchBackend", "TrialResult"]
+__all__ = [
+    "STATUSES",
+    "Backend",
+    "EpochCallback",
+    "SyntheticBackend",
+    "SyntheticTask",
+    "TorchBackend",
+    "TrialResult",
+]

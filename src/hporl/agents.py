@@ -1,0 +1,178 @@
+"""Build and train Stable-Baselines3 agents on :class:`~hporl.HPOEnv` from a config."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+from pydantic import BaseModel, ConfigDict, Field
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch import nn
+
+from hporl.exceptions import ConfigError
+
+__all__ = ["ALGORITHMS", "AgentConfig", "build_agent", "latest_checkpoint", "policy_class", "train_agent"]
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = ("maskable_ppo", "ppo", "a2c", "dqn")
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+# Defaults suited to HPOEnv's short episodes (tens of steps); ``params`` overrides any of them.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "maskable_ppo": {"n_steps": 256, "batch_size": 64, "n_epochs": 10, "ent_coef": 0.01, "gamma": 1.0},
+    "ppo": {"n_steps": 256, "batch_size": 64, "n_epochs": 10, "ent_coef": 0.01, "gamma": 1.0},
+    "a2c": {"n_steps": 16, "ent_coef": 0.01, "gamma": 1.0},
+    "dqn": {"learning_starts": 200, "buffer_size": 20_000, "train_freq": 4, "exploration_fraction": 0.3,
+            "target_update_interval": 500, "gamma": 1.0},
+}
+
+
+class AgentConfig(BaseModel):
+    """The RL agent: algorithm, its hyperparameters, network, budget and seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["maskable_ppo", "ppo", "a2c", "dqn"] = "maskable_ppo"
+    total_timesteps: int = Field(20_000, gt=0)
+    n_envs: int = Field(1, gt=0)
+    seed: int = 0
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["tanh", "relu"] = "tanh"
+    learning_rate: float = Field(3e-4, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    checkpoint_every: int = Field(5_000, gt=0)
+    device: str = "cpu"
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """JSON-ready network description (also stored with a saved Policy)."""
+        return {"net_arch": list(self.net_arch), "activation": self.activation}
+
+
+def _algorithm_class(name: str) -> type[BaseAlgorithm]:
+    if name == "maskable_ppo":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    from stable_baselines3 import A2C, DQN, PPO
+
+    return {"ppo": PPO, "a2c": A2C, "dqn": DQN}[name]
+
+
+def policy_class(name: str) -> type[nn.Module]:
+    """The SB3 policy (network) class an algorithm trains."""
+    if name == "maskable_ppo":
+        from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+        return MaskableActorCriticPolicy
+    if name == "dqn":
+        from stable_baselines3.dqn.policies import DQNPolicy
+
+        return DQNPolicy
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    return ActorCriticPolicy
+
+
+def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"net_arch": list(policy_kwargs["net_arch"]), "activation_fn": ACTIVATIONS[policy_kwargs["activation"]]}
+
+
+def make_vec_env(env_fns: list[Callable[[], gym.Env]]) -> VecEnv:
+    """One env in process, or one subprocess per env when there are several."""
+    return DummyVecEnv(env_fns) if len(env_fns) == 1 else SubprocVecEnv(env_fns)
+
+
+def build_agent(config: AgentConfig, env: VecEnv, *, log_dir: str | Path | None = None) -> BaseAlgorithm:
+    """A fresh SB3 agent for ``env`` (logs as CSV, and TensorBoard when it is installed)."""
+    cls = _algorithm_class(config.algorithm)
+    kwargs = {**_DEFAULTS[config.algorithm], **config.params}
+    try:
+        agent = cls(
+            "MlpPolicy",
+            env,
+            learning_rate=config.learning_rate,
+            policy_kwargs=sb3_policy_kwargs(config.policy_kwargs()),
+            seed=config.seed,
+            device=config.device,
+            verbose=0,
+            **kwargs,
+        )
+    except TypeError as err:
+        raise ConfigError(f"agent {config.algorithm!r}: {err}") from None
+    if log_dir is not None:
+        agent.set_logger(_logger(log_dir))
+    return agent
+
+
+def _logger(log_dir: str | Path) -> Any:
+    from stable_baselines3.common.logger import configure
+
+    formats = ["csv"]
+    try:
+        import tensorboard  # noqa: F401
+
+        formats.append("tensorboard")
+    except ImportError:
+        pass
+    return configure(str(log_dir), formats)
+
+
+_STEPS = re.compile(r"_(\d+)_steps\.zip$")
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint with the most timesteps in ``folder`` (SB3's ``*_<n>_steps.zip``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.glob("*_steps.zip") if (m := _STEPS.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def train_agent(
+    config: AgentConfig,
+    env_fns: list[Callable[[], gym.Env]],
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress_bar: bool = False,
+    callback: Any = None,
+) -> BaseAlgorithm:
+    """Train (or, with ``resume``, continue) an agent for ``config.total_timesteps`` in all.
+
+    With ``run_dir``, checkpoints go to ``run_dir/checkpoints`` every ``checkpoint_every``
+    timesteps and logs to ``run_dir/logs``; ``resume`` loads the latest checkpoint there and
+    trains only the remaining timesteps.
+    """
+    env = make_vec_env(env_fns)
+    callbacks = [callback] if callback is not None else []
+    agent: BaseAlgorithm | None = None
+    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
+    if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
+        agent = _algorithm_class(config.algorithm).load(path, env=env, device=config.device)
+        agent.set_logger(_logger(Path(run_dir) / "logs"))
+        logger.info("resuming from %s at %d timesteps", path, agent.num_timesteps)
+    if agent is None:
+        agent = build_agent(config, env, log_dir=Path(run_dir) / "logs" if run_dir is not None else None)
+    if ckpt_dir is not None:
+        callbacks.append(
+            CheckpointCallback(save_freq=max(config.checkpoint_every // config.n_envs, 1), save_path=str(ckpt_dir),
+                               name_prefix="agent")
+        )
+    remaining = config.total_timesteps - agent.num_timesteps
+    try:
+        if remaining > 0:
+            agent.learn(remaining, callback=callbacks or None, reset_num_timesteps=not resume or agent.num_timesteps == 0,
+                        progress_bar=progress_bar)
+        if ckpt_dir is not None:
+            agent.save(ckpt_dir / f"agent_{agent.num_timesteps}_steps")
+    finally:
+        env.close()
+    return agent

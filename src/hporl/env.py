@@ -1,0 +1,350 @@
+"""``HPOEnv``: hyperparameter choice as a gymnasium environment, one parameter per step.
+
+An episode is up to ``budget`` (K) trials on one task drawn at ``reset``. Each step chooses one
+hyperparameter (a bin of it); when a configuration is complete the backend evaluates it. The
+reward is the improvement of the best reward-approach value so far on this task, so that an
+episode's return is the best value it found (the first trial's value counts whole, a diverged or
+failed trial gets the approach's floor).
+
+The observation (see :class:`ObservationLayout`) shows only what a user would have on a new
+task: its meta-features and the trials run on it so far, their scores chance-adjusted
+(``(metric - chance) / (1 - chance)``, see :mod:`hporl.rewards`). Per-task normalisation
+constants of benchmarks never reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from hporl import rewards as _rewards
+from hporl.backends import Backend, TrialResult
+from hporl.exceptions import ConfigError
+from hporl.rewards import normalized_score
+from hporl.space import Parameter, SearchSpace, _same
+
+__all__ = ["HPOEnv", "ObservationLayout", "TaskLike", "trial_score"]
+
+logger = logging.getLogger(__name__)
+
+OBS_BOUND = 2.0
+
+
+class TaskLike(Protocol):
+    """What the environment needs of a task (``hporl.Task`` and synthetic tasks have it)."""
+
+    name: str
+    epochs: int
+
+    def features(self) -> np.ndarray: ...
+
+
+def trial_score(result: TrialResult | float | None, chance: float = 0.0) -> float | None:
+    """The chance-adjusted score of a trial, ``None`` for a diverged or failed one.
+
+    A float is taken as a raw metric value (higher is better) on a task whose chance level is
+    ``chance``.
+    """
+    if result is None:
+        return None
+    if isinstance(result, TrialResult):
+        if result.status != "ok" or result.best_metric is None:
+            return None
+        return normalized_score(result.best_metric, result.chance_metric)
+    value = float(result)
+    return normalized_score(value, chance) if np.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """How observations are built; shared by the env and by a trained :class:`~hporl.Policy`.
+
+    Blocks, in order (all float32, clipped to [-2, 2]):
+
+    1. ``n_features`` task meta-features;
+    2. one-hot of the parameter being chosen (one slot per chosen parameter; all zero when none);
+    3. the partial configuration, ``space.encode`` (zeros where unset or inactive);
+    4. one "unset" flag per chosen parameter (1 until it is chosen in the current trial);
+    5. a summary: trial index / K, best score so far, 1 if any trial succeeded, fraction of
+       failed trials;
+    6. the last ``history`` trials, most recent first, each: encoded config, score, score minus
+       the best so far, failed flag, present flag.
+    """
+
+    space: SearchSpace
+    n_features: int
+    budget: int
+    n_bins: int = 8
+    history: int = 3
+
+    @cached_property
+    def params(self) -> list[Parameter]:
+        return self.space.chosen
+
+    @cached_property
+    def bins(self) -> list[list[Any]]:
+        return [self.space.bins(p.name, self.n_bins) for p in self.params]
+
+    @cached_property
+    def _param_index(self) -> dict[str, int]:
+        return {p.name: i for i, p in enumerate(self.params)}
+
+    @property
+    def n_actions(self) -> int:
+        return max(len(b) for b in self.bins)
+
+    @property
+    def trial_width(self) -> int:
+        return self.space.dim + 4
+
+    @property
+    def dim(self) -> int:
+        n = len(self.params)
+        return self.n_features + n + self.space.dim + n + 4 + self.history * self.trial_width
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_features": self.n_features, "budget": self.budget, "n_bins": self.n_bins, "history": self.history}
+
+    # -- stepping through a configuration -----------------------------------------------------
+    def advance(self, partial: dict[str, Any], start: int) -> int | None:
+        """Fill fixed parameters from position ``start`` in ``space.parameters`` on; return the
+        position of the next parameter to choose, or ``None`` when the configuration is complete."""
+        params = self.space.parameters
+        for i in range(start, len(params)):
+            p = params[i]
+            if not self.space.is_active(p.name, partial):
+                continue
+            if p.kind == "fixed":
+                partial[p.name] = p.default
+                continue
+            return i
+        return None
+
+    def mask(self, position: int | None) -> np.ndarray:
+        mask = np.zeros(self.n_actions, dtype=bool)
+        if position is None:
+            mask[0] = True  # no choice pending (episode over): any action is a no-op
+            return mask
+        k = self._param_index[self.space.parameters[position].name]
+        mask[: len(self.bins[k])] = True
+        return mask
+
+    def value_of(self, position: int, action: int) -> Any:
+        """The value of bin ``action`` for the parameter at ``position`` (out-of-range actions,
+        from agents that ignore masks, wrap around)."""
+        bins = self.bins[self._param_index[self.space.parameters[position].name]]
+        return bins[int(action) % len(bins)]
+
+    def action_of(self, name: str, value: Any) -> int:
+        """The bin nearest to ``value`` (exact for categorical values)."""
+        p = self.space[name]
+        bins = self.bins[self._param_index[name]]
+        if p.kind == "categorical":
+            return next(i for i, b in enumerate(bins) if _same(b, value))
+        if p.has_off:
+            if _same(value, p.off):
+                return 0
+            units = [p._to_unit(float(b)) for b in bins[1:]]
+            return 1 + int(np.argmin([abs(u - p._to_unit(float(value))) for u in units]))
+        units = [p._to_unit(float(b)) for b in bins]
+        return int(np.argmin([abs(u - p._to_unit(float(value))) for u in units]))
+
+    # -- observations -------------------------------------------------------------------------
+    def observe(
+        self,
+        features: np.ndarray,
+        position: int | None,
+        partial: Mapping[str, Any],
+        trials: Sequence[tuple[Mapping[str, Any], float | None]],
+    ) -> np.ndarray:
+        """The observation for choosing the parameter at ``position`` given ``trials`` (config,
+        chance-adjusted score or ``None`` for failed), oldest first."""
+        n = len(self.params)
+        features = np.asarray(features, dtype=np.float32).reshape(-1)
+        if features.shape != (self.n_features,):
+            raise ConfigError(f"expected {self.n_features} task features, got {features.shape[0]}")
+        current = np.zeros(n, dtype=np.float32)
+        if position is not None:
+            current[self._param_index[self.space.parameters[position].name]] = 1.0
+        unset = np.array([0.0 if p.name in partial else 1.0 for p in self.params], dtype=np.float32)
+        scores = [s for _, s in trials if s is not None]
+        best = max(scores) if scores else 0.0
+        summary = np.array(
+            [
+                min(len(trials) / self.budget, 1.0),
+                best,
+                1.0 if scores else 0.0,
+                (len(trials) - len(scores)) / max(len(trials), 1),
+            ],
+            dtype=np.float32,
+        )
+        recent = np.zeros((self.history, self.trial_width), dtype=np.float32)
+        for row, (config, score) in enumerate(reversed(trials[-self.history :] if self.history else [])):
+            recent[row, : self.space.dim] = self.space.encode(config)
+            if score is None:
+                recent[row, -2] = 1.0
+            else:
+                recent[row, -4] = score
+                recent[row, -3] = score - best
+            recent[row, -1] = 1.0
+        obs = np.concatenate([features, current, self.space.encode(partial), unset, summary, recent.reshape(-1)])
+        return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)
+
+
+class HPOEnv(gym.Env):
+    """Choose hyperparameters one step at a time over up to ``budget`` trials on a drawn task.
+
+    Args:
+        space: the search space (``chosen`` parameters are the actions; fixed ones are filled).
+        backend: evaluates complete configurations.
+        tasks: a list of tasks drawn uniformly at ``reset``, or a callable ``sampler(rng)``.
+        reward: a reward approach name (:mod:`hporl.rewards`) or instance.
+        budget: K, the trials per episode (1: pure zero-shot transfer).
+        n_bins: bins per numeric parameter (categorical ones use their choices).
+        history: how many past trials the observation shows in full.
+        epochs: epochs per trial (default: each task's own).
+        trial_seed: the training seed of every trial (fixed, so evaluations can be cached).
+        cache: keep results in memory so a configuration revisited on a task is not re-run.
+
+    ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
+    finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
+    approach's value), ``trial`` (its 0-based index) and ``task`` (the task's name).
+    Agents that ignore ``action_masks()`` are served too: out-of-range actions wrap around.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - gymnasium's convention
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        backend: Backend,
+        tasks: Sequence[TaskLike] | Callable[[np.random.Generator], TaskLike],
+        *,
+        reward: str | _rewards.RewardApproach = "best_metric",
+        budget: int = 3,
+        n_bins: int = 8,
+        history: int = 3,
+        epochs: int | None = None,
+        trial_seed: int = 0,
+        cache: bool = True,
+        n_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(budget, int) or budget < 1:
+            raise ConfigError(f"budget (trials per episode) must be a positive integer, got {budget!r}")
+        if not space.chosen:
+            raise ConfigError("the search space has no parameter to choose")
+        if callable(tasks) and not isinstance(tasks, Sequence):
+            self._sampler = tasks
+            self._tasks: list[TaskLike] = []
+        else:
+            self._tasks = list(tasks)
+            if not self._tasks:
+                raise ConfigError("HPOEnv needs at least one training task")
+            self._sampler = None
+        if n_features is None:
+            probe = self._tasks[0] if self._tasks else self._sampler(np.random.default_rng(0))
+            n_features = len(np.asarray(probe.features()).reshape(-1))
+        self.space = space
+        self.backend = backend
+        self.reward_approach = _rewards.get(reward)
+        self.layout = ObservationLayout(space, n_features, budget, n_bins, history)
+        self.epochs = epochs
+        self.trial_seed = trial_seed
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(self.layout.dim,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(self.layout.n_actions)
+        self._cache: dict[tuple[Any, ...], TrialResult] | None = {} if cache else None
+        self._features: dict[int, np.ndarray] = {}
+        self.n_evaluations = 0
+        self.n_cache_hits = 0
+        self.task: TaskLike | None = None
+        self._partial: dict[str, Any] = {}
+        self._position: int | None = None
+        self._trials: list[tuple[dict[str, Any], float | None]] = []
+        self._best_value: float | None = None
+
+    # -- gymnasium API ------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "task" in options:
+            self.task = options["task"]
+        elif self._sampler is not None:
+            self.task = self._sampler(self.np_random)
+        else:
+            self.task = self._tasks[int(self.np_random.integers(len(self._tasks)))]
+        self._trials = []
+        self._best_value = None
+        self._new_config()
+        return self._observe(), {"task": self.task.name}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.task is None:
+            raise RuntimeError("call reset() before step()")
+        if self._position is None:
+            raise RuntimeError("the episode is over; call reset()")
+        p = self.space.parameters[self._position]
+        self._partial[p.name] = self.layout.value_of(self._position, int(action))
+        self._position = self.layout.advance(self._partial, self._position + 1)
+        if self._position is not None:
+            return self._observe(), 0.0, False, False, {}
+        config = self.space.validate(self._partial)
+        result = self._evaluate(self.task, config)
+        reference = self._reference(self.task) if self.reward_approach.needs_reference else None
+        value = float(self.reward_approach(result, reference=reference))
+        reward = value if self._best_value is None else max(0.0, value - self._best_value)
+        self._best_value = value if self._best_value is None else max(self._best_value, value)
+        self._trials.append((config, trial_score(result)))
+        info = {"config": config, "result": result, "value": value, "trial": len(self._trials) - 1,
+                "task": self.task.name}
+        terminated = len(self._trials) >= self.layout.budget
+        if terminated:
+            self._partial = {}
+            self._position = None
+        else:
+            self._new_config()
+        return self._observe(), reward, terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention)."""
+        return self.layout.mask(self._position)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _new_config(self) -> None:
+        self._partial = {}
+        self._position = self.layout.advance(self._partial, 0)
+
+    def _task_features(self, task: TaskLike) -> np.ndarray:
+        key = id(task)
+        if key not in self._features:
+            self._features[key] = np.asarray(task.features(), dtype=np.float32).reshape(-1)
+        return self._features[key]
+
+    def _observe(self) -> np.ndarray:
+        return self.layout.observe(self._task_features(self.task), self._position, self._partial, self._trials)
+
+    def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:
+        key = (id(task), json.dumps(config, sort_keys=True, default=str), self.trial_seed, self.epochs)
+        if self._cache is not None and key in self._cache:
+            self.n_cache_hits += 1
+            return self._cache[key]
+        result = self.backend.evaluate(task, config, seed=self.trial_seed, epochs=self.epochs)
+        self.n_evaluations += 1
+        if self._cache is not None:
+            self._cache[key] = result
+        return result
+
+    def _reference(self, task: TaskLike) -> TrialResult:
+        return self._evaluate(task, self.space.default())
+
+    @property
+    def trials(self) -> list[tuple[dict[str, Any], float | None]]:
+        """This episode's (config, chance-adjusted score) pairs, oldest first."""
+        return list(self._trials)
