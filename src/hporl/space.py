@@ -659,7 +659,10 @@ class SearchSpace:
                 f"bins({name!r}, n={n!r}): n must be an integer >= {3 if p.has_off else 2}"
             )
         m = n - 1 if p.has_off else n
+        # 10 significant digits: bins read 1.0, not 1.0000000000000004, after exp/log.
         values = [p._from_unit(k / (m - 1)) for k in range(m)]
+        if p.kind == "float":
+            values = [min(max(float(f"{v:.10g}"), p.low), p.high) for v in values]
         if p.kind == "int":
             values = list(dict.fromkeys(values))
         return [p.off, *values] if p.has_off else values

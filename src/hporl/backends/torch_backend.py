@@ -209,23 +209,59 @@ class TorchBackend(Backend):
         checkpoint_dir: str | Path | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> TrialResult:
+        results, _ = self._run(task, config, seed, epochs, checkpoint_dir, on_epoch, keep="best")
+        result = aggregate(results)
+        self._write_config(checkpoint_dir, task, config, seed, epochs or task.epochs, result)
+        return result
+
+    def fit(
+        self,
+        task: Task,
+        config: Mapping[str, Any],
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+    ) -> tuple[list[nn.Module], TrialResult]:
+        """Train for exactly ``epochs`` and return the trained model(s) with the last epoch's
+        weights (the averaged ones under EMA/SWA); ``test_metric`` is theirs. For final training."""
+        results, models = self._run(task, config, seed, epochs, checkpoint_dir, None, keep="last")
+        result = aggregate(results)
+        self._write_config(checkpoint_dir, task, config, seed, epochs or task.epochs, result)
+        return models, result
+
+    def _run(
+        self,
+        task: Task,
+        config: Mapping[str, Any],
+        seed: int,
+        epochs: int | None,
+        checkpoint_dir: str | Path | None,
+        on_epoch: EpochCallback | None,
+        keep: str,
+    ) -> tuple[list[TrialResult], list[nn.Module]]:
         epochs = int(epochs or task.epochs)
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
         previous_threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
+        results, models = [], []
         try:
-            results = []
             for i in range(len(task.models)):
                 with torch.random.fork_rng(devices=[]):
-                    results.append(
-                        self._train_one(task, i, config, seed, epochs, checkpoint_dir, on_epoch)
-                    )
+                    r, m = self._train_one(task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep)
+                results.append(r)
+                models.append(m)
         finally:
             if self.num_threads:
                 torch.set_num_threads(previous_threads)
-        result = aggregate(results)
+        return results, models
+
+    def _write_config(
+        self, checkpoint_dir: str | Path | None, task: Task, config: Mapping[str, Any], seed: int, epochs: int,
+        result: TrialResult,
+    ) -> None:
         if checkpoint_dir is not None:
             _atomic_write_text(
                 Path(checkpoint_dir) / "config.json",
@@ -241,7 +277,6 @@ class TorchBackend(Backend):
                     default=str,
                 ),
             )
-        return result
 
     # -- one model ----------------------------------------------------------------------------
     def _train_one(
@@ -253,7 +288,9 @@ class TorchBackend(Backend):
         epochs: int,
         checkpoint_dir: str | Path | None,
         on_epoch: EpochCallback | None,
-    ) -> TrialResult:
+        keep: str = "best",
+    ) -> tuple[TrialResult, nn.Module | None]:
+        """Train model ``index``; return its result and the model holding the kept weights."""
         start = time.perf_counter()
         common = {
             "metric_name": task.metric_name,
@@ -266,7 +303,8 @@ class TorchBackend(Backend):
         losses: list[float] = []
         train_losses: list[float] = []
 
-        def result(status: str, reason: str | None = None, **kw: Any) -> TrialResult:
+        def result(status: str, reason: str | None = None, **kw: Any) -> tuple[TrialResult, nn.Module | None]:
+            kept = kw.pop("model", None)
             return TrialResult.from_curves(
                 curve=curve,
                 loss_curve=losses,
@@ -276,7 +314,7 @@ class TorchBackend(Backend):
                 wall_time=time.perf_counter() - start,
                 **common,
                 **kw,
-            )
+            ), kept
 
         try:
             h = _Hyper.read(config)
@@ -362,6 +400,8 @@ class TorchBackend(Backend):
                     stopped = True
                     break
             test_metric = None
+            if keep == "last" and curve:
+                best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             if best_state is not None:
                 model.load_state_dict(best_state)
                 test_metric, _ = self._score(
@@ -373,7 +413,8 @@ class TorchBackend(Backend):
         except Exception as err:  # e.g. out of memory, a shape error in a user model mid-way
             logger.debug("trial failed in epoch %d", epoch, exc_info=True)
             return result("failed", f"{type(err).__name__} in epoch {epoch}: {err}")
-        return result("ok", stopped_early=stopped, test_metric=test_metric)
+        model.eval()
+        return result("ok", stopped_early=stopped, test_metric=test_metric, model=model)
 
     @torch.no_grad()
     def _score(

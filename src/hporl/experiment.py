@@ -1,0 +1,254 @@
+"""``run_experiment``: meta-train an agent over many tasks and return the resulting Policy."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hporl.agents import AgentConfig, train_agent
+from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
+from hporl.env import HPOEnv
+from hporl.exceptions import ConfigError, HporlError
+from hporl.policy import Policy
+from hporl.space import SearchSpace, builtin_spaces
+from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
+from hporl.tasks import models as _models
+
+__all__ = ["BackendConfig", "CsvTaskSpec", "ExperimentConfig", "SyntheticTaskSpec", "run_experiment"]
+
+logger = logging.getLogger(__name__)
+
+MODELS = {"mlp": _models.make_mlp, "linear": _models.linear, "cnn": _models.make_cnn, "lcbench_mlp": _models.lcbench_mlp}
+
+
+class CsvTaskSpec(BaseModel):
+    """A task read from a CSV file."""
+
+    model_config = ConfigDict(extra="forbid")
+    csv: str
+    target: str
+    name: str | None = None
+    model: Literal["mlp", "linear", "cnn", "lcbench_mlp"] | None = None
+    epochs: int | None = Field(None, gt=0)
+
+
+class SyntheticTaskSpec(BaseModel):
+    """``n`` synthetic tasks (feature vectors only), for the ``synthetic`` backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    synthetic: int = Field(gt=0)
+    n_features: int = Field(4, gt=0)
+    seed: int = 0
+
+
+class BackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["torch", "synthetic"] = "torch"
+    epochs: int | None = Field(None, gt=0, description="epochs per trial (default: each task's own)")
+    num_threads: int | None = Field(1, gt=0)
+    device: str = "cpu"
+    trial_seed: int = 0
+
+
+class ExperimentConfig(BaseModel):
+    """A meta-training run. In YAML::
+
+        name: first
+        tasks: [small, breast_cancer, synth_clf_0]   # suites, built-in tasks, {csv:, target:}
+        space: optimizer                              # built-in name, YAML path, or a mapping
+        backend: {name: torch, epochs: 5}
+        reward: best_metric
+        budget: 3                                     # K trials per episode
+        agent: {algorithm: maskable_ppo, total_timesteps: 3000}
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str = "experiment"
+    tasks: list[str | CsvTaskSpec | SyntheticTaskSpec | Task] = Field(min_length=1)
+    space: str | dict[str, Any] = "optimizer"
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    reward: str = "best_metric"
+    budget: int = Field(3, gt=0, description="K: trials per episode")
+    n_bins: int = Field(8, ge=3)
+    history: int = Field(3, ge=0)
+    model: Literal["mlp", "linear", "cnn", "lcbench_mlp"] | None = None
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    out: str | None = None
+
+    @field_validator("reward")
+    @classmethod
+    def _known_reward(cls, value: str) -> str:
+        from hporl import rewards
+
+        rewards.get(value)  # raises ConfigError naming the choices
+        return value
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read experiment file {str(path)!r}: {err.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(data).__name__}")
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], *, source: str = "experiment") -> ExperimentConfig:
+        """Validate a mapping; errors name the key, and suggest the nearest valid one."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as err:
+            raise ConfigError(f"{source}: {_explain(err, cls)}") from None
+
+
+def _explain(err: ValidationError, model: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = [str(x) for x in e["loc"]]
+    where = ".".join(loc)
+    if e["type"] == "extra_forbidden":
+        fields = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], fields, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(fields)}."
+        return f"unknown key {where!r}.{hint}"
+    return f"{where}: {e['msg']} (got {e.get('input')!r})"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return list(getattr(current, "model_fields", {}))
+        ann = field.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else current
+    return list(getattr(current, "model_fields", {}))
+
+
+# -- resolving the parts ----------------------------------------------------------------------------
+def resolve_space(space: str | Mapping[str, Any] | SearchSpace) -> SearchSpace:
+    if isinstance(space, SearchSpace):
+        return space
+    if isinstance(space, Mapping):
+        return SearchSpace.from_dict(space)
+    if space in builtin_spaces():
+        return SearchSpace.builtin(space)
+    if Path(space).is_file():
+        return SearchSpace.from_yaml(space)
+    raise ConfigError(f"space {space!r} is neither a built-in space ({', '.join(builtin_spaces())}) nor a YAML file")
+
+
+def resolve_tasks(config: ExperimentConfig) -> list[Any]:
+    """Build every task of the experiment (suites expanded)."""
+    model = MODELS[config.model] if config.model else None
+    out: list[Any] = []
+    for entry in config.tasks:
+        if isinstance(entry, Task):
+            out.append(entry)
+        elif isinstance(entry, SyntheticTaskSpec):
+            out += SyntheticTask.sample(entry.seed, entry.synthetic, n_features=entry.n_features)
+        elif isinstance(entry, CsvTaskSpec):
+            m = MODELS[entry.model] if entry.model else model
+            kwargs = {"epochs": entry.epochs} if entry.epochs else {}
+            out.append(Task.from_csv(entry.csv, target=entry.target, model=m, name=entry.name or Path(entry.csv).stem, **kwargs))
+        elif entry in suites():
+            out += [builtin(n, model=model) for n in suites()[entry]]
+        else:
+            out.append(builtin(entry, model=model))
+    names = [t.name for t in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        logger.warning("tasks listed more than once: %s", ", ".join(dupes))
+    return out
+
+
+def resolve_backend(config: BackendConfig, space: SearchSpace) -> Backend:
+    if config.name == "synthetic":
+        return SyntheticBackend(space)
+    return TorchBackend(device=config.device, num_threads=config.num_threads)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def run_experiment(
+    config: ExperimentConfig | Mapping[str, Any] | str | Path,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress_bar: bool = False,
+) -> Policy:
+    """Meta-train an agent on the experiment's tasks; save and return the Policy.
+
+    The run directory (``out``, else the config's ``out``, else ``runs/<name>``) receives
+    ``experiment.json``, ``checkpoints/``, ``logs/`` (SB3 CSV, TensorBoard when installed),
+    ``summary.json`` and ``policy/``. With ``resume``, training continues from the latest
+    checkpoint there.
+    """
+    if isinstance(config, (str, Path)):
+        config = ExperimentConfig.from_yaml(config)
+    elif isinstance(config, Mapping):
+        config = ExperimentConfig.parse(config)
+    run_dir = Path(out or config.out or Path("runs") / config.name)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory {str(run_dir)!r}: {err.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"run directory {str(run_dir)!r} is not writable")
+    space = resolve_space(config.space)
+    tasks = resolve_tasks(config)
+    backend = resolve_backend(config.backend, space)
+    is_synthetic = config.backend.name == "synthetic"
+    if is_synthetic and not all(isinstance(t, SyntheticTask) for t in tasks):
+        raise ConfigError("the synthetic backend needs synthetic tasks ({synthetic: N}); others need backend torch")
+    if not is_synthetic and any(isinstance(t, SyntheticTask) for t in tasks):
+        raise ConfigError("synthetic tasks ({synthetic: N}) need backend: {name: synthetic}")
+    _write_json(run_dir / "experiment.json", config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]})
+
+    def make_env() -> HPOEnv:
+        return HPOEnv(space, backend, tasks, reward=config.reward, budget=config.budget, n_bins=config.n_bins,
+                      history=config.history, epochs=config.backend.epochs, trial_seed=config.backend.trial_seed)
+
+    env = make_env()  # fails early on bad parts, before any subprocess starts
+    start = time.perf_counter()
+    try:
+        agent = train_agent(config.agent, [make_env] * config.agent.n_envs, run_dir=run_dir, resume=resume,
+                            progress_bar=progress_bar)
+    except HporlError:
+        raise
+    policy = Policy.from_agent(
+        agent,
+        env.layout,
+        algorithm=config.agent.algorithm,
+        policy_kwargs=config.agent.policy_kwargs(),
+        reward=config.reward,
+        feature_names=None if is_synthetic else list(FEATURE_NAMES),
+        training_tasks=[t.name for t in tasks],
+        meta={"experiment": config.name, "timesteps": int(agent.num_timesteps), "backend": config.backend.name},
+    )
+    policy.save(run_dir / "policy")
+    _write_json(run_dir / "summary.json", {"timesteps": int(agent.num_timesteps), "seconds": time.perf_counter() - start,
+                                           "tasks": len(tasks), "policy": str(run_dir / "policy")})
+    return policy
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

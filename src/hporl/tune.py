@@ -1,0 +1,292 @@
+"""``tune_model``: tune a model on a new task with a meta-trained policy, then train it for good."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from hporl.backends import TorchBackend, TrialResult
+from hporl.exceptions import ConfigError, HporlError, TaskError
+from hporl.policy import Policy, PolicySampler
+from hporl.tasks import Task
+
+__all__ = ["TuneResult", "random_search", "tune_model"]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, dict[str, Any], TrialResult], None]
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune_model` produced.
+
+    Attributes:
+        model: the final model (a list when the task has several), trained on train+val with
+            ``config`` for the best trial's best epoch count.
+        config: the best configuration (highest best validation metric over the trials).
+        trials: one record per trial (number, config, status, best/final val metric, best epoch,
+            wall time, reason).
+        test_metric: the final model's metric on the held-out test split.
+        default_test_metric: the same final training with the space's default configuration.
+    """
+
+    model: nn.Module | list[nn.Module]
+    config: dict[str, Any]
+    trials: list[dict[str, Any]]
+    test_metric: float | None
+    default_test_metric: float | None
+    metric_name: str
+    seconds: float
+    task: str
+    final_epochs: int
+    policy: Policy | None = None
+    final_result: TrialResult | None = None
+    default_result: TrialResult | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report (its first six keys are a contract other tools read)."""
+        return {
+            "config": self.config,
+            "metric_name": self.metric_name,
+            "test_metric": self.test_metric,
+            "default_test_metric": self.default_test_metric,
+            "trials": self.trials,
+            "seconds": self.seconds,
+            "task": self.task,
+            "final_epochs": self.final_epochs,
+            "best_val_metric": max((t["best_val_metric"] for t in self.trials if t["best_val_metric"] is not None),
+                                   default=None),
+            **self.extra,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.pt`` (or ``model_<i>.pt``; ``torch.load(weights_only=True)``),
+        ``config.json`` and ``report.json``; each file to a temporary name, then renamed."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        models = self.model if isinstance(self.model, list) else [self.model]
+        for i, m in enumerate(models):
+            name = "model.pt" if len(models) == 1 else f"model_{i}.pt"
+            _atomic(directory / name, lambda p, m=m: torch.save(m.state_dict(), p))
+        _atomic(directory / "config.json", lambda p: p.write_text(json.dumps(self.config, indent=2)))
+        _atomic(directory / "report.json", lambda p: p.write_text(json.dumps(self.report(), indent=2, default=str)))
+        return directory
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _build_task(model: Any, data: Any, *, target: str | None, epochs: int | None, seed: int) -> Task:
+    if isinstance(data, Task):
+        task = data
+        if model is not None:
+            raise TaskError("data is a Task, which has its models already: pass model=None")
+        return task.with_epochs(epochs) if epochs else task
+    kwargs: dict[str, Any] = {"seed": seed}
+    if epochs:
+        kwargs["epochs"] = epochs
+    if isinstance(data, (str, Path)):
+        if target is None:
+            raise TaskError("data is a CSV path: name the column to predict with target=...")
+        return Task.from_csv(data, target=target, model=model, **kwargs)
+    if isinstance(data, Sequence) and len(data) == 2:
+        X, y = data
+        return Task.from_arrays(X, y, model=model, **kwargs)
+    raise TaskError(f"data must be a Task, an (X, y) pair or a CSV path, got {type(data).__name__}")
+
+
+def _merged(task: Task, epochs: int) -> Task:
+    """The task with validation rows added to training (validation kept for reporting only)."""
+    merged = copy.copy(task)
+    merged.X_train = torch.cat([task.X_train, task.X_val])
+    merged.y_train = torch.cat([task.y_train, task.y_val])
+    merged.epochs = epochs
+    merged.__dict__.pop("fingerprint", None)
+    return merged
+
+
+def _record(number: int, config: dict[str, Any], r: TrialResult) -> dict[str, Any]:
+    return {
+        "number": number,
+        "config": config,
+        "status": r.status,
+        "best_val_metric": r.best_metric,
+        "final_val_metric": r.final_metric,
+        "best_epoch": r.best_epoch,
+        "epochs": r.epochs_done,
+        "seconds": r.wall_time,
+        "reason": r.reason,
+        "cached": r.cached,
+    }
+
+
+def _final(backend: TorchBackend, task: Task, config: dict[str, Any], r: TrialResult, seed: int) -> tuple[list[nn.Module], TrialResult, int]:
+    epochs = max(int(r.best_epoch or task.epochs), 1)
+    models, final = backend.fit(_merged(task, epochs), config, seed=seed, epochs=epochs)
+    return models, final, epochs
+
+
+def tune_model(
+    model: Any = None,
+    data: Any = None,
+    *,
+    policy: Policy | str | Path | None = None,
+    n_trials: int = 10,
+    fine_tune: bool = False,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    target: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    backend: TorchBackend | None = None,
+    study_name: str | None = None,
+    compare_default: bool = True,
+    deterministic: bool = True,
+    fine_tune_steps: int = 10,
+    callback: ProgressCallback | None = None,
+) -> TuneResult:
+    """Tune ``model`` (a module, a factory, or a list of them; ``None`` for the default MLP/CNN)
+    on ``data`` with ``policy`` for ``n_trials`` trials, then train the final model.
+
+    Args:
+        data: a :class:`Task`, an ``(X, y)`` pair, or a CSV path (with ``target``).
+        policy: a :class:`Policy` or a policy directory.
+        fine_tune: after each trial, update (a copy of) the policy on this task's trials.
+        storage: an optuna storage URL for the trials; default: ``out/trials.db`` (SQLite) when
+            ``out`` is given, else in memory. Trials already in the study are not run again.
+        out: where to save the final model, config and ``report.json``.
+        compare_default: also run the final training with the space's default configuration
+            (its epoch count from one trial of it) and report ``default_test_metric``.
+
+    Raises:
+        HporlError: bad data, policy, or arguments, before any training.
+    """
+    start = time.perf_counter()
+    if data is None:
+        raise TaskError("tune_model needs data: a Task, an (X, y) pair, or a CSV path")
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if policy is None:
+        raise ConfigError("tune_model needs a policy: a Policy or a policy directory (see `hporl meta-train`)")
+    if isinstance(policy, (str, Path)):
+        policy = Policy.load(policy)
+    task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
+    if policy.feature_names is None:
+        raise ConfigError("this policy was meta-trained on synthetic tasks; it cannot tune real training")
+    policy._features(task)  # checks the feature count before any training
+    backend = backend or TorchBackend(num_threads=1)
+    space = policy.space
+    if out is not None and storage is None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{Path(out).resolve() / 'trials.db'}"
+    sampler = PolicySampler(policy, task=task, deterministic=deterministic, seed=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name or f"hporl-tune-{task.name}-{task.fingerprint[:12]}",
+            direction="maximize",
+            sampler=sampler,
+            load_if_exists=True,
+        )
+    except (ImportError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"storage {storage!r} cannot be used: {err}") from None
+    results: dict[int, tuple[dict[str, Any], TrialResult]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "hporl_result" in t.user_attrs and t.state != optuna.trial.TrialState.RUNNING:
+            r = TrialResult.from_dict(t.user_attrs["hporl_result"])
+            r.cached = True
+            results[t.number] = (space.from_optuna_params(t.params), r)
+    current = policy
+    while len(results) < n_trials:
+        if fine_tune and len(results) >= 2:
+            history = [(c, r) for c, r in results.values()]
+            current = policy.fine_tune(task, history, steps=fine_tune_steps)
+            sampler.policy = current
+        trial = study.ask()
+        config = space.suggest(trial)
+        result = backend.evaluate(task, config, seed=seed)
+        trial.set_user_attr("hporl_result", result.to_dict())
+        if result.ok and result.best_metric is not None:
+            study.tell(trial, result.best_metric)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        results[trial.number] = (config, result)
+        if callback is not None:
+            callback(len(results), n_trials, config, result)
+    records = [_record(n, c, r) for n, (c, r) in sorted(results.items())]
+    ok = [(n, c, r) for n, (c, r) in results.items() if r.ok and r.best_metric is not None]
+    if not ok:
+        raise HporlError(f"all {len(results)} trials failed or diverged; see the trial reasons: "
+                         + "; ".join(str(r.reason) for _, r in list(results.values())[:3]))
+    _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
+    models, final, final_epochs = _final(backend, task, best_config, best_result, seed)
+    default_result = None
+    default_test = None
+    if compare_default:
+        default = space.default()
+        same = [r for c, r in results.values() if c == default]
+        probe = same[0] if same else backend.evaluate(task, default, seed=seed)
+        if probe.ok:
+            _, default_result, _ = _final(backend, task, default, probe, seed)
+            default_test = default_result.test_metric
+    out_result = TuneResult(
+        model=models[0] if len(models) == 1 else models,
+        config=best_config,
+        trials=records,
+        test_metric=final.test_metric,
+        default_test_metric=default_test,
+        metric_name=task.metric_name,
+        seconds=time.perf_counter() - start,
+        task=task.name,
+        final_epochs=final_epochs,
+        policy=current if fine_tune else policy,
+        final_result=final,
+        default_result=default_result,
+        extra={"fine_tune": fine_tune, "n_trials": n_trials, "storage": storage if storage else "memory"},
+    )
+    if out is not None:
+        out_result.save(out)
+        if fine_tune:
+            current.save(Path(out) / "policy_fine_tuned")
+    return out_result
+
+
+def random_search(task: Task, space: Any, n_trials: int, *, seed: int = 0, backend: TorchBackend | None = None) -> TuneResult:
+    """The same procedure as :func:`tune_model` with uniformly random configurations (a baseline)."""
+    start = time.perf_counter()
+    backend = backend or TorchBackend(num_threads=1)
+    rng = np.random.default_rng(seed)
+    results = []
+    for i in range(n_trials):
+        config = space.sample(rng)
+        results.append((i, config, backend.evaluate(task, config, seed=seed)))
+    ok = [x for x in results if x[2].ok and x[2].best_metric is not None]
+    if not ok:
+        raise HporlError("all random-search trials failed or diverged")
+    _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
+    models, final, epochs = _final(backend, task, best_config, best_result, seed)
+    return TuneResult(
+        model=models[0] if len(models) == 1 else models, config=best_config,
+        trials=[_record(i, c, r) for i, c, r in results], test_metric=final.test_metric, default_test_metric=None,
+        metric_name=task.metric_name, seconds=time.perf_counter() - start, task=task.name, final_epochs=epochs,
+        final_result=final,
+    )
+
