@@ -24,42 +24,133 @@ app = typer.Typer(
 console = Console()
 
 
+DEMO_TRAIN = ["iris", "wine", "breast_cancer", "digits_linear", *[f"synth_clf_{i}" for i in range(8)]]
+
+
 @app.command()
 def demo(
-    task: Annotated[str, typer.Option(help="built-in task to train on")] = "digits",
-    epochs: Annotated[int | None, typer.Option(help="epochs (default: the task's)")] = None,
-    seed: Annotated[int, typer.Option(help="training seed")] = 0,
-    out: Annotated[
-        Path | None, typer.Option(help="directory for the best weights and config")
-    ] = None,
+    held_out: Annotated[str, typer.Option(help="built-in task to tune, kept out of meta-training")] = "digits",
+    timesteps: Annotated[int, typer.Option(help="meta-training timesteps")] = 6000,
+    trials: Annotated[int, typer.Option(help="trials on the held-out task")] = 5,
+    epochs: Annotated[int, typer.Option(help="epochs per trial")] = 10,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
 ) -> None:
-    """Train a built-in task with the optimizer space's default configuration and report it."""
+    """Meta-train on small built-in tasks, tune a held-out task, compare with default and random search."""
+    import statistics
+    import time
+
     import torch
 
-    from hporl.backends import TorchBackend
-    from hporl.space import SearchSpace
+    from hporl.experiment import run_experiment
     from hporl.tasks import builtin
+    from hporl.tune import random_search, tune_model
 
     torch.set_num_threads(1)
-    space = SearchSpace.builtin("optimizer")
-    t = builtin(task, epochs=epochs)
-    config = space.default()
-    console.print(f"[bold]{t!r}[/bold]")
-    console.print(f"default configuration: {json.dumps(config)}")
-    result = TorchBackend().evaluate(t, config, seed=seed, checkpoint_dir=out)
-    table = Table(title=f"{t.name}: default configuration, seed {seed}")
-    table.add_column("epoch", justify="right")
-    table.add_column(f"val {result.metric_name}", justify="right")
-    table.add_column("val loss", justify="right")
-    table.add_column("train loss", justify="right")
-    for i, (m, lv, lt) in enumerate(
-        zip(result.curve, result.loss_curve, result.train_loss_curve, strict=True), start=1
-    ):
-        table.add_row(str(i), f"{m:.4f}", f"{lv:.4f}", f"{lt:.4f}")
+    if held_out in DEMO_TRAIN:
+        raise HporlError(f"--held-out {held_out!r} is one of the meta-training tasks: {', '.join(DEMO_TRAIN)}")
+    console.print(f"[bold]1. meta-training[/bold] MaskablePPO on {len(DEMO_TRAIN)} tasks: {', '.join(DEMO_TRAIN)}")
+    t0 = time.perf_counter()
+    policy = run_experiment(
+        {
+            "name": "demo",
+            "tasks": DEMO_TRAIN,
+            "backend": {"epochs": epochs},
+            "budget": 3,
+            "agent": {"total_timesteps": timesteps, "seed": seed, "params": {"n_steps": 256, "batch_size": 64}},
+        },
+        out=out / "meta-train",
+        progress_bar=True,
+    )
+    meta_s = time.perf_counter() - t0
+    console.print(f"{policy!r} in {meta_s:.0f} s, saved to {out / 'meta-train' / 'policy'}")
+    task = builtin(held_out, epochs=epochs)
+    console.print(f"[bold]2. tuning[/bold] held-out {task!r} with {trials} trials")
+    tuned = tune_model(data=task, policy=policy, n_trials=trials, out=out / "tuned", seed=seed,
+                       callback=_trial_printer())
+    console.print(f"[bold]3. random search[/bold] with {trials} trials, 3 seeds")
+    randoms = [random_search(task, policy.space, trials, seed=s) for s in range(3)]
+    table = Table(title=f"{task.name} (held out): test {task.metric_name} after final training on train+val")
+    for col in ("method", "trials", "best val", "test", "seconds"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    best_val = tuned.report()["best_val_metric"]
+    table.add_row("default configuration", "1", "", f"{tuned.default_test_metric:.4f}", "")
+    table.add_row("hporl policy", str(trials), f"{best_val:.4f}", f"{tuned.test_metric:.4f}", f"{tuned.seconds:.1f}")
+    rv = [r.report()["best_val_metric"] for r in randoms]
+    rt = [r.test_metric for r in randoms]
+    table.add_row(
+        "random search (mean of 3 seeds)", str(trials), f"{statistics.mean(rv):.4f}", f"{statistics.mean(rt):.4f}",
+        f"{statistics.mean(r.seconds for r in randoms):.1f}",
+    )
     console.print(table)
-    console.print(result.summary() + f" in {result.wall_time:.2f} s")
-    if out is not None:
-        console.print(f"best weights and config written to {out}")
+    console.print(f"best configuration: {json.dumps(tuned.config)}")
+    console.print(f"demo total {time.perf_counter() - t0:.0f} s; report in {out / 'tuned' / 'report.json'}")
+
+
+def _trial_printer() -> Any:
+    def show(i: int, n: int, config: dict[str, Any], result: Any) -> None:
+        short = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+        console.print(f"  trial {i}/{n}: {result.summary()}  [dim]{short}[/dim]")
+
+    return show
+
+
+@app.command("meta-train")
+def meta_train(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    out: Annotated[Path | None, typer.Option(help="run directory (default: the file's `out`, else runs/NAME)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in the run directory")] = False,
+) -> None:
+    """Meta-train a policy over the experiment's tasks; the policy lands in DIR/policy."""
+    import torch
+
+    from hporl.experiment import ExperimentConfig, run_experiment
+
+    torch.set_num_threads(1)
+    config = ExperimentConfig.from_yaml(experiment)
+    run_dir = out or Path(config.out or Path("runs") / config.name)
+    policy = run_experiment(config, out=run_dir, resume=resume, progress_bar=True)
+    console.print(f"{policy!r}")
+    console.print(f"policy saved to {run_dir / 'policy'}")
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Option(help="CSV file with a header row")],
+    target: Annotated[str, typer.Option(help="column to predict")],
+    policy: Annotated[Path | None, typer.Option(help="policy directory, or a meta-train run directory")] = None,
+    model: Annotated[str, typer.Option(help="mlp, linear or lcbench_mlp")] = "mlp",
+    trials: Annotated[int, typer.Option(help="number of trials")] = 10,
+    fine_tune: Annotated[bool, typer.Option(help="update the policy on this task between trials")] = False,
+    epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 20)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default runs/tune-<file name>)")] = None,
+    storage: Annotated[str | None, typer.Option(help="optuna storage URL (default: DIR/trials.db)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the splits and of training")] = 0,
+) -> None:
+    """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
+    import torch
+
+    from hporl.experiment import MODELS
+    from hporl.tune import tune_model
+
+    torch.set_num_threads(1)
+    if model not in MODELS or model == "cnn":
+        raise HporlError(f"--model {model!r}: choose one of mlp, linear, lcbench_mlp")
+    if policy is None:
+        raise HporlError("--policy is required: no packaged default policy ships yet (run `hporl meta-train`)")
+    out = out or Path("runs") / f"tune-{data.stem}"
+    result = tune_model(
+        MODELS[model], str(data), target=target, policy=policy, n_trials=trials, fine_tune=fine_tune,
+        epochs=epochs, out=out, storage=storage, seed=seed, callback=_trial_printer(),
+    )
+    table = Table(title=f"{result.task}: test {result.metric_name}")
+    table.add_column("configuration")
+    table.add_column("test", justify="right")
+    table.add_row("default", "n/a" if result.default_test_metric is None else f"{result.default_test_metric:.4f}")
+    table.add_row(f"tuned ({trials} trials)", "n/a" if result.test_metric is None else f"{result.test_metric:.4f}")
+    console.print(table)
+    console.print(f"best configuration: {json.dumps(result.config)}")
+    console.print(f"model, config and report written to {out}")
 
 
 @app.command()

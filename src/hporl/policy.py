@@ -196,7 +196,9 @@ class Policy:
             if name not in mine:
                 raise PolicyError(f"the space has parameter {name!r}, which the policy was not trained for")
         for name, spec in mine.items():
-            for key in sorted(set(spec) | set(theirs[name])):
+            order = ["type", "value", "choices", "low", "high", "log", "off_value", "when", "default"]
+            keys = set(spec) | set(theirs[name])
+            for key in [k for k in order if k in keys] + sorted(keys - set(order)):
                 if key == "description":
                     continue
                 if spec.get(key) != theirs[name].get(key):
