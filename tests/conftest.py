@@ -12,7 +12,12 @@ torch.set_num_threads(1)
 SMALL_SPACE = {
     "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
     "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
-    "momentum": {"type": "float", "low": 0.0, "high": 0.99, "when": {"optimizer": ["sgd", "rmsprop"]}},
+    "momentum": {
+        "type": "float",
+        "low": 0.0,
+        "high": 0.99,
+        "when": {"optimizer": ["sgd", "rmsprop"]},
+    },
 }
 
 
@@ -43,7 +48,11 @@ def tiny_policy(tmp_path_factory):
             "tasks": ["iris", "wine"],
             "backend": {"epochs": 2},
             "budget": 2,
-            "agent": {"total_timesteps": 128, "net_arch": [16], "params": {"n_steps": 64, "batch_size": 32}},
+            "agent": {
+                "total_timesteps": 128,
+                "net_arch": [16],
+                "params": {"n_steps": 64, "batch_size": 32},
+            },
         },
         out=out,
     )

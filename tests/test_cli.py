@@ -4,20 +4,45 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-import torch
 
 from hporl.cli import main
+
+REPORT_KEYS = {"config", "metric_name", "test_metric", "default_test_metric", "trials", "seconds"}
 
 
 def run(*args, capsys):
     code = 0
     try:
-        main(list(args))
+        main([str(a) for a in args])
     except SystemExit as e:
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def cli(*args):
+    """Run the CLI in a fresh process, as a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "hporl.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture()
+def csv_file(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = np.where(X[:, 0] - X[:, 2] > 0, "a", "b")
+    path = tmp_path / "data.csv"
+    path.write_text(
+        "x1,x2,x3,y\n"
+        + "\n".join(",".join(f"{v:.3f}" for v in r) + f",{t}" for r, t in zip(X, y, strict=True))
+    )
+    return path
 
 
 def test_spaces_and_tasks(capsys):
@@ -27,27 +52,65 @@ def test_spaces_and_tasks(capsys):
     assert code == 0 and "digits_image" in out and "synth_clf_N" in out
 
 
-def test_demo_trains_and_writes_checkpoint(capsys, tmp_path):
-    code, out, _ = run(
-        "demo", "--task", "iris", "--epochs", "2", "--out", str(tmp_path), capsys=capsys
+def test_meta_train_then_tune_a_csv(tmp_path, csv_file, capsys):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "name: cli\ntasks: [iris]\nbackend: {epochs: 1}\nbudget: 2\n"
+        "agent: {total_timesteps: 64, net_arch: [16], params: {n_steps: 32, batch_size: 16}}\n"
     )
-    assert code == 0 and "best val accuracy" in out
-    torch.load(tmp_path / "model.pt", weights_only=True)
-    assert json.loads((tmp_path / "config.json").read_text())["result"]["status"] == "ok"
+    code, _, err = run("meta-train", exp, "--out", tmp_path / "run", capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / "run" / "policy" / "policy.json").exists()
+    code, _out, err = run(
+        "tune",
+        "--policy",
+        tmp_path / "run",
+        "--data",
+        csv_file,
+        "--target",
+        "y",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        tmp_path / "tuned",
+        capsys=capsys,
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "tuned" / "report.json").read_text())
+    assert set(report) >= REPORT_KEYS and len(report["trials"]) == 2
+    code, _, _ = run("meta-train", exp, "--out", tmp_path / "run", "--resume", capsys=capsys)
+    assert code == 0
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["demo", "--task", "digitz"], "hporl: error: unknown built-in task 'digitz'"),
+@pytest.mark.slow
+def test_demo_runs(tmp_path):
+    proc = cli("demo", "--timesteps", "64", "--trials", "2", "--epochs", "1", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "hporl policy" in proc.stdout and "random search" in proc.stdout
+    assert json.loads((tmp_path / "tuned" / "report.json").read_text())["test_metric"] is not None
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, csv_file):
+    exp = tmp_path / "bad.yaml"
+    exp.write_text("tasks: [iris]\nbugdet: 3\n")
+    cases = [
         (["spaces", "optimiser"], "hporl: error: unknown built-in search space 'optimiser'"),
-    ],
-)
-def test_user_errors_are_one_line_and_exit_2(args, message):
-    proc = subprocess.run(
-        [sys.executable, "-m", "hporl.cli", *args], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
-    assert "Traceback" not in proc.stderr
+        (["meta-train", exp], f"hporl: error: {exp}: unknown key 'bugdet'. Did you mean 'budget'?"),
+        (["meta-train", tmp_path / "absent.yaml"], "hporl: error: cannot read experiment file"),
+        (["tune", "--policy", tmp_path, "--data", csv_file, "--target", "y"], "hporl: error: "),
+        (["tune", "--policy", tmp_path, "--data", csv_file, "--target", "z"], "hporl: error: "),
+        (
+            ["demo", "--held-out", "iris"],
+            "hporl: error: --held-out 'iris' is one of the meta-training tasks",
+        ),
+    ]
+    for args, message in cases:
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    proc = cli("tune", "--data", csv_file)  # a usage error from the parser
+    assert proc.returncode == 2 and "Missing option" in proc.stderr

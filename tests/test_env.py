@@ -17,7 +17,12 @@ SMALL = SearchSpace.from_dict(
     {
         "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
         "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
-        "momentum": {"type": "float", "low": 0.0, "high": 0.99, "when": {"optimizer": ["sgd", "rmsprop"]}},
+        "momentum": {
+            "type": "float",
+            "low": 0.0,
+            "high": 0.99,
+            "when": {"optimizer": ["sgd", "rmsprop"]},
+        },
         "net": {"type": "fixed", "value": "mlp"},
     }
 )
@@ -143,11 +148,15 @@ def test_real_tasks_features_and_cache(iris):
     assert env.layout.n_features == len(FEATURE_NAMES)
     for seed in range(2):
         run_episode(env, policy=lambda obs, mask: int(np.flatnonzero(mask)[0]), seed=seed)
-    assert env.n_evaluations == 1 and env.n_cache_hits == 5  # the same config six times, trained once
+    assert (
+        env.n_evaluations == 1 and env.n_cache_hits == 5
+    )  # the same config six times, trained once
 
 
 def test_reference_reward_evaluates_the_default_once(iris):
-    env = HPOEnv(SPACE, TorchBackend(), [iris], budget=2, epochs=1, reward="improvement_over_reference")
+    env = HPOEnv(
+        SPACE, TorchBackend(), [iris], budget=2, epochs=1, reward="improvement_over_reference"
+    )
     _, infos, _ = run_episode(env, seed=3)
     assert env.n_evaluations <= 3 and all(-1 <= i["value"] <= 1 for i, _ in infos)
 

@@ -2,15 +2,15 @@
 
 __version__ = "0.1.0"
 
-from hporl import agents, rewards, tasks  # noqa: E402
-from hporl.backends import Backend, SyntheticBackend, TorchBackend, TrialResult  # noqa: E402
-from hporl.env import HPOEnv  # noqa: E402
-from hporl.exceptions import ConfigError, HporlError, PolicyError, SearchSpaceError, TaskError  # noqa: E402
-from hporl.experiment import ExperimentConfig, run_experiment  # noqa: E402
-from hporl.policy import Policy, PolicySampler  # noqa: E402
-from hporl.space import SearchSpace  # noqa: E402
-from hporl.tasks import Task  # noqa: E402
-from hporl.tune import TuneResult, tune_model  # noqa: E402
+from hporl import agents, rewards, tasks
+from hporl.backends import Backend, SyntheticBackend, TorchBackend, TrialResult
+from hporl.env import HPOEnv
+from hporl.exceptions import ConfigError, HporlError, PolicyError, SearchSpaceError, TaskError
+from hporl.experiment import ExperimentConfig, run_experiment
+from hporl.policy import Policy, PolicySampler
+from hporl.space import SearchSpace
+from hporl.tasks import Task
+from hporl.tune import TuneResult, tune_model
 
 __all__ = [
     "Backend",

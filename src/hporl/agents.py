@@ -17,7 +17,14 @@ from torch import nn
 
 from hporl.exceptions import ConfigError
 
-__all__ = ["ALGORITHMS", "AgentConfig", "build_agent", "latest_checkpoint", "policy_class", "train_agent"]
+__all__ = [
+    "ALGORITHMS",
+    "AgentConfig",
+    "build_agent",
+    "latest_checkpoint",
+    "policy_class",
+    "train_agent",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +33,23 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 # Defaults suited to HPOEnv's short episodes (tens of steps); ``params`` overrides any of them.
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "maskable_ppo": {"n_steps": 256, "batch_size": 64, "n_epochs": 10, "ent_coef": 0.01, "gamma": 1.0},
+    "maskable_ppo": {
+        "n_steps": 256,
+        "batch_size": 64,
+        "n_epochs": 10,
+        "ent_coef": 0.01,
+        "gamma": 1.0,
+    },
     "ppo": {"n_steps": 256, "batch_size": 64, "n_epochs": 10, "ent_coef": 0.01, "gamma": 1.0},
     "a2c": {"n_steps": 16, "ent_coef": 0.01, "gamma": 1.0},
-    "dqn": {"learning_starts": 200, "buffer_size": 20_000, "train_freq": 4, "exploration_fraction": 0.3,
-            "target_update_interval": 500, "gamma": 1.0},
+    "dqn": {
+        "learning_starts": 200,
+        "buffer_size": 20_000,
+        "train_freq": 4,
+        "exploration_fraction": 0.3,
+        "target_update_interval": 500,
+        "gamma": 1.0,
+    },
 }
 
 
@@ -81,7 +100,10 @@ def policy_class(name: str) -> type[nn.Module]:
 
 
 def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"net_arch": list(policy_kwargs["net_arch"]), "activation_fn": ACTIVATIONS[policy_kwargs["activation"]]}
+    return {
+        "net_arch": list(policy_kwargs["net_arch"]),
+        "activation_fn": ACTIVATIONS[policy_kwargs["activation"]],
+    }
 
 
 def make_vec_env(env_fns: list[Callable[[], gym.Env]]) -> VecEnv:
@@ -89,7 +111,9 @@ def make_vec_env(env_fns: list[Callable[[], gym.Env]]) -> VecEnv:
     return DummyVecEnv(env_fns) if len(env_fns) == 1 else SubprocVecEnv(env_fns)
 
 
-def build_agent(config: AgentConfig, env: VecEnv, *, log_dir: str | Path | None = None) -> BaseAlgorithm:
+def build_agent(
+    config: AgentConfig, env: VecEnv, *, log_dir: str | Path | None = None
+) -> BaseAlgorithm:
     """A fresh SB3 agent for ``env`` (logs as CSV, and TensorBoard when it is installed)."""
     cls = _algorithm_class(config.algorithm)
     kwargs = {**_DEFAULTS[config.algorithm], **config.params}
@@ -132,7 +156,9 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in folder.glob("*_steps.zip") if (m := _STEPS.search(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in folder.glob("*_steps.zip") if (m := _STEPS.search(p.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -160,17 +186,26 @@ def train_agent(
         agent.set_logger(_logger(Path(run_dir) / "logs"))
         logger.info("resuming from %s at %d timesteps", path, agent.num_timesteps)
     if agent is None:
-        agent = build_agent(config, env, log_dir=Path(run_dir) / "logs" if run_dir is not None else None)
+        agent = build_agent(
+            config, env, log_dir=Path(run_dir) / "logs" if run_dir is not None else None
+        )
     if ckpt_dir is not None:
         callbacks.append(
-            CheckpointCallback(save_freq=max(config.checkpoint_every // config.n_envs, 1), save_path=str(ckpt_dir),
-                               name_prefix="agent")
+            CheckpointCallback(
+                save_freq=max(config.checkpoint_every // config.n_envs, 1),
+                save_path=str(ckpt_dir),
+                name_prefix="agent",
+            )
         )
     remaining = config.total_timesteps - agent.num_timesteps
     try:
         if remaining > 0:
-            agent.learn(remaining, callback=callbacks or None, reset_num_timesteps=not resume or agent.num_timesteps == 0,
-                        progress_bar=progress_bar)
+            agent.learn(
+                remaining,
+                callback=callbacks or None,
+                reset_num_timesteps=not resume or agent.num_timesteps == 0,
+                progress_bar=progress_bar,
+            )
         if ckpt_dir is not None:
             agent.save(ckpt_dir / f"agent_{agent.num_timesteps}_steps")
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,12 +25,20 @@ app = typer.Typer(
 console = Console()
 
 
-DEMO_TRAIN = ["iris", "wine", "breast_cancer", "digits_linear", *[f"synth_clf_{i}" for i in range(8)]]
+DEMO_TRAIN = [
+    "iris",
+    "wine",
+    "breast_cancer",
+    "digits_linear",
+    *[f"synth_clf_{i}" for i in range(8)],
+]
 
 
 @app.command()
 def demo(
-    held_out: Annotated[str, typer.Option(help="built-in task to tune, kept out of meta-training")] = "digits",
+    held_out: Annotated[
+        str, typer.Option(help="built-in task to tune, kept out of meta-training")
+    ] = "digits",
     timesteps: Annotated[int, typer.Option(help="meta-training timesteps")] = 6000,
     trials: Annotated[int, typer.Option(help="trials on the held-out task")] = 5,
     epochs: Annotated[int, typer.Option(help="epochs per trial")] = 10,
@@ -48,8 +57,12 @@ def demo(
 
     torch.set_num_threads(1)
     if held_out in DEMO_TRAIN:
-        raise HporlError(f"--held-out {held_out!r} is one of the meta-training tasks: {', '.join(DEMO_TRAIN)}")
-    console.print(f"[bold]1. meta-training[/bold] MaskablePPO on {len(DEMO_TRAIN)} tasks: {', '.join(DEMO_TRAIN)}")
+        raise HporlError(
+            f"--held-out {held_out!r} is one of the meta-training tasks: {', '.join(DEMO_TRAIN)}"
+        )
+    console.print(
+        f"[bold]1. meta-training[/bold] MaskablePPO on {len(DEMO_TRAIN)} tasks: {', '.join(DEMO_TRAIN)}"
+    )
     t0 = time.perf_counter()
     policy = run_experiment(
         {
@@ -57,7 +70,11 @@ def demo(
             "tasks": DEMO_TRAIN,
             "backend": {"epochs": epochs},
             "budget": 3,
-            "agent": {"total_timesteps": timesteps, "seed": seed, "params": {"n_steps": 256, "batch_size": 64}},
+            "agent": {
+                "total_timesteps": timesteps,
+                "seed": seed,
+                "params": {"n_steps": 256, "batch_size": 64},
+            },
         },
         out=out / "meta-train",
         progress_bar=True,
@@ -66,30 +83,51 @@ def demo(
     console.print(f"{policy!r} in {meta_s:.0f} s, saved to {out / 'meta-train' / 'policy'}")
     task = builtin(held_out, epochs=epochs)
     console.print(f"[bold]2. tuning[/bold] held-out {task!r} with {trials} trials")
-    tuned = tune_model(data=task, policy=policy, n_trials=trials, out=out / "tuned", seed=seed,
-                       callback=_trial_printer())
+    tuned = tune_model(
+        data=task,
+        policy=policy,
+        n_trials=trials,
+        out=out / "tuned",
+        seed=seed,
+        callback=_trial_printer(),
+    )
     console.print(f"[bold]3. random search[/bold] with {trials} trials, 3 seeds")
     randoms = [random_search(task, policy.space, trials, seed=s) for s in range(3)]
-    table = Table(title=f"{task.name} (held out): test {task.metric_name} after final training on train+val")
+    table = Table(
+        title=f"{task.name} (held out): test {task.metric_name} after final training on train+val"
+    )
     for col in ("method", "trials", "best val", "test", "seconds"):
         table.add_column(col, justify="right" if col != "method" else "left")
     best_val = tuned.report()["best_val_metric"]
     table.add_row("default configuration", "1", "", f"{tuned.default_test_metric:.4f}", "")
-    table.add_row("hporl policy", str(trials), f"{best_val:.4f}", f"{tuned.test_metric:.4f}", f"{tuned.seconds:.1f}")
+    table.add_row(
+        "hporl policy",
+        str(trials),
+        f"{best_val:.4f}",
+        f"{tuned.test_metric:.4f}",
+        f"{tuned.seconds:.1f}",
+    )
     rv = [r.report()["best_val_metric"] for r in randoms]
     rt = [r.test_metric for r in randoms]
     table.add_row(
-        "random search (mean of 3 seeds)", str(trials), f"{statistics.mean(rv):.4f}", f"{statistics.mean(rt):.4f}",
+        "random search (mean of 3 seeds)",
+        str(trials),
+        f"{statistics.mean(rv):.4f}",
+        f"{statistics.mean(rt):.4f}",
         f"{statistics.mean(r.seconds for r in randoms):.1f}",
     )
     console.print(table)
     console.print(f"best configuration: {json.dumps(tuned.config)}")
-    console.print(f"demo total {time.perf_counter() - t0:.0f} s; report in {out / 'tuned' / 'report.json'}")
+    console.print(
+        f"demo total {time.perf_counter() - t0:.0f} s; report in {out / 'tuned' / 'report.json'}"
+    )
 
 
 def _trial_printer() -> Any:
     def show(i: int, n: int, config: dict[str, Any], result: Any) -> None:
-        short = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+        short = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
+        )
         console.print(f"  trial {i}/{n}: {result.summary()}  [dim]{short}[/dim]")
 
     return show
@@ -98,8 +136,12 @@ def _trial_printer() -> Any:
 @app.command("meta-train")
 def meta_train(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
-    out: Annotated[Path | None, typer.Option(help="run directory (default: the file's `out`, else runs/NAME)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in the run directory")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory (default: the file's `out`, else runs/NAME)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest checkpoint in the run directory")
+    ] = False,
 ) -> None:
     """Meta-train a policy over the experiment's tasks; the policy lands in DIR/policy."""
     import torch
@@ -118,13 +160,21 @@ def meta_train(
 def tune(
     data: Annotated[Path, typer.Option(help="CSV file with a header row")],
     target: Annotated[str, typer.Option(help="column to predict")],
-    policy: Annotated[Path | None, typer.Option(help="policy directory, or a meta-train run directory")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="policy directory, or a meta-train run directory")
+    ] = None,
     model: Annotated[str, typer.Option(help="mlp, linear or lcbench_mlp")] = "mlp",
     trials: Annotated[int, typer.Option(help="number of trials")] = 10,
-    fine_tune: Annotated[bool, typer.Option(help="update the policy on this task between trials")] = False,
+    fine_tune: Annotated[
+        bool, typer.Option(help="update the policy on this task between trials")
+    ] = False,
     epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 20)")] = None,
-    out: Annotated[Path | None, typer.Option(help="output directory (default runs/tune-<file name>)")] = None,
-    storage: Annotated[str | None, typer.Option(help="optuna storage URL (default: DIR/trials.db)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output directory (default runs/tune-<file name>)")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="optuna storage URL (default: DIR/trials.db)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the splits and of training")] = 0,
 ) -> None:
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
@@ -137,17 +187,34 @@ def tune(
     if model not in MODELS or model == "cnn":
         raise HporlError(f"--model {model!r}: choose one of mlp, linear, lcbench_mlp")
     if policy is None:
-        raise HporlError("--policy is required: no packaged default policy ships yet (run `hporl meta-train`)")
+        raise HporlError(
+            "--policy is required: no packaged default policy ships yet (run `hporl meta-train`)"
+        )
     out = out or Path("runs") / f"tune-{data.stem}"
     result = tune_model(
-        MODELS[model], str(data), target=target, policy=policy, n_trials=trials, fine_tune=fine_tune,
-        epochs=epochs, out=out, storage=storage, seed=seed, callback=_trial_printer(),
+        MODELS[model],
+        str(data),
+        target=target,
+        policy=policy,
+        n_trials=trials,
+        fine_tune=fine_tune,
+        epochs=epochs,
+        out=out,
+        storage=storage,
+        seed=seed,
+        callback=_trial_printer(),
     )
     table = Table(title=f"{result.task}: test {result.metric_name}")
     table.add_column("configuration")
     table.add_column("test", justify="right")
-    table.add_row("default", "n/a" if result.default_test_metric is None else f"{result.default_test_metric:.4f}")
-    table.add_row(f"tuned ({trials} trials)", "n/a" if result.test_metric is None else f"{result.test_metric:.4f}")
+    table.add_row(
+        "default",
+        "n/a" if result.default_test_metric is None else f"{result.default_test_metric:.4f}",
+    )
+    table.add_row(
+        f"tuned ({trials} trials)",
+        "n/a" if result.test_metric is None else f"{result.test_metric:.4f}",
+    )
     console.print(table)
     console.print(f"best configuration: {json.dumps(result.config)}")
     console.print(f"model, config and report written to {out}")
@@ -203,6 +270,7 @@ def tasks() -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message="rich is experimental/alpha")  # SB3's progress bar
     try:
         return app(args=argv, standalone_mode=False)
     except HporlError as err:

@@ -110,7 +110,12 @@ class ObservationLayout:
         return self.n_features + n + self.space.dim + n + 4 + self.history * self.trial_width
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "budget": self.budget, "n_bins": self.n_bins, "history": self.history}
+        return {
+            "n_features": self.n_features,
+            "budget": self.budget,
+            "n_bins": self.n_bins,
+            "history": self.history,
+        }
 
     # -- stepping through a configuration -----------------------------------------------------
     def advance(self, partial: dict[str, Any], start: int) -> int | None:
@@ -186,7 +191,9 @@ class ObservationLayout:
             dtype=np.float32,
         )
         recent = np.zeros((self.history, self.trial_width), dtype=np.float32)
-        for row, (config, score) in enumerate(reversed(trials[-self.history :] if self.history else [])):
+        for row, (config, score) in enumerate(
+            reversed(trials[-self.history :] if self.history else [])
+        ):
             recent[row, : self.space.dim] = self.space.encode(config)
             if score is None:
                 recent[row, -2] = 1.0
@@ -194,7 +201,9 @@ class ObservationLayout:
                 recent[row, -4] = score
                 recent[row, -3] = score - best
             recent[row, -1] = 1.0
-        obs = np.concatenate([features, current, self.space.encode(partial), unset, summary, recent.reshape(-1)])
+        obs = np.concatenate(
+            [features, current, self.space.encode(partial), unset, summary, recent.reshape(-1)]
+        )
         return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)
 
 
@@ -238,7 +247,9 @@ class HPOEnv(gym.Env):
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
-            raise ConfigError(f"budget (trials per episode) must be a positive integer, got {budget!r}")
+            raise ConfigError(
+                f"budget (trials per episode) must be a positive integer, got {budget!r}"
+            )
         if not space.chosen:
             raise ConfigError("the search space has no parameter to choose")
         if callable(tasks) and not isinstance(tasks, Sequence):
@@ -258,7 +269,9 @@ class HPOEnv(gym.Env):
         self.layout = ObservationLayout(space, n_features, budget, n_bins, history)
         self.epochs = epochs
         self.trial_seed = trial_seed
-        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(self.layout.dim,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(
+            -OBS_BOUND, OBS_BOUND, shape=(self.layout.dim,), dtype=np.float32
+        )
         self.action_space = gym.spaces.Discrete(self.layout.n_actions)
         self._cache: dict[tuple[Any, ...], TrialResult] | None = {} if cache else None
         self._features: dict[int, np.ndarray] = {}
@@ -271,7 +284,9 @@ class HPOEnv(gym.Env):
         self._best_value: float | None = None
 
     # -- gymnasium API ------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         options = options or {}
         if "task" in options:
@@ -302,8 +317,13 @@ class HPOEnv(gym.Env):
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
         self._trials.append((config, trial_score(result)))
-        info = {"config": config, "result": result, "value": value, "trial": len(self._trials) - 1,
-                "task": self.task.name}
+        info = {
+            "config": config,
+            "result": result,
+            "value": value,
+            "trial": len(self._trials) - 1,
+            "task": self.task.name,
+        }
         terminated = len(self._trials) >= self.layout.budget
         if terminated:
             self._partial = {}
@@ -328,10 +348,17 @@ class HPOEnv(gym.Env):
         return self._features[key]
 
     def _observe(self) -> np.ndarray:
-        return self.layout.observe(self._task_features(self.task), self._position, self._partial, self._trials)
+        return self.layout.observe(
+            self._task_features(self.task), self._position, self._partial, self._trials
+        )
 
     def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:
-        key = (id(task), json.dumps(config, sort_keys=True, default=str), self.trial_seed, self.epochs)
+        key = (
+            id(task),
+            json.dumps(config, sort_keys=True, default=str),
+            self.trial_seed,
+            self.epochs,
+        )
         if self._cache is not None and key in self._cache:
             self.n_cache_hits += 1
             return self._cache[key]

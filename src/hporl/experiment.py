@@ -23,11 +23,22 @@ from hporl.space import SearchSpace, builtin_spaces
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
 from hporl.tasks import models as _models
 
-__all__ = ["BackendConfig", "CsvTaskSpec", "ExperimentConfig", "SyntheticTaskSpec", "run_experiment"]
+__all__ = [
+    "BackendConfig",
+    "CsvTaskSpec",
+    "ExperimentConfig",
+    "SyntheticTaskSpec",
+    "run_experiment",
+]
 
 logger = logging.getLogger(__name__)
 
-MODELS = {"mlp": _models.make_mlp, "linear": _models.linear, "cnn": _models.make_cnn, "lcbench_mlp": _models.lcbench_mlp}
+MODELS = {
+    "mlp": _models.make_mlp,
+    "linear": _models.linear,
+    "cnn": _models.make_cnn,
+    "lcbench_mlp": _models.lcbench_mlp,
+}
 
 
 class CsvTaskSpec(BaseModel):
@@ -53,7 +64,9 @@ class SyntheticTaskSpec(BaseModel):
 class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["torch", "synthetic"] = "torch"
-    epochs: int | None = Field(None, gt=0, description="epochs per trial (default: each task's own)")
+    epochs: int | None = Field(
+        None, gt=0, description="epochs per trial (default: each task's own)"
+    )
     num_threads: int | None = Field(1, gt=0)
     device: str = "cpu"
     trial_seed: int = 0
@@ -62,13 +75,13 @@ class BackendConfig(BaseModel):
 class ExperimentConfig(BaseModel):
     """A meta-training run. In YAML::
 
-        name: first
-        tasks: [small, breast_cancer, synth_clf_0]   # suites, built-in tasks, {csv:, target:}
-        space: optimizer                              # built-in name, YAML path, or a mapping
-        backend: {name: torch, epochs: 5}
-        reward: best_metric
-        budget: 3                                     # K trials per episode
-        agent: {algorithm: maskable_ppo, total_timesteps: 3000}
+    name: first
+    tasks: [small, breast_cancer, synth_clf_0]   # suites, built-in tasks, {csv:, target:}
+    space: optimizer                              # built-in name, YAML path, or a mapping
+    backend: {name: torch, epochs: 5}
+    reward: best_metric
+    budget: 3                                     # K trials per episode
+    agent: {algorithm: maskable_ppo, total_timesteps: 3000}
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -99,15 +112,21 @@ class ExperimentConfig(BaseModel):
         try:
             text = path.read_text()
         except OSError as err:
-            raise ConfigError(f"cannot read experiment file {str(path)!r}: {err.strerror}") from None
+            raise ConfigError(
+                f"cannot read experiment file {str(path)!r}: {err.strerror}"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+            raise ConfigError(
+                f"{path}: invalid YAML{where}: {getattr(err, 'problem', None) or err}"
+            ) from None
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: an experiment file must be a mapping of keys, got {type(data).__name__}")
+            raise ConfigError(
+                f"{path}: an experiment file must be a mapping of keys, got {type(data).__name__}"
+            )
         return cls.parse(data, source=str(path))
 
     @classmethod
@@ -152,7 +171,9 @@ def resolve_space(space: str | Mapping[str, Any] | SearchSpace) -> SearchSpace:
         return SearchSpace.builtin(space)
     if Path(space).is_file():
         return SearchSpace.from_yaml(space)
-    raise ConfigError(f"space {space!r} is neither a built-in space ({', '.join(builtin_spaces())}) nor a YAML file")
+    raise ConfigError(
+        f"space {space!r} is neither a built-in space ({', '.join(builtin_spaces())}) nor a YAML file"
+    )
 
 
 def resolve_tasks(config: ExperimentConfig) -> list[Any]:
@@ -167,7 +188,15 @@ def resolve_tasks(config: ExperimentConfig) -> list[Any]:
         elif isinstance(entry, CsvTaskSpec):
             m = MODELS[entry.model] if entry.model else model
             kwargs = {"epochs": entry.epochs} if entry.epochs else {}
-            out.append(Task.from_csv(entry.csv, target=entry.target, model=m, name=entry.name or Path(entry.csv).stem, **kwargs))
+            out.append(
+                Task.from_csv(
+                    entry.csv,
+                    target=entry.target,
+                    model=m,
+                    name=entry.name or Path(entry.csv).stem,
+                    **kwargs,
+                )
+            )
         elif entry in suites():
             out += [builtin(n, model=model) for n in suites()[entry]]
         else:
@@ -216,20 +245,39 @@ def run_experiment(
     backend = resolve_backend(config.backend, space)
     is_synthetic = config.backend.name == "synthetic"
     if is_synthetic and not all(isinstance(t, SyntheticTask) for t in tasks):
-        raise ConfigError("the synthetic backend needs synthetic tasks ({synthetic: N}); others need backend torch")
+        raise ConfigError(
+            "the synthetic backend needs synthetic tasks ({synthetic: N}); others need backend torch"
+        )
     if not is_synthetic and any(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError("synthetic tasks ({synthetic: N}) need backend: {name: synthetic}")
-    _write_json(run_dir / "experiment.json", config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]})
+    _write_json(
+        run_dir / "experiment.json",
+        config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},
+    )
 
     def make_env() -> HPOEnv:
-        return HPOEnv(space, backend, tasks, reward=config.reward, budget=config.budget, n_bins=config.n_bins,
-                      history=config.history, epochs=config.backend.epochs, trial_seed=config.backend.trial_seed)
+        return HPOEnv(
+            space,
+            backend,
+            tasks,
+            reward=config.reward,
+            budget=config.budget,
+            n_bins=config.n_bins,
+            history=config.history,
+            epochs=config.backend.epochs,
+            trial_seed=config.backend.trial_seed,
+        )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
     start = time.perf_counter()
     try:
-        agent = train_agent(config.agent, [make_env] * config.agent.n_envs, run_dir=run_dir, resume=resume,
-                            progress_bar=progress_bar)
+        agent = train_agent(
+            config.agent,
+            [make_env] * config.agent.n_envs,
+            run_dir=run_dir,
+            resume=resume,
+            progress_bar=progress_bar,
+        )
     except HporlError:
         raise
     policy = Policy.from_agent(
@@ -240,11 +288,22 @@ def run_experiment(
         reward=config.reward,
         feature_names=None if is_synthetic else list(FEATURE_NAMES),
         training_tasks=[t.name for t in tasks],
-        meta={"experiment": config.name, "timesteps": int(agent.num_timesteps), "backend": config.backend.name},
+        meta={
+            "experiment": config.name,
+            "timesteps": int(agent.num_timesteps),
+            "backend": config.backend.name,
+        },
     )
     policy.save(run_dir / "policy")
-    _write_json(run_dir / "summary.json", {"timesteps": int(agent.num_timesteps), "seconds": time.perf_counter() - start,
-                                           "tasks": len(tasks), "policy": str(run_dir / "policy")})
+    _write_json(
+        run_dir / "summary.json",
+        {
+            "timesteps": int(agent.num_timesteps),
+            "seconds": time.perf_counter() - start,
+            "tasks": len(tasks),
+            "policy": str(run_dir / "policy"),
+        },
+    )
     return policy
 
 

@@ -7,6 +7,7 @@ reads the weights with safetensors: nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -92,13 +93,19 @@ class Policy:
         """Wrap the network of a trained SB3 agent (copied to the CPU)."""
         network = cls._new_network(algorithm, policy_kwargs, layout)
         network.load_state_dict({k: v.detach().cpu() for k, v in agent.policy.state_dict().items()})
-        return cls(network, algorithm=algorithm, policy_kwargs=policy_kwargs, layout=layout, **kwargs)
+        return cls(
+            network, algorithm=algorithm, policy_kwargs=policy_kwargs, layout=layout, **kwargs
+        )
 
     @staticmethod
-    def _new_network(algorithm: str, policy_kwargs: dict[str, Any], layout: ObservationLayout) -> torch.nn.Module:
+    def _new_network(
+        algorithm: str, policy_kwargs: dict[str, Any], layout: ObservationLayout
+    ) -> torch.nn.Module:
         obs_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, shape=(layout.dim,), dtype=np.float32)
         act_space = gym.spaces.Discrete(layout.n_actions)
-        return policy_class(algorithm)(obs_space, act_space, lambda _: 0.0, **sb3_policy_kwargs(policy_kwargs))
+        return policy_class(algorithm)(
+            obs_space, act_space, lambda _: 0.0, **sb3_policy_kwargs(policy_kwargs)
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write ``policy.safetensors`` and ``policy.json`` (each to a temporary name, then renamed)."""
@@ -191,12 +198,26 @@ class Policy:
         theirs = {p.name: p.to_dict() for p in space}
         for name in mine:
             if name not in theirs:
-                raise PolicyError(f"the policy was trained with parameter {name!r}, which the space lacks")
+                raise PolicyError(
+                    f"the policy was trained with parameter {name!r}, which the space lacks"
+                )
         for name in theirs:
             if name not in mine:
-                raise PolicyError(f"the space has parameter {name!r}, which the policy was not trained for")
+                raise PolicyError(
+                    f"the space has parameter {name!r}, which the policy was not trained for"
+                )
         for name, spec in mine.items():
-            order = ["type", "value", "choices", "low", "high", "log", "off_value", "when", "default"]
+            order = [
+                "type",
+                "value",
+                "choices",
+                "low",
+                "high",
+                "log",
+                "off_value",
+                "when",
+                "default",
+            ]
             keys = set(spec) | set(theirs[name])
             for key in [k for k in order if k in keys] + sorted(keys - set(order)):
                 if key == "description":
@@ -212,7 +233,9 @@ class Policy:
 
     # -- acting -------------------------------------------------------------------------------
     def _features(self, task: Any) -> np.ndarray:
-        f = np.asarray(task.features() if hasattr(task, "features") else task, dtype=np.float32).reshape(-1)
+        f = np.asarray(
+            task.features() if hasattr(task, "features") else task, dtype=np.float32
+        ).reshape(-1)
         if f.shape[0] != self.layout.n_features:
             raise PolicyError(
                 f"the policy expects {self.layout.n_features} task features, the task gives {f.shape[0]}"
@@ -248,7 +271,9 @@ class Policy:
         features = self._features(task)
         trials = self._trials(task, history)
         for attempt in range(max_retries + 1):
-            config = self._act(features, trials, deterministic=deterministic and attempt == 0, rng=rng)
+            config = self._act(
+                features, trials, deterministic=deterministic and attempt == 0, rng=rng
+            )
             if not avoid or _config_key(config) not in avoid:
                 return config
         for _ in range(100):
@@ -259,7 +284,11 @@ class Policy:
 
     @torch.no_grad()
     def _act(
-        self, features: np.ndarray, trials: list[tuple[dict[str, Any], float | None]], *, deterministic: bool,
+        self,
+        features: np.ndarray,
+        trials: list[tuple[dict[str, Any], float | None]],
+        *,
+        deterministic: bool,
         rng: np.random.Generator,
     ) -> dict[str, Any]:
         partial: dict[str, Any] = {}
@@ -279,7 +308,9 @@ class Policy:
             position = self.layout.advance(partial, position + 1)
         return self.space.validate(partial)
 
-    def _replay(self, features: np.ndarray, context: list, config: Mapping[str, Any]) -> tuple[list, list, list]:
+    def _replay(
+        self, features: np.ndarray, context: list, config: Mapping[str, Any]
+    ) -> tuple[list, list, list]:
         """Observations, masks and actions that produce ``config`` (nearest bins) after ``context``."""
         obs, masks, actions = [], [], []
         partial: dict[str, Any] = {}
@@ -295,7 +326,9 @@ class Policy:
             position = self.layout.advance(partial, position + 1)
         return obs, masks, actions
 
-    def fine_tune(self, task: Any, history: History, *, steps: int = 10, lr: float = 1e-3) -> Policy:
+    def fine_tune(
+        self, task: Any, history: History, *, steps: int = 10, lr: float = 1e-3
+    ) -> Policy:
         """A copy updated on ``task``'s trials (this one is left as it was).
 
         Policy gradient on the observed trials only (no new evaluation): each trial's action
@@ -332,7 +365,11 @@ class Policy:
             loss.backward()
             opt.step()
         tuned.network.eval()
-        tuned.meta = {**tuned.meta, "fine_tuned_on": getattr(task, "name", None), "fine_tune_trials": len(trials)}
+        tuned.meta = {
+            **tuned.meta,
+            "fine_tuned_on": getattr(task, "name", None),
+            "fine_tune_trials": len(trials),
+        }
         return tuned
 
     def __repr__(self) -> str:
@@ -382,7 +419,9 @@ class PolicySampler(BaseSampler):
         self._rng = np.random.default_rng()
         self._independent.reseed_rng()
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, Any]:
         return dict(self._search_space)
 
     def history(self, study: optuna.Study) -> list[tuple[dict[str, Any], float | None]]:
@@ -414,11 +453,11 @@ class PolicySampler(BaseSampler):
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         for t in running:
             if t.number != trial.number and t.params:
-                try:
+                with contextlib.suppress(HporlError):
                     avoid.add(_config_key(self.policy.space.from_optuna_params(t.params)))
-                except HporlError:
-                    pass
-        config = self.policy.suggest(self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid)
+        config = self.policy.suggest(
+            self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid
+        )
         params = self.policy.space.optuna_params(config)
         return {k: v for k, v in params.items() if k in search_space}
 

@@ -68,8 +68,10 @@ class TuneResult:
             "seconds": self.seconds,
             "task": self.task,
             "final_epochs": self.final_epochs,
-            "best_val_metric": max((t["best_val_metric"] for t in self.trials if t["best_val_metric"] is not None),
-                                   default=None),
+            "best_val_metric": max(
+                (t["best_val_metric"] for t in self.trials if t["best_val_metric"] is not None),
+                default=None,
+            ),
             **self.extra,
         }
 
@@ -82,8 +84,13 @@ class TuneResult:
         for i, m in enumerate(models):
             name = "model.pt" if len(models) == 1 else f"model_{i}.pt"
             _atomic(directory / name, lambda p, m=m: torch.save(m.state_dict(), p))
-        _atomic(directory / "config.json", lambda p: p.write_text(json.dumps(self.config, indent=2)))
-        _atomic(directory / "report.json", lambda p: p.write_text(json.dumps(self.report(), indent=2, default=str)))
+        _atomic(
+            directory / "config.json", lambda p: p.write_text(json.dumps(self.config, indent=2))
+        )
+        _atomic(
+            directory / "report.json",
+            lambda p: p.write_text(json.dumps(self.report(), indent=2, default=str)),
+        )
         return directory
 
 
@@ -93,7 +100,9 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
-def _build_task(model: Any, data: Any, *, target: str | None, epochs: int | None, seed: int) -> Task:
+def _build_task(
+    model: Any, data: Any, *, target: str | None, epochs: int | None, seed: int
+) -> Task:
     if isinstance(data, Task):
         task = data
         if model is not None:
@@ -137,7 +146,9 @@ def _record(number: int, config: dict[str, Any], r: TrialResult) -> dict[str, An
     }
 
 
-def _final(backend: TorchBackend, task: Task, config: dict[str, Any], r: TrialResult, seed: int) -> tuple[list[nn.Module], TrialResult, int]:
+def _final(
+    backend: TorchBackend, task: Task, config: dict[str, Any], r: TrialResult, seed: int
+) -> tuple[list[nn.Module], TrialResult, int]:
     epochs = max(int(r.best_epoch or task.epochs), 1)
     models, final = backend.fit(_merged(task, epochs), config, seed=seed, epochs=epochs)
     return models, final, epochs
@@ -184,12 +195,16 @@ def tune_model(
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
     if policy is None:
-        raise ConfigError("tune_model needs a policy: a Policy or a policy directory (see `hporl meta-train`)")
+        raise ConfigError(
+            "tune_model needs a policy: a Policy or a policy directory (see `hporl meta-train`)"
+        )
     if isinstance(policy, (str, Path)):
         policy = Policy.load(policy)
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
     if policy.feature_names is None:
-        raise ConfigError("this policy was meta-trained on synthetic tasks; it cannot tune real training")
+        raise ConfigError(
+            "this policy was meta-trained on synthetic tasks; it cannot tune real training"
+        )
     policy._features(task)  # checks the feature count before any training
     backend = backend or TorchBackend(num_threads=1)
     space = policy.space
@@ -234,8 +249,10 @@ def tune_model(
     records = [_record(n, c, r) for n, (c, r) in sorted(results.items())]
     ok = [(n, c, r) for n, (c, r) in results.items() if r.ok and r.best_metric is not None]
     if not ok:
-        raise HporlError(f"all {len(results)} trials failed or diverged; see the trial reasons: "
-                         + "; ".join(str(r.reason) for _, r in list(results.values())[:3]))
+        raise HporlError(
+            f"all {len(results)} trials failed or diverged; see the trial reasons: "
+            + "; ".join(str(r.reason) for _, r in list(results.values())[:3])
+        )
     _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
     models, final, final_epochs = _final(backend, task, best_config, best_result, seed)
     default_result = None
@@ -260,7 +277,11 @@ def tune_model(
         policy=current if fine_tune else policy,
         final_result=final,
         default_result=default_result,
-        extra={"fine_tune": fine_tune, "n_trials": n_trials, "storage": storage if storage else "memory"},
+        extra={
+            "fine_tune": fine_tune,
+            "n_trials": n_trials,
+            "storage": storage if storage else "memory",
+        },
     )
     if out is not None:
         out_result.save(out)
@@ -269,7 +290,9 @@ def tune_model(
     return out_result
 
 
-def random_search(task: Task, space: Any, n_trials: int, *, seed: int = 0, backend: TorchBackend | None = None) -> TuneResult:
+def random_search(
+    task: Task, space: Any, n_trials: int, *, seed: int = 0, backend: TorchBackend | None = None
+) -> TuneResult:
     """The same procedure as :func:`tune_model` with uniformly random configurations (a baseline)."""
     start = time.perf_counter()
     backend = backend or TorchBackend(num_threads=1)
@@ -284,9 +307,14 @@ def random_search(task: Task, space: Any, n_trials: int, *, seed: int = 0, backe
     _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
     models, final, epochs = _final(backend, task, best_config, best_result, seed)
     return TuneResult(
-        model=models[0] if len(models) == 1 else models, config=best_config,
-        trials=[_record(i, c, r) for i, c, r in results], test_metric=final.test_metric, default_test_metric=None,
-        metric_name=task.metric_name, seconds=time.perf_counter() - start, task=task.name, final_epochs=epochs,
+        model=models[0] if len(models) == 1 else models,
+        config=best_config,
+        trials=[_record(i, c, r) for i, c, r in results],
+        test_metric=final.test_metric,
+        default_test_metric=None,
+        metric_name=task.metric_name,
+        seconds=time.perf_counter() - start,
+        task=task.name,
+        final_epochs=epochs,
         final_result=final,
     )
-

@@ -31,7 +31,14 @@ class SyntheticTask:
         self.epochs = epochs
 
     @classmethod
-    def sample(cls, rng: np.random.Generator | int, n: int, *, n_features: int = 4, prefix: str = "synthetic") -> list[SyntheticTask]:
+    def sample(
+        cls,
+        rng: np.random.Generator | int,
+        n: int,
+        *,
+        n_features: int = 4,
+        prefix: str = "synthetic",
+    ) -> list[SyntheticTask]:
         rng = np.random.default_rng(rng)
         return [cls(f"{prefix}_{i}", rng.random(n_features)) for i in range(n)]
 
@@ -111,16 +118,35 @@ class SyntheticBackend(Backend):
         on_epoch: EpochCallback | None = None,
     ) -> TrialResult:
         epochs = int(epochs or task.epochs)
-        common = {"metric_name": "accuracy", "chance_metric": 0.0, "epochs": epochs, "seed": seed,
-                  "config": dict(config), "wall_time": 1e-6}
+        common = {
+            "metric_name": "accuracy",
+            "chance_metric": 0.0,
+            "epochs": epochs,
+            "seed": seed,
+            "config": dict(config),
+            "wall_time": 1e-6,
+        }
         for p in self.space.chosen:
-            if p.name in ("lr", "learning_rate") and p.name in config and p.is_numeric:
-                if p._to_unit(float(config[p.name])) > 0.97:
-                    return TrialResult.from_curves(curve=[], status="diverged",
-                                                   reason="non-finite training loss in epoch 1", **common)
+            if (
+                p.name in ("lr", "learning_rate")
+                and p.name in config
+                and p.is_numeric
+                and p._to_unit(float(config[p.name])) > 0.97
+            ):
+                return TrialResult.from_curves(
+                    curve=[],
+                    status="diverged",
+                    reason="non-finite training loss in epoch 1",
+                    **common,
+                )
         final = 0.1 + 0.9 * self.score(task, config)
         if self.noise:
-            h = int(hashlib.sha256(f"{getattr(task, 'name', '')}|{seed}|{sorted(config.items())}".encode()).hexdigest()[:8], 16)
+            h = int(
+                hashlib.sha256(
+                    f"{getattr(task, 'name', '')}|{seed}|{sorted(config.items())}".encode()
+                ).hexdigest()[:8],
+                16,
+            )
             final = float(np.clip(final + np.random.default_rng(h).normal(0, self.noise), 0, 1))
         curve, stopped = [], False
         for e in range(1, epochs + 1):
@@ -129,6 +155,11 @@ class SyntheticBackend(Backend):
                 stopped = True
                 break
         return TrialResult.from_curves(
-            curve=curve, loss_curve=[1 - v for v in curve], train_loss_curve=[1 - v for v in curve],
-            test_metric=curve[-1], status="ok", stopped_early=stopped, **common,
+            curve=curve,
+            loss_curve=[1 - v for v in curve],
+            train_loss_curve=[1 - v for v in curve],
+            test_metric=curve[-1],
+            status="ok",
+            stopped_early=stopped,
+            **common,
         )

@@ -250,7 +250,9 @@ class TorchBackend(Backend):
         try:
             for i in range(len(task.models)):
                 with torch.random.fork_rng(devices=[]):
-                    r, m = self._train_one(task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep)
+                    r, m = self._train_one(
+                        task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep
+                    )
                 results.append(r)
                 models.append(m)
         finally:
@@ -259,7 +261,12 @@ class TorchBackend(Backend):
         return results, models
 
     def _write_config(
-        self, checkpoint_dir: str | Path | None, task: Task, config: Mapping[str, Any], seed: int, epochs: int,
+        self,
+        checkpoint_dir: str | Path | None,
+        task: Task,
+        config: Mapping[str, Any],
+        seed: int,
+        epochs: int,
         result: TrialResult,
     ) -> None:
         if checkpoint_dir is not None:
@@ -303,7 +310,9 @@ class TorchBackend(Backend):
         losses: list[float] = []
         train_losses: list[float] = []
 
-        def result(status: str, reason: str | None = None, **kw: Any) -> tuple[TrialResult, nn.Module | None]:
+        def result(
+            status: str, reason: str | None = None, **kw: Any
+        ) -> tuple[TrialResult, nn.Module | None]:
             kept = kw.pop("model", None)
             return TrialResult.from_curves(
                 curve=curve,
