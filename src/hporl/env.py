@@ -68,7 +68,8 @@ class ObservationLayout:
 
     Blocks, in order (all float32, clipped to [-2, 2]):
 
-    1. ``n_features`` task meta-features;
+    1. ``n_features`` task meta-features, as ``(f - feature_mean) / feature_scale`` when the
+       layout carries them (a meta-training run sets them from its training tasks);
     2. one-hot of the parameter being chosen (one slot per chosen parameter; all zero when none);
     3. the partial configuration, ``space.encode`` (zeros where unset or inactive);
     4. one "unset" flag per chosen parameter (1 until it is chosen in the current trial);
@@ -83,6 +84,8 @@ class ObservationLayout:
     budget: int
     n_bins: int = 8
     history: int = 3
+    feature_mean: tuple[float, ...] | None = None
+    feature_scale: tuple[float, ...] | None = None
 
     @cached_property
     def params(self) -> list[Parameter]:
@@ -115,7 +118,25 @@ class ObservationLayout:
             "budget": self.budget,
             "n_bins": self.n_bins,
             "history": self.history,
+            "feature_mean": list(self.feature_mean) if self.feature_mean is not None else None,
+            "feature_scale": list(self.feature_scale) if self.feature_scale is not None else None,
         }
+
+    @classmethod
+    def from_dict(cls, space: SearchSpace, data: Mapping[str, Any]) -> ObservationLayout:
+        data = dict(data)
+        for key in ("feature_mean", "feature_scale"):
+            if data.get(key) is not None:
+                data[key] = tuple(float(v) for v in data[key])
+        return cls(space, **data)
+
+    @staticmethod
+    def normalisation(
+        features: Sequence[np.ndarray],
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and scale (twice the standard deviation, at least 0.1) of training tasks' features."""
+        f = np.stack([np.asarray(x, dtype=np.float64).reshape(-1) for x in features])
+        return tuple(f.mean(0).tolist()), tuple(np.maximum(2 * f.std(0), 0.1).tolist())
 
     # -- stepping through a configuration -----------------------------------------------------
     def advance(self, partial: dict[str, Any], start: int) -> int | None:
@@ -175,6 +196,10 @@ class ObservationLayout:
         features = np.asarray(features, dtype=np.float32).reshape(-1)
         if features.shape != (self.n_features,):
             raise ConfigError(f"expected {self.n_features} task features, got {features.shape[0]}")
+        if self.feature_mean is not None and self.feature_scale is not None:
+            features = (features - np.asarray(self.feature_mean, dtype=np.float32)) / np.asarray(
+                self.feature_scale, dtype=np.float32
+            )
         current = np.zeros(n, dtype=np.float32)
         if position is not None:
             current[self._param_index[self.space.parameters[position].name]] = 1.0
@@ -221,6 +246,8 @@ class HPOEnv(gym.Env):
         epochs: epochs per trial (default: each task's own).
         trial_seed: the training seed of every trial (fixed, so evaluations can be cached).
         cache: keep results in memory so a configuration revisited on a task is not re-run.
+        feature_norm: (mean, scale) applied to task features in observations (see
+            :meth:`ObservationLayout.normalisation`).
 
     ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
     finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
@@ -244,6 +271,7 @@ class HPOEnv(gym.Env):
         trial_seed: int = 0,
         cache: bool = True,
         n_features: int | None = None,
+        feature_norm: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
@@ -266,7 +294,10 @@ class HPOEnv(gym.Env):
         self.space = space
         self.backend = backend
         self.reward_approach = _rewards.get(reward)
-        self.layout = ObservationLayout(space, n_features, budget, n_bins, history)
+        mean, scale = (None, None)
+        if feature_norm is not None:
+            mean, scale = tuple(map(float, feature_norm[0])), tuple(map(float, feature_norm[1]))
+        self.layout = ObservationLayout(space, n_features, budget, n_bins, history, mean, scale)
         self.epochs = epochs
         self.trial_seed = trial_seed
         self.observation_space = gym.spaces.Box(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hporl.agents import AgentConfig, train_agent
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
-from hporl.env import HPOEnv
+from hporl.env import HPOEnv, ObservationLayout
 from hporl.exceptions import ConfigError, HporlError
 from hporl.policy import Policy
 from hporl.space import SearchSpace, builtin_spaces
@@ -255,6 +255,8 @@ def run_experiment(
         config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},
     )
 
+    feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
+
     def make_env() -> HPOEnv:
         return HPOEnv(
             space,
@@ -266,6 +268,7 @@ def run_experiment(
             history=config.history,
             epochs=config.backend.epochs,
             trial_seed=config.backend.trial_seed,
+            feature_norm=feature_norm,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts

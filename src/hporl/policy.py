@@ -163,7 +163,9 @@ class Policy:
                 raise PolicyError(
                     f"{directory / META}: format_version {meta.get('format_version')!r}, this hporl reads {FORMAT_VERSION}"
                 )
-            layout = ObservationLayout(SearchSpace.from_dict(meta["space"]), **meta["layout"])
+            layout = ObservationLayout.from_dict(
+                SearchSpace.from_dict(meta["space"]), meta["layout"]
+            )
             network = cls._new_network(meta["algorithm"], meta["policy_kwargs"], layout)
         except (KeyError, TypeError, HporlError) as err:
             if isinstance(err, PolicyError):
