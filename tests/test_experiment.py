@@ -31,7 +31,9 @@ def test_run_experiment_from_yaml_on_real_tasks(tmp_path):
     assert (run / "logs" / "progress.csv").exists()
     loaded = Policy.load(run)  # a run directory works too
     assert loaded.training_tasks == policy.training_tasks
-    assert loaded.layout == policy.layout and policy.layout.feature_mean is not None  # normalisation kept
+    assert (
+        loaded.layout == policy.layout and policy.layout.feature_mean is not None
+    )  # normalisation kept
 
 
 def test_run_experiment_with_csv_and_synthetic_tasks(tmp_path):

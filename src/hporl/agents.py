@@ -170,12 +170,15 @@ def train_agent(
     resume: bool = False,
     progress_bar: bool = False,
     callback: Any = None,
+    on_new_agent: Callable[[BaseAlgorithm], None] | None = None,
 ) -> BaseAlgorithm:
     """Train (or, with ``resume``, continue) an agent for ``config.total_timesteps`` in all.
 
     With ``run_dir``, checkpoints go to ``run_dir/checkpoints`` every ``checkpoint_every``
     timesteps and logs to ``run_dir/logs``; ``resume`` loads the latest checkpoint there and
     trains only the remaining timesteps.
+    ``on_new_agent`` is called with a freshly built agent (not a
+    resumed one) before it learns: a warm start such as behaviour cloning.
     """
     env = make_vec_env(env_fns)
     callbacks = [callback] if callback is not None else []
@@ -189,6 +192,8 @@ def train_agent(
         agent = build_agent(
             config, env, log_dir=Path(run_dir) / "logs" if run_dir is not None else None
         )
+        if on_new_agent is not None:
+            on_new_agent(agent)
     if ckpt_dir is not None:
         callbacks.append(
             CheckpointCallback(

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hporl.agents import AgentConfig, train_agent
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
 from hporl.env import HPOEnv, ObservationLayout
-from hporl.exceptions import ConfigError, HporlError
+from hporl.exceptions import ConfigError
 from hporl.policy import Policy
+from hporl.pretrain import PretrainConfig, behaviour_clone, build_portfolio, expert_steps
 from hporl.space import SearchSpace, builtin_spaces
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
 from hporl.tasks import models as _models
@@ -96,6 +97,9 @@ class ExperimentConfig(BaseModel):
     history: int = Field(3, ge=0)
     model: Literal["mlp", "linear", "cnn", "lcbench_mlp"] | None = None
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    pretrain: PretrainConfig | None = Field(
+        None, description="behaviour cloning of a greedy portfolio before RL (see hporl.pretrain)"
+    )
     out: str | None = None
 
     @field_validator("reward")
@@ -273,16 +277,35 @@ def run_experiment(
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
     start = time.perf_counter()
-    try:
-        agent = train_agent(
-            config.agent,
-            [make_env] * config.agent.n_envs,
-            run_dir=run_dir,
-            resume=resume,
-            progress_bar=progress_bar,
+    pretrain_summary: dict[str, Any] = {}
+
+    def warm_start(agent: Any) -> None:
+        if config.pretrain is None:
+            return
+        portfolio = build_portfolio(env, tasks, config.pretrain)
+        steps = expert_steps(env, tasks, portfolio)
+        stats = behaviour_clone(agent, config.agent.algorithm, steps, config.pretrain)
+        pretrain_summary.update(
+            candidates=len(portfolio.candidates),
+            portfolio=portfolio.configs,
+            portfolio_mean_regret=portfolio.mean_regret(),
+            evaluations=env.n_evaluations,
+            seconds=time.perf_counter() - start,
+            **stats,
         )
-    except HporlError:
-        raise
+        _write_json(run_dir / "portfolio.json", pretrain_summary)
+        logger.info("behaviour cloning: %s", stats)
+
+    # One env in process shares its evaluation cache with the warm start.
+    env_fns = [lambda: env] if config.agent.n_envs == 1 else [make_env] * config.agent.n_envs
+    agent = train_agent(
+        config.agent,
+        env_fns,
+        run_dir=run_dir,
+        resume=resume,
+        progress_bar=progress_bar,
+        on_new_agent=warm_start,
+    )
     policy = Policy.from_agent(
         agent,
         env.layout,

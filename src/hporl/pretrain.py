@@ -1,0 +1,223 @@
+"""Warm start for meta-training: behaviour cloning of a greedy portfolio.
+
+A policy that must discover from scratch, with PPO, which configurations work across tasks tends
+to lose to a static portfolio chosen on the training tasks (see ../shared/DESIGN.md). So before
+RL, a meta-training run can:
+
+1. draw ``n_candidates`` configurations on the policy's own action grid (every value a bin, so
+   the policy can reproduce them exactly), the space's default among them;
+2. evaluate every candidate on every training task with the run's backend and reward approach;
+3. choose a greedy portfolio of K of them: each next one minimises the training tasks' mean
+   normalised regret of the best-so-far (regret normalised per task over the candidates);
+4. train the agent's network to reproduce that portfolio, trial after trial, on every training
+   task (cross-entropy on the masked action logits; the value head regresses the return-to-go).
+
+RL then starts from the portfolio's level and can learn to adapt to what it observes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from hporl.env import HPOEnv
+
+__all__ = ["Portfolio", "PretrainConfig", "behaviour_clone", "greedy_portfolio", "grid_candidates"]
+
+logger = logging.getLogger(__name__)
+
+
+class PretrainConfig(BaseModel):
+    """Settings of the behaviour-cloning warm start."""
+
+    model_config = ConfigDict(extra="forbid")
+    candidates: int = Field(
+        32, ge=2, description="candidate configurations evaluated on every training task"
+    )
+    epochs: int = Field(
+        300, ge=1, description="passes of supervised training over the expert steps"
+    )
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
+def grid_candidates(env: HPOEnv, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``n`` distinct configurations on the env's action grid, the space's default (snapped to
+    the grid) first."""
+    layout = env.layout
+    space = env.space
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+
+    def add(config: dict[str, Any]) -> None:
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(config)
+
+    default = space.default()
+    add(_snap(env, default))
+    for _ in range(50 * n):
+        if len(out) >= n:
+            break
+        partial: dict[str, Any] = {}
+        position = layout.advance(partial, 0)
+        while position is not None:
+            mask = layout.mask(position)
+            partial[space.parameters[position].name] = layout.value_of(
+                position, int(rng.choice(np.flatnonzero(mask)))
+            )
+            position = layout.advance(partial, position + 1)
+        add(space.validate(partial))
+    return out
+
+
+def _snap(env: HPOEnv, config: dict[str, Any]) -> dict[str, Any]:
+    layout, space = env.layout, env.space
+    partial: dict[str, Any] = {}
+    position = layout.advance(partial, 0)
+    while position is not None:
+        name = space.parameters[position].name
+        partial[name] = layout.value_of(position, layout.action_of(name, config[name]))
+        position = layout.advance(partial, position + 1)
+    return space.validate(partial)
+
+
+def greedy_portfolio(values: np.ndarray, k: int) -> list[int]:
+    """Indices of ``k`` candidates chosen greedily to minimise the mean normalised regret of the
+    best-so-far over tasks. ``values[t, c]`` is candidate ``c``'s value on task ``t`` (higher is
+    better); regret on a task is normalised by that task's range over the candidates."""
+    lo = values.min(axis=1, keepdims=True)
+    hi = values.max(axis=1, keepdims=True)
+    regret = (hi - values) / np.maximum(hi - lo, 1e-12)
+    chosen: list[int] = []
+    best = np.full(values.shape[0], np.inf)
+    for _ in range(min(k, values.shape[1])):
+        scores = [
+            np.minimum(best, regret[:, c]).mean() if c not in chosen else np.inf
+            for c in range(values.shape[1])
+        ]
+        c = int(np.argmin(scores))
+        chosen.append(c)
+        best = np.minimum(best, regret[:, c])
+    return chosen
+
+
+@dataclass
+class Portfolio:
+    """The candidates, their values on the training tasks, and the greedy order."""
+
+    candidates: list[dict[str, Any]]
+    values: np.ndarray
+    order: list[int]
+    task_names: list[str]
+
+    @property
+    def configs(self) -> list[dict[str, Any]]:
+        return [self.candidates[i] for i in self.order]
+
+    def mean_regret(self) -> list[float]:
+        """Mean normalised regret over the training tasks after 1..K portfolio trials."""
+        lo = self.values.min(1)
+        hi = self.values.max(1)
+        regret = (hi[:, None] - self.values) / np.maximum(hi - lo, 1e-12)[:, None]
+        return [float(regret[:, self.order[: k + 1]].min(1).mean()) for k in range(len(self.order))]
+
+
+def build_portfolio(env: HPOEnv, tasks: list[Any], config: PretrainConfig) -> Portfolio:
+    """Evaluate grid candidates on every task (through the env, so results are cached there)."""
+    rng = np.random.default_rng(config.seed)
+    candidates = grid_candidates(env, config.candidates, rng)
+    approach = env.reward_approach
+    values = np.zeros((len(tasks), len(candidates)))
+    for t, task in enumerate(tasks):
+        reference = env._reference(task) if approach.needs_reference else None
+        for c, cand in enumerate(candidates):
+            values[t, c] = approach(env._evaluate(task, cand), reference=reference)
+    order = greedy_portfolio(values, env.layout.budget)
+    return Portfolio(candidates, values, order, [t.name for t in tasks])
+
+
+def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[str, np.ndarray]:
+    """Observations, masks, actions and returns-to-go of the portfolio played on every task."""
+    layout, space = env.layout, env.space
+    obs, masks, actions, returns = [], [], [], []
+    for t, task in enumerate(tasks):
+        features = np.asarray(task.features(), dtype=np.float32)
+        trials: list[tuple[dict[str, Any], float | None]] = []
+        values = [portfolio.values[t, i] for i in portfolio.order]
+        best_so_far = np.maximum.accumulate(values)
+        episode_return = best_so_far[-1]
+        for k, config in enumerate(portfolio.configs):
+            partial: dict[str, Any] = {}
+            position = layout.advance(partial, 0)
+            already = best_so_far[k - 1] if k > 0 else 0.0
+            while position is not None:
+                name = space.parameters[position].name
+                obs.append(layout.observe(features, position, partial, trials))
+                masks.append(layout.mask(position))
+                action = layout.action_of(name, config[name])
+                actions.append(action)
+                returns.append(episode_return - already)
+                partial[name] = layout.value_of(position, action)
+                position = layout.advance(partial, position + 1)
+            from hporl.env import trial_score
+
+            trials.append((config, trial_score(env._evaluate(task, config))))
+    return {
+        "obs": np.stack(obs).astype(np.float32),
+        "masks": np.stack(masks),
+        "actions": np.array(actions, dtype=np.int64),
+        "returns": np.array(returns, dtype=np.float32),
+    }
+
+
+def behaviour_clone(
+    agent: Any, algorithm: str, data: dict[str, np.ndarray], config: PretrainConfig
+) -> dict[str, float]:
+    """Fit the agent's network to the expert steps; returns the final loss and action accuracy."""
+    policy = agent.policy
+    policy.set_training_mode(True)
+    device = policy.device
+    obs = torch.as_tensor(data["obs"], device=device)
+    masks = torch.as_tensor(data["masks"], device=device)
+    actions = torch.as_tensor(data["actions"], device=device)
+    returns = torch.as_tensor(data["returns"], device=device)
+    opt = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
+    gen = torch.Generator().manual_seed(config.seed)
+    n = len(actions)
+    batch = 256
+    for _ in range(config.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, batch):
+            idx = perm[s : s + batch].to(device)
+            logits, values = _heads(policy, algorithm, obs[idx])
+            logits = logits.masked_fill(~masks[idx], -1e9)
+            loss = torch.nn.functional.cross_entropy(logits, actions[idx])
+            if values is not None:
+                loss = loss + 0.5 * torch.nn.functional.mse_loss(values, returns[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        logits, _ = _heads(policy, algorithm, obs)
+        acc = (logits.masked_fill(~masks, -1e9).argmax(1) == actions).float().mean().item()
+    if algorithm == "dqn":
+        agent.q_net_target.load_state_dict(agent.q_net.state_dict())
+    return {"loss": float(loss.item()), "action_accuracy": acc, "steps": n}
+
+
+def _heads(
+    policy: Any, algorithm: str, obs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if algorithm == "dqn":
+        return policy.q_net(obs), None
+    logits = policy.get_distribution(obs).distribution.logits
+    return logits, policy.predict_values(obs).reshape(-1)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hporl import HPOEnv, Policy, SyntheticBackend, run_experiment
+from hporl.agents import AgentConfig, build_agent, make_vec_env
+from hporl.backends import SyntheticTask
+from hporl.pretrain import (
+    PretrainConfig,
+    behaviour_clone,
+    build_portfolio,
+    expert_steps,
+    greedy_portfolio,
+    grid_candidates,
+)
+
+
+def test_greedy_portfolio_known_answer():
+    # rows: tasks, columns: candidates (higher is better)
+    values = np.array(
+        [
+            [1.0, 0.0, 0.6],
+            [1.0, 0.0, 0.6],
+            [0.0, 1.0, 0.6],
+        ]
+    )
+    # alone, c0 has mean regret 1/3, c2 0.4, c1 2/3; with c0 chosen, c1 removes the last regret
+    assert greedy_portfolio(values, 1) == [0]
+    assert greedy_portfolio(values, 2) == [0, 1]
+    assert greedy_portfolio(values, 5) == [0, 1, 2]  # never more than the candidates
+
+
+@pytest.fixture()
+def env(small_space):
+    return HPOEnv(
+        small_space,
+        SyntheticBackend(small_space),
+        SyntheticTask.sample(0, 6, n_features=3),
+        budget=2,
+    )
+
+
+def test_grid_candidates_are_distinct_on_grid_and_start_with_the_default(env, small_space):
+    cands = grid_candidates(env, 12, np.random.default_rng(0))
+    assert len(cands) == 12
+    assert len({json.dumps(c, sort_keys=True) for c in cands}) == 12
+    assert cands[0]["optimizer"] == small_space.default()["optimizer"]
+    for c in cands:
+        assert small_space.validate(c) == c
+        for name, value in c.items():
+            assert value in small_space.bins(name, env.layout.n_bins)
+
+
+def test_behaviour_cloning_reproduces_the_portfolio(env, small_space):
+    tasks = env._tasks
+    portfolio = build_portfolio(env, tasks, PretrainConfig(candidates=10))
+    assert len(portfolio.order) == 2
+    regret = portfolio.mean_regret()
+    assert regret[1] <= regret[0]
+    cfg = AgentConfig(net_arch=[64, 64], params={"n_steps": 32, "batch_size": 16})
+    agent = build_agent(cfg, make_vec_env([lambda: env]))
+    stats = behaviour_clone(
+        agent, cfg.algorithm, expert_steps(env, tasks, portfolio), PretrainConfig(epochs=300)
+    )
+    assert stats["action_accuracy"] == 1.0
+    policy = Policy.from_agent(
+        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs()
+    )
+    first, second = portfolio.configs
+    for task in tasks:
+        assert policy.suggest(task) == first
+        result = env._evaluate(task, first)
+        assert policy.suggest(task, [(first, result)]) == second
+
+
+def test_run_experiment_with_pretrain_writes_the_portfolio(tmp_path):
+    policy = run_experiment(
+        {
+            "tasks": [{"synthetic": 8, "n_features": 3}],
+            "backend": {"name": "synthetic"},
+            "space": "optimizer",
+            "budget": 3,
+            "pretrain": {"candidates": 16, "epochs": 50},
+            "agent": {"total_timesteps": 64, "params": {"n_steps": 32, "batch_size": 16}},
+        },
+        out=tmp_path,
+    )
+    data = json.loads((tmp_path / "portfolio.json").read_text())
+    assert len(data["portfolio"]) == 3 and data["candidates"] == 16
+    assert data["evaluations"] == 8 * 16
+    assert policy.space.validate(data["portfolio"][0]) == data["portfolio"][0]
