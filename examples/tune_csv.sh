@@ -4,7 +4,7 @@
 set -euo pipefail
 data=${1:?usage: $0 DATA.csv TARGET_COLUMN [TRIALS]}
 target=${2:?usage: $0 DATA.csv TARGET_COLUMN [TRIALS]}
-trials=${3:-10}
+trials=${3:-5}
 hporl=${HPORL:-hporl}   # e.g. HPORL=.venv/bin/hporl
 
 if [ ! -f runs/first/policy/policy.json ]; then

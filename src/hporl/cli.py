@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,7 +41,7 @@ def demo(
     held_out: Annotated[
         str, typer.Option(help="built-in task to tune, kept out of meta-training")
     ] = "digits",
-    timesteps: Annotated[int, typer.Option(help="meta-training timesteps")] = 6000,
+    timesteps: Annotated[int, typer.Option(help="RL timesteps after the warm start")] = 2000,
     trials: Annotated[int, typer.Option(help="trials on the held-out task")] = 5,
     epochs: Annotated[int, typer.Option(help="epochs per trial")] = 10,
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
@@ -61,7 +63,9 @@ def demo(
             f"--held-out {held_out!r} is one of the meta-training tasks: {', '.join(DEMO_TRAIN)}"
         )
     console.print(
-        f"[bold]1. meta-training[/bold] MaskablePPO on {len(DEMO_TRAIN)} tasks: {', '.join(DEMO_TRAIN)}"
+        f"[bold]1. meta-training[/bold] on {len(DEMO_TRAIN)} tasks ({', '.join(DEMO_TRAIN)}): "
+        "32 candidate configurations evaluated on each, behaviour cloning of their greedy portfolio, "
+        "then MaskablePPO"
     )
     t0 = time.perf_counter()
     policy = run_experiment(
@@ -69,11 +73,13 @@ def demo(
             "name": "demo",
             "tasks": DEMO_TRAIN,
             "backend": {"epochs": epochs},
-            "budget": 3,
+            "budget": trials,
+            "pretrain": {"candidates": 32, "seed": seed},
             "agent": {
                 "total_timesteps": timesteps,
                 "seed": seed,
-                "params": {"n_steps": 256, "batch_size": 64},
+                "learning_rate": 1e-4,
+                "params": {"n_steps": 256, "batch_size": 64, "ent_coef": 0.0},
             },
         },
         out=out / "meta-train",
@@ -83,14 +89,10 @@ def demo(
     console.print(f"{policy!r} in {meta_s:.0f} s, saved to {out / 'meta-train' / 'policy'}")
     task = builtin(held_out, epochs=epochs)
     console.print(f"[bold]2. tuning[/bold] held-out {task!r} with {trials} trials")
-    tuned = tune_model(
-        data=task,
-        policy=policy,
-        n_trials=trials,
-        out=out / "tuned",
-        seed=seed,
-        callback=_trial_printer(),
-    )
+    with _tune_progress(trials) as show:
+        tuned = tune_model(
+            data=task, policy=policy, n_trials=trials, out=out / "tuned", seed=seed, callback=show
+        )
     console.print(f"[bold]3. random search[/bold] with {trials} trials, 3 seeds")
     randoms = [random_search(task, policy.space, trials, seed=s) for s in range(3)]
     table = Table(
@@ -123,14 +125,28 @@ def demo(
     )
 
 
-def _trial_printer() -> Any:
-    def show(i: int, n: int, config: dict[str, Any], result: Any) -> None:
-        short = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
-        )
-        console.print(f"  trial {i}/{n}: {result.summary()}  [dim]{short}[/dim]")
+@contextlib.contextmanager
+def _tune_progress(n_trials: int, title: str = "tuning") -> Iterator[Any]:
+    """A rich progress bar over trials; yields the ``callback`` for :func:`hporl.tune_model`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return show
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task(title, total=n_trials)
+
+        def show(i: int, n: int, config: dict[str, Any], result: Any) -> None:
+            short = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
+            )
+            progress.console.print(f"  trial {i}/{n}: {result.summary()}  [dim]{short}[/dim]")
+            progress.update(bar, completed=i)
+
+        yield show
 
 
 @app.command("meta-train")
@@ -191,19 +207,20 @@ def tune(
             "--policy is required: no packaged default policy ships yet (run `hporl meta-train`)"
         )
     out = out or Path("runs") / f"tune-{data.stem}"
-    result = tune_model(
-        MODELS[model],
-        str(data),
-        target=target,
-        policy=policy,
-        n_trials=trials,
-        fine_tune=fine_tune,
-        epochs=epochs,
-        out=out,
-        storage=storage,
-        seed=seed,
-        callback=_trial_printer(),
-    )
+    with _tune_progress(trials) as show:
+        result = tune_model(
+            MODELS[model],
+            str(data),
+            target=target,
+            policy=policy,
+            n_trials=trials,
+            fine_tune=fine_tune,
+            epochs=epochs,
+            out=out,
+            storage=storage,
+            seed=seed,
+            callback=show,
+        )
     table = Table(title=f"{result.task}: test {result.metric_name}")
     table.add_column("configuration")
     table.add_column("test", justify="right")
