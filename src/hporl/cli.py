@@ -238,6 +238,28 @@ def tune(
 
 
 @app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="bench YAML file")],
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/bench"),
+) -> None:
+    """Run a benchmark; write results.json, summary.json, report.md and plots/*.png to OUT."""
+    import time
+
+    import torch
+
+    from hporl.bench import run
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    with console.status("benchmarking") as status:
+        summary = run(config, out=out, progress=lambda msg: status.update(msg))
+    console.print((out / "report.md").read_text())
+    console.print(
+        f"{len(summary['methods'])} methods in {time.perf_counter() - t0:.0f} s; files in {out}"
+    )
+
+
+@app.command()
 def spaces(
     name: Annotated[str | None, typer.Argument(help="show the parameters of one space")] = None,
 ) -> None:

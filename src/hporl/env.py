@@ -344,7 +344,7 @@ class HPOEnv(gym.Env):
         config = self.space.validate(self._partial)
         result = self._evaluate(self.task, config)
         reference = self._reference(self.task) if self.reward_approach.needs_reference else None
-        value = float(self.reward_approach(result, reference=reference))
+        value = float(self.reward_approach(result, reference=reference, task=self.task))
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
         self._trials.append((config, trial_score(result)))

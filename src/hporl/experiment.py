@@ -20,6 +20,7 @@ from hporl.env import HPOEnv, ObservationLayout
 from hporl.exceptions import ConfigError
 from hporl.policy import Policy
 from hporl.pretrain import PretrainConfig, behaviour_clone, build_portfolio, expert_steps
+from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, builtin_spaces
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
 from hporl.tasks import models as _models
@@ -259,6 +260,46 @@ def run_experiment(
         config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},
     )
 
+    return meta_train(
+        space,
+        backend,
+        tasks,
+        agent=config.agent,
+        pretrain=config.pretrain,
+        run_dir=run_dir,
+        reward=config.reward,
+        budget=config.budget,
+        n_bins=config.n_bins,
+        history=config.history,
+        epochs=config.backend.epochs,
+        trial_seed=config.backend.trial_seed,
+        resume=resume,
+        progress_bar=progress_bar,
+        feature_names=None if is_synthetic else list(FEATURE_NAMES),
+        meta={"experiment": config.name, "backend": config.backend.name},
+    )
+
+
+def meta_train(
+    space: SearchSpace,
+    backend: Backend,
+    tasks: list[Any],
+    *,
+    agent: AgentConfig,
+    run_dir: Path,
+    pretrain: PretrainConfig | None = None,
+    reward: str | RewardApproach = "best_metric",
+    budget: int = 3,
+    n_bins: int = 8,
+    history: int = 3,
+    epochs: int | None = None,
+    trial_seed: int = 0,
+    resume: bool = False,
+    progress_bar: bool = False,
+    feature_names: list[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Policy:
+    """Meta-train on already built parts (what :func:`run_experiment` and ``hporl bench`` share)."""
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
 
     def make_env() -> HPOEnv:
@@ -266,12 +307,12 @@ def run_experiment(
             space,
             backend,
             tasks,
-            reward=config.reward,
-            budget=config.budget,
-            n_bins=config.n_bins,
-            history=config.history,
-            epochs=config.backend.epochs,
-            trial_seed=config.backend.trial_seed,
+            reward=reward,
+            budget=budget,
+            n_bins=n_bins,
+            history=history,
+            epochs=epochs,
+            trial_seed=trial_seed,
             feature_norm=feature_norm,
         )
 
@@ -279,12 +320,12 @@ def run_experiment(
     start = time.perf_counter()
     pretrain_summary: dict[str, Any] = {}
 
-    def warm_start(agent: Any) -> None:
-        if config.pretrain is None:
+    def warm_start(new_agent: Any) -> None:
+        if pretrain is None:
             return
-        portfolio = build_portfolio(env, tasks, config.pretrain)
+        portfolio = build_portfolio(env, tasks, pretrain)
         steps = expert_steps(env, tasks, portfolio)
-        stats = behaviour_clone(agent, config.agent.algorithm, steps, config.pretrain)
+        stats = behaviour_clone(new_agent, agent.algorithm, steps, pretrain)
         pretrain_summary.update(
             candidates=len(portfolio.candidates),
             portfolio=portfolio.configs,
@@ -297,9 +338,9 @@ def run_experiment(
         logger.info("behaviour cloning: %s", stats)
 
     # One env in process shares its evaluation cache with the warm start.
-    env_fns = [lambda: env] if config.agent.n_envs == 1 else [make_env] * config.agent.n_envs
-    agent = train_agent(
-        config.agent,
+    env_fns = [lambda: env] if agent.n_envs == 1 else [make_env] * agent.n_envs
+    trained = train_agent(
+        agent,
         env_fns,
         run_dir=run_dir,
         resume=resume,
@@ -307,26 +348,24 @@ def run_experiment(
         on_new_agent=warm_start,
     )
     policy = Policy.from_agent(
-        agent,
+        trained,
         env.layout,
-        algorithm=config.agent.algorithm,
-        policy_kwargs=config.agent.policy_kwargs(),
-        reward=config.reward,
-        feature_names=None if is_synthetic else list(FEATURE_NAMES),
+        algorithm=agent.algorithm,
+        policy_kwargs=agent.policy_kwargs(),
+        reward=reward if isinstance(reward, str) else reward.name,
+        feature_names=feature_names,
         training_tasks=[t.name for t in tasks],
-        meta={
-            "experiment": config.name,
-            "timesteps": int(agent.num_timesteps),
-            "backend": config.backend.name,
-        },
+        meta={**(meta or {}), "timesteps": int(trained.num_timesteps)},
     )
     policy.save(run_dir / "policy")
     _write_json(
         run_dir / "summary.json",
         {
-            "timesteps": int(agent.num_timesteps),
+            "timesteps": int(trained.num_timesteps),
             "seconds": time.perf_counter() - start,
             "tasks": len(tasks),
+            "evaluations": env.n_evaluations,
+            "cache_hits": env.n_cache_hits,
             "policy": str(run_dir / "policy"),
         },
     )

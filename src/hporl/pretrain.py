@@ -139,7 +139,7 @@ def build_portfolio(env: HPOEnv, tasks: list[Any], config: PretrainConfig) -> Po
     for t, task in enumerate(tasks):
         reference = env._reference(task) if approach.needs_reference else None
         for c, cand in enumerate(candidates):
-            values[t, c] = approach(env._evaluate(task, cand), reference=reference)
+            values[t, c] = approach(env._evaluate(task, cand), reference=reference, task=task)
     order = greedy_portfolio(values, env.layout.budget)
     return Portfolio(candidates, values, order, [t.name for t in tasks])
 

@@ -55,7 +55,10 @@ class RewardApproach(abc.ABC):
     floor: float = -1.0
     needs_reference: bool = False
 
-    def __call__(self, result: TrialResult, *, reference: TrialResult | None = None) -> float:
+    def __call__(
+        self, result: TrialResult, *, reference: TrialResult | None = None, task: Any = None
+    ) -> float:
+        """The reward of ``result``; ``task`` (the task it ran on) is for approaches that need it."""
         if result.status != "ok" or result.best_metric is None:
             return self.floor
         if self.needs_reference and reference is None:

@@ -1,0 +1,16 @@
+"""Benchmarks: methods x held-out tasks x budgets x seeds -> normalised regret, reports, plots."""
+
+from hporl.bench._report import normalised_regret, ranks
+from hporl.bench._runner import BenchConfig, run
+from hporl.bench._samplers import METHODS, FixedSequenceSampler, TransferCandidates, make_sampler
+
+__all__ = [
+    "METHODS",
+    "BenchConfig",
+    "FixedSequenceSampler",
+    "TransferCandidates",
+    "make_sampler",
+    "normalised_regret",
+    "ranks",
+    "run",
+]

@@ -1,0 +1,428 @@
+"""The benchmark runner: methods x held-out tasks x seeds, scored by normalised regret."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hporl.backends import Backend, TorchBackend, TrialResult
+from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
+from hporl.exceptions import ConfigError
+from hporl.rewards import RewardApproach
+from hporl.space import SearchSpace
+
+__all__ = ["BenchConfig", "run"]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["policy", "random", "tpe", "gp", "cmaes", "best_average", "portfolio"]
+
+
+class BenchConfig(BaseModel):
+    """A benchmark (the YAML of ``hporl bench``). The first eight keys are a contract."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    benchmark: str = Field(
+        description="lcbench, or a built-in suite of real tasks (e.g. tabular, small)"
+    )
+    train_tasks: list[str] = Field(default_factory=list)
+    test_tasks: list[str] = Field(default_factory=list)
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    budgets: list[int] = Field(default_factory=lambda: [1, 3, 10, 30])
+    seeds: int = Field(3, gt=0)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    policy_path: str | None = None
+    folds: int | None = Field(
+        None, ge=2, description="cross-validation over all tasks instead of one split"
+    )
+    data_dir: str | None = None
+    normalisation_samples: int | None = Field(None, gt=1)
+    transfer_candidates: int | None = Field(None, gt=1)
+    epochs: int | None = Field(None, gt=0, description="epochs per trial (real-training suites)")
+    score: Literal["final", "best"] | None = None
+
+    @classmethod
+    def load(cls, source: BenchConfig | Mapping[str, Any] | str | Path) -> BenchConfig:
+        if isinstance(source, BenchConfig):
+            return source
+        name = "bench config"
+        if isinstance(source, (str, Path)):
+            name = str(source)
+            try:
+                data = yaml.safe_load(Path(source).read_text())
+            except OSError as err:
+                raise ConfigError(f"cannot read bench file {name!r}: {err.strerror}") from None
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark else ""
+                raise ConfigError(
+                    f"{name}: invalid YAML{where}: {getattr(err, 'problem', None) or err}"
+                ) from None
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"{name}: a bench file must be a mapping of keys")
+            source = data
+        try:
+            config = cls.model_validate(dict(source))
+        except ValidationError as err:
+            e = err.errors()[0]
+            where = ".".join(map(str, e["loc"]))
+            if e["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(e["loc"][-1]), list(cls.model_fields), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{name}: unknown key {where!r}.{hint}") from None
+            raise ConfigError(f"{name}: {where}: {e['msg']} (got {e.get('input')!r})") from None
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        overlap = sorted(set(self.train_tasks) & set(self.test_tasks))
+        if overlap:
+            raise ConfigError(
+                f"tasks in both train_tasks and test_tasks: {', '.join(overlap)}; a meta-test task must never "
+                "reach meta-training"
+            )
+        if self.folds is None and not self.test_tasks:
+            raise ConfigError(
+                "test_tasks is empty (or give folds: N for cross-validation over all tasks)"
+            )
+        if any(b < 1 for b in self.budgets) or not self.budgets:
+            raise ConfigError(f"budgets must be positive integers, got {self.budgets}")
+        transfer = {"policy", "best_average", "portfolio"} & set(self.methods)
+        if (
+            transfer
+            and self.folds is None
+            and not self.train_tasks
+            and not (set(self.methods) & transfer == {"policy"} and self.policy_path)
+        ):
+            raise ConfigError(f"methods {sorted(transfer)} need train_tasks (meta-training tasks)")
+
+    @property
+    def n_trials(self) -> int:
+        return max(self.budgets)
+
+
+# -- the benchmark's parts ------------------------------------------------------------------------
+class _Bench:
+    """Backend, space, tasks, scoring and normalisation of one benchmark."""
+
+    def __init__(self, config: BenchConfig, out: Path) -> None:
+        self.config = config
+        self.out = out
+        if config.benchmark == "lcbench":
+            from hporl.backends.lcbench import LCBenchBackend
+
+            self.backend: Backend = LCBenchBackend(data_dir=config.data_dir)
+            self.space = SearchSpace.builtin("lcbench")
+            self.all_tasks = list(self.backend.task_ids)
+            self.score_kind = config.score or "final"
+            self.n_norm = config.normalisation_samples or 10_000
+            self.n_transfer = config.transfer_candidates or 1000
+        else:
+            from hporl.tasks import builtin, suites
+
+            if config.benchmark not in suites():
+                raise ConfigError(
+                    f"unknown benchmark {config.benchmark!r}: lcbench or a suite of real tasks ({', '.join(suites())})"
+                )
+            self.backend = TorchBackend(num_threads=1)
+            self.space = SearchSpace.builtin("optimizer")
+            self.all_tasks = list(suites()[config.benchmark])
+            self.score_kind = config.score or "best"
+            self.n_norm = config.normalisation_samples or 20
+            self.n_transfer = config.transfer_candidates or 16
+            self._builtin = builtin
+        unknown = sorted(set(config.train_tasks + config.test_tasks) - set(self.all_tasks))
+        if unknown and config.benchmark == "lcbench":
+            raise ConfigError(f"unknown {config.benchmark} task ids: {', '.join(unknown)}")
+        self._tasks: dict[str, Any] = {}
+        self._norms: dict[str, tuple[float, float]] = {}
+
+    def task(self, name: str) -> Any:
+        if name not in self._tasks:
+            if self.config.benchmark == "lcbench":
+                self._tasks[name] = self.backend.task(name)
+            else:
+                self._tasks[name] = self._builtin(name, epochs=self.config.epochs)
+        return self._tasks[name]
+
+    def score(self, result: TrialResult) -> float | None:
+        if result.status != "ok":
+            return None
+        return result.final_metric if self.score_kind == "final" else result.best_metric
+
+    def evaluate(self, task: Any, config: Mapping[str, Any], seed: int) -> TrialResult:
+        return self.backend.evaluate(
+            task, config, seed=0 if self.config.benchmark == "lcbench" else seed
+        )
+
+    def normalisation(self, name: str) -> tuple[float, float]:
+        """y_min, y_max of a fixed random sample of the task (seed 0), cached on disk."""
+        if name in self._norms:
+            return self._norms[name]
+        task = self.task(name)
+        if self.config.benchmark == "lcbench":
+            norm = self.backend.normalisation(task, n=self.n_norm, seed=0)
+        else:
+            cache = self.out / "normalisation.json"
+            data = json.loads(cache.read_text()) if cache.exists() else {}
+            key = f"{name}|{self.n_norm}|{self.config.epochs}|{self.score_kind}"
+            if key not in data:
+                rng = np.random.default_rng(0)
+                ys = [
+                    self.score(self.evaluate(task, self.space.sample(rng), 0))
+                    for _ in range(self.n_norm)
+                ]
+                ys = [y for y in ys if y is not None] or [0.0, 1.0]
+                data[key] = [min(ys), max(ys)]
+                _write_json(cache, data)
+            norm = tuple(data[key])
+        self._norms[name] = (float(norm[0]), float(norm[1]))
+        return self._norms[name]
+
+    def transfer_candidates(self, train: list[str]) -> TransferCandidates:
+        rng = np.random.default_rng(0)
+        configs = [self.space.sample(rng) for _ in range(self.n_transfer)]
+        regret = np.zeros((len(train), len(configs)))
+        for t, name in enumerate(train):
+            task = self.task(name)
+            lo, hi = self.normalisation(name)
+            if self.config.benchmark == "lcbench" and hasattr(self.backend, "final_scores"):
+                ys = np.asarray(self.backend.final_scores(task, configs), dtype=float)
+            else:
+                ys = np.array([_or(self.score(self.evaluate(task, c, 0)), lo) for c in configs])
+            regret[t] = (hi - ys) / max(hi - lo, 1e-12)
+        return TransferCandidates(configs, regret)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+# -- the run --------------------------------------------------------------------------------------
+def run(
+    config: BenchConfig | Mapping[str, Any] | str | Path,
+    *,
+    out: str | Path = "runs/bench",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run a benchmark; write ``results.json``, ``summary.json``, ``report.md`` and ``plots/``.
+
+    Returns the summary. Each fold meta-trains the policy on its train tasks only.
+    """
+    from hporl.bench._report import summarise, write_report
+
+    config = BenchConfig.load(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output directory {str(out)!r} is not writable")
+    bench = _Bench(config, out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    say = progress or (lambda msg: logger.info(msg))
+    folds = _folds(config, bench.all_tasks)
+    records: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    for f, (train, test) in enumerate(folds):
+        if set(train) & set(test):  # pragma: no cover - _folds guarantees it
+            raise ConfigError("a meta-test task reached meta-training")
+        transfer = None
+        if {"best_average", "portfolio"} & set(config.methods):
+            t0 = time.perf_counter()
+            transfer = bench.transfer_candidates(train)
+            timings[f"transfer_fold{f}"] = time.perf_counter() - t0
+        policy = None
+        if "policy" in config.methods:
+            t0 = time.perf_counter()
+            policy = _policy(config, bench, train, out / f"policy_fold{f}")
+            timings[f"meta_train_fold{f}"] = time.perf_counter() - t0
+            say(
+                f"fold {f + 1}/{len(folds)}: policy ready in {timings[f'meta_train_fold{f}']:.0f} s"
+            )
+        for name in test:
+            task = bench.task(name)
+            for method in config.methods:
+                for seed in range(config.seeds):
+                    records += _one_run(bench, method, task, name, seed, transfer, policy, f)
+            say(f"fold {f + 1}/{len(folds)}: task {name} done")
+    # y_max raised to any better value any method found; regret from the final normalisation.
+    for name in {r["task"] for r in records}:
+        lo, hi = bench.normalisation(name)
+        found = max(
+            (r["score"] for r in records if r["task"] == name and r["score"] is not None),
+            default=hi,
+        )
+        bench._norms[name] = (lo, max(hi, found))
+    for r in records:
+        lo, hi = bench._norms[r["task"]]
+        r["regret"] = (
+            None if r["best_so_far"] is None else (hi - r["best_so_far"]) / max(hi - lo, 1e-12)
+        )
+    all_train = sorted({t for tr, _ in folds for t in tr})
+    all_test = sorted({t for _, te in folds for t in te})
+    summary = summarise(records, config, train_tasks=all_train, test_tasks=all_test)
+    summary["timings_seconds"] = timings
+    summary["folds"] = [{"train_tasks": tr, "test_tasks": te} for tr, te in folds]
+    _write_json(out / "results.json", records)
+    _write_json(out / "summary.json", summary)
+    write_report(records, summary, config, out)
+    return summary
+
+
+def _folds(config: BenchConfig, all_tasks: list[str]) -> list[tuple[list[str], list[str]]]:
+    if config.folds is None:
+        return [(list(config.train_tasks), list(config.test_tasks))]
+    tasks = list(config.test_tasks or all_tasks)
+    extra_train = [t for t in config.train_tasks if t not in tasks]
+    k = min(config.folds, len(tasks))
+    parts = [tasks[i::k] for i in range(k)]
+    return [([t for t in tasks if t not in part] + extra_train, part) for part in parts]
+
+
+def _one_run(
+    bench: _Bench,
+    method: str,
+    task: Any,
+    name: str,
+    seed: int,
+    transfer: Any,
+    policy: Any,
+    fold: int,
+) -> list[dict[str, Any]]:
+    n = bench.config.n_trials
+    sampler = make_sampler(
+        method,
+        space=bench.space,
+        seed=seed,
+        n_trials=n,
+        transfer=transfer,
+        policy=policy,
+        task=task,
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rows = []
+    best: float | None = None
+    for i in range(n):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        config = bench.space.suggest(trial)
+        propose = time.perf_counter() - t0
+        result = bench.evaluate(task, config, seed)
+        y = bench.score(result)
+        if y is None or not math.isfinite(y):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            y = None
+        else:
+            study.tell(trial, y)
+            best = y if best is None else max(best, y)
+        rows.append(
+            {
+                "method": method,
+                "task": name,
+                "seed": seed,
+                "trial": i + 1,
+                "score": y,
+                "best_so_far": best,
+                "regret": None,
+                "propose_seconds": propose,
+                "config": config,
+                "fold": fold,
+                "status": result.status,
+            }
+        )
+    return rows
+
+
+def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path) -> Any:
+    from hporl.agents import AgentConfig
+    from hporl.experiment import meta_train
+    from hporl.policy import Policy
+    from hporl.pretrain import PretrainConfig
+
+    if config.policy_path:
+        return Policy.load(config.policy_path, space=bench.space)
+    settings = dict(config.policy)
+    allowed = {"agent", "pretrain", "budget", "n_bins", "history", "epochs"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
+        raise ConfigError(
+            f"unknown key 'policy.{unknown[0]}'."
+            + (f" Did you mean {close[0]!r}?" if close else "")
+        )
+    tasks = [bench.task(n) for n in train]
+    norms = {n: bench.normalisation(n) for n in train}
+    reward = _TaskNormalised(norms, bench.score)
+    defaults = {
+        "agent": {"total_timesteps": 20_000, "learning_rate": 1e-4, "params": {"ent_coef": 0.0}},
+        "pretrain": {"candidates": 256},
+    }
+    agent = AgentConfig.model_validate({**defaults["agent"], **settings.get("agent", {})})
+    pretrain_cfg = settings.get("pretrain", defaults["pretrain"])
+    pretrain = PretrainConfig.model_validate(pretrain_cfg) if pretrain_cfg is not None else None
+    return meta_train(
+        bench.space,
+        bench.backend,
+        tasks,
+        agent=agent,
+        pretrain=pretrain,
+        run_dir=run_dir,
+        reward=reward,
+        budget=int(settings.get("budget", min(config.n_trials, 30))),
+        n_bins=int(settings.get("n_bins", 8)),
+        history=int(settings.get("history", 3)),
+        epochs=settings.get("epochs"),
+        feature_names=None if config.benchmark == "lcbench" else _feature_names(),
+        meta={"benchmark": config.benchmark},
+    )
+
+
+def _feature_names() -> list[str]:
+    from hporl.tasks import FEATURE_NAMES
+
+    return list(FEATURE_NAMES)
+
+
+class _TaskNormalised(RewardApproach):
+    """``(y - y_min) / (y_max - y_min)`` on the training task the result came from."""
+
+    name = "task_normalised_score"
+    floor = -0.5
+
+    def __init__(
+        self, norms: Mapping[str, tuple[float, float]], score: Callable[[TrialResult], float | None]
+    ) -> None:
+        self.norms = dict(norms)
+        self.score_of = score
+
+    def __call__(
+        self, result: TrialResult, *, reference: TrialResult | None = None, task: Any = None
+    ) -> float:
+        y = self.score_of(result)
+        if y is None:
+            return self.floor
+        lo, hi = self.norms[task.name]
+        return max(self.floor, (y - lo) / max(hi - lo, 1e-12))
+
+    def score(
+        self, result: TrialResult, reference: TrialResult | None
+    ) -> float:  # pragma: no cover
+        raise NotImplementedError("needs the task: call the approach with task=")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,102 @@
+"""The peers, all as optuna samplers behind one runner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial
+
+from hporl.pretrain import greedy_portfolio
+from hporl.space import SearchSpace
+
+__all__ = ["METHODS", "FixedSequenceSampler", "TransferCandidates", "make_sampler"]
+
+METHODS = ("policy", "random", "tpe", "gp", "cmaes", "best_average", "portfolio")
+
+
+class FixedSequenceSampler(BaseSampler):
+    """Proposes a fixed list of configurations in order, then random ones (transfer baselines)."""
+
+    def __init__(
+        self, space: SearchSpace, configs: Sequence[Mapping[str, Any]], *, seed: int | None = None
+    ) -> None:
+        self.space = space
+        self.configs = [dict(c) for c in configs]
+        self._random = RandomSampler(seed=seed)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, Any]:
+        return self.space.to_optuna()
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        index = trial.number
+        if index >= len(self.configs):
+            return {}
+        params = self.space.optuna_params(self.configs[index])
+        return {k: v for k, v in params.items() if k in search_space}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any
+    ) -> Any:
+        return self._random.sample_independent(study, trial, name, dist)
+
+
+class TransferCandidates:
+    """A fixed random sample of the space evaluated on the meta-train tasks only.
+
+    ``regret[t, c]`` is candidate ``c``'s normalised regret on meta-train task ``t``.
+    """
+
+    def __init__(self, configs: list[dict[str, Any]], regret: np.ndarray) -> None:
+        self.configs = configs
+        self.regret = regret
+
+    def best_average(self, n: int) -> list[dict[str, Any]]:
+        """Candidates by increasing mean regret: the first is the single best-average config."""
+        order = np.argsort(self.regret.mean(axis=0), kind="stable")
+        return [self.configs[i] for i in order[:n]]
+
+    def portfolio(self, n: int) -> list[dict[str, Any]]:
+        """Greedy portfolio: each next candidate minimises the mean regret of the best so far."""
+        return [self.configs[i] for i in greedy_portfolio(-self.regret, n)]
+
+
+def make_sampler(
+    method: str,
+    *,
+    space: SearchSpace,
+    seed: int,
+    n_trials: int,
+    transfer: TransferCandidates | None = None,
+    policy: Any = None,
+    task: Any = None,
+) -> BaseSampler:
+    """The optuna sampler of a benchmark method."""
+    if method == "random":
+        return RandomSampler(seed=seed)
+    if method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if method == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if method == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if method in ("best_average", "portfolio"):
+        assert transfer is not None
+        configs = (
+            transfer.best_average(n_trials)
+            if method == "best_average"
+            else transfer.portfolio(n_trials)
+        )
+        return FixedSequenceSampler(space, configs, seed=seed)
+    if method == "policy":
+        from hporl.policy import PolicySampler
+
+        return PolicySampler(policy, task=task, seed=seed)
+    raise ValueError(f"unknown method {method!r}")
