@@ -7,8 +7,16 @@ import numpy as np
 import optuna
 import pytest
 
-from hporl import ConfigError, SearchSpace
-from hporl.bench import METHODS, BenchConfig, TransferCandidates, make_sampler, normalised_regret, ranks, run
+from hporl import ConfigError
+from hporl.bench import (
+    METHODS,
+    BenchConfig,
+    TransferCandidates,
+    make_sampler,
+    normalised_regret,
+    ranks,
+    run,
+)
 from hporl.bench._report import summarise
 
 
@@ -16,35 +24,73 @@ def test_normalised_regret_and_ranks_on_hand_made_numbers():
     assert normalised_regret(0.9, 0.5, 1.0) == pytest.approx(0.2)
     assert normalised_regret(1.0, 0.5, 1.0) == 0.0
     assert normalised_regret(0.5, 0.5, 1.0) == 1.0
-    assert ranks({"a": 0.1, "b": 0.3, "c": 0.1, "d": 0.0}) == {"d": 1.0, "a": 2.5, "c": 2.5, "b": 4.0}
+    assert ranks({"a": 0.1, "b": 0.3, "c": 0.1, "d": 0.0}) == {
+        "d": 1.0,
+        "a": 2.5,
+        "c": 2.5,
+        "b": 4.0,
+    }
 
 
 def test_summary_means_standard_errors_and_ranks():
-    config = BenchConfig.load({"benchmark": "small", "test_tasks": ["wine"], "methods": ["random", "tpe"],
-                               "budgets": [1, 2], "seeds": 2})
+    config = BenchConfig.load(
+        {
+            "benchmark": "small",
+            "test_tasks": ["wine"],
+            "methods": ["random", "tpe"],
+            "budgets": [1, 2],
+            "seeds": 2,
+        }
+    )
     records = []
-    regrets = {("random", 0): [0.5, 0.2], ("random", 1): [0.3, 0.3], ("tpe", 0): [0.4, 0.1], ("tpe", 1): [0.3, 0.0]}
+    regrets = {
+        ("random", 0): [0.5, 0.2],
+        ("random", 1): [0.3, 0.3],
+        ("tpe", 0): [0.4, 0.1],
+        ("tpe", 1): [0.3, 0.0],
+    }
     for (method, seed), values in regrets.items():
         for k, v in enumerate(values, start=1):
-            records.append({"method": method, "task": "wine", "seed": seed, "trial": k, "regret": v,
-                            "propose_seconds": 0.001 * k})
+            records.append(
+                {
+                    "method": method,
+                    "task": "wine",
+                    "seed": seed,
+                    "trial": k,
+                    "regret": v,
+                    "propose_seconds": 0.001 * k,
+                }
+            )
     s = summarise(records, config, train_tasks=[], test_tasks=["wine"])
     assert s["methods"]["random"]["regret"] == {"1": pytest.approx(0.4), "2": pytest.approx(0.25)}
     assert s["methods"]["tpe"]["regret"]["2"] == pytest.approx(0.05)
-    assert s["methods"]["random"]["regret_se"]["1"] == pytest.approx(np.std([0.5, 0.3], ddof=1) / np.sqrt(2))
-    assert s["methods"]["tpe"]["rank"]["1"] == pytest.approx(1.25)  # 1 on seed 0, a tie (1.5) on seed 1
+    assert s["methods"]["random"]["regret_se"]["1"] == pytest.approx(
+        np.std([0.5, 0.3], ddof=1) / np.sqrt(2)
+    )
+    assert s["methods"]["tpe"]["rank"]["1"] == pytest.approx(
+        1.25
+    )  # 1 on seed 0, a tie (1.5) on seed 1
     assert s["methods"]["random"]["propose_seconds_median"] == pytest.approx(0.0015)
 
 
 def test_runner_refuses_overlapping_splits_and_bad_keys():
-    with pytest.raises(ConfigError, match=re.escape("tasks in both train_tasks and test_tasks: iris")):
-        BenchConfig.load({"benchmark": "small", "train_tasks": ["iris", "wine"], "test_tasks": ["iris"]})
-    with pytest.raises(ConfigError, match=re.escape("unknown key 'budget'. Did you mean 'budgets'?")):
+    with pytest.raises(
+        ConfigError, match=re.escape("tasks in both train_tasks and test_tasks: iris")
+    ):
+        BenchConfig.load(
+            {"benchmark": "small", "train_tasks": ["iris", "wine"], "test_tasks": ["iris"]}
+        )
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown key 'budget'. Did you mean 'budgets'?")
+    ):
         BenchConfig.load({"benchmark": "small", "test_tasks": ["iris"], "budget": [1]})
     with pytest.raises(ConfigError, match="need train_tasks"):
         BenchConfig.load({"benchmark": "small", "test_tasks": ["iris"], "methods": ["portfolio"]})
     with pytest.raises(ConfigError, match="unknown benchmark 'tabluar'"):
-        run({"benchmark": "tabluar", "test_tasks": ["iris"], "methods": ["random"]}, out="/tmp/hporl-never")
+        run(
+            {"benchmark": "tabluar", "test_tasks": ["iris"], "methods": ["random"]},
+            out="/tmp/hporl-never",
+        )
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "policy"])
@@ -71,7 +117,9 @@ def test_each_baseline_runs_as_an_optuna_sampler(method, small_space):
 def test_transfer_candidates_use_meta_train_tasks_only():
     regret = np.array([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
     t = TransferCandidates([{"i": 0}, {"i": 1}, {"i": 2}], regret)
-    assert t.best_average(3)[0] == {"i": 0} and t.best_average(3)[1] == {"i": 1}  # ties broken by order
+    assert t.best_average(3)[0] == {"i": 0} and t.best_average(3)[1] == {
+        "i": 1
+    }  # ties broken by order
     assert t.portfolio(2) == [{"i": 0}, {"i": 2}]
 
 
@@ -86,18 +134,36 @@ def test_bench_on_real_training_writes_all_files(tmp_path):
         "epochs": 1,
         "normalisation_samples": 3,
         "transfer_candidates": 3,
-        "policy": {"agent": {"total_timesteps": 32, "params": {"n_steps": 32, "batch_size": 16}},
-                   "pretrain": {"candidates": 3, "epochs": 5}, "budget": 2},
+        "policy": {
+            "agent": {"total_timesteps": 32, "params": {"n_steps": 32, "batch_size": 16}},
+            "pretrain": {"candidates": 3, "epochs": 5},
+            "budget": 2,
+        },
     }
     summary = run(config, out=tmp_path)
     for name in ("results.json", "summary.json", "report.md", "plots/regret.png", "plots/rank.png"):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results) == len(METHODS) * 2
-    keys = {"method", "task", "seed", "trial", "score", "best_so_far", "regret", "propose_seconds", "config"}
+    keys = {
+        "method",
+        "task",
+        "seed",
+        "trial",
+        "score",
+        "best_so_far",
+        "regret",
+        "propose_seconds",
+        "config",
+    }
     assert keys <= set(results[0])
     assert set(summary["methods"]) == set(METHODS)
-    assert set(summary["methods"]["random"]) >= {"regret", "regret_se", "rank", "propose_seconds_median"}
+    assert set(summary["methods"]["random"]) >= {
+        "regret",
+        "regret_se",
+        "rank",
+        "propose_seconds_median",
+    }
     assert summary["train_tasks"] == ["iris"] and summary["test_tasks"] == ["wine"]
     # the policy was meta-trained on the train task only
     meta = json.loads((tmp_path / "policy_fold0" / "policy" / "policy.json").read_text())
@@ -108,7 +174,9 @@ def test_bench_on_real_training_writes_all_files(tmp_path):
 def test_folds_keep_test_tasks_out_of_training(tmp_path):
     from hporl.bench._runner import _folds
 
-    config = BenchConfig.load({"benchmark": "small", "folds": 2, "methods": ["random"], "test_tasks": []})
+    config = BenchConfig.load(
+        {"benchmark": "small", "folds": 2, "methods": ["random"], "test_tasks": []}
+    )
     folds = _folds(config, ["a", "b", "c", "d", "e"])
     assert len(folds) == 2
     assert sorted(t for _, te in folds for t in te) == ["a", "b", "c", "d", "e"]

@@ -1,6 +1,7 @@
 """Backends evaluate a configuration on a task: real training, or a published surrogate."""
 
 from hporl.backends._base import STATUSES, Backend, EpochCallback, TrialResult
+from hporl.backends.lcbench import LCBenchBackend, LCBenchTask
 from hporl.backends.synthetic import SyntheticBackend, SyntheticTask
 from hporl.backends.torch_backend import TorchBackend
 
@@ -8,6 +9,8 @@ __all__ = [
     "STATUSES",
     "Backend",
     "EpochCallback",
+    "LCBenchBackend",
+    "LCBenchTask",
     "SyntheticBackend",
     "SyntheticTask",
     "TorchBackend",
