@@ -182,3 +182,83 @@ def test_folds_keep_test_tasks_out_of_training(tmp_path):
     assert sorted(t for _, te in folds for t in te) == ["a", "b", "c", "d", "e"]
     for train, test in folds:
         assert not set(train) & set(test)
+
+
+def _lcbench_data():
+    from pathlib import Path
+
+    for candidate in (
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks" / "yahpo" / "lcbench",
+        Path("../shared/benchmarks/yahpo/lcbench"),
+    ):
+        if (candidate / "model.onnx").exists():
+            return candidate
+    return None
+
+
+def test_hporl_bench_on_a_tiny_lcbench_config(tmp_path):
+    import subprocess
+    import sys
+
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(
+        f"benchmark: lcbench\ndata_dir: {data}\ntrain_tasks: ['3945', '7593']\ntest_tasks: ['34539', '167152']\n"
+        "methods: [policy, random, tpe, gp, cmaes, best_average, portfolio]\nbudgets: [1, 2]\nseeds: 1\n"
+        "normalisation_samples: 200\ntransfer_candidates: 20\n"
+        "policy: {budget: 2, pretrain: {candidates: 10, epochs: 5}, agent: {total_timesteps: 64, "
+        "params: {n_steps: 32, batch_size: 16}}}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hporl.cli", "bench", str(bench), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "HPORL_CACHE_DIR": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    for name in ("results.json", "summary.json", "report.md", "plots/regret.png", "plots/rank.png"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == set(METHODS)
+    assert summary["test_tasks"] == ["167152", "34539"] and summary["seeds"] == 1
+    for m in summary["methods"].values():
+        assert set(m["regret"]) == {"1", "2"}
+        assert all(0 <= v <= 1.0 for v in m["regret"].values())
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == len(METHODS) * 2 * 2
+    assert {r["task"] for r in records} == {"34539", "167152"}
+    policy = json.loads((out / "policy_fold0" / "policy" / "policy.json").read_text())
+    assert sorted(policy["training_tasks"]) == ["3945", "7593"]
+
+
+def test_lcbench_transfer_never_sees_test_tasks(tmp_path):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    from hporl.bench._runner import _Bench
+
+    config = BenchConfig.load(
+        {
+            "benchmark": "lcbench",
+            "data_dir": str(data),
+            "train_tasks": ["3945"],
+            "test_tasks": ["7593"],
+            "methods": ["portfolio"],
+            "transfer_candidates": 5,
+        }
+    )
+    bench = _Bench(config, tmp_path)
+    seen = []
+    original = bench.backend.final_scores
+
+    def spy(task, configs, **kw):
+        seen.append(task.name)
+        return original(task, configs, **kw)
+
+    bench.backend.final_scores = spy
+    bench.transfer_candidates(config.train_tasks)
+    assert seen == ["3945"]
