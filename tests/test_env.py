@@ -11,21 +11,10 @@ from hporl import ConfigError, HPOEnv, SearchSpace, SyntheticBackend, TorchBacke
 from hporl.backends import SyntheticTask
 from hporl.env import ObservationLayout
 from hporl.tasks import FEATURE_NAMES, builtin
+from tests.conftest import SMALL_SPACE
 
 SPACE = SearchSpace.builtin("optimizer")
-SMALL = SearchSpace.from_dict(
-    {
-        "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
-        "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
-        "momentum": {
-            "type": "float",
-            "low": 0.0,
-            "high": 0.99,
-            "when": {"optimizer": ["sgd", "rmsprop"]},
-        },
-        "net": {"type": "fixed", "value": "mlp"},
-    }
-)
+SMALL = SearchSpace.from_dict({**SMALL_SPACE, "net": {"type": "fixed", "value": "mlp"}})
 
 
 def synthetic_env(space=SPACE, budget=3, **kw):

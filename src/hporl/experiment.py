@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import time
@@ -11,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hporl._io import read_yaml, write_json
 from hporl.agents import AgentConfig, train_agent
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
 from hporl.env import HPOEnv, ObservationLayout
@@ -113,21 +112,7 @@ class ExperimentConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(
-                f"cannot read experiment file {str(path)!r}: {err.strerror}"
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(
-                f"{path}: invalid YAML{where}: {getattr(err, 'problem', None) or err}"
-            ) from None
+        data = read_yaml(path, what="experiment", error=ConfigError)
         if not isinstance(data, Mapping):
             raise ConfigError(
                 f"{path}: an experiment file must be a mapping of keys, got {type(data).__name__}"
@@ -255,7 +240,7 @@ def run_experiment(
         )
     if not is_synthetic and any(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError("synthetic tasks ({synthetic: N}) need backend: {name: synthetic}")
-    _write_json(
+    write_json(
         run_dir / "experiment.json",
         config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},
     )
@@ -334,7 +319,7 @@ def meta_train(
             seconds=time.perf_counter() - start,
             **stats,
         )
-        _write_json(run_dir / "portfolio.json", pretrain_summary)
+        write_json(run_dir / "portfolio.json", pretrain_summary)
         logger.info("behaviour cloning: %s", stats)
 
     # One env in process shares its evaluation cache with the warm start.
@@ -358,7 +343,7 @@ def meta_train(
         meta={**(meta or {}), "timesteps": int(trained.num_timesteps)},
     )
     policy.save(run_dir / "policy")
-    _write_json(
+    write_json(
         run_dir / "summary.json",
         {
             "timesteps": int(trained.num_timesteps),
@@ -370,9 +355,3 @@ def meta_train(
         },
     )
     return policy
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from hporl._io import atomic_write, write_json
 from hporl.agents import ALGORITHMS, policy_class, sb3_policy_kwargs
 from hporl.backends import TrialResult
 from hporl.env import OBS_BOUND, ObservationLayout, trial_score
@@ -130,12 +130,10 @@ class Policy:
             "meta": self.meta,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = directory / f".{WEIGHTS}.{os.getpid()}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, directory / WEIGHTS)
-        tmp = directory / f".{META}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(tmp, directory / META)
+        atomic_write(
+            directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
+        )
+        write_json(directory / META, meta)
         return directory
 
     @classmethod

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hporl._io import read_yaml
 from hporl.exceptions import SearchSpaceError
 
 __all__ = ["Parameter", "SearchSpace", "builtin_spaces"]
@@ -412,19 +413,7 @@ class SearchSpace:
     def from_yaml(cls, path: str | Path) -> SearchSpace:
         """Read a space from a YAML file (``yaml.safe_load``: no Python tags)."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise SearchSpaceError(
-                f"cannot read search space file {str(path)!r}: {err.strerror}"
-            ) from err
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise SearchSpaceError(f"{path}: invalid YAML{where}: {problem}") from err
+        data = read_yaml(path, what="search space", error=SearchSpaceError)
         if data is None:
             raise SearchSpaceError(f"{path}: the file is empty")
         try:

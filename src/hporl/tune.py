@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import optuna
 import torch
 from torch import nn
 
+from hporl._io import atomic_write
 from hporl.backends import TorchBackend, TrialResult
 from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.policy import Policy, PolicySampler
@@ -83,21 +83,15 @@ class TuneResult:
         models = self.model if isinstance(self.model, list) else [self.model]
         for i, m in enumerate(models):
             name = "model.pt" if len(models) == 1 else f"model_{i}.pt"
-            _atomic(directory / name, lambda p, m=m: torch.save(m.state_dict(), p))
-        _atomic(
+            atomic_write(directory / name, lambda p, m=m: torch.save(m.state_dict(), p))
+        atomic_write(
             directory / "config.json", lambda p: p.write_text(json.dumps(self.config, indent=2))
         )
-        _atomic(
+        atomic_write(
             directory / "report.json",
             lambda p: p.write_text(json.dumps(self.report(), indent=2, default=str)),
         )
         return directory
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _build_task(

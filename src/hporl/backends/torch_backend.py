@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from hporl._io import atomic_write, write_json
 from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
 
 if TYPE_CHECKING:
@@ -270,19 +269,15 @@ class TorchBackend(Backend):
         result: TrialResult,
     ) -> None:
         if checkpoint_dir is not None:
-            _atomic_write_text(
+            write_json(
                 Path(checkpoint_dir) / "config.json",
-                json.dumps(
-                    {
-                        "config": dict(config),
-                        "seed": seed,
-                        "epochs": epochs,
-                        "task": task.name,
-                        "result": result.to_dict(),
-                    },
-                    indent=2,
-                    default=str,
-                ),
+                {
+                    "config": dict(config),
+                    "seed": seed,
+                    "epochs": epochs,
+                    "task": task.name,
+                    "result": result.to_dict(),
+                },
             )
 
     # -- one model ----------------------------------------------------------------------------
@@ -418,7 +413,8 @@ class TorchBackend(Backend):
                 )
                 if checkpoint_dir is not None:
                     name = "model.pt" if len(task.models) == 1 else f"model_{index}.pt"
-                    _atomic_save(best_state, Path(checkpoint_dir) / name)
+                    state = best_state
+                    atomic_write(Path(checkpoint_dir) / name, lambda p: torch.save(state, p))
         except Exception as err:  # e.g. out of memory, a shape error in a user model mid-way
             logger.debug("trial failed in epoch %d", epoch, exc_info=True)
             return result("failed", f"{type(err).__name__} in epoch {epoch}: {err}")
@@ -444,17 +440,3 @@ class TorchBackend(Backend):
         sse = ((pred - y) ** 2).sum()
         sst = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
         return (1 - sse / sst).item(), (sse / len(y)).item()
-
-
-def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hporl._io import read_yaml, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
 from hporl.exceptions import ConfigError
@@ -61,16 +61,7 @@ class BenchConfig(BaseModel):
         name = "bench config"
         if isinstance(source, (str, Path)):
             name = str(source)
-            try:
-                data = yaml.safe_load(Path(source).read_text())
-            except OSError as err:
-                raise ConfigError(f"cannot read bench file {name!r}: {err.strerror}") from None
-            except yaml.YAMLError as err:
-                mark = getattr(err, "problem_mark", None)
-                where = f" at line {mark.line + 1}" if mark else ""
-                raise ConfigError(
-                    f"{name}: invalid YAML{where}: {getattr(err, 'problem', None) or err}"
-                ) from None
+            data = read_yaml(source, what="bench", error=ConfigError)
             if not isinstance(data, Mapping):
                 raise ConfigError(f"{name}: a bench file must be a mapping of keys")
             source = data
@@ -187,7 +178,7 @@ class _Bench:
                 ]
                 ys = [y for y in ys if y is not None] or [0.0, 1.0]
                 data[key] = [min(ys), max(ys)]
-                _write_json(cache, data)
+                write_json(cache, data)
             norm = tuple(data[key])
         self._norms[name] = (float(norm[0]), float(norm[1]))
         return self._norms[name]
@@ -275,8 +266,8 @@ def run(
     summary = summarise(records, config, train_tasks=all_train, test_tasks=all_test)
     summary["timings_seconds"] = timings
     summary["folds"] = [{"train_tasks": tr, "test_tasks": te} for tr, te in folds]
-    _write_json(out / "results.json", records)
-    _write_json(out / "summary.json", summary)
+    write_json(out / "results.json", records)
+    write_json(out / "summary.json", summary)
     write_report(records, summary, config, out)
     return summary
 
@@ -420,9 +411,3 @@ class _TaskNormalised(RewardApproach):
         self, result: TrialResult, reference: TrialResult | None
     ) -> float:  # pragma: no cover
         raise NotImplementedError("needs the task: call the approach with task=")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
