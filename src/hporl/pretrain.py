@@ -136,10 +136,15 @@ def build_portfolio(env: HPOEnv, tasks: list[Any], config: PretrainConfig) -> Po
     candidates = grid_candidates(env, config.candidates, rng)
     approach = env.reward_approach
     values = np.zeros((len(tasks), len(candidates)))
+    batched = getattr(env.backend, "evaluate_many", None)
     for t, task in enumerate(tasks):
         reference = env._reference(task) if approach.needs_reference else None
-        for c, cand in enumerate(candidates):
-            values[t, c] = approach(env._evaluate(task, cand), reference=reference, task=task)
+        if batched is not None:  # a surrogate answers all candidates in one call
+            results = batched(task, candidates, epochs=env.epochs)
+        else:
+            results = [env._evaluate(task, cand) for cand in candidates]
+        for c, result in enumerate(results):
+            values[t, c] = approach(result, reference=reference, task=task)
     order = greedy_portfolio(values, env.layout.budget)
     return Portfolio(candidates, values, order, [t.name for t in tasks])
 

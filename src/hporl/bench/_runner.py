@@ -120,7 +120,7 @@ class _Bench:
             self.all_tasks = list(self.backend.task_ids)
             self.score_kind = config.score or "final"
             self.n_norm = config.normalisation_samples or 10_000
-            self.n_transfer = config.transfer_candidates or 1000
+            self.n_transfer = config.transfer_candidates or 10_000
         else:
             from hporl.tasks import builtin, suites
 
