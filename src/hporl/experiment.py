@@ -18,7 +18,13 @@ from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBacken
 from hporl.env import HPOEnv, ObservationLayout
 from hporl.exceptions import ConfigError
 from hporl.policy import Policy
-from hporl.pretrain import PretrainConfig, behaviour_clone, build_portfolio, expert_steps
+from hporl.pretrain import (
+    CandidateValues,
+    PretrainConfig,
+    behaviour_clone,
+    build_portfolio,
+    expert_steps,
+)
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, builtin_spaces
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
@@ -283,8 +289,12 @@ def meta_train(
     progress_bar: bool = False,
     feature_names: list[str] | None = None,
     meta: Mapping[str, Any] | None = None,
+    candidate_values: CandidateValues | None = None,
 ) -> Policy:
-    """Meta-train on already built parts (what :func:`run_experiment` and ``hporl bench`` share)."""
+    """Meta-train on already built parts (what :func:`run_experiment` and ``hporl bench`` share).
+
+    ``candidate_values(task, configs)`` lets a caller score the warm start's candidates in bulk.
+    """
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
 
     def make_env() -> HPOEnv:
@@ -308,7 +318,7 @@ def meta_train(
     def warm_start(new_agent: Any) -> None:
         if pretrain is None:
             return
-        portfolio = build_portfolio(env, tasks, pretrain)
+        portfolio = build_portfolio(env, tasks, pretrain, values_fn=candidate_values)
         steps = expert_steps(env, tasks, portfolio)
         stats = behaviour_clone(new_agent, agent.algorithm, steps, pretrain)
         pretrain_summary.update(

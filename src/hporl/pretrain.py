@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,11 +46,19 @@ class PretrainConfig(BaseModel):
     )
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
+    candidate_sampling: Literal["space", "grid"] = Field(
+        "space",
+        description="space: the space's own random sample (as the transfer baselines draw it) snapped to "
+        "the action grid; grid: uniformly random bins",
+    )
 
 
-def grid_candidates(env: HPOEnv, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+def grid_candidates(
+    env: HPOEnv, n: int, rng: np.random.Generator, *, sampling: str = "grid"
+) -> list[dict[str, Any]]:
     """``n`` distinct configurations on the env's action grid, the space's default (snapped to
-    the grid) first."""
+    the grid) first. ``sampling="space"`` snaps ``space.sample(rng)`` draws (the distribution the
+    transfer baselines use, log-uniform where ``log``); ``"grid"`` draws bins uniformly."""
     layout = env.layout
     space = env.space
     seen: set[str] = set()
@@ -66,6 +75,9 @@ def grid_candidates(env: HPOEnv, n: int, rng: np.random.Generator) -> list[dict[
     for _ in range(50 * n):
         if len(out) >= n:
             break
+        if sampling == "space":
+            add(_snap(env, space.sample(rng)))
+            continue
         partial: dict[str, Any] = {}
         position = layout.advance(partial, 0)
         while position is not None:
@@ -130,14 +142,28 @@ class Portfolio:
         return [float(regret[:, self.order[: k + 1]].min(1).mean()) for k in range(len(self.order))]
 
 
-def build_portfolio(env: HPOEnv, tasks: list[Any], config: PretrainConfig) -> Portfolio:
+CandidateValues = Callable[[Any, list[dict[str, Any]]], np.ndarray]
+"""``values(task, configs)``: the reward-approach values of many configurations on a task at
+once (a benchmark with a batched surrogate supplies one; otherwise each is evaluated)."""
+
+
+def build_portfolio(
+    env: HPOEnv,
+    tasks: list[Any],
+    config: PretrainConfig,
+    *,
+    values_fn: CandidateValues | None = None,
+) -> Portfolio:
     """Evaluate grid candidates on every task (through the env, so results are cached there)."""
     rng = np.random.default_rng(config.seed)
-    candidates = grid_candidates(env, config.candidates, rng)
+    candidates = grid_candidates(env, config.candidates, rng, sampling=config.candidate_sampling)
     approach = env.reward_approach
     values = np.zeros((len(tasks), len(candidates)))
     batched = getattr(env.backend, "evaluate_many", None)
     for t, task in enumerate(tasks):
+        if values_fn is not None:
+            values[t] = values_fn(task, candidates)
+            continue
         reference = env._reference(task) if approach.needs_reference else None
         if batched is not None:  # a surrogate answers all candidates in one call
             results = batched(task, candidates, epochs=env.epochs)

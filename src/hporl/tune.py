@@ -197,7 +197,7 @@ def tune_model(
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
     if policy.feature_names is None:
         raise ConfigError(
-            "this policy was meta-trained on synthetic tasks; it cannot tune real training"
+            "this policy was meta-trained on tasks without hporl's meta-features (synthetic or LCBench ones); it cannot read a real task's features"
         )
     policy._features(task)  # checks the feature count before any training
     backend = backend or TorchBackend(num_threads=1)

@@ -377,7 +377,24 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
         epochs=settings.get("epochs"),
         feature_names=None if config.benchmark == "lcbench" else _feature_names(),
         meta={"benchmark": config.benchmark},
+        candidate_values=_bulk_values(bench, norms)
+        if hasattr(bench.backend, "final_scores")
+        else None,
     )
+
+
+def _bulk_values(
+    bench: _Bench, norms: Mapping[str, tuple[float, float]]
+) -> Callable[[Any, list], np.ndarray]:
+    """Normalised final scores of many configurations in one surrogate call (the warm start's
+    candidates), the same values the reward gives one trial at a time."""
+
+    def values(task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
+        lo, hi = norms[task.name]
+        ys = np.asarray(bench.backend.final_scores(task, configs), dtype=float)
+        return np.maximum((ys - lo) / max(hi - lo, 1e-12), _TaskNormalised.floor)
+
+    return values
 
 
 def _feature_names() -> list[str]:
