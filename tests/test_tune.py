@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,3 +94,14 @@ def test_tune_bad_input(tiny_policy, tmp_path):
         tune_model(data=builtin("iris"))
     with pytest.raises(TaskError, match="X has 3 rows but y has 2"):
         tune_model(data=(np.zeros((3, 2)), np.zeros(2)), policy=policy)
+
+
+def test_unusable_storage_is_a_clear_error(tiny_policy, tmp_path):
+    policy, _ = tiny_policy
+    for url in (
+        f"sqlite:///{tmp_path}/missing/dir/trials.db",
+        "postgresql://127.0.0.1:1/hporl",
+        "nosuchdb://x",
+    ):
+        with pytest.raises(ConfigError, match=re.escape(f"storage {url!r} cannot be used")):
+            tune_model(data=builtin("iris", epochs=1), policy=policy, n_trials=1, storage=url)

@@ -215,8 +215,9 @@ def tune_model(
             sampler=sampler,
             load_if_exists=True,
         )
-    except (ImportError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"storage {storage!r} cannot be used: {err}") from None
+    except Exception as err:  # a driver missing, a server unreachable, a path not writable
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"storage {storage!r} cannot be used: {first}") from None
     results: dict[int, tuple[dict[str, Any], TrialResult]] = {}
     for t in study.get_trials(deepcopy=False):
         if "hporl_result" in t.user_attrs and t.state != optuna.trial.TrialState.RUNNING:
