@@ -89,6 +89,7 @@ def test_run_experiment_with_pretrain_writes_the_portfolio(tmp_path):
         out=tmp_path,
     )
     data = json.loads((tmp_path / "portfolio.json").read_text())
-    assert len(data["portfolio"]) == 3 and data["candidates"] == 16
-    assert data["evaluations"] == 8 * 16
+    assert len(data["portfolio"]) == 3 and 3 <= data["candidates"] <= 16
+    # every candidate draw on every task, then the portfolio's grid versions it plays
+    assert 8 * data["candidates"] <= data["evaluations"] <= 8 * (data["candidates"] + 3)
     assert policy.space.validate(data["portfolio"][0]) == data["portfolio"][0]

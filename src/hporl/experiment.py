@@ -21,6 +21,8 @@ from hporl.policy import Policy
 from hporl.pretrain import (
     CandidateValues,
     PretrainConfig,
+    anchor_callback,
+    anchored,
     behaviour_clone,
     build_portfolio,
     expert_steps,
@@ -321,6 +323,8 @@ def meta_train(
         portfolio = build_portfolio(env, tasks, pretrain, values_fn=candidate_values)
         steps = expert_steps(env, tasks, portfolio)
         stats = behaviour_clone(new_agent, agent.algorithm, steps, pretrain)
+        if pretrain.anchor_trials:
+            anchor["anchor"] = anchored(steps, pretrain.anchor_trials)
         pretrain_summary.update(
             candidates=len(portfolio.candidates),
             portfolio=portfolio.configs,
@@ -332,6 +336,12 @@ def meta_train(
         write_json(run_dir / "portfolio.json", pretrain_summary)
         logger.info("behaviour cloning: %s", stats)
 
+    anchor: dict[str, Any] = {}
+    callback = (
+        anchor_callback(anchor, agent.algorithm, pretrain)
+        if pretrain and pretrain.anchor_trials
+        else None
+    )
     # One env in process shares its evaluation cache with the warm start.
     env_fns = [lambda: env] if agent.n_envs == 1 else [make_env] * agent.n_envs
     trained = train_agent(
@@ -341,6 +351,7 @@ def meta_train(
         resume=resume,
         progress_bar=progress_bar,
         on_new_agent=warm_start,
+        callback=callback,
     )
     policy = Policy.from_agent(
         trained,

@@ -46,6 +46,13 @@ class PretrainConfig(BaseModel):
     )
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
+    anchor_trials: int = Field(
+        0,
+        ge=0,
+        description="during RL, keep the policy's first N trials close to the portfolio (a BC loss "
+        "on those steps after every rollout); later trials are free to adapt",
+    )
+    anchor_epochs: int = Field(1, ge=1)
     candidate_sampling: Literal["space", "grid"] = Field(
         "space",
         description="space: the space's own random sample (as the transfer baselines draw it) snapped to "
@@ -88,6 +95,25 @@ def grid_candidates(
             position = layout.advance(partial, position + 1)
         add(space.validate(partial))
     return out
+
+
+def sampled_candidates(
+    env: HPOEnv, n: int, rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``n`` draws of ``space.sample(rng)`` (the transfer baselines' own sample for the same seed)
+    and their versions snapped to the action grid, keeping the first draw of each grid point."""
+    raw: list[dict[str, Any]] = []
+    snapped: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _ in range(n):
+        config = env.space.sample(rng)
+        grid = _snap(env, config)
+        key = json.dumps(grid, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            raw.append(config)
+            snapped.append(grid)
+    return raw, snapped
 
 
 def _snap(env: HPOEnv, config: dict[str, Any]) -> dict[str, Any]:
@@ -156,19 +182,25 @@ def build_portfolio(
 ) -> Portfolio:
     """Evaluate grid candidates on every task (through the env, so results are cached there)."""
     rng = np.random.default_rng(config.seed)
-    candidates = grid_candidates(env, config.candidates, rng, sampling=config.candidate_sampling)
+    if config.candidate_sampling == "space":
+        # The portfolio is chosen on the draws' own values, as the transfer baseline chooses it;
+        # the policy then plays their grid versions (a 64-bin grid moves them very little).
+        scored, candidates = sampled_candidates(env, config.candidates, rng)
+    else:
+        candidates = grid_candidates(env, config.candidates, rng)
+        scored = candidates
     approach = env.reward_approach
     values = np.zeros((len(tasks), len(candidates)))
     batched = getattr(env.backend, "evaluate_many", None)
     for t, task in enumerate(tasks):
         if values_fn is not None:
-            values[t] = values_fn(task, candidates)
+            values[t] = values_fn(task, scored)
             continue
         reference = env._reference(task) if approach.needs_reference else None
         if batched is not None:  # a surrogate answers all candidates in one call
-            results = batched(task, candidates, epochs=env.epochs)
+            results = batched(task, scored, epochs=env.epochs)
         else:
-            results = [env._evaluate(task, cand) for cand in candidates]
+            results = [env._evaluate(task, cand) for cand in scored]
         for c, result in enumerate(results):
             values[t, c] = approach(result, reference=reference, task=task)
     order = greedy_portfolio(values, env.layout.budget)
@@ -178,7 +210,7 @@ def build_portfolio(
 def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[str, np.ndarray]:
     """Observations, masks, actions and returns-to-go of the portfolio played on every task."""
     layout, space = env.layout, env.space
-    obs, masks, actions, returns = [], [], [], []
+    obs, masks, actions, returns, trial_index = [], [], [], [], []
     for t, task in enumerate(tasks):
         features = np.asarray(task.features(), dtype=np.float32)
         trials: list[tuple[dict[str, Any], float | None]] = []
@@ -196,6 +228,7 @@ def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[st
                 action = layout.action_of(name, config[name])
                 actions.append(action)
                 returns.append(episode_return - already)
+                trial_index.append(k)
                 partial[name] = layout.value_of(position, action)
                 position = layout.advance(partial, position + 1)
             from hporl.env import trial_score
@@ -206,6 +239,7 @@ def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[st
         "masks": np.stack(masks),
         "actions": np.array(actions, dtype=np.int64),
         "returns": np.array(returns, dtype=np.float32),
+        "trial": np.array(trial_index, dtype=np.int64),
     }
 
 
@@ -252,3 +286,31 @@ def _heads(
         return policy.q_net(obs), None
     logits = policy.get_distribution(obs).distribution.logits
     return logits, policy.predict_values(obs).reshape(-1)
+
+
+def anchored(data: dict[str, np.ndarray], n_trials: int) -> dict[str, np.ndarray] | None:
+    """The expert steps of the first ``n_trials`` trials (``None`` when there are none)."""
+    keep = data["trial"] < n_trials
+    if not keep.any():
+        return None
+    return {k: v[keep] for k, v in data.items()}
+
+
+def anchor_callback(holder: dict[str, Any], algorithm: str, config: PretrainConfig) -> Any:
+    """An SB3 callback that, after each rollout, takes ``anchor_epochs`` behaviour-cloning passes
+    over ``holder["anchor"]`` (set by the warm start), so RL refines later trials without
+    forgetting the portfolio's opening."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    settings = config.model_copy(update={"epochs": config.anchor_epochs})
+
+    class _Anchor(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            data = holder.get("anchor")
+            if data is not None:
+                behaviour_clone(self.model, algorithm, data, settings)
+
+    return _Anchor()
