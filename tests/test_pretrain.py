@@ -93,3 +93,30 @@ def test_run_experiment_with_pretrain_writes_the_portfolio(tmp_path):
     # every candidate draw on every task, then the portfolio's grid versions it plays
     assert 8 * data["candidates"] <= data["evaluations"] <= 8 * (data["candidates"] + 3)
     assert policy.space.validate(data["portfolio"][0]) == data["portfolio"][0]
+
+
+def test_anchoring_keeps_the_opening_through_rl(tmp_path):
+    from hporl.pretrain import anchored
+
+    data = {"trial": np.array([0, 0, 1, 2]), "actions": np.array([5, 6, 7, 8])}
+    assert anchored(data, 1)["actions"].tolist() == [5, 6]
+    assert anchored(data, 0) is None
+    policy = run_experiment(
+        {
+            "tasks": [{"synthetic": 6, "n_features": 3}],
+            "backend": {"name": "synthetic"},
+            "space": "optimizer",
+            "budget": 2,
+            "pretrain": {"candidates": 16, "epochs": 200, "anchor_trials": 1, "anchor_epochs": 5},
+            # a large learning rate that would wreck the cloned opening without the anchor
+            "agent": {
+                "total_timesteps": 256,
+                "learning_rate": 3e-3,
+                "params": {"n_steps": 64, "batch_size": 32},
+            },
+        },
+        out=tmp_path,
+    )
+    first = json.loads((tmp_path / "portfolio.json").read_text())["portfolio"][0]
+    for task in SyntheticTask.sample(0, 6, n_features=3):
+        assert policy.suggest(task) == first

@@ -297,7 +297,7 @@ def anchored(data: dict[str, np.ndarray], n_trials: int) -> dict[str, np.ndarray
 
 
 def anchor_callback(holder: dict[str, Any], algorithm: str, config: PretrainConfig) -> Any:
-    """An SB3 callback that, after each rollout, takes ``anchor_epochs`` behaviour-cloning passes
+    """An SB3 callback that, after each policy update, takes ``anchor_epochs`` behaviour-cloning passes
     over ``holder["anchor"]`` (set by the warm start), so RL refines later trials without
     forgetting the portfolio's opening."""
     from stable_baselines3.common.callbacks import BaseCallback
@@ -308,9 +308,16 @@ def anchor_callback(holder: dict[str, Any], algorithm: str, config: PretrainConf
         def _on_step(self) -> bool:
             return True
 
-        def _on_rollout_end(self) -> None:
+        def _anchor(self) -> None:
             data = holder.get("anchor")
             if data is not None:
                 behaviour_clone(self.model, algorithm, data, settings)
+
+        # After each update (the next rollout's start) and after the last one.
+        def _on_rollout_start(self) -> None:
+            self._anchor()
+
+        def _on_training_end(self) -> None:
+            self._anchor()
 
     return _Anchor()
