@@ -8,6 +8,7 @@ import pytest
 from hporl import HPOEnv, Policy, SyntheticBackend, run_experiment
 from hporl.agents import AgentConfig, build_agent, make_vec_env
 from hporl.backends import SyntheticTask
+from hporl.env import ObservationLayout
 from hporl.pretrain import (
     PretrainConfig,
     behaviour_clone,
@@ -54,12 +55,20 @@ def test_grid_candidates_are_distinct_on_grid_and_start_with_the_default(env, sm
             assert value in small_space.bins(name, env.layout.n_bins)
 
 
-def test_behaviour_cloning_reproduces_the_portfolio(env, small_space):
+@pytest.mark.parametrize("sampling", ["space", "grid"])
+def test_behaviour_cloning_reproduces_the_portfolio(env, small_space, sampling):
     tasks = env._tasks
-    portfolio = build_portfolio(env, tasks, PretrainConfig(candidates=10))
+    portfolio = build_portfolio(
+        env, tasks, PretrainConfig(candidates=10, candidate_sampling=sampling)
+    )
     assert len(portfolio.order) == 2
     regret = portfolio.mean_regret()
     assert regret[1] <= regret[0]
+    if sampling == "space":  # exact draws: their values join the action bins
+        extra = ObservationLayout.extra_bins_of(small_space, portfolio.configs)
+        env = HPOEnv(small_space, env.backend, tasks, budget=2, extra_bins=extra)
+        for name, values in extra:
+            assert set(values) <= set(env.layout.bins[env.layout._param_index[name]])
     cfg = AgentConfig(net_arch=[64, 64], params={"n_steps": 32, "batch_size": 16})
     agent = build_agent(cfg, make_vec_env([lambda: env]))
     stats = behaviour_clone(

@@ -86,6 +86,7 @@ class ObservationLayout:
     history: int = 3
     feature_mean: tuple[float, ...] | None = None
     feature_scale: tuple[float, ...] | None = None
+    extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @cached_property
     def params(self) -> list[Parameter]:
@@ -93,7 +94,22 @@ class ObservationLayout:
 
     @cached_property
     def bins(self) -> list[list[Any]]:
-        return [self.space.bins(p.name, self.n_bins) for p in self.params]
+        """Each chosen parameter's action values: ``space.bins(name, n_bins)`` plus any
+        ``extra_bins`` for it (numeric values merged in order; e.g. a warm start's portfolio
+        values, so the policy can play those configurations exactly)."""
+        extra = dict(self.extra_bins)
+        out = []
+        for p in self.params:
+            values = self.space.bins(p.name, self.n_bins)
+            if p.is_numeric and extra.get(p.name):
+                head = [values[0]] if p.has_off else []
+                numbers = values[1:] if p.has_off else values
+                merged = sorted(
+                    {*numbers, *(v for v in extra[p.name] if not (p.has_off and v == p.off))}
+                )
+                values = head + merged
+            out.append(values)
+        return out
 
     @cached_property
     def _param_index(self) -> dict[str, int]:
@@ -120,6 +136,7 @@ class ObservationLayout:
             "history": self.history,
             "feature_mean": list(self.feature_mean) if self.feature_mean is not None else None,
             "feature_scale": list(self.feature_scale) if self.feature_scale is not None else None,
+            "extra_bins": {name: list(values) for name, values in self.extra_bins},
         }
 
     @classmethod
@@ -128,7 +145,27 @@ class ObservationLayout:
         for key in ("feature_mean", "feature_scale"):
             if data.get(key) is not None:
                 data[key] = tuple(float(v) for v in data[key])
+        data["extra_bins"] = tuple((k, tuple(v)) for k, v in (data.get("extra_bins") or {}).items())
         return cls(space, **data)
+
+    @staticmethod
+    def extra_bins_of(
+        space: SearchSpace, configs: Sequence[Mapping[str, Any]]
+    ) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """The numeric values of ``configs``, per parameter, as ``extra_bins``."""
+        out = []
+        for p in space.chosen:
+            if p.is_numeric:
+                values = sorted(
+                    {
+                        c[p.name]
+                        for c in configs
+                        if p.name in c and not (p.has_off and c[p.name] == p.off)
+                    }
+                )
+                if values:
+                    out.append((p.name, tuple(values)))
+        return tuple(out)
 
     @staticmethod
     def normalisation(
@@ -248,6 +285,7 @@ class HPOEnv(gym.Env):
         cache: keep results in memory so a configuration revisited on a task is not re-run.
         feature_norm: (mean, scale) applied to task features in observations (see
             :meth:`ObservationLayout.normalisation`).
+        extra_bins: more action values per numeric parameter (see :attr:`ObservationLayout.bins`).
 
     ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
     finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
@@ -272,6 +310,7 @@ class HPOEnv(gym.Env):
         cache: bool = True,
         n_features: int | None = None,
         feature_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+        extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = (),
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
@@ -297,7 +336,9 @@ class HPOEnv(gym.Env):
         mean, scale = (None, None)
         if feature_norm is not None:
             mean, scale = tuple(map(float, feature_norm[0])), tuple(map(float, feature_norm[1]))
-        self.layout = ObservationLayout(space, n_features, budget, n_bins, history, mean, scale)
+        self.layout = ObservationLayout(
+            space, n_features, budget, n_bins, history, mean, scale, tuple(extra_bins)
+        )
         self.epochs = epochs
         self.trial_seed = trial_seed
         self.observation_space = gym.spaces.Box(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import time
@@ -299,7 +300,7 @@ def meta_train(
     """
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
 
-    def make_env() -> HPOEnv:
+    def make_env(extra_bins: tuple = ()) -> HPOEnv:
         return HPOEnv(
             space,
             backend,
@@ -311,16 +312,28 @@ def meta_train(
             epochs=epochs,
             trial_seed=trial_seed,
             feature_norm=feature_norm,
+            extra_bins=extra_bins,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
     start = time.perf_counter()
     pretrain_summary: dict[str, Any] = {}
+    portfolio = None
+    if pretrain is not None:
+        # Chosen before the agent exists: its values may widen the action space (exact play).
+        portfolio = build_portfolio(env, tasks, pretrain, values_fn=candidate_values)
+        if pretrain.candidate_sampling == "space":
+            provisional = env
+            extra = ObservationLayout.extra_bins_of(space, portfolio.configs)
+            make_env = functools.partial(make_env, extra)
+            env = make_env()
+            env._cache = provisional._cache
+            env.n_evaluations = provisional.n_evaluations
+            env.n_cache_hits = provisional.n_cache_hits
 
     def warm_start(new_agent: Any) -> None:
-        if pretrain is None:
+        if pretrain is None or portfolio is None:
             return
-        portfolio = build_portfolio(env, tasks, pretrain, values_fn=candidate_values)
         steps = expert_steps(env, tasks, portfolio)
         stats = behaviour_clone(new_agent, agent.algorithm, steps, pretrain)
         if pretrain.anchor_trials:

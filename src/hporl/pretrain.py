@@ -55,8 +55,8 @@ class PretrainConfig(BaseModel):
     anchor_epochs: int = Field(1, ge=1)
     candidate_sampling: Literal["space", "grid"] = Field(
         "space",
-        description="space: the space's own random sample (as the transfer baselines draw it) snapped to "
-        "the action grid; grid: uniformly random bins",
+        description="space: the space's own random sample, as the transfer baselines draw it, played "
+        "exactly (its portfolio's values join the action bins); grid: uniformly random bins",
     )
 
 
@@ -95,25 +95,6 @@ def grid_candidates(
             position = layout.advance(partial, position + 1)
         add(space.validate(partial))
     return out
-
-
-def sampled_candidates(
-    env: HPOEnv, n: int, rng: np.random.Generator
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``n`` draws of ``space.sample(rng)`` (the transfer baselines' own sample for the same seed)
-    and their versions snapped to the action grid, keeping the first draw of each grid point."""
-    raw: list[dict[str, Any]] = []
-    snapped: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for _ in range(n):
-        config = env.space.sample(rng)
-        grid = _snap(env, config)
-        key = json.dumps(grid, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            raw.append(config)
-            snapped.append(grid)
-    return raw, snapped
 
 
 def _snap(env: HPOEnv, config: dict[str, Any]) -> dict[str, Any]:
@@ -183,9 +164,10 @@ def build_portfolio(
     """Evaluate grid candidates on every task (through the env, so results are cached there)."""
     rng = np.random.default_rng(config.seed)
     if config.candidate_sampling == "space":
-        # The portfolio is chosen on the draws' own values, as the transfer baseline chooses it;
-        # the policy then plays their grid versions (a 64-bin grid moves them very little).
-        scored, candidates = sampled_candidates(env, config.candidates, rng)
+        # The transfer baselines' own draws, kept exact: the meta-training run adds the chosen
+        # ones' values to the action bins (ObservationLayout.extra_bins), so the policy plays them.
+        candidates = [env.space.sample(rng) for _ in range(config.candidates)]
+        scored = candidates
     else:
         candidates = grid_candidates(env, config.candidates, rng)
         scored = candidates
