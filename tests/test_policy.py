@@ -177,7 +177,10 @@ def test_fine_tune_changes_a_copy_only(trained):
     def logp(policy, config):
         import torch
 
-        obs, masks, acts = policy._replay(task.features(), [], config)
+        layout = policy.layout
+        obs, masks, acts = layout.replay(
+            layout.features_block(task.features()), layout.trials_block([]), config
+        )
         with torch.no_grad():
             logits = policy._logits(torch.from_numpy(np.stack(obs))).masked_fill(
                 ~torch.from_numpy(np.stack(masks)), -1e9

@@ -229,18 +229,22 @@ class ObservationLayout:
     ) -> np.ndarray:
         """The observation for choosing the parameter at ``position`` given ``trials`` (config,
         chance-adjusted score or ``None`` for failed), oldest first."""
-        n = len(self.params)
+        return self.compose(
+            self.features_block(features), position, partial, self.trials_block(trials)
+        )
+
+    def features_block(self, features: np.ndarray) -> np.ndarray:
+        """Block 1: the task's features, normalised (constant over an episode)."""
         features = np.asarray(features, dtype=np.float32).reshape(-1)
         if features.shape != (self.n_features,):
             raise ConfigError(f"expected {self.n_features} task features, got {features.shape[0]}")
         if self.feature_mean is not None and self.feature_scale is not None:
-            features = (features - np.asarray(self.feature_mean, dtype=np.float32)) / np.asarray(
-                self.feature_scale, dtype=np.float32
-            )
-        current = np.zeros(n, dtype=np.float32)
-        if position is not None:
-            current[self._param_index[self.space.parameters[position].name]] = 1.0
-        unset = np.array([0.0 if p.name in partial else 1.0 for p in self.params], dtype=np.float32)
+            mean = np.asarray(self.feature_mean, dtype=np.float32)
+            features = (features - mean) / np.asarray(self.feature_scale, dtype=np.float32)
+        return features
+
+    def trials_block(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> np.ndarray:
+        """Blocks 5 and 6: the summary and the last trials (constant within a trial)."""
         scores = [s for _, s in trials if s is not None]
         best = max(scores) if scores else 0.0
         summary = np.array(
@@ -263,9 +267,40 @@ class ObservationLayout:
                 recent[row, -4] = score
                 recent[row, -3] = score - best
             recent[row, -1] = 1.0
-        obs = np.concatenate(
-            [features, current, self.space.encode(partial), unset, summary, recent.reshape(-1)]
-        )
+        return np.concatenate([summary, recent.reshape(-1)])
+
+    def replay(
+        self, features: np.ndarray, trials: np.ndarray, config: Mapping[str, Any]
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """Observations, masks and actions (nearest bins) that produce ``config``, given a
+        :meth:`features_block` and a :meth:`trials_block`: the steps an expert would take."""
+        obs, masks, actions = [], [], []
+        partial: dict[str, Any] = {}
+        position = self.advance(partial, 0)
+        while position is not None:
+            name = self.space.parameters[position].name
+            obs.append(self.compose(features, position, partial, trials))
+            masks.append(self.mask(position))
+            action = self.action_of(name, config.get(name, self.space[name].default))
+            actions.append(action)
+            partial[name] = self.value_of(position, action)
+            position = self.advance(partial, position + 1)
+        return obs, masks, actions
+
+    def compose(
+        self,
+        features: np.ndarray,
+        position: int | None,
+        partial: Mapping[str, Any],
+        trials: np.ndarray,
+    ) -> np.ndarray:
+        """An observation from a :meth:`features_block` and a :meth:`trials_block` (the per-step
+        part, the current parameter and the partial configuration, is built here)."""
+        current = np.zeros(len(self.params), dtype=np.float32)
+        if position is not None:
+            current[self._param_index[self.space.parameters[position].name]] = 1.0
+        unset = np.array([0.0 if p.name in partial else 1.0 for p in self.params], dtype=np.float32)
+        obs = np.concatenate([features, current, self.space.encode(partial), unset, trials])
         return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)
 
 
@@ -353,6 +388,7 @@ class HPOEnv(gym.Env):
         self._partial: dict[str, Any] = {}
         self._position: int | None = None
         self._trials: list[tuple[dict[str, Any], float | None]] = []
+        self._trials_block = self.layout.trials_block([])
         self._best_value: float | None = None
 
     # -- gymnasium API ------------------------------------------------------------------------
@@ -368,6 +404,7 @@ class HPOEnv(gym.Env):
         else:
             self.task = self._tasks[int(self.np_random.integers(len(self._tasks)))]
         self._trials = []
+        self._trials_block = self.layout.trials_block([])
         self._best_value = None
         self._new_config()
         return self._observe(), {"task": self.task.name}
@@ -389,6 +426,7 @@ class HPOEnv(gym.Env):
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
         self._trials.append((config, trial_score(result)))
+        self._trials_block = self.layout.trials_block(self._trials)
         info = {
             "config": config,
             "result": result,
@@ -413,15 +451,16 @@ class HPOEnv(gym.Env):
         self._partial = {}
         self._position = self.layout.advance(self._partial, 0)
 
-    def _task_features(self, task: TaskLike) -> np.ndarray:
+    def _features_block(self, task: TaskLike) -> np.ndarray:
+        """The task's normalised features, computed once per task."""
         key = id(task)
         if key not in self._features:
-            self._features[key] = np.asarray(task.features(), dtype=np.float32).reshape(-1)
+            self._features[key] = self.layout.features_block(task.features())
         return self._features[key]
 
     def _observe(self) -> np.ndarray:
-        return self.layout.observe(
-            self._task_features(self.task), self._position, self._partial, self._trials
+        return self.layout.compose(
+            self._features_block(self.task), self._position, self._partial, self._trials_block
         )
 
     def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:

@@ -293,8 +293,10 @@ class Policy:
     ) -> dict[str, Any]:
         partial: dict[str, Any] = {}
         position = self.layout.advance(partial, 0)
+        feature_block = self.layout.features_block(features)
+        trials_block = self.layout.trials_block(trials)
         while position is not None:
-            obs = self.layout.observe(features, position, partial, trials)
+            obs = self.layout.compose(feature_block, position, partial, trials_block)
             logits = self._logits(torch.from_numpy(obs)[None])[0].double().numpy()
             mask = self.layout.mask(position)
             logits = np.where(mask, logits, -np.inf)
@@ -307,24 +309,6 @@ class Policy:
             partial[name] = self.layout.value_of(position, action)
             position = self.layout.advance(partial, position + 1)
         return self.space.validate(partial)
-
-    def _replay(
-        self, features: np.ndarray, context: list, config: Mapping[str, Any]
-    ) -> tuple[list, list, list]:
-        """Observations, masks and actions that produce ``config`` (nearest bins) after ``context``."""
-        obs, masks, actions = [], [], []
-        partial: dict[str, Any] = {}
-        position = self.layout.advance(partial, 0)
-        while position is not None:
-            name = self.space.parameters[position].name
-            obs.append(self.layout.observe(features, position, partial, context))
-            masks.append(self.layout.mask(position))
-            value = config.get(name, self.space[name].default)
-            action = self.layout.action_of(name, value)
-            actions.append(action)
-            partial[name] = self.layout.value_of(position, action)
-            position = self.layout.advance(partial, position + 1)
-        return obs, masks, actions
 
     def fine_tune(
         self, task: Any, history: History, *, steps: int = 10, lr: float = 1e-3
@@ -345,8 +329,11 @@ class Policy:
             return tuned
         adv = (scores - scores.mean()) / scores.std()
         obs, masks, actions, weights = [], [], [], []
+        feature_block = self.layout.features_block(features)
         for i, (config, _) in enumerate(trials):
-            o, m, a = tuned._replay(features, trials[:i], config)
+            o, m, a = self.layout.replay(
+                feature_block, self.layout.trials_block(trials[:i]), config
+            )
             obs += o
             masks += m
             actions += a

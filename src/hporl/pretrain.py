@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from hporl.env import HPOEnv
+from hporl.env import HPOEnv, trial_score
 
 __all__ = ["Portfolio", "PretrainConfig", "behaviour_clone", "greedy_portfolio", "grid_candidates"]
 
@@ -135,7 +135,6 @@ class Portfolio:
     candidates: list[dict[str, Any]]
     values: np.ndarray
     order: list[int]
-    task_names: list[str]
 
     @property
     def configs(self) -> list[dict[str, Any]]:
@@ -186,35 +185,27 @@ def build_portfolio(
         for c, result in enumerate(results):
             values[t, c] = approach(result, reference=reference, task=task)
     order = greedy_portfolio(values, env.layout.budget)
-    return Portfolio(candidates, values, order, [t.name for t in tasks])
+    return Portfolio(candidates, values, order)
 
 
 def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[str, np.ndarray]:
     """Observations, masks, actions and returns-to-go of the portfolio played on every task."""
-    layout, space = env.layout, env.space
+    layout = env.layout
     obs, masks, actions, returns, trial_index = [], [], [], [], []
     for t, task in enumerate(tasks):
-        features = np.asarray(task.features(), dtype=np.float32)
+        features = layout.features_block(task.features())
         trials: list[tuple[dict[str, Any], float | None]] = []
         values = [portfolio.values[t, i] for i in portfolio.order]
         best_so_far = np.maximum.accumulate(values)
         episode_return = best_so_far[-1]
         for k, config in enumerate(portfolio.configs):
-            partial: dict[str, Any] = {}
-            position = layout.advance(partial, 0)
+            o, m, a = layout.replay(features, layout.trials_block(trials), config)
             already = best_so_far[k - 1] if k > 0 else 0.0
-            while position is not None:
-                name = space.parameters[position].name
-                obs.append(layout.observe(features, position, partial, trials))
-                masks.append(layout.mask(position))
-                action = layout.action_of(name, config[name])
-                actions.append(action)
-                returns.append(episode_return - already)
-                trial_index.append(k)
-                partial[name] = layout.value_of(position, action)
-                position = layout.advance(partial, position + 1)
-            from hporl.env import trial_score
-
+            obs += o
+            masks += m
+            actions += a
+            returns += [episode_return - already] * len(a)
+            trial_index += [k] * len(a)
             trials.append((config, trial_score(env._evaluate(task, config))))
     return {
         "obs": np.stack(obs).astype(np.float32),
