@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Callable
@@ -9,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from hporl.exceptions import HporlError
 
-__all__ = ["atomic_write", "read_yaml", "write_json"]
+__all__ = ["atomic_write", "explain_validation", "read_yaml", "write_json"]
 
 
 def read_yaml(path: str | Path, *, what: str, error: type[HporlError]) -> Any:
@@ -50,3 +52,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
+
+
+def explain_validation(err: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic error as one line naming the key; an unknown key gets the nearest valid one."""
+    e = err.errors()[0]
+    loc = [str(x) for x in e["loc"]]
+    where = ".".join(loc)
+    if e["type"] == "extra_forbidden":
+        fields = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], fields, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(fields)}."
+        return f"unknown key {where!r}.{hint}"
+    return f"{where}: {e['msg']} (got {e.get('input')!r})"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return list(getattr(current, "model_fields", {}))
+        ann = field.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else current
+    return list(getattr(current, "model_fields", {}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import os
@@ -13,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hporl._io import read_yaml, write_json
+from hporl._io import explain_validation, read_yaml, write_json
 from hporl.agents import AgentConfig, train_agent
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
 from hporl.env import HPOEnv, ObservationLayout
@@ -134,30 +133,7 @@ class ExperimentConfig(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as err:
-            raise ConfigError(f"{source}: {_explain(err, cls)}") from None
-
-
-def _explain(err: ValidationError, model: type[BaseModel]) -> str:
-    e = err.errors()[0]
-    loc = [str(x) for x in e["loc"]]
-    where = ".".join(loc)
-    if e["type"] == "extra_forbidden":
-        fields = _fields_at(model, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], fields, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(fields)}."
-        return f"unknown key {where!r}.{hint}"
-    return f"{where}: {e['msg']} (got {e.get('input')!r})"
-
-
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return list(getattr(current, "model_fields", {}))
-        ann = field.annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else current
-    return list(getattr(current, "model_fields", {}))
+            raise ConfigError(f"{source}: {explain_validation(err, cls)}") from None
 
 
 # -- resolving the parts ----------------------------------------------------------------------------

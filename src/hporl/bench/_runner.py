@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hporl._io import read_yaml, write_json
+from hporl._io import explain_validation, read_yaml, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
 from hporl.exceptions import ConfigError
@@ -68,13 +68,7 @@ class BenchConfig(BaseModel):
         try:
             config = cls.model_validate(dict(source))
         except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(map(str, e["loc"]))
-            if e["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(str(e["loc"][-1]), list(cls.model_fields), n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"{name}: unknown key {where!r}.{hint}") from None
-            raise ConfigError(f"{name}: {where}: {e['msg']} (got {e.get('input')!r})") from None
+            raise ConfigError(f"{name}: {explain_validation(err, cls)}") from None
         config._check()
         return config
 
@@ -140,6 +134,7 @@ class _Bench:
             raise ConfigError(f"unknown {config.benchmark} task ids: {', '.join(unknown)}")
         self._tasks: dict[str, Any] = {}
         self._norms: dict[str, tuple[float, float]] = {}
+        self._results: dict[tuple[str, str, int], TrialResult] = {}
 
     def task(self, name: str) -> Any:
         if name not in self._tasks:
@@ -155,9 +150,21 @@ class _Bench:
         return result.final_metric if self.score_kind == "final" else result.best_metric
 
     def evaluate(self, task: Any, config: Mapping[str, Any], seed: int) -> TrialResult:
-        return self.backend.evaluate(
-            task, config, seed=0 if self.config.benchmark == "lcbench" else seed
-        )
+        """One trial; results are kept, so the normalisation sample, the transfer candidates and
+        the warm start's candidates (the same seed-0 draws) are trained once."""
+        seed = 0 if self.config.benchmark == "lcbench" else seed
+        key = (task.name, json.dumps(dict(config), sort_keys=True, default=str), seed)
+        if key not in self._results:
+            self._results[key] = self.backend.evaluate(task, config, seed=seed)
+        return self._results[key]
+
+    def scores(self, task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
+        """Scores (seed 0) of many configurations, NaN where a trial failed; one batched call
+        when the backend is a surrogate with ``final_scores``."""
+        if self.score_kind == "final" and hasattr(self.backend, "final_scores"):
+            return np.asarray(self.backend.final_scores(task, configs), dtype=float)
+        ys = [self.score(self.evaluate(task, c, 0)) for c in configs]
+        return np.array([np.nan if y is None else y for y in ys], dtype=float)
 
     def normalisation(self, name: str) -> tuple[float, float]:
         """y_min, y_max of a fixed random sample of the task (seed 0), cached on disk."""
@@ -172,12 +179,9 @@ class _Bench:
             key = f"{name}|{self.n_norm}|{self.config.epochs}|{self.score_kind}"
             if key not in data:
                 rng = np.random.default_rng(0)
-                ys = [
-                    self.score(self.evaluate(task, self.space.sample(rng), 0))
-                    for _ in range(self.n_norm)
-                ]
-                ys = [y for y in ys if y is not None] or [0.0, 1.0]
-                data[key] = [min(ys), max(ys)]
+                ys = self.scores(task, [self.space.sample(rng) for _ in range(self.n_norm)])
+                ys = ys[np.isfinite(ys)]
+                data[key] = [float(ys.min()), float(ys.max())] if len(ys) else [0.0, 1.0]
                 write_json(cache, data)
             norm = tuple(data[key])
         self._norms[name] = (float(norm[0]), float(norm[1]))
@@ -190,16 +194,9 @@ class _Bench:
         for t, name in enumerate(train):
             task = self.task(name)
             lo, hi = self.normalisation(name)
-            if self.config.benchmark == "lcbench" and hasattr(self.backend, "final_scores"):
-                ys = np.asarray(self.backend.final_scores(task, configs), dtype=float)
-            else:
-                ys = np.array([_or(self.score(self.evaluate(task, c, 0)), lo) for c in configs])
+            ys = np.nan_to_num(self.scores(task, configs), nan=lo)  # a failed candidate: worst
             regret[t] = (hi - ys) / max(hi - lo, 1e-12)
         return TransferCandidates(configs, regret)
-
-
-def _or(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -377,24 +374,10 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
         epochs=settings.get("epochs"),
         feature_names=None if config.benchmark == "lcbench" else _feature_names(),
         meta={"benchmark": config.benchmark},
-        candidate_values=_bulk_values(bench, norms)
-        if hasattr(bench.backend, "final_scores")
-        else None,
+        candidate_values=lambda task, configs: reward.normalise(
+            task.name, bench.scores(task, configs)
+        ),
     )
-
-
-def _bulk_values(
-    bench: _Bench, norms: Mapping[str, tuple[float, float]]
-) -> Callable[[Any, list], np.ndarray]:
-    """Normalised final scores of many configurations in one surrogate call (the warm start's
-    candidates), the same values the reward gives one trial at a time."""
-
-    def values(task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
-        lo, hi = norms[task.name]
-        ys = np.asarray(bench.backend.final_scores(task, configs), dtype=float)
-        return np.maximum((ys - lo) / max(hi - lo, 1e-12), _TaskNormalised.floor)
-
-    return values
 
 
 def _feature_names() -> list[str]:
@@ -419,10 +402,14 @@ class _TaskNormalised(RewardApproach):
         self, result: TrialResult, *, reference: TrialResult | None = None, task: Any = None
     ) -> float:
         y = self.score_of(result)
-        if y is None:
-            return self.floor
-        lo, hi = self.norms[task.name]
-        return max(self.floor, (y - lo) / max(hi - lo, 1e-12))
+        return float(self.normalise(task.name, np.array([np.nan if y is None else y]))[0])
+
+    def normalise(self, name: str, ys: np.ndarray) -> np.ndarray:
+        """Normalised values of raw scores on training task ``name`` (NaN: a failure, the floor)."""
+        lo, hi = self.norms[name]
+        return np.nan_to_num(
+            np.maximum((ys - lo) / max(hi - lo, 1e-12), self.floor), nan=self.floor
+        )
 
     def score(
         self, result: TrialResult, reference: TrialResult | None
