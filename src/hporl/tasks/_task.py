@@ -394,10 +394,15 @@ class Task:
         return self.models[index].build(self.input_shape, self.n_outputs, config)
 
     def _check_models(self) -> None:
+        """Build each model once (seed 0), check its output shape, and keep its description
+        (size, depth, a digest of its definition and initial weights) for features and the
+        fingerprint."""
         x = self.X_train[:2]
+        infos = []
         for spec in self.models:
             torch.manual_seed(0)
             module = spec.build(self.input_shape, self.n_outputs, None)
+            infos.append(_describe(spec.name, module))  # before the forward pass can touch buffers
             try:
                 with torch.no_grad():
                     out = module(x)
@@ -413,6 +418,7 @@ class Task:
                     f"model {spec.name!r} returns shape {got} for a batch of {len(x)}; task "
                     f"{self.name!r} needs {want} ({self.task_type}, {self.n_outputs} outputs)"
                 )
+        self._model_info = infos
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -429,22 +435,12 @@ class Task:
 
     @cached_property
     def _model_stats(self) -> dict[str, float]:
-        params, depth, conv, drop = [], [], [], []
-        for spec in self.models:
-            torch.manual_seed(0)
-            m = spec.build(self.input_shape, self.n_outputs, None)
-            params.append(sum(p.numel() for p in m.parameters()))
-            mods = list(m.modules())
-            depth.append(
-                sum(isinstance(x, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods)
-            )
-            conv.append(any(isinstance(x, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for x in mods))
-            drop.append(any(isinstance(x, nn.Dropout) for x in mods))
+        info = self._model_info
         return {
-            "log_params": float(np.mean([math.log10(max(p, 1)) for p in params])) / 8,
-            "model_depth": float(np.mean([math.log2(1 + d) for d in depth])) / 5,
-            "model_conv": float(np.mean(conv)),
-            "model_dropout": float(np.mean(drop)),
+            "log_params": float(np.mean([math.log10(max(m["params"], 1)) for m in info])) / 8,
+            "model_depth": float(np.mean([math.log2(1 + m["depth"]) for m in info])) / 5,
+            "model_conv": float(np.mean([m["conv"] for m in info])),
+            "model_dropout": float(np.mean([m["dropout"] for m in info])),
         }
 
     @cached_property
@@ -509,14 +505,8 @@ class Task:
         for t in (self.X_train, self.y_train, self.X_val, self.y_val, self.X_test, self.y_test):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.numpy().tobytes())
-        for spec in self.models:
-            torch.manual_seed(0)
-            m = spec.build(self.input_shape, self.n_outputs, None)
-            h.update(spec.name.encode())
-            h.update(repr(m).encode())
-            for k, v in m.state_dict().items():
-                h.update(k.encode())
-                h.update(v.detach().cpu().numpy().tobytes())
+        for info in self._model_info:
+            h.update(info["digest"].encode())
         h.update(f"{self.task_type}|{self.epochs}|{self.n_outputs}".encode())
         return h.hexdigest()[:32]
 
@@ -538,6 +528,24 @@ class Task:
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _describe(name: str, module: nn.Module) -> dict[str, Any]:
+    """Size, depth, layer kinds and a digest (name, structure, initial weights) of a model."""
+    mods = list(module.modules())
+    h = hashlib.sha256(name.encode())
+    h.update(repr(module).encode())
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return {
+        "params": sum(p.numel() for p in module.parameters()),
+        "depth": sum(isinstance(x, (nn.Linear, *conv)) for x in mods),
+        "conv": any(isinstance(x, conv) for x in mods),
+        "dropout": any(isinstance(x, nn.Dropout) for x in mods),
+        "digest": h.hexdigest(),
+    }
+
+
 def _missing_mask(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "f":
         return np.isnan(a)
