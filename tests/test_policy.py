@@ -154,7 +154,7 @@ def test_load_errors(trained, tmp_path, small_space):
 def test_avoid_never_repeats(trained):
     task = SyntheticTask("t", [0.3] * 4)
     seen: set[str] = set()
-    from hporl.policy import config_key
+    from hporl.space import config_key
 
     for i in range(15):
         c = trained.suggest(task, avoid=seen, rng=i)

@@ -14,7 +14,6 @@ constants of benchmarks never reach it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from hporl import rewards as _rewards
 from hporl.backends import Backend, TrialResult
 from hporl.exceptions import ConfigError
 from hporl.rewards import normalized_score
-from hporl.space import Parameter, SearchSpace, _same
+from hporl.space import Parameter, SearchSpace, _same, config_key
 
 __all__ = ["HPOEnv", "ObservationLayout", "TaskLike", "trial_score"]
 
@@ -466,7 +465,7 @@ class HPOEnv(gym.Env):
     def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:
         key = (
             id(task),
-            json.dumps(config, sort_keys=True, default=str),
+            config_key(config),
             self.trial_seed,
             self.epochs,
         )
@@ -481,8 +480,3 @@ class HPOEnv(gym.Env):
 
     def _reference(self, task: TaskLike) -> TrialResult:
         return self._evaluate(task, self.space.default())
-
-    @property
-    def trials(self) -> list[tuple[dict[str, Any], float | None]]:
-        """This episode's (config, chance-adjusted score) pairs, oldest first."""
-        return list(self._trials)

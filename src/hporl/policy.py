@@ -28,7 +28,7 @@ from hporl.agents import ALGORITHMS, policy_class, sb3_policy_kwargs
 from hporl.backends import TrialResult
 from hporl.env import OBS_BOUND, ObservationLayout, trial_score
 from hporl.exceptions import HporlError, PolicyError
-from hporl.space import SearchSpace
+from hporl.space import SearchSpace, config_key
 
 __all__ = ["Policy", "PolicySampler"]
 
@@ -39,10 +39,6 @@ META = "policy.json"
 History = Sequence[tuple[Mapping[str, Any], "TrialResult | float | None"]]
 """Trials on a task so far, oldest first: (config, TrialResult, or raw metric value (higher is
 better), or ``None`` for a failed trial)."""
-
-
-def _config_key(config: Mapping[str, Any]) -> str:
-    return json.dumps(dict(config), sort_keys=True, default=str)
 
 
 class Policy:
@@ -274,11 +270,11 @@ class Policy:
             config = self._act(
                 features, trials, deterministic=deterministic and attempt == 0, rng=rng
             )
-            if not avoid or _config_key(config) not in avoid:
+            if not avoid or config_key(config) not in avoid:
                 return config
         for _ in range(100):
             config = self.space.sample(rng)
-            if _config_key(config) not in avoid:
+            if config_key(config) not in avoid:
                 return config
         return config
 
@@ -366,9 +362,6 @@ class Policy:
         )
 
 
-config_key = _config_key
-
-
 class PolicySampler(BaseSampler):
     """An optuna sampler that proposes whole configurations from a :class:`Policy`.
 
@@ -436,12 +429,12 @@ class PolicySampler(BaseSampler):
         if not search_space:
             return {}
         history = self.history(study)
-        avoid = {_config_key(c) for c, _ in history}
+        avoid = {config_key(c) for c, _ in history}
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         for t in running:
             if t.number != trial.number and t.params:
                 with contextlib.suppress(HporlError):
-                    avoid.add(_config_key(self.policy.space.from_optuna_params(t.params)))
+                    avoid.add(config_key(self.policy.space.from_optuna_params(t.params)))
         config = self.policy.suggest(
             self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid
         )

@@ -17,7 +17,6 @@ RL then starts from the portfolio's level and can learn to adapt to what it obse
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from hporl.env import HPOEnv, trial_score
+from hporl.space import config_key
 
 __all__ = ["Portfolio", "PretrainConfig", "behaviour_clone", "greedy_portfolio", "grid_candidates"]
 
@@ -72,7 +72,7 @@ def grid_candidates(
     out: list[dict[str, Any]] = []
 
     def add(config: dict[str, Any]) -> None:
-        key = json.dumps(config, sort_keys=True, default=str)
+        key = config_key(config)
         if key not in seen:
             seen.add(key)
             out.append(config)

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import yaml
 from hporl._io import read_yaml
 from hporl.exceptions import SearchSpaceError
 
-__all__ = ["Parameter", "SearchSpace", "builtin_spaces"]
+__all__ = ["Parameter", "SearchSpace", "builtin_spaces", "config_key"]
 
 KINDS = ("categorical", "float", "int", "fixed")
 _KEYS = {
@@ -751,3 +752,8 @@ def builtin_spaces() -> list[str]:
     """Names of the search spaces shipped with hporl."""
     folder = resources.files("hporl") / "spaces"
     return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A canonical string for a configuration (for caches and "tried already" sets)."""
+    return json.dumps(dict(config), sort_keys=True, default=str)

@@ -21,7 +21,7 @@ from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
 from hporl.exceptions import ConfigError
 from hporl.rewards import RewardApproach
-from hporl.space import SearchSpace
+from hporl.space import SearchSpace, config_key
 
 __all__ = ["BenchConfig", "run"]
 
@@ -153,7 +153,7 @@ class _Bench:
         """One trial; results are kept, so the normalisation sample, the transfer candidates and
         the warm start's candidates (the same seed-0 draws) are trained once."""
         seed = 0 if self.config.benchmark == "lcbench" else seed
-        key = (task.name, json.dumps(dict(config), sort_keys=True, default=str), seed)
+        key = (task.name, config_key(config), seed)
         if key not in self._results:
             self._results[key] = self.backend.evaluate(task, config, seed=seed)
         return self._results[key]
