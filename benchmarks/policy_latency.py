@@ -52,24 +52,16 @@ def main() -> None:
         policy.suggest(task, history)
         t_policy.append(time.perf_counter() - t0)
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    for c, r in history:
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=space.optuna_params(c),
-                distributions=_dists(space, c),
-                value=r.best_metric or 0.0,
-            )
-        )
+    study = _trimmed(space, history, seed=0)
     t_tpe = []
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
         t0 = time.perf_counter()
         trial = study.ask()
         config = space.suggest(trial)
         t_tpe.append(time.perf_counter() - t0)
         study.tell(trial, backend.evaluate(task, config).best_metric or 0.0)
         # keep the history at the same size for every measurement
-        study = _trimmed(study, space, history)
+        study = _trimmed(space, history, seed=i + 1)
 
     mp, mt = statistics.median(t_policy), statistics.median(t_tpe)
     print(
@@ -85,10 +77,9 @@ def _dists(space: SearchSpace, config: dict) -> dict:
     return {k: full[k] for k in space.optuna_params(config)}
 
 
-def _trimmed(study: optuna.Study, space: SearchSpace, history: list) -> optuna.Study:
-    fresh = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=len(study.trials))
-    )
+def _trimmed(space: SearchSpace, history: list, *, seed: int) -> optuna.Study:
+    """A TPE study holding exactly ``history`` (so every measurement sees 30 trials)."""
+    fresh = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     for c, r in history:
         fresh.add_trial(
             optuna.trial.create_trial(

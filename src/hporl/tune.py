@@ -148,6 +148,25 @@ def _final(
     return models, final, epochs
 
 
+def _best_then_final(
+    backend: TorchBackend,
+    task: Task,
+    trials: list[tuple[int, dict[str, Any], TrialResult]],
+    seed: int,
+) -> tuple[dict[str, Any], list[nn.Module], TrialResult, int]:
+    """The best trial's configuration (highest best validation metric, earliest on ties) and
+    the final training with it."""
+    ok = [t for t in trials if t[2].ok and t[2].best_metric is not None]
+    if not ok:
+        raise HporlError(
+            f"all {len(trials)} trials failed or diverged; see the trial reasons: "
+            + "; ".join(str(r.reason) for _, _, r in trials[:3])
+        )
+    _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
+    models, final, epochs = _final(backend, task, best_config, best_result, seed)
+    return best_config, models, final, epochs
+
+
 def tune_model(
     model: Any = None,
     data: Any = None,
@@ -242,14 +261,9 @@ def tune_model(
         if callback is not None:
             callback(len(results), n_trials, config, result)
     records = [_record(n, c, r) for n, (c, r) in sorted(results.items())]
-    ok = [(n, c, r) for n, (c, r) in results.items() if r.ok and r.best_metric is not None]
-    if not ok:
-        raise HporlError(
-            f"all {len(results)} trials failed or diverged; see the trial reasons: "
-            + "; ".join(str(r.reason) for _, r in list(results.values())[:3])
-        )
-    _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
-    models, final, final_epochs = _final(backend, task, best_config, best_result, seed)
+    best_config, models, final, final_epochs = _best_then_final(
+        backend, task, [(n, c, r) for n, (c, r) in results.items()], seed
+    )
     default_result = None
     default_test = None
     if compare_default:
@@ -296,11 +310,7 @@ def random_search(
     for i in range(n_trials):
         config = space.sample(rng)
         results.append((i, config, backend.evaluate(task, config, seed=seed)))
-    ok = [x for x in results if x[2].ok and x[2].best_metric is not None]
-    if not ok:
-        raise HporlError("all random-search trials failed or diverged")
-    _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
-    models, final, epochs = _final(backend, task, best_config, best_result, seed)
+    best_config, models, final, epochs = _best_then_final(backend, task, results, seed)
     return TuneResult(
         model=models[0] if len(models) == 1 else models,
         config=best_config,
