@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hporl import ConfigError, PolicyError, TaskError, tune_model
+from hporl import ConfigError, PolicyError, StoreError, TaskError, tune_model
 from hporl.tasks import builtin, models
 
 REPORT_KEYS = {"config", "metric_name", "test_metric", "default_test_metric", "trials", "seconds"}
@@ -46,9 +46,10 @@ def test_tune_resumes_from_its_store(tiny_policy, tmp_path):
     policy, _ = tiny_policy
     task = builtin("wine", epochs=2)
     first = tune_model(data=task, policy=policy, n_trials=2, out=tmp_path, compare_default=False)
-    assert not any(t["cached"] for t in first.trials)
+    assert not any(t["cached"] or t["resumed"] for t in first.trials)
     more = tune_model(data=task, policy=policy, n_trials=3, out=tmp_path, compare_default=False)
-    assert [t["cached"] for t in more.trials] == [True, True, False]
+    assert [t["resumed"] for t in more.trials] == [True, True, False]
+    assert not any(t["cached"] for t in more.trials)
     assert [t["config"] for t in more.trials[:2]] == [t["config"] for t in first.trials]
 
 
@@ -98,10 +99,15 @@ def test_tune_bad_input(tiny_policy, tmp_path):
 
 def test_unusable_storage_is_a_clear_error(tiny_policy, tmp_path):
     policy, _ = tiny_policy
-    for url in (
-        f"sqlite:///{tmp_path}/missing/dir/trials.db",
-        "postgresql://127.0.0.1:1/hporl",
-        "nosuchdb://x",
-    ):
-        with pytest.raises(ConfigError, match=re.escape(f"storage {url!r} cannot be used")):
+    (tmp_path / "file").write_text("not a directory")
+    (tmp_path / "notes.db").write_text("my notes, not a database")
+    cases = {
+        f"sqlite:///{tmp_path}/file/trials.db": "cannot create the directory for the trial store",
+        str(tmp_path / "notes.db"): "is not a SQLite database; nothing was changed",
+        "postgresql+psycopg://127.0.0.1:1/hporl": "cannot be used: connection",
+        "nosuchdb://x": "cannot be used: Can't load plugin",
+    }
+    for url, message in cases.items():
+        with pytest.raises(StoreError, match=re.escape(message)):
             tune_model(data=builtin("iris", epochs=1), policy=policy, n_trials=1, storage=url)
+    assert (tmp_path / "notes.db").read_text() == "my notes, not a database"

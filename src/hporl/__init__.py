@@ -5,10 +5,18 @@ __version__ = "0.1.0"
 from hporl import agents, rewards, tasks
 from hporl.backends import Backend, SyntheticBackend, TorchBackend, TrialResult
 from hporl.env import HPOEnv
-from hporl.exceptions import ConfigError, HporlError, PolicyError, SearchSpaceError, TaskError
+from hporl.exceptions import (
+    ConfigError,
+    HporlError,
+    PolicyError,
+    SearchSpaceError,
+    StoreError,
+    TaskError,
+)
 from hporl.experiment import ExperimentConfig, run_experiment
 from hporl.policy import Policy, PolicySampler
 from hporl.space import SearchSpace
+from hporl.store import StoredBackend, TrialStore
 from hporl.tasks import Task
 from hporl.tune import TuneResult, tune_model
 
@@ -23,11 +31,14 @@ __all__ = [
     "PolicySampler",
     "SearchSpace",
     "SearchSpaceError",
+    "StoreError",
+    "StoredBackend",
     "SyntheticBackend",
     "Task",
     "TaskError",
     "TorchBackend",
     "TrialResult",
+    "TrialStore",
     "TuneResult",
     "__version__",
     "agents",

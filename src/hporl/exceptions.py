@@ -7,6 +7,7 @@ __all__ = [
     "HporlError",
     "PolicyError",
     "SearchSpaceError",
+    "StoreError",
     "TaskError",
 ]
 
@@ -29,3 +30,7 @@ class ConfigError(HporlError, ValueError):
 
 class PolicyError(HporlError, ValueError):
     """A saved policy is missing, edited, or does not fit the space or task it is used with."""
+
+
+class StoreError(HporlError, RuntimeError):
+    """The trial store cannot be opened, read or written (URL, server, file, permissions)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,14 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from hporl._io import atomic_write
 from hporl.backends import TorchBackend, TrialResult
-from hporl.exceptions import ConfigError, HporlError, TaskError
+from hporl.exceptions import ConfigError, HporlError, StoreError, TaskError
 from hporl.policy import Policy, PolicySampler
+from hporl.store import WORKER, TrialStore, mask_url, storage_url
 from hporl.tasks import Task
 
 __all__ = ["TuneResult", "random_search", "tune_model"]
@@ -125,7 +129,9 @@ def _merged(task: Task, epochs: int) -> Task:
     return merged
 
 
-def _record(number: int, config: dict[str, Any], r: TrialResult) -> dict[str, Any]:
+def _record(
+    number: int, config: dict[str, Any], r: TrialResult, resumed: bool = False
+) -> dict[str, Any]:
     return {
         "number": number,
         "config": config,
@@ -137,6 +143,7 @@ def _record(number: int, config: dict[str, Any], r: TrialResult) -> dict[str, An
         "seconds": r.wall_time,
         "reason": r.reason,
         "cached": r.cached,
+        "resumed": resumed,
     }
 
 
@@ -174,13 +181,14 @@ def tune_model(
     policy: Policy | str | Path | None = None,
     n_trials: int = 10,
     fine_tune: bool = False,
-    storage: str | None = None,
+    storage: str | Path | None = None,
     out: str | Path | None = None,
     target: str | None = None,
     epochs: int | None = None,
     seed: int = 0,
     backend: TorchBackend | None = None,
     study_name: str | None = None,
+    worker: str | None = None,
     compare_default: bool = True,
     deterministic: bool = True,
     fine_tune_steps: int = 10,
@@ -189,23 +197,35 @@ def tune_model(
     """Tune ``model`` (a module, a factory, or a list of them; ``None`` for the default MLP/CNN)
     on ``data`` with ``policy`` for ``n_trials`` trials, then train the final model.
 
+    Every trial is an optuna trial in the trial store (:mod:`hporl.store`), so a run started
+    again with the same ``out`` / ``storage`` continues where it stopped: finished trials are
+    not run again, the policy's history is rebuilt from the store, and a trial whose process
+    died is failed and retried once. An evaluation already in the store (same task
+    fingerprint, configuration, seed and epochs, from any run) is reused, not trained.
+
     Args:
         data: a :class:`Task`, an ``(X, y)`` pair, or a CSV path (with ``target``).
         policy: a :class:`Policy` or a policy directory.
         fine_tune: after each trial, update (a copy of) the policy on this task's trials.
-        storage: an optuna storage URL for the trials; default: ``out/trials.db`` (SQLite) when
-            ``out`` is given, else in memory. Trials already in the study are not run again.
+        storage: an optuna storage URL (or a SQLite file path) for the trials; default:
+            ``out/trials.db`` when ``out`` is given, else in memory.
         out: where to save the final model, config and ``report.json``.
+        study_name: the study of this task in the store (default ``tune/<task>-<fingerprint>``).
+            Several processes given the same storage and study share their trials: the policy
+            of each sees every trial, and each runs ``n_trials`` of its own.
+        worker: who this process is among several sharing a study (default: the ``out``
+            directory, else ``"main"``); ``n_trials`` counts this worker's finished trials, so a
+            restarted worker tops up its own share.
         compare_default: also run the final training with the space's default configuration
             (its epoch count from one trial of it) and report ``default_test_metric``.
 
     Raises:
-        HporlError: bad data, policy, or arguments, before any training.
+        HporlError: bad data, policy, storage or arguments, before any training.
     """
     start = time.perf_counter()
     if data is None:
         raise TaskError("tune_model needs data: a Task, an (X, y) pair, or a CSV path")
-    if not isinstance(n_trials, int) or n_trials < 1:
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
     if policy is None:
         raise ConfigError(
@@ -219,57 +239,66 @@ def tune_model(
             "this policy was meta-trained on tasks without hporl's meta-features (synthetic or LCBench ones); it cannot read a real task's features"
         )
     policy._features(task)  # checks the feature count before any training
+    if out is not None:
+        _check_writable(Path(out))
     backend = backend or TorchBackend(num_threads=1)
     space = policy.space
-    if out is not None and storage is None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{Path(out).resolve() / 'trials.db'}"
+    store = TrialStore(storage_url(storage, out))
+    worker = worker or (str(Path(out).resolve()) if out is not None else "main")
     sampler = PolicySampler(policy, task=task, deterministic=deterministic, seed=seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name or f"hporl-tune-{task.name}-{task.fingerprint[:12]}",
-            direction="maximize",
-            sampler=sampler,
-            load_if_exists=True,
-        )
-    except Exception as err:  # a driver missing, a server unreachable, a path not writable
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"storage {storage!r} cannot be used: {first}") from None
-    results: dict[int, tuple[dict[str, Any], TrialResult]] = {}
-    for t in study.get_trials(deepcopy=False):
-        if "hporl_result" in t.user_attrs and t.state != optuna.trial.TrialState.RUNNING:
-            r = TrialResult.from_dict(t.user_attrs["hporl_result"])
-            r.cached = True
-            results[t.number] = (space.from_optuna_params(t.params), r)
+    study = store.study(
+        "tune",
+        task,
+        sampler=sampler,
+        name=study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
+    )
+    store.fail_orphans(study)
+    before = store.results(study)
+    earlier = {t.number for t, _ in before}
+    done = sum(1 for t, _ in before if t.user_attrs.get(WORKER) == worker)
     current = policy
-    while len(results) < n_trials:
-        if fine_tune and len(results) >= 2:
-            history = [(c, r) for c, r in results.values()]
+    progress = [done]
+
+    def objective(trial: optuna.Trial) -> float:
+        store.claim(trial)
+        config = space.suggest(trial)
+        result = store.lookup(task, config, seed=seed) or backend.evaluate(task, config, seed=seed)
+        store.annotate(trial, task, config, result, seed=seed, worker=worker)
+        progress[0] += 1
+        if callback is not None:
+            callback(progress[0], n_trials, config, result)
+        if result.ok and result.best_metric is not None:
+            if result.stopped_early:
+                raise optuna.TrialPruned(result.reason)
+            return float(result.best_metric)
+        return float("nan")  # optuna records FAIL; the reason is in the trial's attributes
+
+    def after_trial(study: optuna.Study, _trial: FrozenTrial) -> None:
+        nonlocal current
+        history = [(c, r) for _, c, r in _finished(store, study)]
+        if fine_tune and len(history) >= 2:
             current = policy.fine_tune(task, history, steps=fine_tune_steps)
             sampler.policy = current
-        trial = study.ask()
-        config = space.suggest(trial)
-        result = backend.evaluate(task, config, seed=seed)
-        trial.set_user_attr("hporl_result", result.to_dict())
-        if result.ok and result.best_metric is not None:
-            study.tell(trial, result.best_metric)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        results[trial.number] = (config, result)
-        if callback is not None:
-            callback(len(results), n_trials, config, result)
-    records = [_record(n, c, r) for n, (c, r) in sorted(results.items())]
-    best_config, models, final, final_epochs = _best_then_final(
-        backend, task, [(n, c, r) for n, (c, r) in results.items()], seed
-    )
+
+    if fine_tune:
+        after_trial(study, None)  # a resumed run starts from the fine-tuned policy
+    if n_trials > done:
+        with _store_errors(store):
+            study.optimize(
+                objective,
+                n_trials=n_trials - done,
+                callbacks=[after_trial],
+                gc_after_trial=False,
+            )
+    finished = _finished(store, study)
+    records = [_record(n, c, r, resumed=n in earlier) for n, c, r in finished]
+    best_config, models, final, final_epochs = _best_then_final(backend, task, finished, seed)
     default_result = None
     default_test = None
     if compare_default:
         default = space.default()
-        same = [r for c, r in results.values() if c == default]
-        probe = same[0] if same else backend.evaluate(task, default, seed=seed)
+        same = [r for _, c, r in finished if c == default]
+        probe = same[0] if same else _reference(store, backend, task, default, seed)
         if probe.ok:
             _, default_result, _ = _final(backend, task, default, probe, seed)
             default_test = default_result.test_metric
@@ -289,7 +318,10 @@ def tune_model(
         extra={
             "fine_tune": fine_tune,
             "n_trials": n_trials,
-            "storage": storage if storage else "memory",
+            "storage": mask_url(store.url),
+            "study": study.study_name,
+            "worker": worker,
+            "cached_trials": sum(1 for r in records if r["cached"]),
         },
     )
     if out is not None:
@@ -297,6 +329,57 @@ def tune_model(
         if fine_tune:
             current.save(Path(out) / "policy_fine_tuned")
     return out_result
+
+
+def _finished(
+    store: TrialStore, study: optuna.Study
+) -> list[tuple[int, dict[str, Any], TrialResult]]:
+    """The study's trials that hold a result, as (number, config, result), oldest first."""
+    out = []
+    for t, r in store.results(study):
+        config = t.user_attrs.get("hporl_config") or r.config
+        r.cached = bool(t.user_attrs.get("cached", r.cached))
+        out.append((t.number, dict(config), r))
+    return out
+
+
+def _reference(
+    store: TrialStore, backend: TorchBackend, task: Task, config: dict[str, Any], seed: int
+) -> TrialResult:
+    """The default configuration's trial (from the store, else trained and kept in a study of
+    its own, so it never enters the policy's history)."""
+    hit = store.lookup(task, config, seed=seed)
+    if hit is not None:
+        return hit
+    result = backend.evaluate(task, config, seed=seed)
+    study = store.study("tune-reference", task)
+    store.record(study, task, config, result, seed=seed)
+    return result
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create output directory {str(out)!r}: {err.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise StoreError(f"output directory {str(out)!r} is not writable")
+
+
+@contextlib.contextmanager
+def _store_errors(store: TrialStore) -> Iterator[None]:
+    """Database errors in the middle of a run (server gone, disk full) as a StoreError; what
+    was stored before stays."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+        first = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise StoreError(
+            f"storage {mask_url(store.url)!r} failed during the run: "
+            f"{first[0] if first else type(err).__name__}; the trials finished before are kept"
+        ) from None
 
 
 def random_search(

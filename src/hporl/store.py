@@ -1,0 +1,555 @@
+"""The trial store: every real evaluation kept as an optuna trial, and the cache in front of training.
+
+A :class:`TrialStore` wraps one optuna storage: a SQLite file by default (nothing to start), or
+any SQLAlchemy URL optuna accepts (PostgreSQL when several machines share work). Evaluations are
+grouped in one optuna study per (run, task), named ``<run>/<task>``; each trial holds
+
+- the configuration as optuna params with their distributions (so ``optuna-dashboard`` and
+  optuna's own tools read it),
+- the :class:`~hporl.backends.TrialResult` as user attributes: ``hporl_result`` (everything),
+  and flat ``status``, ``reason``, ``wall_time``, ``seed``, ``epochs``, ``hporl_version`` for
+  reading at a glance; the validation curve as intermediate values,
+- the state: COMPLETE (value = best validation metric), PRUNED (stopped early by a pruner) or
+  FAIL (diverged or failed; the reason is kept).
+
+The store is also the cache: :meth:`TrialStore.lookup` finds a finished trial with the same task
+fingerprint, configuration, seed and epochs in any study of the store, so nothing is trained
+twice. :class:`StoredBackend` puts that in front of any backend.
+
+Trials whose process died are failed and retried once: on the same host at once (the owning
+process is gone), elsewhere by optuna's heartbeat after its grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from hporl.backends._base import Backend, TrialResult
+from hporl.exceptions import StoreError
+from hporl.space import SearchSpace, config_key
+
+__all__ = [
+    "StoredBackend",
+    "TrialStore",
+    "evaluation_key",
+    "mask_url",
+    "storage_url",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULT = "hporl_result"
+KEY = "hporl_key"
+WORKER = "hporl_worker"
+OWNER = "hporl_owner"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def evaluation_key(fingerprint: str, config: Mapping[str, Any], seed: int, epochs: int) -> str:
+    """What identifies an evaluation: task fingerprint, configuration, seed and epochs."""
+    text = json.dumps([fingerprint, config_key(config), int(seed), int(epochs)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def mask_url(url: str | None) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and reports)."""
+    if not url:
+        return "memory"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: nothing secret to hide
+        return url
+
+
+def storage_url(storage: str | Path | None, run_dir: str | Path | None) -> str | None:
+    """The storage URL a run uses: ``storage`` as given (a URL, or a path to a SQLite file),
+    else ``<run_dir>/trials.db``, else ``None`` (in memory)."""
+    if storage is None:
+        return None if run_dir is None else _sqlite_url(Path(run_dir) / "trials.db")
+    storage = str(storage)
+    if "://" in storage:
+        return storage
+    return _sqlite_url(Path(storage))
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.expanduser().resolve()}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    if hasattr(err, "orig") and err.orig is not None:  # SQLAlchemy wraps the driver's error
+        text = str(err.orig).strip() or text
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class TrialStore:
+    """One optuna storage holding hporl's trials (see the module docstring).
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``), a
+            path to a SQLite file, or ``None`` for an in-memory store (nothing kept).
+        heartbeat_interval: seconds between heartbeats of a running trial (optuna's); a trial
+            whose heartbeat stops for ``grace_period`` (default twice the interval) is failed
+            and retried once by the next process that runs a study of this store.
+        max_retry: how many times a trial whose process died is run again.
+
+    Raises:
+        StoreError: the storage cannot be opened (driver missing, server unreachable, a file
+            that is not a database, a directory without write permission).
+    """
+
+    def __init__(
+        self,
+        url: str | Path | None = None,
+        *,
+        heartbeat_interval: int = 10,
+        grace_period: int | None = None,
+        max_retry: int = 1,
+    ) -> None:
+        self.url = storage_url(url, None) if url is not None else None
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_retry = max_retry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.storage: BaseStorage = self._open()
+        self.hits = 0
+        self.misses = 0
+        self._index: dict[str, TrialResult] = {}
+        self._indexed: dict[int, set[int]] = {}  # study id -> trial ids already in the index
+
+    # -- opening ----------------------------------------------------------------------------
+    def _open(self) -> BaseStorage:
+        if self.url is None:
+            return optuna.storages.InMemoryStorage()
+        masked = mask_url(self.url)
+        is_sqlite = self.url.startswith("sqlite")
+        if is_sqlite:
+            self._check_sqlite_file()
+            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 300}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True}
+        last: BaseException | None = None
+        for attempt in range(5):  # several processes may create the same new database at once
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    warnings.simplefilter("ignore", FutureWarning)
+                    rdb = RDBStorage(
+                        self.url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=self.heartbeat_interval,
+                        grace_period=self.grace_period,
+                        heartbeat_stale_trial_callback=self.retry,
+                    )
+                if is_sqlite:
+                    _sqlite_concurrency(rdb)
+                return optuna.storages.get_storage(rdb)  # optuna's caching layer in front
+            except ImportError:
+                raise StoreError(
+                    f"storage {masked!r}: its database driver is not installed "
+                    "(PostgreSQL: pip install 'hporl[postgres]')"
+                ) from None
+            except Exception as err:
+                last = err
+                text = _first_line(err).lower()
+                if is_sqlite and ("locked" in text or "already exists" in text):
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                break
+        raise StoreError(f"storage {masked!r} cannot be used: {_first_line(last)}") from None
+
+    def _check_sqlite_file(self) -> None:
+        path = Path(self.url.split(":///", 1)[-1]) if ":///" in self.url else None
+        if path is None or str(path) in ("", ":memory:"):
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"cannot create the directory for the trial store {str(path)!r}: {err.strerror}"
+            ) from None
+        if path.exists():
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise StoreError(f"trial store {str(path)!r} is not readable and writable")
+            with path.open("rb") as f:
+                head = f.read(16)
+            if head and head != b"SQLite format 3\x00":
+                raise StoreError(f"{str(path)!r} is not a SQLite database; nothing was changed")
+        elif not os.access(path.parent, os.W_OK):
+            raise StoreError(f"directory {str(path.parent)!r} is not writable (trial store)")
+
+    def __getstate__(self) -> dict[str, Any]:  # for subprocess environments: reopen there
+        return {
+            "url": self.url,
+            "heartbeat_interval": self.heartbeat_interval,
+            "grace_period": self.grace_period,
+            "max_retry": self.max_retry,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state.pop("url"), **state)
+
+    @property
+    def persistent(self) -> bool:
+        return self.url is not None
+
+    # -- studies ----------------------------------------------------------------------------
+    def study(
+        self,
+        run: str,
+        task: Any,
+        *,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
+        name: str | None = None,
+    ) -> optuna.Study:
+        """The study of ``run`` on ``task`` (created on first use), direction maximize.
+
+        Its user attributes name the task, its fingerprint and the hporl version.
+        """
+        from hporl import __version__
+
+        name = name or f"{run}/{task.name}"
+        try:
+            study = optuna.create_study(
+                storage=self.storage,
+                study_name=name,
+                direction="maximize",
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+            if study.user_attrs.get("hporl_fingerprint") is None:
+                study.set_user_attr("hporl_task", task.name)
+                study.set_user_attr("hporl_fingerprint", _fingerprint(task))
+                study.set_user_attr("hporl_run", run)
+                study.set_user_attr("hporl_version", __version__)
+        except optuna.exceptions.StorageInternalError as err:
+            raise StoreError(
+                f"storage {mask_url(self.url)!r}: cannot open study {name!r}: {_first_line(err)}"
+            ) from None
+        return study
+
+    # -- the cache --------------------------------------------------------------------------
+    def lookup(
+        self, task: Any, config: Mapping[str, Any], *, seed: int, epochs: int | None = None
+    ) -> TrialResult | None:
+        """A finished evaluation of ``config`` on ``task`` (same fingerprint, seed and epochs)
+        anywhere in the store, or ``None``. A hit comes back with ``cached=True``."""
+        fingerprint = _fingerprint(task)
+        if fingerprint is None:
+            return None
+        key = evaluation_key(fingerprint, config, seed, epochs or task.epochs)
+        if key not in self._index:
+            self._refresh(fingerprint)
+        found = self._index.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        result = TrialResult.from_dict(found.to_dict())
+        result.cached = True
+        return result
+
+    def _refresh(self, fingerprint: str) -> None:
+        """Index the finished trials of every study of this task not indexed yet."""
+        try:
+            studies = self.storage.get_all_studies()
+        except Exception as err:
+            raise StoreError(
+                f"storage {mask_url(self.url)!r} cannot be read: {_first_line(err)}"
+            ) from None
+        for s in studies:
+            if s.user_attrs.get("hporl_fingerprint") != fingerprint:
+                continue
+            seen = self._indexed.setdefault(s._study_id, set())
+            for t in self.storage.get_all_trials(s._study_id, deepcopy=False, states=FINISHED):
+                if t._trial_id in seen:
+                    continue
+                seen.add(t._trial_id)
+                self._remember(t)
+
+    def _remember(self, t: FrozenTrial) -> None:
+        key, data = t.user_attrs.get(KEY), t.user_attrs.get(RESULT)
+        if key and data and key not in self._index:
+            with contextlib.suppress(TypeError, ValueError):
+                self._index[key] = TrialResult.from_dict(data)
+
+    # -- writing ----------------------------------------------------------------------------
+    def attributes(
+        self,
+        task: Any,
+        config: Mapping[str, Any],
+        result: TrialResult,
+        *,
+        seed: int,
+        epochs: int | None,
+        worker: str | None = None,
+    ) -> dict[str, Any]:
+        """The user attributes of a trial holding ``result``."""
+        from hporl import __version__
+
+        fingerprint = _fingerprint(task)
+        epochs = int(epochs or task.epochs)
+        attrs = {
+            RESULT: result.to_dict(),
+            "status": result.status,
+            "reason": result.reason,
+            "wall_time": round(result.wall_time, 4),
+            "seed": int(seed),
+            "epochs": epochs,
+            "cached": result.cached,
+            "hporl_version": __version__,
+            "hporl_config": dict(config),
+        }
+        if fingerprint is not None:
+            attrs[KEY] = evaluation_key(fingerprint, config, seed, epochs)
+        if worker is not None:
+            attrs[WORKER] = worker
+        return attrs
+
+    def record(
+        self,
+        study: optuna.Study,
+        task: Any,
+        config: Mapping[str, Any],
+        result: TrialResult,
+        *,
+        seed: int,
+        epochs: int | None = None,
+        space: SearchSpace | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """Add a finished trial holding ``result`` to ``study`` (for evaluations that did not
+        run as an optuna trial, e.g. in meta-training)."""
+        params, distributions = _params(space, config)
+        attrs = self.attributes(task, config, result, seed=seed, epochs=epochs, worker=worker)
+        state, value = _state(result)
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params=params,
+            distributions=distributions,
+            user_attrs=attrs,
+            intermediate_values=dict(enumerate(result.curve, start=1)),
+        )
+        try:
+            study.add_trial(trial)
+        except optuna.exceptions.StorageInternalError as err:
+            raise StoreError(
+                f"storage {mask_url(self.url)!r}: cannot record a trial: {_first_line(err)}"
+            ) from None
+        if KEY in attrs and attrs[KEY] not in self._index:
+            self._index[attrs[KEY]] = TrialResult.from_dict(result.to_dict())
+
+    def annotate(
+        self,
+        trial: optuna.Trial,
+        task: Any,
+        config: Mapping[str, Any],
+        result: TrialResult,
+        *,
+        seed: int,
+        epochs: int | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """Write ``result`` into a running ``trial`` (its attributes and curve); the caller then
+        finishes it (``study.tell`` or by returning from the objective)."""
+        attrs = self.attributes(task, config, result, seed=seed, epochs=epochs, worker=worker)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        for step, value in enumerate(result.curve, start=1):
+            trial.report(value, step)
+        if KEY in attrs and attrs[KEY] not in self._index:
+            self._index[attrs[KEY]] = TrialResult.from_dict(result.to_dict())
+
+    # -- resume -----------------------------------------------------------------------------
+    @staticmethod
+    def claim(trial: optuna.Trial) -> None:
+        """Mark ``trial`` as run by this process (host and pid), so that if the process dies
+        the next run on this host fails and retries it at once."""
+        trial.set_user_attr(OWNER, f"{socket.gethostname()}:{os.getpid()}")
+
+    def fail_orphans(self, study: optuna.Study) -> list[int]:
+        """Fail the RUNNING trials of ``study`` whose process is gone (on this host; trials of
+        other hosts wait for optuna's heartbeat), and queue each again once. Returns their
+        numbers."""
+        host = socket.gethostname()
+        failed = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = str(t.user_attrs.get(OWNER, ""))
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process got there first
+            logger.warning("trial %d was running in a process that died: failed, retried", t.number)
+            failed.append(t.number)
+            self.retry(study, study._storage.get_trial(t._trial_id))
+        return failed
+
+    def results(self, study: optuna.Study) -> list[tuple[FrozenTrial, TrialResult]]:
+        """The finished trials of ``study`` that hold an hporl result, oldest first."""
+        out = []
+        for t in study.get_trials(deepcopy=False, states=FINISHED):
+            if RESULT in t.user_attrs:
+                out.append((t, TrialResult.from_dict(t.user_attrs[RESULT])))
+        return out
+
+
+class StoredBackend(Backend):
+    """A backend whose evaluations go through a :class:`TrialStore`: looked up first, trained
+    only on a miss, and recorded in the study ``<run>/<task>``.
+
+    Counts: ``n_trained`` (real evaluations) and ``n_cached`` (served by the store).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: TrialStore,
+        *,
+        run: str,
+        space: SearchSpace | None = None,
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.run = run
+        self.space = space
+        self.name = backend.name
+        self.n_trained = 0
+        self.n_cached = 0
+        self._studies: dict[str, optuna.Study] = {}
+
+    def __getattr__(self, name: str) -> Any:  # fit(), device, ... of the wrapped backend
+        if name == "backend":
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_studies"] = {}
+        return state
+
+    def evaluate(
+        self,
+        task: Any,
+        config: Mapping[str, Any],
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        on_epoch: Any = None,
+    ) -> TrialResult:
+        stored = on_epoch is None and _fingerprint(task) is not None
+        if stored:
+            hit = self.store.lookup(task, config, seed=seed, epochs=epochs)
+            if hit is not None:
+                self.n_cached += 1
+                return hit
+        result = self.backend.evaluate(
+            task,
+            config,
+            seed=seed,
+            epochs=epochs,
+            checkpoint_dir=checkpoint_dir,
+            on_epoch=on_epoch,
+        )
+        self.n_trained += 1
+        if stored:
+            study = self._studies.get(task.name)
+            if study is None:
+                study = self._studies[task.name] = self.store.study(self.run, task)
+            self.store.record(
+                study, task, config, result, seed=seed, epochs=epochs, space=self.space
+            )
+        return result
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _fingerprint(task: Any) -> str | None:
+    fingerprint = getattr(task, "fingerprint", None)
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def _state(result: TrialResult) -> tuple[TrialState, float | None]:
+    if result.ok and result.best_metric is not None:
+        if result.stopped_early:
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, float(result.best_metric)
+    return TrialState.FAIL, None
+
+
+def _params(
+    space: SearchSpace | None, config: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config`` as optuna params with distributions; empty when it does not fit ``space``."""
+    if space is None:
+        return {}, {}
+    try:
+        params = space.optuna_params(config)
+    except Exception:  # a configuration from outside the space: kept in hporl_config only
+        return {}, {}
+    distributions = space.to_optuna()
+    return params, {k: distributions[k] for k in params}
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) is dead for our purpose.
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        if "\nState:\tZ" in status:
+            return False
+    return True
+
+
+def _sqlite_concurrency(rdb: RDBStorage) -> None:
+    """SQLite shared by several processes: write-ahead logging (readers never block the
+    writer), and every transaction takes the write lock at its start, so a busy database is
+    waited for (up to the connect timeout) instead of failing with "database is locked"."""
+    from sqlalchemy import event
+
+    engine = rdb.engine
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN off: ours below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 300000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners existed
