@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from hporl import SearchSpace
 from hporl.tasks import builtin
+from tests import _postgres
 
 # Small models train faster on one thread here, and two-thread runs were seen to stall.
 torch.set_num_threads(1)
@@ -57,3 +60,38 @@ def tiny_policy(tmp_path_factory):
         out=out,
     )
     return policy, out
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """SQLAlchemy URL of an empty database on a throwaway PostgreSQL server.
+
+    `postgresql+psycopg://USER@127.0.0.1:PORT/DBNAME`, from a server this fixture starts (see
+    tests/_postgres.py) and stops at the end of the session, or HPORL_TEST_POSTGRES_URL when set.
+    Skips without a server, but fails under CI or HPORL_REQUIRE_POSTGRES=1.
+    """
+    external = os.environ.get("HPORL_TEST_POSTGRES_URL")
+    if external:
+        yield external
+        return
+    try:
+        server, url = _postgres.start_server()
+    except _postgres.PostgresUnavailable as exc:
+        _postgres.skip_or_fail(str(exc))
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_db_url(postgres_url):
+    """URL of a fresh, uniquely named database on the `postgres_url` server, dropped afterwards."""
+    try:
+        url = _postgres.create_database(postgres_url)
+    except _postgres.PostgresUnavailable as exc:
+        _postgres.skip_or_fail(str(exc))
+    try:
+        yield url
+    finally:
+        _postgres.drop_database(url)
