@@ -158,6 +158,10 @@ def meta_train(
     resume: Annotated[
         bool, typer.Option(help="continue from the latest checkpoint in the run directory")
     ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="trial store: optuna storage URL or SQLite path (default DIR/trials.db)"),
+    ] = None,
 ) -> None:
     """Meta-train a policy over the experiment's tasks; the policy lands in DIR/policy."""
     import torch
@@ -167,7 +171,7 @@ def meta_train(
     torch.set_num_threads(1)
     config = ExperimentConfig.from_yaml(experiment)
     run_dir = out or Path(config.out or Path("runs") / config.name)
-    policy = run_experiment(config, out=run_dir, resume=resume, progress_bar=True)
+    policy = run_experiment(config, out=run_dir, resume=resume, progress_bar=True, storage=storage)
     console.print(f"{policy!r}")
     console.print(f"policy saved to {run_dir / 'policy'}")
 
@@ -189,7 +193,12 @@ def tune(
         Path | None, typer.Option(help="output directory (default runs/tune-<file name>)")
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="optuna storage URL (default: DIR/trials.db)")
+        str | None,
+        typer.Option(help="trial store: optuna storage URL or SQLite path (default DIR/trials.db)"),
+    ] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option(help="name of this process among several sharing --storage (default DIR)"),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the splits and of training")] = 0,
 ) -> None:
@@ -218,6 +227,7 @@ def tune(
             epochs=epochs,
             out=out,
             storage=storage,
+            worker=worker,
             seed=seed,
             callback=show,
         )
@@ -241,6 +251,12 @@ def tune(
 def bench(
     config: Annotated[Path, typer.Argument(help="bench YAML file")],
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/bench"),
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="trial store of real training: URL or SQLite path (default OUT/trials.db)"
+        ),
+    ] = None,
 ) -> None:
     """Run a benchmark; write results.json, summary.json, report.md and plots/*.png to OUT."""
     import time
@@ -252,7 +268,7 @@ def bench(
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with console.status("benchmarking") as status:
-        summary = run(config, out=out, progress=lambda msg: status.update(msg))
+        summary = run(config, out=out, progress=lambda msg: status.update(msg), storage=storage)
     console.print((out / "report.md").read_text())
     console.print(
         f"{len(summary['methods'])} methods in {time.perf_counter() - t0:.0f} s; files in {out}"
@@ -309,6 +325,9 @@ def tasks() -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="rich is experimental/alpha")  # SB3's progress bar
     try:
         return app(args=argv, standalone_mode=False)

@@ -29,6 +29,7 @@ from hporl.pretrain import (
 )
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, builtin_spaces
+from hporl.store import StoredBackend, TrialStore, mask_url, storage_url
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
 from hporl.tasks import models as _models
 
@@ -109,6 +110,10 @@ class ExperimentConfig(BaseModel):
         None, description="behaviour cloning of a greedy portfolio before RL (see hporl.pretrain)"
     )
     out: str | None = None
+    storage: str | None = Field(
+        None,
+        description="trial store: an optuna storage URL or a SQLite path (default RUN_DIR/trials.db)",
+    )
 
     @field_validator("reward")
     @classmethod
@@ -196,6 +201,7 @@ def run_experiment(
     out: str | Path | None = None,
     resume: bool = False,
     progress_bar: bool = False,
+    storage: str | Path | None = None,
 ) -> Policy:
     """Meta-train an agent on the experiment's tasks; save and return the Policy.
 
@@ -203,6 +209,11 @@ def run_experiment(
     ``experiment.json``, ``checkpoints/``, ``logs/`` (SB3 CSV, TensorBoard when installed),
     ``summary.json`` and ``policy/``. With ``resume``, training continues from the latest
     checkpoint there.
+
+    With real training, every evaluation goes through the trial store (``storage``, else the
+    config's ``storage``, else ``RUN_DIR/trials.db``; one study per task, ``<name>/<task>``):
+    an evaluation already there (from this run before a crash, or any other run on the same
+    task data and model) is reused, not trained again.
     """
     if isinstance(config, (str, Path)):
         config = ExperimentConfig.from_yaml(config)
@@ -219,6 +230,9 @@ def run_experiment(
     tasks = resolve_tasks(config)
     backend = resolve_backend(config.backend, space)
     is_synthetic = config.backend.name == "synthetic"
+    if not is_synthetic:
+        store = TrialStore(storage_url(storage or config.storage, run_dir))
+        backend = StoredBackend(backend, store, run=config.name, space=space)
     if is_synthetic and not all(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError(
             "the synthetic backend needs synthetic tasks ({synthetic: N}); others need backend torch"
@@ -361,6 +375,15 @@ def meta_train(
             "tasks": len(tasks),
             "evaluations": env.n_evaluations,
             "cache_hits": env.n_cache_hits,
+            **(
+                {
+                    "trained": backend.n_trained,
+                    "store_hits": backend.n_cached,
+                    "storage": mask_url(backend.store.url),
+                }
+                if isinstance(backend, StoredBackend) and agent.n_envs == 1
+                else {}
+            ),
             "policy": str(run_dir / "policy"),
         },
     )

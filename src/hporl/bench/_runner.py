@@ -22,6 +22,7 @@ from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
 from hporl.exceptions import ConfigError
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, config_key
+from hporl.store import StoredBackend, TrialStore, storage_url
 
 __all__ = ["BenchConfig", "run"]
 
@@ -53,6 +54,9 @@ class BenchConfig(BaseModel):
     transfer_candidates: int | None = Field(None, gt=1)
     epochs: int | None = Field(None, gt=0, description="epochs per trial (real-training suites)")
     score: Literal["final", "best"] | None = None
+    storage: str | None = Field(
+        None, description="trial store of real-training suites (default OUT/trials.db)"
+    )
 
     @classmethod
     def load(cls, source: BenchConfig | Mapping[str, Any] | str | Path) -> BenchConfig:
@@ -103,7 +107,7 @@ class BenchConfig(BaseModel):
 class _Bench:
     """Backend, space, tasks, scoring and normalisation of one benchmark."""
 
-    def __init__(self, config: BenchConfig, out: Path) -> None:
+    def __init__(self, config: BenchConfig, out: Path, storage: str | Path | None = None) -> None:
         self.config = config
         self.out = out
         if config.benchmark == "lcbench":
@@ -122,8 +126,12 @@ class _Bench:
                 raise ConfigError(
                     f"unknown benchmark {config.benchmark!r}: lcbench or a suite of real tasks ({', '.join(suites())})"
                 )
-            self.backend = TorchBackend(num_threads=1)
             self.space = SearchSpace.builtin("optimizer")
+            # Real training: every evaluation in the trial store (one study per task).
+            store = TrialStore(storage_url(storage or config.storage, out))
+            self.backend = StoredBackend(
+                TorchBackend(num_threads=1), store, run="bench", space=self.space
+            )
             self.all_tasks = list(suites()[config.benchmark])
             self.score_kind = config.score or "best"
             self.n_norm = config.normalisation_samples or 20
@@ -205,6 +213,7 @@ def run(
     *,
     out: str | Path = "runs/bench",
     progress: Callable[[str], None] | None = None,
+    storage: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run a benchmark; write ``results.json``, ``summary.json``, ``report.md`` and ``plots/``.
 
@@ -217,7 +226,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise ConfigError(f"output directory {str(out)!r} is not writable")
-    bench = _Bench(config, out)
+    bench = _Bench(config, out, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     say = progress or (lambda msg: logger.info(msg))
     folds = _folds(config, bench.all_tasks)

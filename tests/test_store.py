@@ -1,0 +1,247 @@
+"""The trial store: records, the cache, resume after kill -9, and several writers at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hporl import SearchSpace, StoredBackend, StoreError, TorchBackend, TrialStore
+from hporl.store import evaluation_key, mask_url, storage_url
+from hporl.tasks import builtin
+
+ROOT = Path(__file__).resolve().parents[1]
+HPORL = str(Path(sys.executable).with_name("hporl"))
+
+
+class CountingBackend(TorchBackend):
+    def __init__(self) -> None:
+        super().__init__(num_threads=1)
+        self.calls = 0
+
+    def evaluate(self, task, config, **kwargs):
+        self.calls += 1
+        return super().evaluate(task, config, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.builtin("optimizer")
+
+
+def test_second_identical_evaluate_does_not_train(tmp_path, space):
+    task = builtin("iris", epochs=2)
+    inner = CountingBackend()
+    backend = StoredBackend(inner, TrialStore(tmp_path / "t.db"), run="r", space=space)
+    config = space.default()
+    first = backend.evaluate(task, config, seed=0)
+    again = backend.evaluate(task, config, seed=0)
+    assert inner.calls == 1 and not first.cached and again.cached
+    assert again.curve == first.curve and again.test_metric == first.test_metric
+    # Another process (a new store on the same file) finds it too.
+    other = StoredBackend(CountingBackend(), TrialStore(tmp_path / "t.db"), run="s", space=space)
+    assert other.evaluate(task, config, seed=0).cached and other.backend.calls == 0
+    # A different seed, epoch count, configuration or data is a different evaluation.
+    backend.evaluate(task, config, seed=1)
+    backend.evaluate(task, config, seed=0, epochs=1)
+    backend.evaluate(task, {**config, "lr": 0.01}, seed=0)
+    backend.evaluate(builtin("iris", epochs=2, seed=1), config, seed=0)
+    assert inner.calls == 5 and backend.n_trained == 5 and backend.n_cached == 1
+
+
+def test_trials_hold_config_result_and_state(tmp_path, space):
+    task = builtin("iris", epochs=3)
+    url = storage_url(tmp_path / "t.db", None)
+    backend = StoredBackend(TorchBackend(num_threads=1), TrialStore(url), run="run", space=space)
+    good = backend.evaluate(task, space.default(), seed=0)
+    bad = backend.evaluate(task, {**space.default(), "lr": -1.0}, seed=0)  # outside the space
+    assert bad.status == "failed"
+    study = optuna.load_study(study_name="run/iris", storage=url)
+    assert study.user_attrs["hporl_fingerprint"] == task.fingerprint
+    ok, failed = study.trials
+    assert ok.state == TrialState.COMPLETE and ok.value == pytest.approx(good.best_metric)
+    assert space.from_optuna_params(ok.params) == space.default()
+    assert set(ok.distributions) == set(ok.params)
+    assert ok.intermediate_values == dict(enumerate(good.curve, start=1))
+    attrs = ok.user_attrs
+    assert attrs["status"] == "ok" and attrs["seed"] == 0 and attrs["epochs"] == 3
+    assert attrs["hporl_version"] and attrs["wall_time"] > 0
+    assert attrs["hporl_key"] == evaluation_key(task.fingerprint, space.default(), 0, 3)
+    assert failed.state == TrialState.FAIL and "lr" in failed.user_attrs["reason"]
+    assert failed.params == {}  # not in the space: kept in hporl_config only
+    assert failed.user_attrs["hporl_config"]["lr"] == -1.0
+
+
+def test_bad_storage_is_refused_before_anything_is_written(tmp_path):
+    target = tmp_path / "keep.db"
+    target.write_bytes(b"important bytes that are not sqlite")
+    with pytest.raises(StoreError, match="is not a SQLite database; nothing was changed"):
+        TrialStore(target)
+    assert target.read_bytes() == b"important bytes that are not sqlite"
+    with pytest.raises(StoreError, match="its database driver is not installed"):
+        TrialStore("mysql+mysqldb://u@127.0.0.1:1/x")
+    with pytest.raises(StoreError, match=r"storage 'postgresql\+psycopg://u:\*\*\*@"):
+        TrialStore("postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    assert mask_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_run_directory(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(StoreError, match="is not writable"):
+        TrialStore(ro / "trials.db")
+
+
+# -- kill -9 in the middle of a trial ------------------------------------------------------------
+def _csv(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 12))
+    y = (X[:, 0] + 0.5 * X[:, 1] ** 2 + rng.normal(0, 0.3, size=3000) > 0.5).astype(int)
+    rows = [",".join(f"{v:.4f}" for v in r) + f",{t}" for r, t in zip(X, y, strict=True)]
+    path.write_text(",".join(f"x{i}" for i in range(12)) + ",y\n" + "\n".join(rows))
+    return path
+
+
+def _tune_cmd(csv: Path, policy: Path, out: Path) -> list[str]:
+    return [
+        HPORL,
+        "tune",
+        "--data",
+        str(csv),
+        "--target",
+        "y",
+        "--policy",
+        str(policy),
+        "--trials",
+        "4",
+        "--epochs",
+        "12",
+        "--out",
+        str(out),
+    ]
+
+
+def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:
+    url = storage_url(out / "trials.db", None)
+    try:
+        names = optuna.get_all_study_names(url)
+    except Exception:
+        return []
+    names = [n for n in names if n.startswith("tune/")]
+    return optuna.load_study(study_name=names[0], storage=url).trials if names else []
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_loses_nothing(tiny_policy, tmp_path):
+    _, policy_dir = tiny_policy
+    csv = _csv(tmp_path / "data.csv")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _tune_cmd(csv, policy_dir, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        trials = _trials(killed) if (killed / "trials.db").exists() else []
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [
+            t for t in trials if t.state == TrialState.RUNNING and "hporl_owner" in t.user_attrs
+        ]
+        if len(done) >= 2 and running:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    else:
+        pytest.fail("never saw a running third trial")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: (t.params, t.value) for t in _trials(killed) if t.state.is_finished()}
+    victim = running[0].number
+
+    subprocess.run(_tune_cmd(csv, policy_dir, killed), env=env, check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run(_tune_cmd(csv, policy_dir, clean), env=env, check=True, capture_output=True)
+
+    after = _trials(killed)
+    for number, (params, value) in before.items():  # nothing lost, nothing changed
+        assert (after[number].params, after[number].value) == (params, value)
+    assert after[victim].state == TrialState.FAIL
+    retry = [t for t in after if t.system_attrs.get("failed_trial") == victim]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == after[victim].params
+    with_result = [t for t in after if "hporl_result" in t.user_attrs]
+    assert len(with_result) == 4 and len(after) == 5
+    reference = [t for t in _trials(clean) if "hporl_result" in t.user_attrs]
+    assert [t.params for t in with_result] == [t.params for t in reference]
+    resumed = json.loads((killed / "report.json").read_text())
+    uninterrupted = json.loads((clean / "report.json").read_text())
+    assert resumed["config"] == uninterrupted["config"]
+    assert resumed["test_metric"] == uninterrupted["test_metric"]
+    assert sum(t["resumed"] for t in resumed["trials"]) == len(before)
+
+
+# -- several writers -------------------------------------------------------------------------------
+WORKER = """
+import sys, torch
+torch.set_num_threads(1)
+from hporl import Policy, tune_model
+from hporl.tasks import builtin
+url, policy, worker, n = sys.argv[1:5]
+res = tune_model(data=builtin("iris", epochs=1), policy=Policy.load(policy), n_trials=int(n),
+                 storage=url, study_name="shared", worker=worker, compare_default=False)
+print("done", worker, len(res.trials))
+"""
+
+
+def _run_workers(url: str, policy_dir: Path, workers: int, trials: int) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, url, str(policy_dir), f"w{i}", str(trials)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for i in range(workers)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
+        assert b"database is locked" not in err, err.decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=url)
+    finished = [t for t in study.trials if "hporl_result" in t.user_attrs]
+    assert len(finished) == workers * trials
+    assert all(t.state.is_finished() for t in study.trials)
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    per_worker = {}
+    for t in finished:
+        per_worker[t.user_attrs["hporl_worker"]] = (
+            per_worker.get(t.user_attrs["hporl_worker"], 0) + 1
+        )
+    assert per_worker == {f"w{i}": trials for i in range(workers)}
+
+
+@pytest.mark.slow
+def test_four_workers_share_one_sqlite_store(tiny_policy, tmp_path):
+    _, policy_dir = tiny_policy
+    _run_workers(storage_url(tmp_path / "shared.db", None), policy_dir, workers=4, trials=3)
+
+
+@pytest.mark.slow
+def test_eight_workers_share_one_postgres_store(tiny_policy, postgres_db_url):
+    _, policy_dir = tiny_policy
+    _run_workers(postgres_db_url, policy_dir, workers=8, trials=3)
