@@ -219,7 +219,7 @@ def _run_workers(url: str, policy_dir: Path, workers: int, trials: int) -> None:
         for i in range(workers)
     ]
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()[-2000:]
         assert b"database is locked" not in err, err.decode()[-2000:]
     study = optuna.load_study(study_name="shared", storage=url)

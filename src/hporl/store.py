@@ -171,7 +171,8 @@ class TrialStore:
             except Exception as err:
                 last = err
                 text = _first_line(err).lower()
-                if is_sqlite and ("locked" in text or "already exists" in text):
+                racing = ("locked", "already exists", "duplicate key", "unique constraint")
+                if any(r in text for r in racing):  # another process is creating the tables
                     time.sleep(0.2 * (attempt + 1))
                     continue
                 break
