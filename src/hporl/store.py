@@ -547,6 +547,7 @@ def _sqlite_concurrency(rdb: RDBStorage) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 300000")
         cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # WAL: a crash of the process loses nothing
         cursor.close()
 
     @event.listens_for(engine, "begin")
