@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any, Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch import nn
 
+from hporl._io import verify_checksum, write_checksum
 from hporl.exceptions import ConfigError
 
 __all__ = [
@@ -152,14 +154,55 @@ _STEPS = re.compile(r"_(\d+)_steps\.zip$")
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The checkpoint with the most timesteps in ``folder`` (SB3's ``*_<n>_steps.zip``)."""
+    """The checkpoint with the most timesteps in ``folder`` (``agent_<n>_steps.zip``) that was
+    saved completely (its ``.sha256`` sidecar exists), verified against that checksum.
+
+    Raises:
+        ConfigError: that checkpoint is truncated or altered (delete it to resume from the one
+            before).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    found = [
-        (int(m.group(1)), p) for p in folder.glob("*_steps.zip") if (m := _STEPS.search(p.name))
-    ]
-    return max(found)[1] if found else None
+    found = sorted(
+        ((int(m.group(1)), p) for p in folder.glob("*_steps.zip") if (m := _STEPS.search(p.name))),
+        reverse=True,
+    )
+    for _, path in found:
+        if not verify_checksum(path, error=ConfigError, missing_ok=True):
+            logger.warning("skipping checkpoint %s: saved without a checksum (incomplete)", path)
+            continue
+        return path
+    return None
+
+
+def save_checkpoint(agent: BaseAlgorithm, folder: Path) -> Path:
+    """Save ``agent`` as ``folder/agent_<timesteps>_steps.zip``: to a temporary name, renamed,
+    then its checksum sidecar (a checkpoint without one is never resumed from)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"agent_{agent.num_timesteps}_steps.zip"
+    tmp = folder / f".agent_{agent.num_timesteps}.{os.getpid()}.tmp.zip"
+    try:
+        agent.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_checksum(path)
+    return path
+
+
+class _Checkpoints(BaseCallback):
+    """Every ``every`` calls (each a step of all envs), :func:`save_checkpoint`."""
+
+    def __init__(self, every: int, folder: Path) -> None:
+        super().__init__()
+        self.every = every
+        self.folder = folder
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            save_checkpoint(self.model, self.folder)
+        return True
 
 
 def train_agent(
@@ -195,13 +238,7 @@ def train_agent(
         if on_new_agent is not None:
             on_new_agent(agent)
     if ckpt_dir is not None:
-        callbacks.append(
-            CheckpointCallback(
-                save_freq=max(config.checkpoint_every // config.n_envs, 1),
-                save_path=str(ckpt_dir),
-                name_prefix="agent",
-            )
-        )
+        callbacks.append(_Checkpoints(max(config.checkpoint_every // config.n_envs, 1), ckpt_dir))
     remaining = config.total_timesteps - agent.num_timesteps
     try:
         if remaining > 0:
@@ -212,7 +249,7 @@ def train_agent(
                 progress_bar=progress_bar,
             )
         if ckpt_dir is not None:
-            agent.save(ckpt_dir / f"agent_{agent.num_timesteps}_steps")
+            save_checkpoint(agent, ckpt_dir)
     finally:
         env.close()
     return agent

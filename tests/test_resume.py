@@ -1,0 +1,83 @@
+"""Meta-training resumes from its store and its checkpoints; damaged checkpoints are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hporl import ConfigError, run_experiment
+from hporl.agents import AgentConfig, latest_checkpoint, train_agent
+from hporl.backends import SyntheticTask
+from tests.test_policy import make_env_fn
+
+EXPERIMENT = {
+    "name": "resume",
+    "tasks": ["iris", "wine"],
+    "backend": {"epochs": 2},
+    "budget": 2,
+    "agent": {
+        "total_timesteps": 64,
+        "net_arch": [16],
+        "params": {"n_steps": 32, "batch_size": 16},
+    },
+}
+
+
+def test_meta_training_run_again_trains_nothing_twice(tmp_path):
+    store = tmp_path / "store.db"
+    run_experiment(EXPERIMENT, out=tmp_path / "a", storage=store)
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert first["trained"] > 0 and first["store_hits"] == 0
+    run_experiment(EXPERIMENT, out=tmp_path / "b", storage=store)
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert second["trained"] == 0 and second["store_hits"] == first["trained"]
+
+
+def test_meta_training_stores_trials_in_its_run_directory(tmp_path):
+    import optuna
+
+    run_experiment(EXPERIMENT, out=tmp_path)
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    names = optuna.get_all_study_names(url)
+    assert names and set(names) <= {"resume/iris", "resume/wine"}  # the tasks episodes drew
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    n = sum(len(optuna.load_study(study_name=s, storage=url).trials) for s in names)
+    assert n == summary["trained"]
+
+
+@pytest.fixture
+def checkpoints(small_space, tmp_path):
+    cfg = AgentConfig(
+        total_timesteps=128,
+        checkpoint_every=64,
+        net_arch=[16],
+        params={"n_steps": 32, "batch_size": 16},
+    )
+    train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 4))], run_dir=tmp_path)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "agent_128_steps.zip",
+        "agent_128_steps.zip.sha256",
+        "agent_64_steps.zip",
+        "agent_64_steps.zip.sha256",
+    ]
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_checkpoint_is_refused(checkpoints, damage):
+    path = checkpoints / "agent_128_steps.zip"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="agent_128_steps.zip is corrupted or was changed"):
+        latest_checkpoint(checkpoints)
+
+
+def test_checkpoint_without_checksum_is_skipped(checkpoints):
+    (checkpoints / "agent_128_steps.zip.sha256").unlink()  # a save that did not finish
+    assert latest_checkpoint(checkpoints) == checkpoints / "agent_64_steps.zip"
