@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import optuna
@@ -11,6 +12,7 @@ from safetensors import safe_open
 from hporl import HPOEnv, Policy, PolicyError, PolicySampler, SearchSpace, SyntheticBackend
 from hporl.agents import ALGORITHMS, AgentConfig, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
+from hporl.policy import _meta_sha256
 
 
 def make_env_fn(space, tasks, budget=1):
@@ -116,6 +118,11 @@ def test_load_errors(trained, tmp_path, small_space):
     meta = json.loads((tmp_path / "policy.json").read_text())
     edited = dict(meta, layout={**meta["layout"], "history": 5})
     (tmp_path / "policy.json").write_text(json.dumps(edited))
+    with pytest.raises(PolicyError, match=re.escape("policy.json was edited by hand")):
+        Policy.load(tmp_path)
+    # the same edit with its checksum redone: the weights no longer fit the network
+    edited["meta_sha256"] = _meta_sha256(edited)
+    (tmp_path / "policy.json").write_text(json.dumps(edited))
     with pytest.raises(
         PolicyError, match=re.escape("policy.safetensors does not match policy.json")
     ):
@@ -125,7 +132,7 @@ def test_load_errors(trained, tmp_path, small_space):
         Policy.load(tmp_path)
     trained.save(tmp_path)
     (tmp_path / "policy.safetensors").write_bytes(b"garbage")
-    with pytest.raises(PolicyError, match="cannot be read"):
+    with pytest.raises(PolicyError, match=r"policy\.safetensors is corrupted or was changed"):
         Policy.load(tmp_path)
     trained.save(tmp_path)
     other = SearchSpace.from_dict(
@@ -253,3 +260,51 @@ def test_several_envs_in_subprocesses(small_space):
     )
     agent = train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 4))] * 2)
     assert agent.num_timesteps >= 128 and agent.n_envs == 2
+
+
+def test_policy_sampler_history_leaves_out_retried_and_stale_failures(trained):
+    """A FAIL trial that optuna retried is represented by its retry; a stale one by nothing."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = trained.space
+    study = optuna.create_study(direction="maximize")
+    dists = space.to_optuna()
+    configs = [
+        {"optimizer": "adam", "lr": 1e-3},
+        {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9},
+        {"optimizer": "rmsprop", "lr": 1e-2, "momentum": 0.5},
+        {"optimizer": "adam", "lr": 0.3},
+    ]
+
+    def add(config, state, value=None, **kwargs):
+        params = space.optuna_params(config)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params=params,
+                distributions={k: dists[k] for k in params},
+                **kwargs,
+            )
+        )
+
+    FAIL, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
+    add(configs[0], COMPLETE, 0.8)  # 0
+    add(configs[1], FAIL)  # 1: its process died; retried by trial 4
+    add(configs[2], FAIL, user_attrs={"hporl_stale": True})  # 2: stale, not retried
+    add(configs[3], FAIL)  # 3: a genuine failure, kept
+    add(configs[1], COMPLETE, 0.6, system_attrs={"failed_trial": 1, "retry_history": [1]})  # 4
+    # 5: a retry still waiting (enqueued) also stands for trial 1
+    study.enqueue_trial(space.optuna_params(configs[2]))
+    sampler = PolicySampler(trained, task=SyntheticTask("t", [0.5] * 4), seed=0)
+    assert sampler.history(study) == [(configs[0], 0.8), (configs[3], None), (configs[1], 0.6)]
+
+    # a retry chain (1 -> 4 retried again as 6, which is waiting): 1 and the failed 4 both go
+    study = optuna.create_study(direction="minimize")
+    add(configs[0], FAIL)  # 0
+    add(configs[0], FAIL, system_attrs={"failed_trial": 0, "retry_history": [0]})  # 1
+    add(configs[0], COMPLETE, 0.25, system_attrs={"failed_trial": 0, "retry_history": [0, 1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+        assert retried(study.trials[2]) == 0
+    assert sampler.history(study) == [(configs[0], -0.25)]

@@ -273,7 +273,10 @@ def test_from_yaml_reads_numbers_without_dots(tmp_path):
 def test_from_yaml_refuses_python_tags(tmp_path):
     path = tmp_path / "evil.yaml"
     path.write_text("x: !!python/object/apply:os.system ['echo hacked']\n")
-    with pytest.raises(SearchSpaceError, match=re.escape(f"{path}: invalid YAML at line 1")):
+    message = (
+        f"{path}: YAML tag '!!python/object/apply:os.system' at line 1, column 4 is not allowed"
+    )
+    with pytest.raises(SearchSpaceError, match=re.escape(message)):
         SearchSpace.from_yaml(path)
 
 

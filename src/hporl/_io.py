@@ -1,10 +1,30 @@
-"""Reading user YAML safely and writing files atomically (shared by every part that does)."""
+"""Reading user YAML safely, writing files atomically, and checking files against a sha256.
+
+Shared by every part that reads a user's file or writes one a later run will trust.
+
+Checksums: :func:`write_checksum` puts ``<name>.sha256`` next to a file (one line in the
+``sha256sum`` format, ``<hex>  <name>``, so ``sha256sum -c`` reads it too);
+:func:`verify_checksum` refuses a file that is truncated, altered or lacks its sidecar::
+
+    atomic_write(path, lambda p: torch.save(state, p))
+    write_checksum(path)
+    ...
+    verify_checksum(path, error=ConfigError)  # raises ConfigError naming the file
+    state = torch.load(path, weights_only=True)
+
+The file is renamed into place before its sidecar is written: a crash between the two leaves a
+mismatch, which :func:`verify_checksum` reports, never a silently accepted half-written file.
+"""
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
+import re
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,26 +34,84 @@ from pydantic import BaseModel, ValidationError
 
 from hporl.exceptions import HporlError
 
-__all__ = ["atomic_write", "explain_validation", "read_yaml", "write_json"]
+__all__ = [
+    "atomic_write",
+    "checksum_path",
+    "explain_validation",
+    "read_yaml",
+    "sha256_file",
+    "verify_checksum",
+    "write_checksum",
+    "write_json",
+]
+
+_STANDARD_TAG = "tag:yaml.org,2002:"
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags) that also refuses a key given twice in one mapping,
+    which plain YAML loaders resolve silently by keeping the last value."""
+
+
+def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictSafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
 
 
 def read_yaml(path: str | Path, *, what: str, error: type[HporlError]) -> Any:
-    """``yaml.safe_load`` of a file (no Python tags); unreadable files and bad YAML raise
-    ``error`` naming the file, and the line and column of the problem."""
+    """Read a YAML file with a safe loader (no Python tags, no repeated keys).
+
+    Raises:
+        error: naming the file, and the line and column of the problem: an unreadable or binary
+            file, invalid YAML, a tag such as ``!!python/object`` (refused, never constructed),
+            a key given twice.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
         raise error(f"cannot read {what} file {str(path)!r}: {err.strerror}") from None
+    if b"\x00" in raw[:4096]:
+        raise error(f"{path}: not a YAML text file (it holds binary data)")
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise error(f"{path}: not a UTF-8 text file") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictSafeLoader)  # a SafeLoader: no Python tags
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        tag = re.search(r"constructor for the tag '([^']*)'", problem)
+        if tag:
+            name = tag.group(1)
+            if name.startswith(_STANDARD_TAG):
+                name = "!!" + name[len(_STANDARD_TAG) :]
+            raise error(
+                f"{path}: YAML tag {name!r}{where} is not allowed; hporl reads plain YAML "
+                "(mappings, lists, strings, numbers, booleans)"
+            ) from None
         raise error(f"{path}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise error(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
@@ -54,25 +132,161 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
 
 
+# -- checksums ------------------------------------------------------------------------------
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as 64 hex digits (read in chunks: any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The sidecar that holds ``path``'s sha256: ``<name>.sha256`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def write_checksum(path: str | Path) -> Path:
+    """Write ``<name>.sha256`` (``<hex>  <name>``, as ``sha256sum`` does) next to ``path``,
+    atomically; returns the sidecar's path. Call it after the file itself is in place."""
+    path = Path(path)
+    sidecar = checksum_path(path)
+    line = f"{sha256_file(path)}  {path.name}\n"
+    atomic_write(sidecar, lambda p: p.write_text(line))
+    return sidecar
+
+
+def verify_checksum(
+    path: str | Path, *, error: type[HporlError] = HporlError, missing_ok: bool = False
+) -> bool:
+    """Check ``path`` against its ``<name>.sha256`` sidecar (hex digits, or a ``sha256sum`` line).
+
+    Args:
+        error: the error type to raise (e.g. the caller's ``ConfigError`` or ``PolicyError``).
+        missing_ok: with no sidecar, return ``False`` instead of raising (files written before
+            checksums existed); a sidecar that is present is always enforced.
+
+    Returns:
+        ``True`` when the file matches its sidecar.
+
+    Raises:
+        error: the file or its sidecar is missing or unreadable, or the sha256 differs (the file
+            is truncated, altered, or is not the one the sidecar was written for).
+    """
+    path = Path(path)
+    sidecar = checksum_path(path)
+    if not path.is_file():
+        raise error(f"{path} is missing")
+    try:
+        text = sidecar.read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return False
+        raise error(
+            f"{path} cannot be checked: its checksum file {sidecar.name} is missing; "
+            "it was not written by hporl, or the checksum was removed"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not a text file"
+        raise error(f"cannot read the checksum file {sidecar}: {reason}") from None
+    match = re.fullmatch(r"\s*([0-9a-fA-F]{64})(?:\s+\*?(\S.*?))?\s*", text)
+    if not match:
+        raise error(f"{sidecar} is not a checksum file: expected 64 hex digits")
+    try:
+        actual = sha256_file(path)
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror}") from None
+    if actual != match.group(1).lower():
+        raise error(f"{path} is corrupted or was changed: its sha256 does not match {sidecar.name}")
+    return True
+
+
+# -- pydantic errors ------------------------------------------------------------------------
 def explain_validation(err: ValidationError, model: type[BaseModel]) -> str:
-    """A pydantic error as one line naming the key; an unknown key gets the nearest valid one."""
-    e = err.errors()[0]
-    loc = [str(x) for x in e["loc"]]
-    where = ".".join(loc)
+    """A pydantic error as one line naming the key; an unknown key gets the nearest valid one.
+
+    Where a value may take several forms (a union, e.g. a task given as a name or as a
+    ``{csv:, target:}`` mapping), a mapping is explained against the form it fits best.
+    """
+    errors = err.errors()
+    e = errors[0]
+    path, union_at, _ = _walk(model, list(e["loc"]))
+    if union_at is not None:
+        prefix = tuple(e["loc"][:union_at])
+        alternatives: dict[str, list[Any]] = {}
+        for x in errors:
+            if tuple(x["loc"][:union_at]) == prefix and len(x["loc"]) > union_at:
+                alternatives.setdefault(str(x["loc"][union_at]), []).append(x)
+        # forms whose errors lie inside the value (it was a mapping they could read)
+        inside = {
+            tag: errs
+            for tag, errs in alternatives.items()
+            if any(len(x["loc"]) > union_at + 1 for x in errs)
+        }
+        if inside:
+            errs = min(inside.values(), key=len)
+            e = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+        else:
+            where = ".".join(path[:union_at]) or "value"
+            msgs = [x[0]["msg"] for x in alternatives.values()]
+            return (
+                f"{where}: {e.get('input')!r} fits none of the accepted forms: {'; or '.join(msgs)}"
+            )
+    path, _, owner = _walk(model, list(e["loc"]))
+    where = ".".join(path)
     if e["type"] == "extra_forbidden":
-        fields = _fields_at(model, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], fields, n=1)
+        fields = list(getattr(owner, "model_fields", {}))
+        close = difflib.get_close_matches(path[-1], fields, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(fields)}."
         return f"unknown key {where!r}.{hint}"
+    if e["type"] == "missing":
+        return f"missing required key {where!r}"
     return f"{where}: {e['msg']} (got {e.get('input')!r})"
 
 
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return list(getattr(current, "model_fields", {}))
-        ann = field.annotation
-        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else current
-    return list(getattr(current, "model_fields", {}))
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _is_union(ann: Any) -> bool:
+    return typing.get_origin(ann) in (typing.Union, types.UnionType)
+
+
+def _walk(model: type[BaseModel], loc: list[Any]) -> tuple[list[str], int | None, Any]:
+    """Follow an error location through the model's annotations.
+
+    Returns the location without union member tags (``tasks.0.CsvTaskSpec.target`` ->
+    ``tasks.0.target``), the index of the first union tag, and the model owning the last key.
+    """
+    path: list[str] = []
+    union_at: int | None = None
+    ann: Any = model
+    owner: Any = model
+    for i, part in enumerate(loc):
+        if _is_union(ann):  # X | None is validated as X, without a tag
+            members = [a for a in typing.get_args(ann) if a is not type(None)]
+            if len(members) == 1:
+                ann = members[0]
+        if _is_model(ann):
+            owner = ann
+            field = ann.model_fields.get(part) if isinstance(part, str) else None
+            path.append(str(part))
+            ann = field.annotation if field is not None else Any
+        elif _is_union(ann):
+            if union_at is None:
+                union_at = i
+            ann = next(
+                (
+                    m
+                    for m in typing.get_args(ann)
+                    if _is_model(m) and getattr(m, "__name__", None) == part
+                ),
+                Any,
+            )
+        else:
+            path.append(str(part))
+            args = typing.get_args(ann)
+            ann = args[-1] if typing.get_origin(ann) is not None and args else Any
+    return path, union_at, owner

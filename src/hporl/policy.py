@@ -3,12 +3,17 @@
 Saved as ``policy.safetensors`` (weights) and ``policy.json`` (network description, search space,
 observation layout, reward, training tasks, versions). Loading rebuilds the network from JSON and
 reads the weights with safetensors: nothing is unpickled.
+
+``policy.json`` holds the sha256 of the weights file (``checksums``) and of its own content
+(``meta_sha256``: the canonical JSON, ``sort_keys=True``, of every other key), so a truncated,
+altered or hand-edited policy is refused before anything is built from it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import time
@@ -23,7 +28,7 @@ import torch
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from hporl._io import atomic_write, write_json
+from hporl._io import atomic_write, sha256_file, write_json
 from hporl.agents import ALGORITHMS, policy_class, sb3_policy_kwargs
 from hporl.backends import TrialResult
 from hporl.env import OBS_BOUND, ObservationLayout, trial_score
@@ -32,7 +37,8 @@ from hporl.space import SearchSpace, config_key
 
 __all__ = ["Policy", "PolicySampler"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version of the saved layout; 2 added the checksums. A policy of another version is refused."""
 WEIGHTS = "policy.safetensors"
 META = "policy.json"
 
@@ -104,7 +110,8 @@ class Policy:
         )
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``policy.safetensors`` and ``policy.json`` (each to a temporary name, then renamed)."""
+        """Write ``policy.safetensors``, then ``policy.json`` with the checksums of both (each
+        to a temporary name, then renamed)."""
         from safetensors.torch import save_file
 
         from hporl import __version__
@@ -129,6 +136,9 @@ class Policy:
         atomic_write(
             directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
         )
+        meta["checksums"] = {WEIGHTS: sha256_file(directory / WEIGHTS)}
+        meta = json.loads(json.dumps(meta, default=str))  # exactly what load will read back
+        meta["meta_sha256"] = _meta_sha256(meta)
         write_json(directory / META, meta)
         return directory
 
@@ -148,20 +158,13 @@ class Policy:
         for name in (META, WEIGHTS):
             if not (directory / name).is_file():
                 raise PolicyError(f"{directory} is not a policy directory: {name} is missing")
+        meta = _read_meta(directory)
         try:
-            meta = json.loads((directory / META).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PolicyError(f"{directory / META} is not valid JSON: {err}") from None
-        try:
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise PolicyError(
-                    f"{directory / META}: format_version {meta.get('format_version')!r}, this hporl reads {FORMAT_VERSION}"
-                )
             layout = ObservationLayout.from_dict(
                 SearchSpace.from_dict(meta["space"]), meta["layout"]
             )
             network = cls._new_network(meta["algorithm"], meta["policy_kwargs"], layout)
-        except (KeyError, TypeError, HporlError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, HporlError) as err:
             if isinstance(err, PolicyError):
                 raise
             raise PolicyError(f"{directory / META} is incomplete or edited: {err}") from None
@@ -362,6 +365,56 @@ class Policy:
         )
 
 
+def _meta_sha256(meta: Mapping[str, Any]) -> str:
+    """The sha256 of ``policy.json``'s canonical JSON without the ``meta_sha256`` key itself."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    """``policy.json``, checked: valid JSON, this format version, its own checksum and the
+    weights' checksum.
+
+    Raises:
+        PolicyError: naming the file and what to do.
+    """
+    path = directory / META
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PolicyError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise PolicyError(f"cannot read {path}: {err.strerror}") from None
+    if not isinstance(meta, dict):
+        raise PolicyError(f"{path} is not a policy description: expected a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PolicyError(
+            f"{path}: the policy was saved in format_version {version!r} and this hporl reads "
+            f"format {FORMAT_VERSION}; re-run `hporl meta-train` to make a new policy"
+        )
+    stored = meta.get("meta_sha256")
+    if stored != _meta_sha256(meta):
+        what = "it has no meta_sha256" if stored is None else "meta_sha256 differs from its content"
+        raise PolicyError(
+            f"{path} was edited by hand: its checksum does not match ({what}); "
+            "restore the saved file or re-run `hporl meta-train`"
+        )
+    checksums = meta.get("checksums")
+    expected = checksums.get(WEIGHTS) if isinstance(checksums, dict) else None
+    if not isinstance(expected, str):
+        raise PolicyError(f"{path} is incomplete: it holds no checksum for {WEIGHTS}")
+    try:
+        actual = sha256_file(directory / WEIGHTS)
+    except OSError as err:
+        raise PolicyError(f"cannot read {directory / WEIGHTS}: {err.strerror}") from None
+    if actual != expected:
+        raise PolicyError(
+            f"{directory / WEIGHTS} is corrupted or was changed: its sha256 does not match {META}"
+        )
+    return meta
+
+
 class PolicySampler(BaseSampler):
     """An optuna sampler that proposes whole configurations from a :class:`Policy`.
 
@@ -405,11 +458,28 @@ class PolicySampler(BaseSampler):
         return dict(self._search_space)
 
     def history(self, study: optuna.Study) -> list[tuple[dict[str, Any], float | None]]:
-        """The study's finished trials as (config, metric value or ``None``), oldest first."""
+        """The study's finished trials as (config, metric value or ``None``), oldest first.
+
+        A FAIL trial that was retried (optuna's ``RetryHeartbeatStaleTrialCallback`` marks the
+        retry with ``system_attrs["failed_trial"]`` and ``"retry_history"``) is left out, since
+        its retry stands for it; so is a FAIL trial with the user attribute ``hporl_stale``.
+        """
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
         out: list[tuple[dict[str, Any], float | None]] = []
+        trials = study.get_trials(deepcopy=False)
+        retried: set[int] = set()
+        for t in trials:
+            if t.system_attrs.get("failed_trial") is not None:
+                retried.add(t.system_attrs["failed_trial"])
+            retried.update(t.system_attrs.get("retry_history") or ())
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        for t in study.get_trials(deepcopy=False, states=states):
+        for t in trials:
+            if t.state not in states:
+                continue
+            if t.state == TrialState.FAIL and (
+                t.number in retried or t.user_attrs.get("hporl_stale") is True
+            ):
+                continue
             try:
                 config = self.policy.space.from_optuna_params(t.params)
             except HporlError:

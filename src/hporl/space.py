@@ -50,8 +50,19 @@ _KEYS = {
 Config = dict[str, Any]
 
 
+_MAX_INT = 2**53  # int bounds stay exact as floats and fit numpy's int64 sampling
+_TOP_KEYS = ["name", "description", "include", "parameters"]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_choice(value: Any) -> bool:
+    """A value a categorical or fixed parameter may take: a string, bool, null or finite number."""
+    if isinstance(value, (str, bool)) or value is None:
+        return True
+    return _is_number(value) and math.isfinite(float(value))
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -106,6 +117,10 @@ class Parameter:
             if "value" not in spec:
                 raise SearchSpaceError(f"{where}: a fixed parameter needs 'value'")
             value = spec["value"]
+            if not _is_choice(value):
+                raise SearchSpaceError(
+                    f"{where}: value {value!r} is not a string, finite number, bool or null"
+                )
             return cls(
                 name, kind, choices=(value,), default=value, when=when, description=description
             )
@@ -116,8 +131,10 @@ class Parameter:
                     f"{where}: 'choices' must be a non-empty list, got {choices!r}"
                 )
             for c in choices:
-                if not (isinstance(c, (str, bool)) or _is_number(c) or c is None):
-                    raise SearchSpaceError(f"{where}: choice {c!r} is not a string, number or bool")
+                if not _is_choice(c):
+                    raise SearchSpaceError(
+                        f"{where}: choice {c!r} is not a string, finite number, bool or null"
+                    )
             if len(set(map(repr, choices))) != len(choices):
                 raise SearchSpaceError(f"{where}: duplicate value in choices {list(choices)!r}")
             default = spec.get("default", choices[0])
@@ -145,10 +162,18 @@ class Parameter:
                 raise SearchSpaceError(f"{where}: '{key}' must be a finite number, got {value!r}")
             if kind == "int" and float(value) != int(value):
                 raise SearchSpaceError(f"{where}: '{key}' must be an integer, got {value!r}")
+            if kind == "int" and abs(value) > _MAX_INT:
+                raise SearchSpaceError(
+                    f"{where}: '{key}' must lie within ±2**53 for an int parameter, got {value!r}"
+                )
         low = int(low) if kind == "int" else float(low)
         high = int(high) if kind == "int" else float(high)
         if low > high:
             raise SearchSpaceError(f"{where}: low > high (low={low!r}, high={high!r})")
+        if not math.isfinite(float(high) - float(low)):
+            raise SearchSpaceError(
+                f"{where}: the range [{low!r}, {high!r}] is too wide to sample (its width overflows)"
+            )
         log = spec.get("log", False)
         if not isinstance(log, bool):
             raise SearchSpaceError(f"{where}: 'log' must be true or false, got {log!r}")
@@ -181,7 +206,9 @@ class Parameter:
                     raise SearchSpaceError(f"{where}: default {default!r} is not an integer")
                 default = int(default) if kind == "int" else float(default)
         else:
-            mid = math.sqrt(low * high) if log else (low + high) / 2
+            # in log space for log (sqrt(low * high) underflows), low + width / 2 (no overflow)
+            mid = math.exp((math.log(low) + math.log(high)) / 2) if log else low + (high - low) / 2
+            mid = min(max(mid, low), high)  # exp/log rounding may step outside
             default = round(mid) if kind == "int" else float(mid)
         return cls(
             name,
@@ -326,18 +353,33 @@ class SearchSpace:
             raise SearchSpaceError(f"a search space must be a mapping, got {type(data).__name__}")
         data = dict(data)
         includes: list[SearchSpace] = []
-        if "parameters" in data or "include" in data:
-            extra = sorted(set(data) - {"parameters", "include", "name", "description"})
-            if extra:
+        if "parameters" not in data and "include" not in data:
+            # the direct form {name: spec}; a misspelt top-level key would read as a parameter
+            odd = [k for k, v in data.items() if not (isinstance(v, Mapping) and "type" in v)]
+            typo = [k for k in odd if isinstance(k, str) and _suggest(k, _TOP_KEYS)]
+            misspelt = [k for k in typo if k not in _TOP_KEYS]
+            if misspelt:
+                raise _unknown_top_key(misspelt[0])
+            if typo:
                 raise SearchSpaceError(
-                    f"unknown top-level key {extra[0]!r} in search space; expected 'name', "
-                    "'description', 'include' or 'parameters'."
-                    + _suggest(extra[0], ["name", "description", "include", "parameters"])
+                    f"a search space with {typo[0]!r} lists its parameters under 'parameters'"
                 )
+        if "parameters" in data or "include" in data:
+            extra = sorted(map(str, set(data) - set(_TOP_KEYS)))
+            if extra:
+                raise _unknown_top_key(extra[0])
             name = name or data.get("name")
-            inc = data.get("include") or []
-            if isinstance(inc, str):
+            if name is not None and not isinstance(name, str):
+                raise SearchSpaceError(f"the space's 'name' must be a string, got {name!r}")
+            inc = data.get("include")
+            if inc is None:
+                inc = []
+            elif isinstance(inc, str):
                 inc = [inc]
+            elif not isinstance(inc, (list, tuple)):
+                raise SearchSpaceError(
+                    f"'include' must be a built-in space name, a path, or a list of them, got {inc!r}"
+                )
             for ref in inc:
                 includes.append(_resolve_include(ref))
             params = data.get("parameters") or {}
@@ -350,6 +392,10 @@ class SearchSpace:
                 if not isinstance(item, Mapping) or "name" not in item:
                     raise SearchSpaceError(f"a parameter list entry needs a 'name': {item!r}")
                 pname = item["name"]
+                if not isinstance(pname, str) or not pname:
+                    raise SearchSpaceError(
+                        f"parameter names must be non-empty strings, got {pname!r}"
+                    )
                 if pname in seen:
                     raise SearchSpaceError(f"duplicate parameter name {pname!r}")
                 seen[pname] = {k: v for k, v in item.items() if k != "name"}
@@ -734,6 +780,13 @@ def _domain(p: Parameter) -> str:
         return f"the choices {list(p.choices)!r}"
     rng = f"[{p.low!r}, {p.high!r}]"
     return f"{rng} or off={p.off!r}" if p.has_off else rng
+
+
+def _unknown_top_key(key: str) -> SearchSpaceError:
+    return SearchSpaceError(
+        f"unknown top-level key {key!r} in search space; expected 'name', "
+        "'description', 'include' or 'parameters'." + _suggest(key, _TOP_KEYS)
+    )
 
 
 def _resolve_include(ref: Any) -> SearchSpace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import hashlib
 import inspect
 import io
@@ -250,6 +251,10 @@ class Task:
                 f"the target has {len(rows)} missing value(s) (rows {', '.join(map(str, rows[:5]))}"
                 f"{', ...' if len(rows) > 5 else ''}); drop or fill those rows"
             )
+        if X.ndim == 2:
+            if columns is not None and len(columns) != X.shape[1]:
+                raise TaskError(f"{len(columns)} column names for {X.shape[1]} columns")
+            _check_columns(X, columns or [f"x{j}" for j in range(X.shape[1])], lambda i: f"row {i}")
         task_type = task_type or _infer_task_type(y)
         if task_type not in TASK_TYPES:
             raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
@@ -345,7 +350,7 @@ class Task:
             raw = path.read_bytes()
         except OSError as err:
             raise TaskError(f"cannot read CSV file {str(path)!r}: {err.strerror}") from None
-        if b"\x00" in raw[:4096]:
+        if b"\x00" in raw:
             raise TaskError(f"{path} is not a CSV file (it holds binary data)")
         try:
             text = raw.decode("utf-8-sig")
@@ -356,34 +361,63 @@ class Task:
                 delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|").delimiter
             except csv.Error:
                 delimiter = ","
-        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
-        rows = [r for r in rows if any(cell.strip() for cell in r)]
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        rows: list[list[str]] = []
+        lines: list[int] = []  # the file line each row ends on, for messages
+        try:
+            for r in reader:
+                if any(cell.strip() for cell in r):
+                    rows.append(r)
+                    lines.append(reader.line_num)
+        except csv.Error as err:
+            raise TaskError(f"{path}, line {reader.line_num}: not valid CSV: {err}") from None
         if not rows:
             raise TaskError(f"{path} is empty")
         header = [h.strip() for h in rows[0]]
         if target not in header:
-            import difflib
-
-            close = difflib.get_close_matches(target, header, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TaskError(
-                f"{path}: no target column {target!r}; the columns are {header!r}.{hint}"
+                f"{path}: no target column {target!r}; " + _columns_hint(target, header)
             )
-        body = rows[1:]
-        for i, r in enumerate(body, start=2):
+        if header.count(target) > 1:
+            raise TaskError(f"{path}: the header names {target!r} {header.count(target)} times")
+        if len(header) < 2:
+            raise TaskError(f"{path}: no feature columns besides the target {target!r}")
+        body, lines = rows[1:], lines[1:]
+        for line, r in zip(lines, body, strict=True):
             if len(r) != len(header):
                 raise TaskError(
-                    f"{path}, line {i}: {len(r)} fields where the header has {len(header)}; "
+                    f"{path}, line {line}: {len(r)} fields where the header has {len(header)}; "
                     "is this a CSV file with the right delimiter?"
                 )
         if len(body) < 5:
-            raise TaskError(f"{path}: {len(body)} data rows are too few for train/val/test splits")
+            raise TaskError(
+                f"{path}: {len(body)} data rows are too few for train/val/test splits "
+                "(at least 5 are needed)"
+            )
         data = np.array(body, dtype=object)
         ti = header.index(target)
         X = np.delete(data, ti, axis=1)
         y = data[:, ti]
+        missing_y = np.flatnonzero(_missing_mask(y))
+        if len(missing_y):
+            raise TaskError(
+                f"{path}: the target column {target!r} has {len(missing_y)} missing value(s) "
+                f"(first on line {lines[missing_y[0]]}); drop or fill those rows"
+            )
+        _check_columns(
+            X,
+            [h for j, h in enumerate(header) if j != ti],
+            lambda i: f"line {lines[i]}",
+            prefix=f"{path}: ",
+        )
         y_num = _as_float(y)
         if y_num is not None and kwargs.get("task_type") != "classification":
+            if np.isinf(y_num).any():
+                i = int(np.flatnonzero(np.isinf(y_num))[0])
+                raise TaskError(
+                    f"{path}: the target column {target!r} contains inf ({y[i]!r} on line "
+                    f"{lines[i]}); replace it or drop the row"
+                )
             y = y_num
         cols = [h for j, h in enumerate(header) if j != ti]
         kwargs.setdefault("name", path.stem)
@@ -564,6 +598,38 @@ def _missing_mask(a: np.ndarray) -> np.ndarray:
             np.char.lower(np.char.strip(a.astype(str))) == "" if a.size else np.zeros(a.shape, bool)
         )
     return np.zeros(a.shape, dtype=bool)
+
+
+def _columns_hint(name: str, header: Sequence[str]) -> str:
+    """The columns there are, and the nearest one to ``name`` (case-insensitive first)."""
+    if len(header) == 1:
+        first = header[0] if len(header[0]) <= 60 else header[0][:57] + "..."
+        return (
+            f"the file has a single column {first!r}: is it a CSV file with a header row of "
+            "column names?"
+        )
+    same = [h for h in header if h.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name, header, n=1)
+    shown = header if len(header) <= 20 else [*header[:20], "..."]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"the columns are {shown!r}.{hint}"
+
+
+def _check_columns(
+    X: np.ndarray, columns: Sequence[str], row: Callable[[int], str], *, prefix: str = ""
+) -> None:
+    """Refuse a feature column that is entirely empty or holds an infinite number."""
+    for j, name in enumerate(columns):
+        col = X[:, j]
+        if _missing_mask(col).all():
+            raise TaskError(f"{prefix}feature column {name!r} is entirely empty; drop it")
+        num = _as_float(col)
+        if num is not None and np.isinf(num).any():
+            i = int(np.flatnonzero(np.isinf(num))[0])
+            raise TaskError(
+                f"{prefix}feature column {name!r} contains inf ({col[i]!r} on {row(i)}); "
+                "replace it or drop the row"
+            )
 
 
 def _as_float(col: np.ndarray) -> np.ndarray | None:
