@@ -54,9 +54,10 @@ class _StrictSafeLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: later keys may override
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
             duplicate = key in seen

@@ -149,9 +149,6 @@ class Policy:
         Raises:
             PolicyError: missing or edited files, or (with ``space``) a space it was not trained for.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         if not (directory / META).exists() and (directory / "policy" / META).exists():
             directory = directory / "policy"
@@ -168,10 +165,7 @@ class Policy:
             if isinstance(err, PolicyError):
                 raise
             raise PolicyError(f"{directory / META} is incomplete or edited: {err}") from None
-        try:
-            state = load_file(str(directory / WEIGHTS))
-        except (SafetensorError, OSError) as err:
-            raise PolicyError(f"{directory / WEIGHTS} cannot be read: {err}") from None
+        state = _read_weights(directory, meta)
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
@@ -372,8 +366,8 @@ def _meta_sha256(meta: Mapping[str, Any]) -> str:
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:
-    """``policy.json``, checked: valid JSON, this format version, its own checksum and the
-    weights' checksum.
+    """``policy.json``, checked: valid JSON, this format version, its own checksum, and a
+    checksum for the weights (compared by :func:`_read_weights`).
 
     Raises:
         PolicyError: naming the file and what to do.
@@ -401,18 +395,27 @@ def _read_meta(directory: Path) -> dict[str, Any]:
             "restore the saved file or re-run `hporl meta-train`"
         )
     checksums = meta.get("checksums")
-    expected = checksums.get(WEIGHTS) if isinstance(checksums, dict) else None
-    if not isinstance(expected, str):
+    if not isinstance(checksums, dict) or not isinstance(checksums.get(WEIGHTS), str):
         raise PolicyError(f"{path} is incomplete: it holds no checksum for {WEIGHTS}")
-    try:
-        actual = sha256_file(directory / WEIGHTS)
-    except OSError as err:
-        raise PolicyError(f"cannot read {directory / WEIGHTS}: {err.strerror}") from None
-    if actual != expected:
-        raise PolicyError(
-            f"{directory / WEIGHTS} is corrupted or was changed: its sha256 does not match {META}"
-        )
     return meta
+
+
+def _read_weights(directory: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights, read once: the bytes whose sha256 is checked are the bytes loaded."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = directory / WEIGHTS
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PolicyError(f"cannot read {path}: {err.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != meta["checksums"][WEIGHTS]:
+        raise PolicyError(f"{path} is corrupted or was changed: its sha256 does not match {META}")
+    try:
+        return load(data)
+    except SafetensorError as err:
+        raise PolicyError(f"{path} cannot be read: {err}") from None
 
 
 class PolicySampler(BaseSampler):
