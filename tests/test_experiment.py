@@ -90,7 +90,10 @@ def test_bad_experiment_configs(data, message):
 def test_bad_experiment_files(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("tasks: [iris]\nagent: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{path}: YAML tag '!!python/object/apply:os.system' at line 2")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(f"{path}: YAML tag '!!python/object/apply:os.system' at line 2"),
+    ):
         ExperimentConfig.from_yaml(path)
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping of keys"):

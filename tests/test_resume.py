@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -74,7 +75,9 @@ def test_damaged_checkpoint_is_refused(checkpoints, damage):
     else:
         data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match="agent_128_steps.zip is corrupted or was changed"):
+    with pytest.raises(
+        ConfigError, match=re.escape("agent_128_steps.zip is corrupted or was changed")
+    ):
         latest_checkpoint(checkpoints)
 
 

@@ -94,15 +94,6 @@ def test_bad_storage_is_refused_before_anything_is_written(tmp_path):
     assert mask_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_run_directory(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    with pytest.raises(StoreError, match="is not writable"):
-        TrialStore(ro / "trials.db")
-
-
 # -- kill -9 in the middle of a trial ------------------------------------------------------------
 def _csv(path: Path) -> Path:
     rng = np.random.default_rng(0)

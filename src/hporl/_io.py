@@ -18,6 +18,7 @@ mismatch, which :func:`verify_checksum` reports, never a silently accepted half-
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -117,16 +118,34 @@ def read_yaml(path: str | Path, *, what: str, error: type[HporlError]) -> Any:
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(temporary_path)``, then rename it over ``path``: a crash never leaves a
-    half-written file where a good one was."""
+    half-written file where a good one was.
+
+    Raises:
+        StoreError: the file cannot be written (no permission, disk full, ...); a file already
+            at ``path`` is left as it was.
+    """
+    from hporl.exceptions import StoreError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        raise StoreError(_not_written(path, err.strerror or str(err))) from None
+    except RuntimeError as err:  # torch.save and safetensors report a failed write this way
+        if "writ" not in str(err).lower():
+            raise
+        raise StoreError(_not_written(path, str(err).splitlines()[0])) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _not_written(path: Path, reason: str) -> str:
+    kept = "; the previous file is unchanged" if path.exists() else ""
+    return f"cannot write {path}: {reason}{kept}"
 
 
 def write_json(path: str | Path, data: Any) -> None:

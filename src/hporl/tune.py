@@ -370,16 +370,42 @@ def _check_writable(out: Path) -> None:
 def _store_errors(store: TrialStore) -> Iterator[None]:
     """Database errors in the middle of a run (server gone, disk full) as a StoreError; what
     was stored before stays."""
-    import sqlalchemy.exc
 
     try:
         yield
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
-        first = str(getattr(err, "orig", None) or err).strip().splitlines()
+    except Exception as err:
+        cause = _database_error(err)
+        if cause is None:
+            raise
         raise StoreError(
-            f"storage {mask_url(store.url)!r} failed during the run: "
-            f"{first[0] if first else type(err).__name__}; the trials finished before are kept"
+            f"storage {mask_url(store.url)!r} failed during the run: {_root_cause(cause)}; "
+            "the trials finished before are kept"
         ) from None
+
+
+def _database_error(err: BaseException) -> BaseException | None:
+    """The storage error in ``err``'s chain, if any (optuna may raise an AssertionError of its
+    own while handling one)."""
+    import sqlalchemy.exc
+
+    seen = 0
+    current: BaseException | None = err
+    while current is not None and seen < 20:
+        if isinstance(
+            current, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _root_cause(err: BaseException) -> str:
+    """The driver's own message under optuna's and SQLAlchemy's wrappers."""
+    while err.__cause__ is not None or getattr(err, "orig", None) is not None:
+        err = getattr(err, "orig", None) or err.__cause__
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def random_search(
