@@ -84,3 +84,47 @@ def test_damaged_checkpoint_is_refused(checkpoints, damage):
 def test_checkpoint_without_checksum_is_skipped(checkpoints):
     (checkpoints / "agent_128_steps.zip.sha256").unlink()  # a save that did not finish
     assert latest_checkpoint(checkpoints) == checkpoints / "agent_64_steps.zip"
+
+
+@pytest.mark.parametrize("algorithm", ["maskable_ppo", "ppo", "a2c", "dqn"])
+def test_resume_unpickles_nothing(small_space, tmp_path, monkeypatch, algorithm):
+    import cloudpickle
+
+    params = {"dqn": {"learning_starts": 16}, "a2c": {"n_steps": 8}}.get(
+        algorithm, {"n_steps": 32, "batch_size": 16}
+    )
+    cfg = AgentConfig(
+        algorithm=algorithm, total_timesteps=64, checkpoint_every=32, net_arch=[16], params=params
+    )
+    fn = make_env_fn(small_space, SyntheticTask.sample(0, 4))
+    train_agent(cfg, [fn], run_dir=tmp_path)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a checkpoint was unpickled")
+
+    monkeypatch.setattr(cloudpickle, "loads", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+    longer = cfg.model_copy(update={"total_timesteps": 128})
+    agent = train_agent(longer, [fn], run_dir=tmp_path, resume=True)
+    assert agent.num_timesteps >= 128
+
+
+def test_checkpoint_with_an_unknown_pickled_entry_is_refused(checkpoints, small_space):
+    import zipfile
+
+    path = checkpoints / "agent_128_steps.zip"
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    data = json.loads(files["data"])
+    data["surprise"] = {":type:": "<class 'x'>", ":serialized:": "gAR9lC4="}
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    from hporl._io import write_checksum
+
+    write_checksum(path)  # a consistent checksum: the content is what is refused
+    cfg = AgentConfig(total_timesteps=256, net_arch=[16], params={"n_steps": 32, "batch_size": 16})
+    fn = make_env_fn(small_space, SyntheticTask.sample(0, 4))
+    with pytest.raises(ConfigError, match="pickled entry 'surprise' that hporl does not rebuild"):
+        train_agent(cfg, [fn], run_dir=checkpoints.parent, resume=True)

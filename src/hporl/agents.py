@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -176,6 +179,73 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
+# Entries SB3 pickles into a checkpoint, rebuilt here instead (None: SB3 rebuilds it itself when
+# training continues: schedules from the plain learning rate, buffers, the last observation).
+_REBUILT = {
+    "_last_obs": None,
+    "_last_episode_starts": None,
+    "_last_original_obs": None,
+    "ep_info_buffer": None,
+    "ep_success_buffer": None,
+    "rollout_buffer_class": None,
+    "replay_buffer_class": None,
+    "lr_schedule": None,
+    "exploration_schedule": None,
+}
+
+
+def load_checkpoint(path: str | Path, config: AgentConfig, env: VecEnv) -> BaseAlgorithm:
+    """Load an SB3 checkpoint without unpickling anything in it.
+
+    SB3 stores some entries (policy class, spaces, schedules) with cloudpickle; each is given
+    from ``config`` and ``env`` instead (SB3's ``custom_objects``), and a checkpoint holding a
+    pickled entry hporl does not know is refused. Weights load with ``weights_only=True``.
+
+    Raises:
+        ConfigError: not a checkpoint of this algorithm, or one that does not fit ``config``.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{path} is not a readable agent checkpoint: {err}") from None
+    params = {**_DEFAULTS[config.algorithm], **config.params}
+    policy_kwargs = sb3_policy_kwargs(config.policy_kwargs())
+    if config.algorithm == "a2c" and params.get("use_rms_prop", True):  # as A2C's __init__ does
+        policy_kwargs.setdefault("optimizer_class", torch.optim.RMSprop)
+        policy_kwargs.setdefault(
+            "optimizer_kwargs",
+            {"alpha": 0.99, "eps": params.get("rms_prop_eps", 1e-5), "weight_decay": 0},
+        )
+    known = {
+        **_REBUILT,
+        "policy_class": policy_class(config.algorithm),
+        "policy_kwargs": policy_kwargs,
+        "observation_space": env.observation_space,
+        "action_space": env.action_space,
+        "clip_range": params.get("clip_range", 0.2),
+        "clip_range_vf": params.get("clip_range_vf"),
+        "train_freq": params.get("train_freq", 4),  # off-policy: converted again by SB3
+    }
+    pickled = [k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v]
+    unknown = [k for k in pickled if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"{path} holds a pickled entry {unknown[0]!r} that hporl does not rebuild; "
+            "refusing to unpickle it"
+        )
+    try:
+        return _algorithm_class(config.algorithm).load(
+            path, env=env, device=config.device, custom_objects={k: known[k] for k in pickled}
+        )
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"{path} does not fit this experiment's agent ({config.algorithm}): {first}"
+        ) from None
+
+
 def save_checkpoint(agent: BaseAlgorithm, folder: Path) -> Path:
     """Save ``agent`` as ``folder/agent_<timesteps>_steps.zip``: to a temporary name, renamed,
     then its checksum sidecar (a checkpoint without one is never resumed from)."""
@@ -228,7 +298,7 @@ def train_agent(
     agent: BaseAlgorithm | None = None
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
     if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
-        agent = _algorithm_class(config.algorithm).load(path, env=env, device=config.device)
+        agent = load_checkpoint(path, config, env)
         agent.set_logger(_logger(Path(run_dir) / "logs"))
         logger.info("resuming from %s at %d timesteps", path, agent.num_timesteps)
     if agent is None:
