@@ -236,3 +236,27 @@ def test_four_workers_share_one_sqlite_store(tiny_policy, tmp_path):
 def test_eight_workers_share_one_postgres_store(tiny_policy, postgres_db_url):
     _, policy_dir = tiny_policy
     _run_workers(postgres_db_url, policy_dir, workers=8, trials=3)
+
+
+def test_cli_unreachable_storage_is_one_line_and_exit_2(tiny_policy, tmp_path):
+    _, policy_dir = tiny_policy
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,y\n" + "\n".join(f"{i},{i % 3},{i % 2}" for i in range(40)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text('{"kept": true}')
+    proc = subprocess.run(
+        [
+            *(HPORL, "tune", "--data", str(csv), "--target", "y", "--policy", str(policy_dir)),
+            *("--out", str(out), "--storage", "postgresql+psycopg://hporl:pw@127.0.0.1:1/nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "hporl: error: storage 'postgresql+psycopg://hporl:***@127.0.0.1:1/nowhere' cannot be used"
+    )
+    assert "pw" not in proc.stderr
+    assert (out / "report.json").read_text() == '{"kept": true}'
