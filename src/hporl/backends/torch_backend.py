@@ -16,7 +16,9 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from hporl._io import atomic_write, write_json
+from hporl.augment import Augmenter
 from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
+from hporl.exceptions import HporlError
 
 if TYPE_CHECKING:
     from hporl.tasks import Task
@@ -175,6 +177,12 @@ class TorchBackend(Backend):
     ``ema_decay``) or ``swa`` (per epoch from ``swa_start`` of the epochs); validation, the best
     weights and the test metric then use the averaged weights.
 
+    Data augmentation (image tasks only; the ``augment`` key and its children, see
+    :mod:`hporl.augment`): each training batch is augmented per sample, from a generator seeded
+    by the trial's seed; validation and test data never are. Augmentation keys on a non-image
+    task, an unknown operation, or a probability or magnitude out of range give a ``failed``
+    result naming it, before any training.
+
     A non-finite training loss is detected at the end of the epoch it appears in (checking every
     batch would cost a synchronisation per step); the trial stops there as ``diverged``.
 
@@ -322,6 +330,7 @@ class TorchBackend(Backend):
 
         try:
             h = _Hyper.read(config)
+            augmenter = Augmenter.for_task(config, task, seed=seed)  # before any training
             torch.manual_seed(seed)
             model = task.build_model(index, config).to(self.device)
             opt = _optimizer(h, model.parameters())
@@ -333,7 +342,9 @@ class TorchBackend(Backend):
             logger.debug("trial setup failed", exc_info=True)
             return result(
                 "failed",
-                str(err) if isinstance(err, _BadConfig) else f"{type(err).__name__}: {err}",
+                str(err)
+                if isinstance(err, (_BadConfig, HporlError))
+                else f"{type(err).__name__}: {err}",
             )
 
         classification = task.task_type == "classification"
@@ -364,6 +375,8 @@ class TorchBackend(Backend):
                 for s in range(0, n, bs):
                     idx = perm[s : s + bs]
                     xb, yb = X[idx], y[idx]
+                    if augmenter is not None:
+                        xb = augmenter(xb)
                     opt.zero_grad(set_to_none=True)
                     out = model(xb)
                     loss = (
