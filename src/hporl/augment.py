@@ -542,12 +542,10 @@ def augment_images(
             idx = geometric.nonzero().squeeze(1)
             kinds = _GEOMETRIC_INDEX.to(x.device)[op[idx]]
             x[idx] = _warp(x[idx], kinds, _signed(strength[idx], generator))
+        counts = torch.bincount(op[applied & ~geometric], minlength=len(OPERATIONS)).tolist()
         for k, name in enumerate(OPERATIONS):
-            if name == "identity" or name in _GEOMETRIC:
-                continue
-            sel = applied & (op == k)
-            if sel.any():
-                idx = sel.nonzero().squeeze(1)
+            if counts[k] and name != "identity":
+                idx = (applied & (op == k)).nonzero().squeeze(1)
                 x[idx] = apply_operation(x[idx], name, strength[idx], generator=generator)
     return x
 

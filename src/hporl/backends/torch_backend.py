@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle")
 AVERAGING = ("off", "ema", "swa")
+AUGMENT_CHUNK = 1024  # training images augmented per call (the per-call cost is shared)
 
 
 class _BadConfig(ValueError):
@@ -178,8 +179,9 @@ class TorchBackend(Backend):
     weights and the test metric then use the averaged weights.
 
     Data augmentation (image tasks only; the ``augment`` key and its children, see
-    :mod:`hporl.augment`): each training batch is augmented per sample, from a generator seeded
-    by the trial's seed; validation and test data never are. Augmentation keys on a non-image
+    :mod:`hporl.augment`): training images are augmented per sample, each epoch anew, from a
+    generator seeded by the trial's seed, a run of whole batches (about 1,024 images) per call
+    so that the per-call cost is shared; validation and test data never are. Augmentation keys on a non-image
     task, an unknown operation, or a probability or magnitude out of range give a ``failed``
     result naming it, before any training.
 
@@ -364,6 +366,7 @@ class TorchBackend(Backend):
             averaged = AveragedModel(model, use_buffers=True)
         swa_from = max(1, math.ceil(h.swa_start * epochs))
         gen = torch.Generator().manual_seed(seed)
+        chunk = bs * math.ceil(AUGMENT_CHUNK / bs)  # whole batches, about AUGMENT_CHUNK images
         best_value, best_state = -math.inf, None
         stopped = False
         epoch = 0
@@ -376,7 +379,9 @@ class TorchBackend(Backend):
                     idx = perm[s : s + bs]
                     xb, yb = X[idx], y[idx]
                     if augmenter is not None:
-                        xb = augmenter(xb)
+                        if s % chunk == 0:  # augment the next batches in one call
+                            ahead = augmenter(X[perm[s : s + chunk]])
+                        xb = ahead[s % chunk : s % chunk + bs]
                     opt.zero_grad(set_to_none=True)
                     out = model(xb)
                     loss = (

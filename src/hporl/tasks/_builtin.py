@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from hporl.exceptions import TaskError
+from hporl.tasks import _images
 from hporl.tasks import models as _models
 from hporl.tasks._task import Task
 
@@ -127,6 +128,42 @@ _FIXED: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], int, Any, s
         "digits with a linear model",
     ),
     "digits_image": (_digits_images, 15, None, "digits as 1x8x8 images with a small CNN"),
+    "shapes": (
+        _images.shapes,
+        30,
+        _models.make_lenet,
+        "generated 1x16x16 shapes (disk, ring, square, triangle, plus, cross): 1000 images, 6 classes, a LeNet",
+    ),
+    "shapes_rgb": (
+        lambda: _images.shapes(colours=True),
+        30,
+        _models.make_lenet,
+        "the shapes in random colours, 3x16x16: 1000 images, 6 classes, a LeNet",
+    ),
+    "gratings": (
+        _images.gratings,
+        30,
+        _models.make_lenet,
+        "generated 1x16x16 noisy gratings, class = orientation (0/45/90/135): 1000 images, 4 classes, a LeNet",
+    ),
+    "glyph_letters": (
+        lambda: _images.glyphs("ABCDEFGHIJ"),
+        30,
+        _models.make_lenet,
+        "letters A-J rendered in 20 fonts shipped with matplotlib, 1x16x16: 1000 images, 10 classes, a LeNet",
+    ),
+    "glyph_lower": (
+        lambda: _images.glyphs("abcdefghij"),
+        30,
+        _models.make_lenet,
+        "letters a-j rendered in 20 fonts shipped with matplotlib, 1x16x16: 1000 images, 10 classes, a LeNet",
+    ),
+    "glyph_digits": (
+        lambda: _images.glyphs("0123456789"),
+        30,
+        _models.make_lenet,
+        "digits 0-9 rendered in 20 fonts shipped with matplotlib, 1x16x16: 1000 images, 10 classes, a LeNet",
+    ),
     "diabetes": (
         lambda: _sklearn("load_diabetes"),
         40,
@@ -155,13 +192,21 @@ _FAMILIES: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray]], int, 
 _SUITES: dict[str, list[str]] = {
     "small": ["iris", "wine"],
     "tabular": ["iris", "wine", "breast_cancer", "digits", "diabetes"],
-    "images": ["digits_image"],
+    "images": [
+        "digits_image",
+        "shapes",
+        "shapes_rgb",
+        "gratings",
+        "glyph_letters",
+        "glyph_lower",
+        "glyph_digits",
+    ],
     "synthetic": [f"synth_clf_{i}" for i in range(12)] + [f"synth_reg_{i}" for i in range(4)],
 }
 _SUITES["all"] = [
     *_SUITES["tabular"],
     "digits_linear",
-    "digits_image",
+    *_SUITES["images"],
     "mnist1d",
     *_SUITES["synthetic"],
 ]

@@ -10,7 +10,17 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["MLP", "SmallCNN", "lcbench_mlp", "linear", "make_cnn", "make_mlp", "mlp"]
+__all__ = [
+    "MLP",
+    "LeNet",
+    "SmallCNN",
+    "lcbench_mlp",
+    "linear",
+    "make_cnn",
+    "make_lenet",
+    "make_mlp",
+    "mlp",
+]
 
 
 def _flat(input_shape: Sequence[int]) -> int:
@@ -61,6 +71,25 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class LeNet(nn.Sequential):
+    """Two ``3x3 conv -> ReLU -> 2x2 max-pool`` blocks (16 and 32 channels), then an MLP head
+    (64 hidden units). For images whose sides are multiples of 4 (the generated 16x16 tasks)."""
+
+    def __init__(self, in_channels: int, height: int, width: int, n_outputs: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (height // 4) * (width // 4), 64),
+            nn.ReLU(),
+            nn.Linear(64, n_outputs),
+        )
+
+
 def make_mlp(input_shape: Sequence[int], n_outputs: int) -> nn.Module:
     """The default tabular model: an MLP with hidden widths (128, 64)."""
     return MLP(_flat(input_shape), n_outputs)
@@ -85,6 +114,12 @@ def linear(input_shape: Sequence[int], n_outputs: int) -> nn.Module:
 def make_cnn(input_shape: Sequence[int], n_outputs: int) -> nn.Module:
     """The default image model: :class:`SmallCNN` for ``(C, H, W)`` inputs."""
     return SmallCNN(int(input_shape[0]), n_outputs)
+
+
+def make_lenet(input_shape: Sequence[int], n_outputs: int) -> nn.Module:
+    """:class:`LeNet` for ``(C, H, W)`` inputs (the default model of the generated image tasks)."""
+    c, h, w = (int(v) for v in input_shape)
+    return LeNet(c, h, w, n_outputs)
 
 
 def lcbench_mlp(
