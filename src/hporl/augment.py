@@ -589,18 +589,23 @@ class Augmenter:
         return (x * scale + low).to(batch.dtype)
 
 
-def op_counts(configs: list[Mapping[str, Any]]) -> dict[str, int]:
-    """How often each operation appears in the sub-policies of ``configs`` (most first); the
-    ``augment`` choice of each config is counted too, as ``augment=<kind>``."""
-    counts: dict[str, int] = {}
+def op_counts(configs: list[Mapping[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """How often ``configs`` choose each ``augment`` policy, and each operation in their
+    AutoAugment sub-policies; both most frequent first."""
+    kinds: dict[str, int] = {}
+    ops: dict[str, int] = {}
     for c in configs:
-        if AUGMENT_KEY in c:
-            key = f"{AUGMENT_KEY}={c[AUGMENT_KEY]}"
-            counts[key] = counts.get(key, 0) + 1
-        if c.get(AUGMENT_KEY) != "autoaugment":
+        if AUGMENT_KEY not in c:
+            continue
+        kinds[str(c[AUGMENT_KEY])] = kinds.get(str(c[AUGMENT_KEY]), 0) + 1
+        if c[AUGMENT_KEY] != "autoaugment":
             continue
         for k, v in c.items():
             m = _SUB_KEY.fullmatch(str(k))
             if m and m.group(2) == "op":
-                counts[str(v)] = counts.get(str(v), 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+                ops[str(v)] = ops.get(str(v), 0) + 1
+
+    def ordered(d: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    return ordered(kinds), ordered(ops)

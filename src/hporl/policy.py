@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hporl._io import atomic_write, sha256_file, write_json
 from hporl.agents import ALGORITHMS, policy_class, sb3_policy_kwargs
+from hporl.augment import check_space
 from hporl.backends import TrialResult
 from hporl.env import OBS_BOUND, ObservationLayout, trial_score
 from hporl.exceptions import HporlError, PolicyError
@@ -433,6 +434,10 @@ class PolicySampler(BaseSampler):
         task: the task (or its feature vector) being tuned.
         deterministic: take the most likely bins (else sample them).
         seed: seeds sampling and the independent sampler.
+
+    Raises:
+        TaskError: the policy's space has augmentation parameters and ``task`` is not an image
+            task (checked here, so that ``tune_model`` refuses it before any training).
     """
 
     def __init__(
@@ -444,6 +449,8 @@ class PolicySampler(BaseSampler):
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
     ) -> None:
+        if hasattr(task, "input_kind"):  # a task, not a feature vector: refuse what cannot apply
+            check_space(policy.space, task)
         self.policy = policy
         self.task = task
         self.deterministic = deterministic

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normalised_regret", "ranks", "summarise", "write_report"]
+__all__ = ["normalised_regret", "ranks", "summarise", "summarise_finals", "write_report"]
 
 
 def normalised_regret(best_so_far: float, y_min: float, y_max: float) -> float:
@@ -91,8 +91,101 @@ def summarise(
     return summary
 
 
+def summarise_finals(finals: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+    """Per method: the final models' test metric, mean ± standard error over tasks x seeds and
+    mean per task (runs whose every trial failed are counted in ``failed``, not averaged)."""
+    out: dict[str, Any] = {}
+    for m in config.methods:
+        rows = [f for f in finals if f["method"] == m]
+        if not rows:
+            continue
+        values = [f["test_metric"] for f in rows if f["test_metric"] is not None]
+        per_task: dict[str, list[float]] = defaultdict(list)
+        for f in rows:
+            if f["test_metric"] is not None:
+                per_task[f["task"]].append(f["test_metric"])
+        out[m] = {
+            "test_metric": float(np.mean(values)) if values else None,
+            "test_metric_se": float(np.std(values, ddof=1) / np.sqrt(len(values)))
+            if len(values) > 1
+            else 0.0,
+            "runs": len(rows),
+            "failed": len(rows) - len(values),
+            "per_task": {t: float(np.mean(v)) for t, v in sorted(per_task.items())},
+        }
+    return out
+
+
+def _finals_section(summary: dict[str, Any], config: Any) -> list[str]:
+    finals = summary["final_test"]
+    tasks = sorted({t for v in finals.values() for t in v["per_task"]})
+    best = max(
+        (v["test_metric"] for v in finals.values() if v["test_metric"] is not None), default=None
+    )
+    lines = [
+        "",
+        f"## Test metric of the final model (K={config.n_trials})",
+        "",
+        "The run's best configuration trained again on train+val for its best epoch count; "
+        "held-out test metric, mean ± standard error over tasks x seeds, then mean per task.",
+        "",
+        "| method | mean | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for m, v in finals.items():
+        if v["test_metric"] is None:
+            mean = "n/a"
+        else:
+            mean = f"{v['test_metric']:.4f} ± {v['test_metric_se']:.4f}"
+            mean = f"**{mean}**" if v["test_metric"] == best else mean
+        if v["failed"]:
+            mean += f" ({v['failed']} failed)"
+        cells = [f"{v['per_task'][t]:.4f}" if t in v["per_task"] else "n/a" for t in tasks]
+        lines.append(f"| {m} | {mean} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _augment_section(
+    records: list[dict[str, Any]], finals: list[dict[str, Any]], config: Any
+) -> list[str]:
+    """Which augmentation the methods chose (when the space has augmentation parameters)."""
+    from hporl.augment import AUGMENT_KEY, op_counts
+
+    if not any(AUGMENT_KEY in (r["config"] or {}) for r in records):
+        return []
+    lines = [
+        "",
+        "## Augmentation chosen",
+        "",
+        "How often each `augment` policy was chosen, then the most chosen operations of the "
+        "AutoAugment sub-policies (10 per configuration): in the final configurations, and over "
+        "all trials.",
+        "",
+        "| method | final configurations | all trials |",
+        "|---|---|---|",
+    ]
+
+    def text(configs: list[dict[str, Any]]) -> str:
+        kinds, ops = op_counts(configs)
+        out = ", ".join(f"{k} {v}" for k, v in kinds.items()) or "n/a"
+        if ops:
+            out += "; ops: " + ", ".join(f"{k} {v}" for k, v in list(ops.items())[:6])
+        return out
+
+    for m in config.methods:
+        final = [f["config"] for f in finals if f["method"] == m and f.get("config")]
+        trials = [r["config"] for r in records if r["method"] == m]
+        if trials:
+            lines.append(f"| {m} | {text(final)} | {text(trials)} |")
+    return lines
+
+
 def write_report(
-    records: list[dict[str, Any]], summary: dict[str, Any], config: Any, out: Path
+    records: list[dict[str, Any]],
+    summary: dict[str, Any],
+    config: Any,
+    out: Path,
+    finals: list[dict[str, Any]] | None = None,
 ) -> None:
     budgets = [str(k) for k in config.budgets]
     lines = [
@@ -127,6 +220,9 @@ def write_report(
         "",
         "Test tasks: " + ", ".join(summary["test_tasks"]),
     ]
+    if "final_test" in summary:
+        lines += _finals_section(summary, config)
+    lines += _augment_section(records, finals or [], config)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plots(records, summary, config, out / "plots")
 

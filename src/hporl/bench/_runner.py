@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
@@ -14,12 +15,13 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hporl._io import explain_validation, read_yaml, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
-from hporl.exceptions import ConfigError
+from hporl.exceptions import ConfigError, HporlError
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, config_key
 from hporl.store import StoredBackend, TrialStore, storage_url
@@ -27,8 +29,6 @@ from hporl.store import StoredBackend, TrialStore, storage_url
 __all__ = ["BenchConfig", "run"]
 
 logger = logging.getLogger(__name__)
-
-Method = Literal["policy", "random", "tpe", "gp", "cmaes", "best_average", "portfolio"]
 
 
 class BenchConfig(BaseModel):
@@ -41,7 +41,10 @@ class BenchConfig(BaseModel):
     )
     train_tasks: list[str] = Field(default_factory=list)
     test_tasks: list[str] = Field(default_factory=list)
-    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    methods: list[str] = Field(
+        default_factory=lambda: list(METHODS),
+        description=f"{', '.join(METHODS)}, or a name from `fixed`",
+    )
     budgets: list[int] = Field(default_factory=lambda: [1, 3, 10, 30])
     seeds: int = Field(3, gt=0)
     policy: dict[str, Any] = Field(default_factory=dict)
@@ -56,6 +59,20 @@ class BenchConfig(BaseModel):
     score: Literal["final", "best"] | None = None
     storage: str | None = Field(
         None, description="trial store of real-training suites (default OUT/trials.db)"
+    )
+    space: str | list[str] | None = Field(
+        None,
+        description="built-in space name(s) or YAML path(s), composed in order (default: "
+        "optimizer for real suites, lcbench for lcbench)",
+    )
+    fixed: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named configurations of the space, usable as methods (each trial runs it)",
+    )
+    final_training: bool = Field(
+        False,
+        description="after each run, train the final model on train+val with the best "
+        "configuration for its best epoch count, and report its test metric",
     )
 
     @classmethod
@@ -87,6 +104,25 @@ class BenchConfig(BaseModel):
             raise ConfigError(
                 "test_tasks is empty (or give folds: N for cross-validation over all tasks)"
             )
+        clash = sorted(set(self.fixed) & set(METHODS))
+        if clash:
+            raise ConfigError(f"fixed configuration {clash[0]!r} has the name of a built-in method")
+        for m in self.methods:
+            if m not in METHODS and m not in self.fixed:
+                options = [*METHODS, *self.fixed]
+                close = difflib.get_close_matches(m, options, n=1)
+                raise ConfigError(
+                    f"unknown method {m!r}; methods: {', '.join(options)}."
+                    + (f" Did you mean {close[0]!r}?" if close else "")
+                )
+        if self.space is not None and self.benchmark == "lcbench":
+            names = [self.space] if isinstance(self.space, str) else self.space
+            if names != ["lcbench"]:
+                raise ConfigError(
+                    "the lcbench surrogate knows only the lcbench space: drop 'space'"
+                )
+        if self.final_training and self.benchmark == "lcbench":
+            raise ConfigError("final_training needs real training; lcbench is a surrogate")
         if any(b < 1 for b in self.budgets) or not self.budgets:
             raise ConfigError(f"budgets must be positive integers, got {self.budgets}")
         transfer = {"policy", "best_average", "portfolio"} & set(self.methods)
@@ -126,7 +162,7 @@ class _Bench:
                 raise ConfigError(
                     f"unknown benchmark {config.benchmark!r}: lcbench or a suite of real tasks ({', '.join(suites())})"
                 )
-            self.space = SearchSpace.builtin("optimizer")
+            self.space = _space(config.space) if config.space else SearchSpace.builtin("optimizer")
             # Real training: every evaluation in the trial store (one study per task).
             store = TrialStore(storage_url(storage or config.storage, out))
             self.backend = StoredBackend(
@@ -137,19 +173,31 @@ class _Bench:
             self.n_norm = config.normalisation_samples or 20
             self.n_transfer = config.transfer_candidates or 16
             self._builtin = builtin
+        self.fixed: dict[str, dict[str, Any]] = {}
+        for method, fixed in config.fixed.items():
+            try:
+                self.fixed[method] = self.space.validate(fixed)
+            except HporlError as err:
+                raise ConfigError(f"fixed configuration {method!r}: {err}") from None
+        self._finals: dict[tuple[str, str, int, int], TrialResult] = {}
         unknown = sorted(set(config.train_tasks + config.test_tasks) - set(self.all_tasks))
         if unknown and config.benchmark == "lcbench":
             raise ConfigError(f"unknown {config.benchmark} task ids: {', '.join(unknown)}")
         self._tasks: dict[str, Any] = {}
         self._norms: dict[str, tuple[float, float]] = {}
         self._results: dict[tuple[str, str, int], TrialResult] = {}
+        self.last_results: dict[tuple[str, str, int, int], TrialResult] = {}
 
     def task(self, name: str) -> Any:
         if name not in self._tasks:
             if self.config.benchmark == "lcbench":
                 self._tasks[name] = self.backend.task(name)
             else:
-                self._tasks[name] = self._builtin(name, epochs=self.config.epochs)
+                task = self._builtin(name, epochs=self.config.epochs)
+                from hporl.augment import check_space
+
+                check_space(self.space, task)  # augmentation only for image tasks
+                self._tasks[name] = task
         return self._tasks[name]
 
     def score(self, result: TrialResult) -> float | None:
@@ -165,6 +213,22 @@ class _Bench:
         if key not in self._results:
             self._results[key] = self.backend.evaluate(task, config, seed=seed)
         return self._results[key]
+
+    def final(
+        self, task: Any, config: Mapping[str, Any], result: TrialResult, seed: int
+    ) -> TrialResult:
+        """The final training of a run's best configuration, as ``tune_model`` does it: on
+        train+val, for the trial's best epoch count; its ``test_metric`` is the figure."""
+        epochs = max(int(result.best_epoch or task.epochs), 1)
+        key = (task.name, config_key(config), seed, epochs)
+        if key not in self._finals:
+            merged = copy.copy(task)
+            merged.X_train = torch.cat([task.X_train, task.X_val])
+            merged.y_train = torch.cat([task.y_train, task.y_val])
+            merged.epochs = epochs
+            merged.__dict__.pop("fingerprint", None)
+            _, self._finals[key] = self.backend.fit(merged, config, seed=seed, epochs=epochs)
+        return self._finals[key]
 
     def scores(self, task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
         """Scores (seed 0) of many configurations, NaN where a trial failed; one batched call
@@ -219,7 +283,7 @@ def run(
 
     Returns the summary. Each fold meta-trains the policy on its train tasks only.
     """
-    from hporl.bench._report import summarise, write_report
+    from hporl.bench._report import summarise, summarise_finals, write_report
 
     config = BenchConfig.load(config)
     out = Path(out)
@@ -230,7 +294,12 @@ def run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     say = progress or (lambda msg: logger.info(msg))
     folds = _folds(config, bench.all_tasks)
+    if config.benchmark != "lcbench":  # bad tasks (or a space that cannot apply) before training
+        for train, test in folds:
+            for name in [*train, *test]:
+                bench.task(name)
     records: list[dict[str, Any]] = []
+    finals: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
     for f, (train, test) in enumerate(folds):
         if set(train) & set(test):  # pragma: no cover - _folds guarantees it
@@ -252,7 +321,10 @@ def run(
             task = bench.task(name)
             for method in config.methods:
                 for seed in range(config.seeds):
-                    records += _one_run(bench, method, task, name, seed, transfer, policy, f)
+                    rows = _one_run(bench, method, task, name, seed, transfer, policy, f)
+                    records += rows
+                    if config.final_training:
+                        finals.append(_final_record(bench, task, rows, seed))
             say(f"fold {f + 1}/{len(folds)}: task {name} done")
     # y_max raised to any better value any method found; regret from the final normalisation.
     for name in {r["task"] for r in records}:
@@ -272,9 +344,12 @@ def run(
     summary = summarise(records, config, train_tasks=all_train, test_tasks=all_test)
     summary["timings_seconds"] = timings
     summary["folds"] = [{"train_tasks": tr, "test_tasks": te} for tr, te in folds]
+    if config.final_training:
+        summary["final_test"] = summarise_finals(finals, config)
+        write_json(out / "finals.json", finals)
     write_json(out / "results.json", records)
     write_json(out / "summary.json", summary)
-    write_report(records, summary, config, out)
+    write_report(records, summary, config, out, finals)
     return summary
 
 
@@ -307,6 +382,7 @@ def _one_run(
         transfer=transfer,
         policy=policy,
         task=task,
+        fixed=bench.fixed,
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     rows = []
@@ -324,6 +400,7 @@ def _one_run(
         else:
             study.tell(trial, y)
             best = y if best is None else max(best, y)
+        bench.last_results[(method, name, seed, i + 1)] = result
         rows.append(
             {
                 "method": method,
@@ -340,6 +417,48 @@ def _one_run(
             }
         )
     return rows
+
+
+def _final_record(
+    bench: _Bench, task: Any, rows: list[dict[str, Any]], seed: int
+) -> dict[str, Any]:
+    """The final training after one run: the best trial's configuration (highest score, earliest
+    on ties), trained on train+val; ``test_metric`` is ``None`` when every trial failed."""
+    scored = [r for r in rows if r["score"] is not None]
+    record = {"method": rows[0]["method"], "task": rows[0]["task"], "seed": seed}
+    if not scored:
+        return record | {"config": None, "test_metric": None, "final_epochs": None}
+    best = max(scored, key=lambda r: (r["score"], -r["trial"]))
+    result = bench.last_results[(best["method"], best["task"], seed, best["trial"])]
+    final = bench.final(task, best["config"], result, seed)
+    return record | {
+        "config": best["config"],
+        "trial": best["trial"],
+        "val_score": best["score"],
+        "final_epochs": final.epochs,
+        "status": final.status,
+        "test_metric": final.test_metric if final.ok else None,
+    }
+
+
+def _space(spec: str | list[str]) -> SearchSpace:
+    """Built-in names or YAML paths, composed in order."""
+    from hporl.space import builtin_spaces
+
+    parts = []
+    for ref in [spec] if isinstance(spec, str) else spec:
+        if ref in builtin_spaces():
+            parts.append(SearchSpace.builtin(ref))
+        elif Path(ref).is_file():
+            parts.append(SearchSpace.from_yaml(ref))
+        else:
+            raise ConfigError(
+                f"space {ref!r} is neither a built-in space ({', '.join(builtin_spaces())}) nor a YAML file"
+            )
+    space = parts[0]
+    for part in parts[1:]:
+        space = space + part
+    return space
 
 
 def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path) -> Any:

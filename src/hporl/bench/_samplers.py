@@ -77,8 +77,12 @@ def make_sampler(
     transfer: TransferCandidates | None = None,
     policy: Any = None,
     task: Any = None,
+    fixed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> BaseSampler:
-    """The optuna sampler of a benchmark method."""
+    """The optuna sampler of a benchmark method; a name in ``fixed`` proposes that
+    configuration at every trial."""
+    if fixed and method in fixed:
+        return FixedSequenceSampler(space, [fixed[method]] * n_trials, seed=seed)
     if method == "random":
         return RandomSampler(seed=seed)
     if method == "tpe":
