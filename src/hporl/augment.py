@@ -24,7 +24,9 @@ magnitude. AutoAugment's ``color`` (saturation) and ``sample_pairing`` are left 
 does nothing to the 1-channel images most tasks here have.
 
 Everything runs per sample on batched tensors, with kornia's kernels (``kornia.enhance``,
-``kornia.geometry.transform``) and every random draw taken from a ``torch.Generator`` that the
+``kornia.geometry.transform.warp_affine``; ``equalize`` and ``cutout`` are written here, since
+kornia's ``equalize``, like PIL's, leaves channels of fewer than 256 pixels unchanged) and every
+random draw taken from a ``torch.Generator`` that the
 :class:`Augmenter` owns, so results depend on the seed only, never on torch's global RNG. Images of
 any channel count work, 1-channel ones included: the policies are composed here from single
 operations (kornia's own ``AutoAugment`` class refuses 1-channel images). Task images are
@@ -314,20 +316,27 @@ def check_space(space: SearchSpace, task: Any) -> None:
     if not names:
         return
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    err = _image_error(task, f"the search space's augmentation parameters ({shown})")
+    err = _image_error(task, f"a search space with augmentation parameters ({shown})")
     if err is not None:
         raise err
     _kornia()
 
 
 # -- the space ---------------------------------------------------------------------------------
-def autoaugment_space(n_subpolicies: int = DEFAULT_SUBPOLICIES) -> SearchSpace:
+def autoaugment_space(
+    n_subpolicies: int = DEFAULT_SUBPOLICIES, *, policies: tuple[str, ...] | list[str] = POLICIES
+) -> SearchSpace:
     """The ``autoaugment`` search space with ``n_subpolicies`` sub-policies (the built-in has 5).
 
-    ``augment`` chooses ``none``, ``trivialaugment``, ``randaugment`` (with ``randaugment_n`` in
-    1..3 and ``randaugment_m`` in 0..30) or ``autoaugment`` (with each sub-policy's two
-    operations, probabilities and magnitudes). Defaults: no augmentation; RandAugment's N=2,
+    ``augment`` chooses among ``policies`` (default all: ``none``, ``trivialaugment``,
+    ``randaugment`` with ``randaugment_n`` in 1..3 and ``randaugment_m`` in 0..30, and
+    ``autoaugment`` with each sub-policy's two operations, probabilities and magnitudes); a
+    single policy makes ``augment`` fixed, e.g. ``policies=["autoaugment"]`` to search AutoAugment
+    policies only. Defaults: no augmentation (else the first of ``policies``); RandAugment's N=2,
     M=9; AutoAugment's reduced-CIFAR-10 policy (its first five sub-policies, repeated beyond).
+
+    Raises:
+        ConfigError: ``n_subpolicies`` outside 1..50, or an unknown or repeated policy.
     """
     from hporl.space import SearchSpace
 
@@ -337,39 +346,50 @@ def autoaugment_space(n_subpolicies: int = DEFAULT_SUBPOLICIES) -> SearchSpace:
         or not 1 <= n_subpolicies <= 50
     ):
         raise ConfigError(f"n_subpolicies must be an integer in [1, 50], got {n_subpolicies!r}")
+    policies = list(policies)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown or not policies or len(set(policies)) != len(policies):
+        raise ConfigError(
+            f"policies must be distinct names among {', '.join(POLICIES)}, got {policies!r}."
+            + (_suggest(unknown[0], POLICIES) if unknown and isinstance(unknown[0], str) else "")
+        )
+    default = policies == list(POLICIES) and n_subpolicies == DEFAULT_SUBPOLICIES
     return SearchSpace.from_dict(
-        _space_dict(n_subpolicies),
-        name="autoaugment"
-        if n_subpolicies == DEFAULT_SUBPOLICIES
-        else f"autoaugment{n_subpolicies}",
+        _space_dict(n_subpolicies, policies),
+        name="autoaugment" if default else f"autoaugment{n_subpolicies}",
     )
 
 
-def _space_dict(n: int) -> dict[str, Any]:
+def _space_dict(n: int, policies: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {
         AUGMENT_KEY: {
             "type": "categorical",
-            "choices": list(POLICIES),
-            "default": "none",
+            "choices": policies,
+            "default": "none" if "none" in policies else policies[0],
             "description": "data augmentation of training batches (image tasks only)",
-        },
-        "randaugment_n": {
+        }
+        if len(policies) > 1
+        else {"type": "fixed", "value": policies[0]},
+    }
+    if "randaugment" in policies:
+        params["randaugment_n"] = {
             "type": "int",
             "low": 1,
             "high": 3,
             "default": 2,
             "when": {AUGMENT_KEY: ["randaugment"]},
             "description": "RandAugment: operations per image",
-        },
-        "randaugment_m": {
+        }
+        params["randaugment_m"] = {
             "type": "int",
             "low": 0,
             "high": RANDAUGMENT_LEVELS,
             "default": 9,
             "when": {AUGMENT_KEY: ["randaugment"]},
             "description": "RandAugment: magnitude on the 0-30 scale",
-        },
-    }
+        }
+    if "autoaugment" not in policies:
+        return {"parameters": params}
     when = {AUGMENT_KEY: ["autoaugment"]}
     for i in range(1, n + 1):
         default = _CIFAR10[(i - 1) % len(_CIFAR10)]
@@ -417,6 +437,22 @@ def _cutout(x: torch.Tensor, strength: torch.Tensor, gen: torch.Generator | None
         torch.arange(b, device=x.device), cy.long().clamp(max=h - 1), cx.long().clamp(max=w - 1)
     ] = True
     return torch.where(mask[:, None], torch.full_like(x, 0.5), x)
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each channel of each image over 256 levels, by the textbook
+    formula ``(cdf(v) - cdf_min) / (n - cdf_min)``. (kornia's and PIL's ``equalize`` leave a
+    channel of fewer than 256 pixels unchanged, which is every image of an 8x8 or 12x12 task.)"""
+    b, c, h, w = x.shape
+    levels = (x.reshape(b * c, h * w) * 255).round().long().clamp(0, 255)
+    hist = torch.zeros(b * c, 256, dtype=x.dtype, device=x.device)
+    hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=x.dtype))
+    cdf = hist.cumsum(1)
+    cdf_min = cdf.gather(1, levels.min(1, keepdim=True).values)
+    lut = ((cdf - cdf_min) / (h * w - cdf_min).clamp_min(1)).clamp(0.0, 1.0)
+    out = lut.gather(1, levels).reshape(b, c, h, w)
+    constant = (h * w - cdf_min).reshape(b, c, 1, 1) == 0
+    return torch.where(constant, x, out)
 
 
 def _warp(x: torch.Tensor, kinds: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -473,7 +509,7 @@ def apply_operation(
     if name == "auto_contrast":
         return E.normalize_min_max(x).clamp(0.0, 1.0)
     if name == "equalize":
-        return E.equalize(x)
+        return _equalize(x)
     if name == "invert":
         return 1.0 - x
     if name == "posterize":

@@ -90,7 +90,10 @@ class BenchConfig(BaseModel):
             config = cls.model_validate(dict(source))
         except ValidationError as err:
             raise ConfigError(f"{name}: {explain_validation(err, cls)}") from None
-        config._check()
+        try:
+            config._check()
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from None
         return config
 
     def _check(self) -> None:

@@ -1,0 +1,81 @@
+"""tune_model over `optimizer + autoaugment` on image tasks, and its refusal on other tasks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import hporl
+from hporl import TaskError
+from hporl.augment import AugmentPolicy, autoaugment_space
+from hporl.tasks import builtin
+
+
+def _space(policies: list[str]) -> dict:
+    aug = autoaugment_space(2, policies=policies).to_dict()["parameters"]
+    return {"name": "opt+aug", "include": ["optimizer"], "parameters": aug}
+
+
+@pytest.fixture(scope="module")
+def image_policy(tmp_path_factory):
+    """A policy meta-trained for a few steps on two image tasks over `optimizer` + AutoAugment
+    (2 sub-policies), one epoch per trial."""
+    out = tmp_path_factory.mktemp("meta-aug")
+    policy = hporl.run_experiment(
+        {
+            "name": "tiny-aug",
+            "tasks": ["digits_image", "shapes"],
+            "space": _space(["autoaugment"]),
+            "backend": {"epochs": 1},
+            "budget": 2,
+            "agent": {
+                "total_timesteps": 128,
+                "net_arch": [16],
+                "params": {"n_steps": 64, "batch_size": 32},
+            },
+        },
+        out=out,
+    )
+    return policy
+
+
+@pytest.mark.slow
+def test_tune_over_optimizer_and_autoaugment_on_digits_images(image_policy, tmp_path):
+    task = builtin("digits_image", epochs=2)
+    result = hporl.tune_model(data=task, policy=image_policy, n_trials=2, out=tmp_path / "tuned")
+    config = result.config
+    assert "lr" in config and config["augment"] == "autoaugment"
+    policy = AugmentPolicy.from_config(config)
+    assert len(policy.subpolicies) == 2
+    for i in (1, 2):
+        for j in (1, 2):
+            assert {f"subpolicy{i}_op{j}", f"subpolicy{i}_prob{j}", f"subpolicy{i}_mag{j}"} <= set(
+                config
+            )
+    assert isinstance(result.model, torch.nn.Module)
+    assert isinstance(result.test_metric, float) and result.final_result.ok
+    torch.manual_seed(0)  # the model as built before training, with the trial seed
+    untrained = task.build_model(0, config).state_dict()
+    trained = result.model.state_dict()
+    assert any(not torch.equal(trained[k], untrained[k]) for k in trained)
+    assert all(t["status"] == "ok" for t in result.trials)
+    assert (tmp_path / "tuned" / "model.pt").is_file()
+    state = torch.load(tmp_path / "tuned" / "model.pt", weights_only=True)
+    assert set(state) == set(result.model.state_dict())
+
+
+def test_tune_refuses_an_augmentation_space_on_a_non_image_task(image_policy, iris, monkeypatch):
+    trained = []
+    monkeypatch.setattr(
+        hporl.TorchBackend, "evaluate", lambda *a, **k: trained.append(1) or None, raising=True
+    )
+    message = (
+        "a search space with augmentation parameters (augment, subpolicy1_op1, subpolicy1_prob1, ...) "
+        "needs an image task (inputs of shape (C, H, W)); task 'iris' has tabular inputs of shape (4,)"
+    )
+    # iris has other meta-features than image tasks, but the same count: the policy reads it
+    with pytest.raises(TaskError, match=re.escape(message)):
+        hporl.tune_model(data=iris, policy=image_policy, n_trials=1)
+    assert trained == []
