@@ -73,6 +73,10 @@ class AgentConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     checkpoint_every: int = Field(5_000, gt=0)
     device: str = "cpu"
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where the n_envs environments run: subprocesses, or Ray actors"
+    )
+    ray_address: str | None = None
 
     def policy_kwargs(self) -> dict[str, Any]:
         """JSON-ready network description (also stored with a saved Policy)."""
@@ -111,8 +115,15 @@ def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_vec_env(env_fns: list[Callable[[], gym.Env]]) -> VecEnv:
-    """One env in process, or one subprocess per env when there are several."""
+def make_vec_env(
+    env_fns: list[Callable[[], gym.Env]], executor: str = "local", ray_address: str | None = None
+) -> VecEnv:
+    """One env in process, or one subprocess per env when there are several; with
+    ``executor="ray"``, each env in a Ray actor (:func:`hporl.executors.ray_vec_env`)."""
+    if executor == "ray":
+        from hporl.executors import ray_vec_env
+
+        return ray_vec_env(env_fns, address=ray_address)
     return DummyVecEnv(env_fns) if len(env_fns) == 1 else SubprocVecEnv(env_fns)
 
 
@@ -293,7 +304,7 @@ def train_agent(
     ``on_new_agent`` is called with a freshly built agent (not a
     resumed one) before it learns: a warm start such as behaviour cloning.
     """
-    env = make_vec_env(env_fns)
+    env = make_vec_env(env_fns, config.executor, config.ray_address)
     callbacks = [callback] if callback is not None else []
     agent: BaseAlgorithm | None = None
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None

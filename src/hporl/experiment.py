@@ -346,7 +346,8 @@ def meta_train(
         else None
     )
     # One env in process shares its evaluation cache with the warm start.
-    env_fns = [lambda: env] if agent.n_envs == 1 else [make_env] * agent.n_envs
+    in_process = agent.n_envs == 1 and agent.executor == "local"
+    env_fns = [lambda: env] if in_process else [make_env] * agent.n_envs
     trained = train_agent(
         agent,
         env_fns,
@@ -381,7 +382,7 @@ def meta_train(
                     "store_hits": backend.n_cached,
                     "storage": mask_url(backend.store.url),
                 }
-                if isinstance(backend, StoredBackend) and agent.n_envs == 1
+                if isinstance(backend, StoredBackend) and in_process
                 else {}
             ),
             "policy": str(run_dir / "policy"),

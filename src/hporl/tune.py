@@ -22,6 +22,7 @@ from torch import nn
 from hporl._io import atomic_write
 from hporl.backends import TorchBackend, TrialResult
 from hporl.exceptions import ConfigError, HporlError, StoreError, TaskError
+from hporl.executors import EXECUTORS, Executor, make_executor
 from hporl.policy import Policy, PolicySampler
 from hporl.store import WORKER, TrialStore, mask_url, storage_url
 from hporl.tasks import Task
@@ -193,6 +194,10 @@ def tune_model(
     deterministic: bool = True,
     fine_tune_steps: int = 10,
     callback: ProgressCallback | None = None,
+    n_parallel: int = 1,
+    executor: str | Executor = "local",
+    ray_address: str | None = None,
+    trial_timeout: float | None = None,
 ) -> TuneResult:
     """Tune ``model`` (a module, a factory, or a list of them; ``None`` for the default MLP/CNN)
     on ``data`` with ``policy`` for ``n_trials`` trials, then train the final model.
@@ -218,6 +223,14 @@ def tune_model(
             restarted worker tops up its own share.
         compare_default: also run the final training with the space's default configuration
             (its epoch count from one trial of it) and report ``default_test_metric``.
+        n_parallel: trials at once. The policy proposes a configuration for each free worker,
+            never one already running, and reads every result as it arrives.
+        executor: where trials run (:mod:`hporl.executors`): ``"local"`` (in this process, or
+            a process pool when ``n_parallel > 1``), ``"ray"`` (a Ray cluster at
+            ``ray_address`` / ``RAY_ADDRESS``, else a local Ray for this run), or an Executor.
+        trial_timeout: seconds a trial may take; it is stopped after the epoch in which the
+            limit passes (recorded PRUNED with the reason). A trial whose worker dies is
+            recorded FAIL and retried once.
 
     Raises:
         HporlError: bad data, policy, storage or arguments, before any training.
@@ -227,6 +240,14 @@ def tune_model(
         raise TaskError("tune_model needs data: a Task, an (X, y) pair, or a CSV path")
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or n_parallel < 1:
+        raise ConfigError(f"n_parallel must be a positive integer, got {n_parallel!r}")
+    if trial_timeout is not None and not trial_timeout > 0:
+        raise ConfigError(
+            f"trial_timeout must be a positive number of seconds, got {trial_timeout!r}"
+        )
+    if not isinstance(executor, Executor) and executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if policy is None:
         raise ConfigError(
             "tune_model needs a policy: a Policy or a policy directory (see `hporl meta-train`)"
@@ -282,7 +303,8 @@ def tune_model(
 
     if fine_tune:
         after_trial(study, None)  # a resumed run starts from the fine-tuned policy
-    if n_trials > done:
+    sequential = n_parallel == 1 and executor == "local" and trial_timeout is None
+    if n_trials > done and sequential:
         with _store_errors(store):
             study.optimize(
                 objective,
@@ -290,6 +312,14 @@ def tune_model(
                 callbacks=[after_trial],
                 gc_after_trial=False,
             )
+    elif n_trials > done:
+        run = _ParallelRun(study, store, space, task, seed=seed, worker=worker, callback=callback)
+        with (
+            _store_errors(store),
+            make_executor(executor, n_parallel, ray_address=ray_address) as ex,
+        ):
+            ex.start(backend, task)
+            run.run(ex, n_trials - done, n_parallel, trial_timeout, done, n_trials, after_trial)
     finished = _finished(store, study)
     records = [_record(n, c, r, resumed=n in earlier) for n, c, r in finished]
     best_config, models, final, final_epochs = _best_then_final(backend, task, finished, seed)
@@ -329,6 +359,91 @@ def tune_model(
         if fine_tune:
             current.save(Path(out) / "policy_fine_tuned")
     return out_result
+
+
+class _ParallelRun:
+    """Up to P trials at once through an executor, with optuna's ask/tell: a free worker gets
+    the policy's next configuration (never one that is running), results are told as they
+    arrive, heartbeats are kept, and a trial whose worker died is failed and queued again."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        store: TrialStore,
+        space: Any,
+        task: Task,
+        *,
+        seed: int,
+        worker: str,
+        callback: ProgressCallback | None,
+    ) -> None:
+        self.study, self.store, self.space, self.task = study, store, space, task
+        self.seed, self.worker, self.callback = seed, worker, callback
+
+    def run(
+        self,
+        ex: Executor,
+        n: int,
+        n_parallel: int,
+        time_limit: float | None,
+        done: int,
+        total: int,
+        after_trial: Callable[[optuna.Study, Any], None],
+    ) -> None:
+        import concurrent.futures as cf
+
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        study, store = self.study, self.store
+        beats = is_heartbeat_enabled(study._storage)
+        running: dict[cf.Future, tuple[optuna.Trial, dict[str, Any]]] = {}
+        finished = 0
+        while finished < n:
+            while finished + len(running) < n and len(running) < n_parallel:
+                trial = study.ask()  # a queued retry first
+                store.claim(trial)
+                config = self.space.suggest(trial)
+                hit = store.lookup(self.task, config, seed=self.seed)
+                if hit is not None:
+                    future: cf.Future = cf.Future()
+                    future.set_result(hit)
+                else:
+                    future = ex.submit(config, seed=self.seed, time_limit=time_limit)
+                running[future] = (trial, config)
+            ready, _ = cf.wait(list(running), timeout=5.0, return_when=cf.FIRST_COMPLETED)
+            if beats:
+                for trial, _ in running.values():
+                    study._storage.record_heartbeat(trial._trial_id)
+            for future in ready:
+                trial, config = running.pop(future)
+                result = future.result()
+                if self._died(trial, result):
+                    continue  # queued again: does not count
+                store.annotate(trial, self.task, config, result, seed=self.seed, worker=self.worker)
+                if result.ok and result.best_metric is not None and not result.stopped_early:
+                    study.tell(trial, float(result.best_metric))
+                elif result.ok and result.stopped_early:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                finished += 1
+                if self.callback is not None:
+                    self.callback(done + finished, total, config, result)
+                after_trial(study, None)
+
+    def _died(self, trial: optuna.Trial, result: TrialResult) -> bool:
+        """A worker that died mid-trial: FAIL with the reason, and queue the configuration
+        again once (optuna's retry convention). ``False`` once it was retried already."""
+        if result.status != "failed" or not str(result.reason).startswith("worker died"):
+            return False
+        history = trial.system_attrs.get("retry_history", [])
+        if len(history) >= self.store.max_retry:
+            return False
+        trial.set_user_attr("reason", result.reason)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        logger.warning("trial %d: %s; queued again", trial.number, result.reason)
+        self.store.retry(self.study, self.study._storage.get_trial(trial._trial_id))
+        return True
 
 
 def _finished(

@@ -1,0 +1,462 @@
+"""Where evaluations run: in this process, in a local process pool, or on a Ray cluster.
+
+An :class:`Executor` runs ``Backend.evaluate`` for one task and many configurations; the task
+(its tensors and model definitions) is shipped to the workers once, not with every trial.
+``submit`` returns a :class:`concurrent.futures.Future` of the :class:`~hporl.backends.TrialResult`;
+a trial whose worker dies or that exceeds its time limit comes back as a ``"failed"`` result
+with the reason (never an exception), so the caller can record it and retry it.
+
+- ``local`` (default): ``n_workers=1`` evaluates in the calling process; more use a pool of
+  spawned processes, each given the task once when it starts.
+- ``ray`` (``pip install 'hporl[ray]'``): an existing cluster (``address=`` or ``RAY_ADDRESS``), or
+  a local Ray started for the run and shut down after. The task goes into Ray's object store
+  once.
+
+The time limit is kept at two levels: the backend stops a trial at the end of the epoch in
+which its limit passes (``reason`` says so); a worker that does not come back within twice the
+limit is cancelled (Ray) and the trial failed.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hporl.backends._base import Backend, TrialResult
+from hporl.exceptions import ConfigError
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "make_executor",
+    "ray_vec_env",
+]
+
+logger = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray")
+
+
+def _time_limited(
+    backend: Backend, task: Any, config: Mapping[str, Any], seed: int, time_limit: float | None
+) -> TrialResult:
+    """``backend.evaluate`` that stops at the end of the epoch in which ``time_limit`` passes."""
+    if not time_limit:
+        return backend.evaluate(task, config, seed=seed)
+    start = time.perf_counter()
+
+    def over(_epoch: int, _value: float) -> bool:
+        return time.perf_counter() - start > time_limit
+
+    result = backend.evaluate(task, config, seed=seed, on_epoch=over)
+    if result.stopped_early:
+        result.reason = f"time limit of {time_limit:g} s reached after {result.epochs_done} epochs"
+    return result
+
+
+def failed(metric_name: str, reason: str, config: Mapping[str, Any], seed: int) -> TrialResult:
+    return TrialResult(
+        status="failed", metric_name=metric_name, reason=reason, config=dict(config), seed=seed
+    )
+
+
+class Executor(abc.ABC):
+    """Evaluates configurations of one task on ``n_workers`` workers (see the module docstring)."""
+
+    name = "executor"
+    n_workers = 1
+
+    @abc.abstractmethod
+    def start(self, backend: Backend, task: Any) -> None:
+        """Ship ``backend`` and ``task`` to the workers (once)."""
+
+    @abc.abstractmethod
+    def submit(
+        self, config: Mapping[str, Any], *, seed: int = 0, time_limit: float | None = None
+    ) -> cf.Future:
+        """Start one evaluation; the future's result is its TrialResult (never an exception)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the workers (and a Ray started for this run)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """In this process (``n_workers=1``) or in a pool of spawned processes."""
+
+    name = "local"
+
+    def __init__(self, n_workers: int = 1) -> None:
+        if not isinstance(n_workers, int) or n_workers < 1:
+            raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
+        self.n_workers = n_workers
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._backend: Backend | None = None
+        self._task: Any = None
+
+    def start(self, backend: Backend, task: Any) -> None:
+        self._backend, self._task = backend, task
+        if self.n_workers > 1:
+            import cloudpickle
+
+            payload = cloudpickle.dumps((backend, task))
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.n_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(payload,),
+            )
+
+    def submit(
+        self, config: Mapping[str, Any], *, seed: int = 0, time_limit: float | None = None
+    ) -> cf.Future:
+        if self._backend is None:
+            raise RuntimeError("call start(backend, task) first")
+        if self._pool is None:
+            future: cf.Future = cf.Future()
+            future.set_result(_time_limited(self._backend, self._task, config, seed, time_limit))
+            return future
+        inner = self._pool.submit(_pool_evaluate, dict(config), seed, time_limit)
+        return _guarded(inner, self._task.metric_name, config, seed, time_limit)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(payload: bytes) -> None:
+    import cloudpickle
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER["backend"], _WORKER["task"] = cloudpickle.loads(payload)
+
+
+def _pool_evaluate(config: dict[str, Any], seed: int, time_limit: float | None) -> TrialResult:
+    return _time_limited(_WORKER["backend"], _WORKER["task"], config, seed, time_limit)
+
+
+def _guarded(
+    inner: cf.Future,
+    metric_name: str,
+    config: Mapping[str, Any],
+    seed: int,
+    time_limit: float | None,
+) -> cf.Future:
+    """A future whose worker dying gives a failed result (a broken pool is rebuilt by the
+    caller's next submit)."""
+    outer: cf.Future = cf.Future()
+
+    def done(f: cf.Future) -> None:
+        try:
+            outer.set_result(f.result())
+        except Exception as err:  # BrokenProcessPool: the worker died mid-trial
+            outer.set_result(failed(metric_name, f"worker died: {err!r}", config, seed))
+
+    inner.add_done_callback(done)
+    return outer
+
+
+class RayExecutor(Executor):
+    """Evaluations as Ray tasks; the task data in Ray's object store once.
+
+    Args:
+        n_workers: trials at once (and CPUs of a Ray started here).
+        address: an existing cluster (``ray.init(address=...)``); default ``RAY_ADDRESS``, else a
+            local Ray started for this run (temporary files under ``temp_dir``) and shut down by
+            :meth:`close`.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        n_workers: int = 2,
+        *,
+        address: str | None = None,
+        temp_dir: str | None = None,
+        cpus_per_trial: float = 1.0,
+    ) -> None:
+        ray = _import_ray()
+        if not isinstance(n_workers, int) or n_workers < 1:
+            raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
+        self.n_workers = n_workers
+        self.cpus_per_trial = cpus_per_trial
+        self._ray = ray
+        self._started, self._temp_dir = _ray_init(
+            ray, address, num_cpus=max(int(n_workers * cpus_per_trial), 1), temp_dir=temp_dir
+        )
+        self._remote = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(_ray_evaluate)
+        self._task_ref = None
+        self._backend_ref = None
+        self._metric = "metric"
+        self._watch: dict[Any, tuple[cf.Future, float | None, float, Mapping, int]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def start(self, backend: Backend, task: Any) -> None:
+        self._task_ref = self._ray.put(task)
+        self._backend_ref = self._ray.put(backend)
+        self._metric = task.metric_name
+
+    def submit(
+        self, config: Mapping[str, Any], *, seed: int = 0, time_limit: float | None = None
+    ) -> cf.Future:
+        if self._task_ref is None:
+            raise RuntimeError("call start(backend, task) first")
+        ref = self._remote.remote(self._backend_ref, self._task_ref, dict(config), seed, time_limit)
+        future: cf.Future = cf.Future()
+        with self._lock:
+            self._watch[ref] = (future, time_limit, time.monotonic(), dict(config), seed)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._collect, daemon=True)
+            self._thread.start()
+        return future
+
+    def _collect(self) -> None:
+        """Hand results to futures as they arrive; fail crashed and overdue trials."""
+        ray = self._ray
+        while not self._closing:
+            with self._lock:
+                refs = list(self._watch)
+            if not refs:
+                time.sleep(0.01)
+                continue
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.2)
+            for ref in ready:
+                with self._lock:
+                    future, _, _, config, seed = self._watch.pop(ref)
+                try:
+                    future.set_result(ray.get(ref))
+                except Exception as err:  # the worker died, or the task was cancelled
+                    reason = f"worker died: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    future.set_result(failed(self._metric, reason, config, seed))
+            now = time.monotonic()
+            with self._lock:
+                overdue = [
+                    (ref, v) for ref, v in self._watch.items() if v[1] and now - v[2] > 2 * v[1] + 5
+                ]
+            for ref, (future, limit, _, config, seed) in overdue:
+                ray.cancel(ref, force=True)
+                with self._lock:
+                    self._watch.pop(ref, None)
+                future.set_result(
+                    failed(
+                        self._metric, f"time limit of {limit:g} s: worker cancelled", config, seed
+                    )
+                )
+
+    def close(self) -> None:
+        self._closing = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        _ray_shutdown(self._ray, self._started, self._temp_dir)
+        self._started, self._temp_dir = False, None
+
+
+def _ray_init(
+    ray: Any, address: str | None, *, num_cpus: int, temp_dir: str | None
+) -> tuple[bool, str | None]:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray with ``num_cpus``.
+    Returns whether this call started it, and the temporary directory it made for it."""
+    if ray.is_initialized():
+        return False, None
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    made = None
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        made = None if temp_dir else tempfile.mkdtemp(prefix="hporl-ray-")
+        kwargs.update(num_cpus=num_cpus, _temp_dir=temp_dir or made)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # an address nothing answers at, a bad temp dir
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        where = f"at {address!r}" if address else "locally"
+        raise ConfigError(f"cannot start or reach Ray {where}: {first}") from None
+    return True, made
+
+
+def _ray_shutdown(ray: Any, started: bool, temp_dir: str | None) -> None:
+    if started and ray.is_initialized():
+        ray.shutdown()
+    if temp_dir is not None:
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray executor needs Ray: pip install 'hporl[ray]'") from None
+    return ray
+
+
+def _ray_evaluate(
+    backend: Backend, task: Any, config: dict[str, Any], seed: int, time_limit: float | None
+) -> TrialResult:
+    import torch
+
+    torch.set_num_threads(1)
+    return _time_limited(backend, task, config, seed, time_limit)
+
+
+def make_executor(
+    executor: str | Executor = "local",
+    n_workers: int = 1,
+    *,
+    ray_address: str | None = None,
+    temp_dir: str | None = None,
+) -> Executor:
+    """An executor by name (``local`` or ``ray``), or the one given."""
+    if isinstance(executor, Executor):
+        return executor
+    if executor == "local":
+        return LocalExecutor(n_workers)
+    if executor == "ray":
+        return RayExecutor(n_workers, address=ray_address, temp_dir=temp_dir)
+    raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+
+
+# -- environments on Ray ---------------------------------------------------------------------------
+class _EnvActor:
+    """One environment in a Ray actor (what SB3's SubprocVecEnv worker does in a subprocess)."""
+
+    def __init__(self, env_fn: Any) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.env = env_fn()
+
+    def spaces(self) -> tuple[Any, Any]:
+        return self.env.observation_space, self.env.action_space
+
+    def reset(self, seed: int | None, options: dict | None) -> tuple[Any, dict]:
+        return self.env.reset(seed=seed, **({"options": options} if options else {}))
+
+    def step(self, action: Any) -> tuple[Any, float, bool, dict, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        done = terminated or truncated
+        info["TimeLimit.truncated"] = truncated and not terminated
+        reset_info: dict = {}
+        if done:
+            info["terminal_observation"] = observation
+            observation, reset_info = self.env.reset()
+        return observation, reward, done, info, reset_info
+
+    def call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        return self.env.get_wrapper_attr(name)(*args, **kwargs)
+
+    def get(self, name: str) -> Any:
+        return self.env.get_wrapper_attr(name)
+
+    def has(self, name: str) -> bool:
+        try:
+            self.env.get_wrapper_attr(name)
+        except AttributeError:
+            return False
+        return True
+
+    def set(self, name: str, value: Any) -> None:
+        setattr(self.env, name, value)
+
+    def is_wrapped(self, wrapper_class: type) -> bool:
+        from stable_baselines3.common.env_util import is_wrapped
+
+        return is_wrapped(self.env, wrapper_class)
+
+
+def ray_vec_env(env_fns: list[Any], *, address: str | None = None) -> Any:
+    """An SB3 VecEnv whose environments live in Ray actors (one CPU each): a step fans out to
+    all of them, so meta-training's evaluations run on the cluster's workers."""
+    import numpy as np
+    from stable_baselines3.common.vec_env import VecEnv
+    from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs
+
+    ray = _import_ray()
+
+    class RayVecEnv(VecEnv):
+        def __init__(self) -> None:
+            self._started, self._temp_dir = _ray_init(
+                ray, address, num_cpus=len(env_fns), temp_dir=None
+            )
+            actor = ray.remote(num_cpus=1)(_EnvActor)
+            self.actors = [actor.remote(fn) for fn in env_fns]
+            obs_space, act_space = ray.get(self.actors[0].spaces.remote())
+            super().__init__(len(env_fns), obs_space, act_space)
+            self._refs: list[Any] = []
+            self.closed = False
+
+        def reset(self) -> Any:
+            refs = [
+                a.reset.remote(self._seeds[i], self._options[i]) for i, a in enumerate(self.actors)
+            ]
+            obs, self.reset_infos = zip(*ray.get(refs), strict=True)
+            self._reset_seeds()
+            self._reset_options()
+            return _stack_obs(obs, self.observation_space)
+
+        def step_async(self, actions: np.ndarray) -> None:
+            self._refs = [a.step.remote(x) for a, x in zip(self.actors, actions, strict=True)]
+
+        def step_wait(self) -> Any:
+            results = ray.get(self._refs)
+            self._refs = []
+            obs, rews, dones, infos, self.reset_infos = zip(*results, strict=True)
+            return _stack_obs(obs, self.observation_space), np.stack(rews), np.stack(dones), infos
+
+        def _targets(self, indices: Any) -> list[Any]:
+            return [self.actors[i] for i in self._get_indices(indices)]
+
+        def env_method(self, name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list:
+            return ray.get([a.call.remote(name, args, kwargs) for a in self._targets(indices)])
+
+        def get_attr(self, name: str, indices: Any = None) -> list:
+            return ray.get([a.get.remote(name) for a in self._targets(indices)])
+
+        def has_attr(self, name: str) -> bool:
+            return all(ray.get([a.has.remote(name) for a in self.actors]))
+
+        def set_attr(self, name: str, value: Any, indices: Any = None) -> None:
+            ray.get([a.set.remote(name, value) for a in self._targets(indices)])
+
+        def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+            return ray.get([a.is_wrapped.remote(wrapper_class) for a in self._targets(indices)])
+
+        def get_images(self) -> list:
+            return [None] * self.num_envs
+
+        def close(self) -> None:
+            if self.closed:
+                return
+            for a in self.actors:
+                ray.kill(a)
+            _ray_shutdown(ray, self._started, self._temp_dir)
+            self.closed = True
+
+    return RayVecEnv()
