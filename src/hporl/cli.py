@@ -27,6 +27,17 @@ app = typer.Typer(
 console = Console()
 
 
+Parallel = Annotated[int, typer.Option("--parallel", help="trials (or environments) at once")]
+ExecutorOpt = Annotated[
+    str, typer.Option("--executor", help="where they run: local (processes) or ray")
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="an existing Ray cluster (default RAY_ADDRESS, else a local Ray)"
+    ),
+]
+
 DEMO_TRAIN = [
     "iris",
     "wine",
@@ -162,14 +173,28 @@ def meta_train(
         str | None,
         typer.Option(help="trial store: optuna storage URL or SQLite path (default DIR/trials.db)"),
     ] = None,
+    parallel: Parallel | None = None,
+    executor: ExecutorOpt | None = None,
+    ray_address: RayAddress = None,
 ) -> None:
-    """Meta-train a policy over the experiment's tasks; the policy lands in DIR/policy."""
+    """Meta-train a policy over the experiment's tasks; the policy lands in DIR/policy.
+
+    --parallel sets the number of environments (agent.n_envs), --executor where they run."""
     import torch
 
     from hporl.experiment import ExperimentConfig, run_experiment
 
     torch.set_num_threads(1)
     config = ExperimentConfig.from_yaml(experiment)
+    agent = {
+        k: v
+        for k, v in {"n_envs": parallel, "executor": executor, "ray_address": ray_address}.items()
+        if v is not None
+    }
+    if agent:
+        config = ExperimentConfig.parse(
+            config.model_dump() | {"agent": config.agent.model_dump() | agent}, source="options"
+        )
     run_dir = out or Path(config.out or Path("runs") / config.name)
     policy = run_experiment(config, out=run_dir, resume=resume, progress_bar=True, storage=storage)
     console.print(f"{policy!r}")
@@ -201,6 +226,12 @@ def tune(
         typer.Option(help="name of this process among several sharing --storage (default DIR)"),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the splits and of training")] = 0,
+    parallel: Parallel = 1,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddress = None,
+    trial_timeout: Annotated[
+        float | None, typer.Option(help="seconds a trial may take (stopped after that epoch)")
+    ] = None,
 ) -> None:
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
     import torch
@@ -230,6 +261,10 @@ def tune(
             worker=worker,
             seed=seed,
             callback=show,
+            n_parallel=parallel,
+            executor=executor,
+            ray_address=ray_address,
+            trial_timeout=trial_timeout,
         )
     table = Table(title=f"{result.task}: test {result.metric_name}")
     table.add_column("configuration")

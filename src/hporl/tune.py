@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,7 +401,9 @@ class _ParallelRun:
         finished = 0
         while finished < n:
             while finished + len(running) < n and len(running) < n_parallel:
-                trial = study.ask()  # a queued retry first
+                with warnings.catch_warnings():  # heartbeats are recorded below
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = study.ask()  # a queued retry first
                 store.claim(trial)
                 config = self.space.suggest(trial)
                 hit = store.lookup(self.task, config, seed=self.seed)
@@ -436,7 +439,9 @@ class _ParallelRun:
         again once (optuna's retry convention). ``False`` once it was retried already."""
         if result.status != "failed" or not str(result.reason).startswith("worker died"):
             return False
-        history = trial.system_attrs.get("retry_history", [])
+        history = self.study._storage.get_trial(trial._trial_id).system_attrs.get(
+            "retry_history", []
+        )
         if len(history) >= self.store.max_retry:
             return False
         trial.set_user_attr("reason", result.reason)
