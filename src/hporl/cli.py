@@ -292,6 +292,9 @@ def bench(
             help="trial store of real training: URL or SQLite path (default OUT/trials.db)"
         ),
     ] = None,
+    parallel: Parallel | None = None,
+    executor: ExecutorOpt | None = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Run a benchmark; write results.json, summary.json, report.md and plots/*.png to OUT."""
     import time
@@ -303,7 +306,15 @@ def bench(
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with console.status("benchmarking") as status:
-        summary = run(config, out=out, progress=lambda msg: status.update(msg), storage=storage)
+        summary = run(
+            config,
+            out=out,
+            progress=lambda msg: status.update(msg),
+            storage=storage,
+            parallel=parallel,
+            executor=executor,
+            ray_address=ray_address,
+        )
     console.print((out / "report.md").read_text())
     console.print(
         f"{len(summary['methods'])} methods in {time.perf_counter() - t0:.0f} s; files in {out}"

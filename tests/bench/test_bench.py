@@ -262,3 +262,29 @@ def test_lcbench_transfer_never_sees_test_tasks(tmp_path):
     bench.backend.final_scores = spy
     bench.transfer_candidates(config.train_tasks)
     assert seen == ["3945"]
+
+
+@pytest.mark.slow
+def test_bench_with_parallel_trials_on_a_local_pool(tmp_path):
+    config = {
+        "benchmark": "small",
+        "test_tasks": ["wine"],
+        "methods": ["random", "tpe"],
+        "budgets": [2, 4],
+        "seeds": 1,
+        "epochs": 1,
+        "normalisation_samples": 3,
+        "parallel": 2,
+    }
+    run(config, out=tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    trials = [r for r in results if "trial" in r]
+    assert len(trials) == 8 and {r["method"] for r in trials} == {"random", "tpe"}
+    for method in ("random", "tpe"):  # a batch never holds the same configuration twice
+        configs = [json.dumps(r["config"], sort_keys=True) for r in trials if r["method"] == method]
+        assert len(set(configs)) == 4
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    study = optuna.load_study(study_name="bench/wine", storage=url)
+    stored = {json.dumps(t.user_attrs["hporl_config"], sort_keys=True) for t in study.trials}
+    ran = {json.dumps(r["config"], sort_keys=True) for r in trials}
+    assert ran <= stored  # every evaluation recorded, by the pool's workers too

@@ -60,6 +60,9 @@ class BenchConfig(BaseModel):
     storage: str | None = Field(
         None, description="trial store of real-training suites (default OUT/trials.db)"
     )
+    parallel: int = Field(1, ge=1, description="trials at once (real-training suites)")
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
     space: str | list[str] | None = Field(
         None,
         description="built-in space name(s) or YAML path(s), composed in order (default: "
@@ -189,6 +192,8 @@ class _Bench:
         self._tasks: dict[str, Any] = {}
         self._norms: dict[str, tuple[float, float]] = {}
         self._results: dict[tuple[str, str, int], TrialResult] = {}
+        self._executor: Any = None
+        self._executor_task: Any = None
         self.last_results: dict[tuple[str, str, int, int], TrialResult] = {}
 
     def task(self, name: str) -> Any:
@@ -216,6 +221,39 @@ class _Bench:
         if key not in self._results:
             self._results[key] = self.backend.evaluate(task, config, seed=seed)
         return self._results[key]
+
+    def evaluate_many(
+        self, task: Any, configs: list[dict[str, Any]], seed: int
+    ) -> list[TrialResult]:
+        """Several trials at once on the executor (those not trained before)."""
+        keys = [(task.name, config_key(c), seed) for c in configs]
+        todo = {k: c for k, c in zip(keys, configs, strict=True) if k not in self._results}
+        if todo:
+            executor = self._executor_for(task)
+            futures = {k: executor.submit(c, seed=seed) for k, c in todo.items()}
+            for k, f in futures.items():
+                self._results[k] = f.result()
+        return [self._results[k] for k in keys]
+
+    def _executor_for(self, task: Any) -> Any:
+        from hporl.executors import make_executor
+
+        if self._executor is None:
+            self._executor = make_executor(
+                self.config.executor, self.config.parallel, ray_address=self.config.ray_address
+            )
+        if self._executor_task is not task:
+            if self.config.executor == "local":  # a pool holds one task: a new pool per task
+                self._executor.close()
+                self._executor = make_executor("local", self.config.parallel)
+            self._executor.start(self.backend, task)
+            self._executor_task = task
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def final(
         self, task: Any, config: Mapping[str, Any], result: TrialResult, seed: int
@@ -281,19 +319,41 @@ def run(
     out: str | Path = "runs/bench",
     progress: Callable[[str], None] | None = None,
     storage: str | Path | None = None,
+    parallel: int | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run a benchmark; write ``results.json``, ``summary.json``, ``report.md`` and ``plots/``.
 
-    Returns the summary. Each fold meta-trains the policy on its train tasks only.
+    Returns the summary. Each fold meta-trains the policy on its train tasks only. With
+    ``parallel`` > 1, each method proposes that many configurations at a time (optuna's
+    ask/tell; TPE with its constant liar, the policy never proposing a running one) and they
+    train at once on the ``executor``.
     """
-    from hporl.bench._report import summarise, summarise_finals, write_report
 
     config = BenchConfig.load(config)
+    overrides = {"parallel": parallel, "executor": executor, "ray_address": ray_address}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        config = BenchConfig.load(config.model_dump() | overrides)
+    if config.parallel > 1 and config.benchmark == "lcbench":
+        raise ConfigError("parallel: trials at once are for real-training suites, not lcbench")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise ConfigError(f"output directory {str(out)!r} is not writable")
     bench = _Bench(config, out, storage)
+    try:
+        return _run(bench, config, out, progress)
+    finally:
+        bench.close()
+
+
+def _run(
+    bench: _Bench, config: BenchConfig, out: Path, progress: Callable[[str], None] | None
+) -> dict[str, Any]:
+    from hporl.bench._report import summarise, summarise_finals, write_report
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     say = progress or (lambda msg: logger.info(msg))
     folds = _folds(config, bench.all_tasks)
@@ -386,39 +446,48 @@ def _one_run(
         policy=policy,
         task=task,
         fixed=bench.fixed,
+        parallel=bench.config.parallel > 1,
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     rows = []
     best: float | None = None
-    for i in range(n):
-        t0 = time.perf_counter()
-        trial = study.ask()
-        config = bench.space.suggest(trial)
-        propose = time.perf_counter() - t0
-        result = bench.evaluate(task, config, seed)
-        y = bench.score(result)
-        if y is None or not math.isfinite(y):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            y = None
+    batch = bench.config.parallel
+    for start in range(0, n, batch):
+        asked = []
+        for _ in range(min(batch, n - start)):
+            t0 = time.perf_counter()
+            trial = study.ask()
+            config = bench.space.suggest(trial)
+            asked.append((trial, config, time.perf_counter() - t0))
+        if len(asked) == 1:
+            results = [bench.evaluate(task, asked[0][1], seed)]
         else:
-            study.tell(trial, y)
-            best = y if best is None else max(best, y)
-        bench.last_results[(method, name, seed, i + 1)] = result
-        rows.append(
-            {
-                "method": method,
-                "task": name,
-                "seed": seed,
-                "trial": i + 1,
-                "score": y,
-                "best_so_far": best,
-                "regret": None,
-                "propose_seconds": propose,
-                "config": config,
-                "fold": fold,
-                "status": result.status,
-            }
-        )
+            results = bench.evaluate_many(task, [c for _, c, _ in asked], seed)
+        for j, ((trial, config, propose), result) in enumerate(zip(asked, results, strict=True)):
+            i = start + j
+            y = bench.score(result)
+            if y is None or not math.isfinite(y):
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                y = None
+            else:
+                study.tell(trial, y)
+                best = y if best is None else max(best, y)
+            bench.last_results[(method, name, seed, i + 1)] = result
+            rows.append(
+                {
+                    "method": method,
+                    "task": name,
+                    "seed": seed,
+                    "trial": i + 1,
+                    "score": y,
+                    "best_so_far": best,
+                    "regret": None,
+                    "propose_seconds": propose,
+                    "config": config,
+                    "fold": fold,
+                    "status": result.status,
+                }
+            )
     return rows
 
 

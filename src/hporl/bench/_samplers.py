@@ -78,6 +78,7 @@ def make_sampler(
     policy: Any = None,
     task: Any = None,
     fixed: Mapping[str, Mapping[str, Any]] | None = None,
+    parallel: bool = False,
 ) -> BaseSampler:
     """The optuna sampler of a benchmark method; a name in ``fixed`` proposes that
     configuration at every trial."""
@@ -86,7 +87,7 @@ def make_sampler(
     if method == "random":
         return RandomSampler(seed=seed)
     if method == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
     if method == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if method == "cmaes":
