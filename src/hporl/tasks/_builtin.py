@@ -72,6 +72,48 @@ def _synth_classification(index: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+def _heldout(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Classification data sets kept out of the default policy's meta-training (by name): two
+    that are made by scikit-learn's generators, one derived from packaged data, one spiral."""
+    import sklearn.datasets as ds
+
+    if name == "moons":
+        return ds.make_moons(n_samples=1000, noise=0.3, random_state=0)
+    if name == "circles":
+        return ds.make_circles(n_samples=1000, noise=0.15, factor=0.5, random_state=0)
+    if name == "gaussian_quantiles":
+        return ds.make_gaussian_quantiles(n_samples=1200, n_features=6, n_classes=3, random_state=0)
+    if name == "hastie_10_2":
+        X, y = ds.make_hastie_10_2(n_samples=2000, random_state=0)
+        return X, (y > 0).astype(np.int64)
+    if name == "blobs_overlap":
+        return ds.make_blobs(
+            n_samples=1200, n_features=16, centers=5, cluster_std=6.0, random_state=0
+        )
+    if name == "spirals":
+        rng = np.random.default_rng(0)
+        n, arms = 400, 3
+        t = rng.uniform(0.25, 1.0, size=(arms, n))
+        X = np.concatenate(
+            [
+                np.stack(
+                    [
+                        t[a] * np.cos(4 * t[a] + 2 * np.pi * a / arms),
+                        t[a] * np.sin(4 * t[a] + 2 * np.pi * a / arms),
+                    ],
+                    axis=1,
+                )
+                for a in range(arms)
+            ]
+        )
+        X += rng.normal(0, 0.05, X.shape)
+        return X, np.repeat(np.arange(arms), n)
+    if name == "diabetes_high":
+        X, y = _sklearn("load_diabetes")
+        return X, (y > np.median(y)).astype(np.int64)
+    raise KeyError(name)
+
+
 def _synth_regression(index: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_friedman1, make_regression
 
@@ -176,6 +218,48 @@ _FIXED: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], int, Any, s
         None,
         "MNIST-1D (generated offline): 5000 sequences of length 40, 10 classes",
     ),
+    "moons": (
+        lambda: _heldout("moons"),
+        20,
+        None,
+        "make_moons (noise 0.3): 1000 rows, 2 features, 2 classes; held out from the default policy",
+    ),
+    "circles": (
+        lambda: _heldout("circles"),
+        20,
+        None,
+        "make_circles (noise 0.15): 1000 rows, 2 features, 2 classes; held out",
+    ),
+    "gaussian_quantiles": (
+        lambda: _heldout("gaussian_quantiles"),
+        20,
+        None,
+        "make_gaussian_quantiles: 1200 rows, 6 features, 3 classes; held out",
+    ),
+    "hastie_10_2": (
+        lambda: _heldout("hastie_10_2"),
+        20,
+        None,
+        "make_hastie_10_2: 2000 rows, 10 features, 2 classes; held out",
+    ),
+    "blobs_overlap": (
+        lambda: _heldout("blobs_overlap"),
+        20,
+        None,
+        "make_blobs (std 6): 1200 rows, 16 features, 5 overlapping classes; held out",
+    ),
+    "spirals": (
+        lambda: _heldout("spirals"),
+        20,
+        None,
+        "three noisy spiral arms: 1200 rows, 2 features, 3 classes; held out",
+    ),
+    "diabetes_high": (
+        lambda: _heldout("diabetes_high"),
+        20,
+        None,
+        "diabetes target above its median: 442 rows, 10 features, 2 classes; held out",
+    ),
 }
 _FAMILIES: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray]], int, str]] = {
     "synth_clf": (
@@ -202,6 +286,16 @@ _SUITES: dict[str, list[str]] = {
         "glyph_digits",
     ],
     "synthetic": [f"synth_clf_{i}" for i in range(12)] + [f"synth_reg_{i}" for i in range(4)],
+    # Never in the default policy's meta-training (asserted there): its benchmark's tasks.
+    "heldout": [
+        "moons",
+        "circles",
+        "gaussian_quantiles",
+        "hastie_10_2",
+        "blobs_overlap",
+        "spirals",
+        "diabetes_high",
+    ],
 }
 _SUITES["all"] = [
     *_SUITES["tabular"],
