@@ -206,7 +206,10 @@ def tune(
     data: Annotated[Path, typer.Option(help="CSV file with a header row")],
     target: Annotated[str, typer.Option(help="column to predict")],
     policy: Annotated[
-        Path | None, typer.Option(help="policy directory, or a meta-train run directory")
+        Path | None,
+        typer.Option(
+            help="policy directory, or a meta-train run directory (default: the packaged policy)"
+        ),
     ] = None,
     model: Annotated[str, typer.Option(help="mlp, linear or lcbench_mlp")] = "mlp",
     trials: Annotated[int, typer.Option(help="number of trials")] = 10,
@@ -242,10 +245,6 @@ def tune(
     torch.set_num_threads(1)
     if model not in MODELS or model == "cnn":
         raise HporlError(f"--model {model!r}: choose one of mlp, linear, lcbench_mlp")
-    if policy is None:
-        raise HporlError(
-            "--policy is required: no packaged default policy ships yet (run `hporl meta-train`)"
-        )
     out = out or Path("runs") / f"tune-{data.stem}"
     with _tune_progress(trials) as show:
         result = tune_model(

@@ -186,6 +186,17 @@ class Policy:
             policy.check_space(space)
         return policy
 
+    @classmethod
+    def default(cls) -> Policy:
+        """The policy that ships with hporl (``optimizer`` space), loaded and checked as
+        :meth:`load` does. How it was trained: ``hporl/policies/default/TRAINING.json``
+        (made by ``scripts/train_default_policy.py``).
+
+        Raises:
+            PolicyError: the packaged files are missing or damaged.
+        """
+        return cls.load(default_policy_dir())
+
     def check_space(self, space: SearchSpace) -> None:
         """Raise :class:`PolicyError` naming the first difference between ``space`` and the policy's."""
         mine = {p.name: p.to_dict() for p in self.space}
@@ -358,6 +369,11 @@ class Policy:
             f"Policy({self.algorithm}, space={self.space.name or 'custom'} ({len(self.space.chosen)} parameters), "
             f"K={self.budget}, reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
         )
+
+
+def default_policy_dir() -> Path:
+    """Where the packaged default policy lies (package data of ``hporl``)."""
+    return Path(__file__).resolve().parent / "policies" / "default"
 
 
 def _meta_sha256(meta: Mapping[str, Any]) -> str:

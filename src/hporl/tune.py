@@ -211,7 +211,9 @@ def tune_model(
 
     Args:
         data: a :class:`Task`, an ``(X, y)`` pair, or a CSV path (with ``target``).
-        policy: a :class:`Policy` or a policy directory.
+        policy: a :class:`Policy` or a policy directory; ``None``: the packaged default policy
+            (:meth:`Policy.default`, the ``optimizer`` space, meta-trained with 10 epochs per
+            trial and K = 10).
         fine_tune: after each trial, update (a copy of) the policy on this task's trials.
         storage: an optuna storage URL (or a SQLite file path) for the trials; default:
             ``out/trials.db`` when ``out`` is given, else in memory.
@@ -250,10 +252,8 @@ def tune_model(
     if not isinstance(executor, Executor) and executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if policy is None:
-        raise ConfigError(
-            "tune_model needs a policy: a Policy or a policy directory (see `hporl meta-train`)"
-        )
-    if isinstance(policy, (str, Path)):
+        policy = Policy.default()
+    elif isinstance(policy, (str, Path)):
         policy = Policy.load(policy)
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
     if policy.feature_names is None:

@@ -1,0 +1,195 @@
+"""The packaged default policy on held-out data sets, against the default configuration, random
+search and optuna TPE, all with the same final training (``hporl.tune._best_then_final``).
+
+    .venv/bin/python benchmarks/default_policy.py [--out runs/bench-default-policy] [--seeds 3]
+        [--epochs 10] [--methods default,policy,random,tpe]
+
+Data sets: the ``heldout`` built-in suite (scikit-learn generators, spirals, a derived diabetes
+task), none of which is among the policy's training tasks (asserted by name). For each data set
+and seed (the seed sets the split and training): the test accuracy of ``tune_model`` with the
+default policy at 3 and 10 trials; the space's default configuration (one trial for its epoch
+count, then the final training); random search and TPE at 3, 10 and 30 trials (the first k
+trials of one 30-trial run; its prefixes are what a k-trial run would draw).
+
+Every evaluation goes through the trial store in OUT/trials.db, and each finished cell is kept
+in OUT/cells.json, so a rerun (or a run stopped and started again) trains nothing twice.
+Writes OUT/results.json and OUT/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hporl import Policy, SearchSpace, StoredBackend, TorchBackend, TrialStore, tune_model
+from hporl.store import storage_url
+from hporl.tasks import builtin, suites
+from hporl.tune import _best_then_final, random_search
+
+BUDGETS = {"policy": (3, 10), "random": (3, 10, 30), "tpe": (3, 10, 30), "default": (1,)}
+
+
+def tpe_trials(backend: StoredBackend, task: Any, space: SearchSpace, n: int, seed: int) -> list:
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    trials: list[tuple[int, dict[str, Any], Any]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        config = space.suggest(trial)
+        result = backend.evaluate(task, config, seed=seed)
+        trials.append((trial.number, config, result))
+        return float(result.best_metric) if result.ok and result.best_metric is not None else 0.0
+
+    study.optimize(objective, n_trials=n)
+    return trials
+
+
+def run_cell(
+    method: str, task: Any, seed: int, backend: StoredBackend, out: Path, space: SearchSpace
+) -> dict[int, dict[str, float]]:
+    if method == "default":  # what tune_model's default_test_metric does
+        config = space.default()
+        probe = backend.evaluate(task, config, seed=seed)
+        _, _, final, _ = _best_then_final(backend, task, [(0, config, probe)], seed)
+        return {1: {"test": final.test_metric, "seconds": probe.wall_time}}
+    if method == "policy":
+        policy = Policy.default()
+        cells = {}
+        for k in BUDGETS["policy"]:
+            r = tune_model(
+                data=task,
+                policy=policy,
+                n_trials=k,
+                seed=seed,
+                storage=storage_url(None, out),
+                study_name=f"policy{k}/{task.name}-{seed}",
+                backend=backend.backend,
+                compare_default=False,
+            )
+            cells[k] = {"test": r.test_metric, "seconds": r.seconds}
+        return cells
+    if method == "random":
+        return {
+            k: {
+                "test": (r := random_search(task, space, k, seed=seed, backend=backend)).test_metric
+            }
+            | {"seconds": r.seconds}
+            for k in BUDGETS["random"]
+        }
+    trials = tpe_trials(backend, task, space, max(BUDGETS["tpe"]), seed)
+    cells = {}
+    for k in BUDGETS["tpe"]:
+        _, _, final, _ = _best_then_final(backend, task, trials[:k], seed)
+        cells[k] = {"test": final.test_metric, "seconds": sum(r.wall_time for *_, r in trials[:k])}
+    return cells
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-default-policy"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--methods", default="default,policy,random,tpe")
+    parser.add_argument("--tasks", default=",".join(suites()["heldout"]))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = args.tasks.split(",")
+    methods = args.methods.split(",")
+    space = SearchSpace.builtin("optimizer")
+    if "policy" in methods:
+        trained_on = {t.split("+")[0] for t in Policy.default().training_tasks}
+        leaked = trained_on & set(names)
+        assert not leaked, f"held-out tasks among the policy's training tasks: {leaked}"
+    store = TrialStore(storage_url(None, args.out))
+    backend = StoredBackend(TorchBackend(num_threads=1), store, run="bench", space=space)
+    cells_path = args.out / "cells.json"
+    cells = json.loads(cells_path.read_text()) if cells_path.exists() else {}
+    start = time.perf_counter()
+    for name in names:
+        for seed in range(args.seeds):
+            task = builtin(name, epochs=args.epochs, seed=seed)
+            for method in methods:
+                key = f"{name}/{seed}/{method}"
+                if key in cells:
+                    continue
+                t0 = time.perf_counter()
+                cells[key] = run_cell(method, task, seed, backend, args.out, space)
+                print(f"{key}: {cells[key]} ({time.perf_counter() - t0:.1f} s)", flush=True)
+                cells_path.write_text(json.dumps(cells, indent=1))
+    report(cells, names, args.seeds, args.out, time.perf_counter() - start, backend)
+
+
+def report(
+    cells: dict, names: list[str], seeds: int, out: Path, seconds: float, backend: Any
+) -> None:
+    columns = [(m, k) for m in ("default", "policy", "random", "tpe") for k in BUDGETS[m]]
+
+    def value(name: str, seed: int, m: str, k: int) -> float | None:
+        cell = cells.get(f"{name}/{seed}/{m}", {})
+        got = cell.get(str(k), cell.get(k))
+        return None if got is None else got["test"]
+
+    def mean(name: str, m: str, k: int) -> float | None:
+        vals = [value(name, s, m, k) for s in range(seeds)]
+        vals = [v for v in vals if v is not None]
+        return statistics.mean(vals) if vals else None
+
+    head = "| data set | " + " | ".join(f"{m} K={k}" for m, k in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    table: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        row = {f"{m}@{k}": mean(name, m, k) for m, k in columns}
+        table[name] = row
+        lines.append(
+            f"| {name} | "
+            + " | ".join("" if v is None else f"{v:.4f}" for v in row.values())
+            + " |"
+        )
+    avg = {
+        c: statistics.mean(v for r in table.values() if (v := r[c]) is not None)
+        for c in next(iter(table.values()))
+        if any(r[c] is not None for r in table.values())
+    }
+    lines.append(
+        "| **mean** | "
+        + " | ".join(f"{avg.get(f'{m}@{k}', float('nan')):.4f}" for m, k in columns)
+        + " |"
+    )
+    wins = {
+        f"{m}@{k}": sum(
+            1
+            for r in table.values()
+            if r[f"{m}@{k}"] is not None
+            and r["default@1"] is not None
+            and r[f"{m}@{k}"] > r["default@1"] + 1e-9
+        )
+        for m, k in columns
+        if m != "default"
+    }
+    lines.append("")
+    lines.append(
+        "data sets where the mean test accuracy beats the default configuration's: "
+        + ", ".join(f"{c} {w}/{len(names)}" for c, w in wins.items())
+    )
+    text = "\n".join(lines)
+    (out / "report.md").write_text(
+        f"Held-out test accuracy, mean of {seeds} seeds ({seconds:.0f} s this run)\n\n{text}\n"
+    )
+    (out / "results.json").write_text(
+        json.dumps({"per_dataset": table, "mean": avg, "wins_vs_default": wins}, indent=2)
+    )
+    print(text)
+    print(f"trained {backend.n_trained}, from the store {backend.n_cached}")
+
+
+if __name__ == "__main__":
+    main()
