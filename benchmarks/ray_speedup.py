@@ -53,7 +53,7 @@ def measure(trials: int, epochs: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from hporl import SearchSpace, tune_model
+    from hporl import SearchSpace, TorchBackend, tune_model
     from hporl.executors import LocalExecutor, RayExecutor
     from hporl.tasks import builtin
     from store_overhead import InstantBackend, tiny_policy
@@ -88,6 +88,8 @@ def measure(trials: int, epochs: int) -> None:
             compare_default=False,
         )
         walls[p] = time.perf_counter() - t0
+        if p == 1:
+            first = res
         trial_seconds = sum(t["seconds"] for t in res.trials)
         busy[p] = trial_seconds
         final = res.final_result.wall_time if res.final_result else 0.0
@@ -106,6 +108,22 @@ def measure(trials: int, epochs: int) -> None:
         f"(ratio {busy[2] / walls[2] / (busy[1] / walls[1]):.2f}x)"
     )
     print(f"Ray start-up {startup:.2f} s, ray.put of the task {put * 1e3:.1f} ms")
+
+    # The same configurations (those of the first run) through 1 and 2 Ray workers, each
+    # executor started (Ray up, task shipped, workers warm) before the clock starts.
+    same = [t["config"] for t in first.trials]
+    fixed: dict[int, float] = {}
+    for p in (1, 2):
+        with RayExecutor(p) as ex:
+            ex.start(TorchBackend(num_threads=1), task)
+            cf.wait([ex.submit(c) for c in same[:p]])  # workers warm
+            t0 = time.perf_counter()
+            cf.wait([ex.submit(c) for c in same])
+            fixed[p] = time.perf_counter() - t0
+    print(
+        f"the same {len(same)} configurations on warm Ray workers: {fixed[1]:.1f} s with 1, "
+        f"{fixed[2]:.1f} s with 2 (speed-up {fixed[1] / fixed[2]:.2f}x)"
+    )
 
     # Per-trial overhead with an instant backend.
     configs = [space.sample(np.random.default_rng(i)) for i in range(200)]
