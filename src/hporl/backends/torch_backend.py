@@ -181,9 +181,9 @@ class TorchBackend(Backend):
     Data augmentation (image tasks only; the ``augment`` key and its children, see
     :mod:`hporl.augment`): training images are augmented per sample, each epoch anew, from a
     generator seeded by the trial's seed, a run of whole batches (about 1,024 images) per call
-    so that the per-call cost is shared; validation and test data never are. Augmentation keys on a non-image
-    task, an unknown operation, or a probability or magnitude out of range give a ``failed``
-    result naming it, before any training.
+    so that the per-call cost is shared; validation and test data never are. Augmentation keys
+    on a non-image task, an unknown operation, or a probability or magnitude out of range give
+    a ``failed`` result naming it, before any training.
 
     A non-finite training loss is detected at the end of the epoch it appears in (checking every
     batch would cost a synchronisation per step); the trial stops there as ``diverged``.
