@@ -246,6 +246,8 @@ def tune(
     if model not in MODELS or model == "cnn":
         raise HporlError(f"--model {model!r}: choose one of mlp, linear, lcbench_mlp")
     out = out or Path("runs") / f"tune-{data.stem}"
+    if policy is None:
+        console.print("policy: the packaged default (hporl.Policy.default(), `optimizer` space)")
     with _tune_progress(trials) as show:
         result = tune_model(
             MODELS[model],
