@@ -103,7 +103,7 @@ def ray_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _in_netns(netns: str, tmp: Path, *args: str, timeout: int = 300) -> dict:
+def _in_netns(netns: str, tmp: Path, *args: str, timeout: int = 900) -> dict:
     pytest.importorskip("ray")
     env = {
         **os.environ,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hporl._io import explain_validation, read_yaml, write_json
 from hporl.agents import AgentConfig, train_agent
+from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
 from hporl.env import HPOEnv, ObservationLayout
 from hporl.exceptions import ConfigError
@@ -239,6 +240,9 @@ def run_experiment(
         )
     if not is_synthetic and any(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError("synthetic tasks ({synthetic: N}) need backend: {name: synthetic}")
+    if not is_synthetic:
+        for task in tasks:  # an augmentation space needs image tasks only
+            check_augment_space(space, task)
     write_json(
         run_dir / "experiment.json",
         config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from hporl._io import atomic_write
+from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
 from hporl.exceptions import ConfigError, HporlError, StoreError, TaskError
 from hporl.executors import EXECUTORS, Executor, make_executor
@@ -261,6 +262,7 @@ def tune_model(
             "this policy was meta-trained on tasks without hporl's meta-features (synthetic or LCBench ones); it cannot read a real task's features"
         )
     policy._features(task)  # checks the feature count before any training
+    check_augment_space(policy.space, task)  # augmentation only for image tasks, before any file
     if out is not None:
         _check_writable(Path(out))
     backend = backend or TorchBackend(num_threads=1)

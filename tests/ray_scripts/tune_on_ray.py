@@ -50,19 +50,22 @@ def main() -> None:
         address = cluster.address
     killed: list[int] = []
 
+    finished = threading.Event()
+
     def killer() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
+        """Kill one worker while it is inside a trial (checked again just before the kill)."""
+        while not finished.is_set() and not killed:
             pids = ray_workers_running_trials()
             if pids:
-                time.sleep(0.3)  # well inside the trial
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.05)
+                time.sleep(0.2)  # well inside the trial
+                if pids[0] in ray_workers_running_trials():
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.02)
 
     if mode == "kill":
         threading.Thread(target=killer, daemon=True).start()
-    epochs = 8 if mode == "kill" else 2
+    epochs = 30 if mode == "kill" else 2
     start = time.perf_counter()
     result = tune_model(
         data=builtin("digits", epochs=epochs),
@@ -75,6 +78,7 @@ def main() -> None:
         compare_default=False,
     )
     seconds = time.perf_counter() - start
+    finished.set()
     addresses = []
     if cluster is not None:
         ray.init(address=address)
