@@ -52,7 +52,13 @@ def tpe_trials(backend: StoredBackend, task: Any, space: SearchSpace, n: int, se
 
 
 def run_cell(
-    method: str, task: Any, seed: int, backend: StoredBackend, out: Path, space: SearchSpace
+    method: str,
+    task: Any,
+    seed: int,
+    backend: StoredBackend,
+    out: Path,
+    space: SearchSpace,
+    policy: Policy | None = None,
 ) -> dict[int, dict[str, float]]:
     if method == "default":  # what tune_model's default_test_metric does
         config = space.default()
@@ -60,7 +66,7 @@ def run_cell(
         _, _, final, _ = _best_then_final(backend, task, [(0, config, probe)], seed)
         return {1: {"test": final.test_metric, "seconds": probe.wall_time}}
     if method == "policy":
-        policy = Policy.default()
+        policy = policy or Policy.default()
         cells = {}
         for k in BUDGETS["policy"]:
             r = tune_model(
@@ -98,15 +104,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--methods", default="default,policy,random,tpe")
     parser.add_argument("--tasks", default=",".join(suites()["heldout"]))
+    parser.add_argument("--policy", help="a policy directory (default: the packaged policy)")
+    parser.add_argument("--space", default="optimizer", help="the policy's space")
+    parser.add_argument("--model", help="mlp, linear or lcbench_mlp (default: each task's own)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.tasks.split(",")
     methods = args.methods.split(",")
-    space = SearchSpace.builtin("optimizer")
+    space = SearchSpace.builtin(args.space)
+    policy = Policy.load(args.policy, space=space) if args.policy else Policy.default()
+    model = None
+    if args.model:
+        from hporl.experiment import MODELS
+
+        model = MODELS[args.model]
     if "policy" in methods:
-        trained_on = {t.split("+")[0] for t in Policy.default().training_tasks}
+        trained_on = {t.split("+")[0] for t in policy.training_tasks}
         leaked = trained_on & set(names)
         assert not leaked, f"held-out tasks among the policy's training tasks: {leaked}"
     store = TrialStore(storage_url(None, args.out))
@@ -116,13 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     for name in names:
         for seed in range(args.seeds):
-            task = builtin(name, epochs=args.epochs, seed=seed)
+            task = builtin(name, epochs=args.epochs, seed=seed, model=model)
             for method in methods:
                 key = f"{name}/{seed}/{method}"
                 if key in cells:
                     continue
                 t0 = time.perf_counter()
-                cells[key] = run_cell(method, task, seed, backend, args.out, space)
+                cells[key] = run_cell(method, task, seed, backend, args.out, space, policy)
                 print(f"{key}: {cells[key]} ({time.perf_counter() - t0:.1f} s)", flush=True)
                 cells_path.write_text(json.dumps(cells, indent=1))
     report(cells, names, args.seeds, args.out, time.perf_counter() - start, backend)

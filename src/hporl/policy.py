@@ -238,6 +238,10 @@ class Policy:
 
     # -- acting -------------------------------------------------------------------------------
     def _features(self, task: Any) -> np.ndarray:
+        from hporl.backends.lcbench import SIZE_FEATURE_NAMES, task_size_features
+
+        if self.feature_names == SIZE_FEATURE_NAMES and hasattr(task, "X_train"):
+            return task_size_features(task)  # an LCBench policy on a real task (sim-to-real)
         f = np.asarray(
             task.features() if hasattr(task, "features") else task, dtype=np.float32
         ).reshape(-1)

@@ -259,7 +259,7 @@ def tune_model(
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
     if policy.feature_names is None:
         raise ConfigError(
-            "this policy was meta-trained on tasks without hporl's meta-features (synthetic or LCBench ones); it cannot read a real task's features"
+            "this policy was meta-trained on synthetic tasks without hporl's meta-features; it cannot read a real task's features"
         )
     policy._features(task)  # checks the feature count before any training
     check_augment_space(policy.space, task)  # augmentation only for image tasks, before any file

@@ -572,7 +572,7 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
         n_bins=int(settings.get("n_bins", 8)),
         history=int(settings.get("history", 3)),
         epochs=settings.get("epochs"),
-        feature_names=None if config.benchmark == "lcbench" else _feature_names(),
+        feature_names=_feature_names(config.benchmark),
         meta={"benchmark": config.benchmark},
         candidate_values=lambda task, configs: reward.normalise(
             task.name, bench.scores(task, configs)
@@ -580,7 +580,12 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
     )
 
 
-def _feature_names() -> list[str]:
+def _feature_names(benchmark: str) -> list[str]:
+    """What a task's ``features()`` holds: LCBench's size features, or hporl's meta-features."""
+    if benchmark == "lcbench":
+        from hporl.backends.lcbench import SIZE_FEATURE_NAMES
+
+        return list(SIZE_FEATURE_NAMES)
     from hporl.tasks import FEATURE_NAMES
 
     return list(FEATURE_NAMES)
