@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny budget (for tests)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    scale = 0.02 if args.quick else 1.0
+    scale = 0.004 if args.quick else 1.0
     probe = _Bench(
         BenchConfig.load({"benchmark": "lcbench", "test_tasks": ["3945"], "methods": ["random"]}),
         args.out,
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks = list(probe.all_tasks)
     settings = {
         "budget": 10,
-        "n_bins": 16,
-        "pretrain": {"candidates": max(int(2000 * scale), 8), "epochs": 50, "anchor_trials": 1},
+        "n_bins": 32,
+        "pretrain": {"candidates": max(int(10_000 * scale), 8), "epochs": 50, "anchor_trials": 1},
         "agent": {
-            "total_timesteps": max(int(20_000 * scale), 64),
+            "total_timesteps": max(int(100_000 * scale), 64),
             "learning_rate": 1e-4,
             "params": {"ent_coef": 0.0, "n_steps": 512 if not args.quick else 64},
         },
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             "train_tasks": tasks[1:],
             "test_tasks": tasks[:1],
             "methods": ["policy"],
-            "normalisation_samples": max(int(2000 * scale), 8),
+            "normalisation_samples": max(int(10_000 * scale), 8),
             "policy": settings,
         }
     )
