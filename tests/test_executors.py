@@ -192,3 +192,28 @@ def test_meta_training_with_ray_environments(tmp_path, netns, ray_tmp):
         )
         > 0
     )
+
+
+@pytest.mark.slow
+def test_ray_cancels_a_trial_that_never_reaches_an_epoch_end(tmp_path, netns, ray_tmp):
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import json, time\n"
+        "from hporl.backends import Backend\n"
+        "from hporl.executors import RayExecutor\n"
+        "from hporl.tasks import builtin\n"
+        "class Hangs(Backend):\n"
+        "    def evaluate(self, task, config, **kwargs):\n"
+        "        time.sleep(600)  # never calls on_epoch\n"
+        "if __name__ == '__main__':\n"
+        "    with RayExecutor(1) as ex:\n"
+        "        ex.start(Hangs(), builtin('iris'))\n"
+        "        t0 = time.perf_counter()\n"
+        "        r = ex.submit({'lr': 0.1}, time_limit=1.0).result(timeout=120)\n"
+        "        print(json.dumps({'status': r.status, 'reason': r.reason,\n"
+        "                          'seconds': time.perf_counter() - t0}))\n"
+    )
+    report = _in_netns(netns, ray_tmp, str(script))
+    assert report["status"] == "failed"
+    assert report["reason"] == "time limit of 1 s: worker cancelled"
+    assert 6 < report["seconds"] < 60  # twice the limit + 5 s of grace, then cancelled
