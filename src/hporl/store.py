@@ -93,10 +93,13 @@ def _sqlite_url(path: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    if hasattr(err, "orig") and err.orig is not None:  # SQLAlchemy wraps the driver's error
-        text = str(err.orig).strip() or text
-    return text.splitlines()[0] if text else type(err).__name__
+    """The first line of the driver's own message under optuna's and SQLAlchemy's wrappers."""
+    seen = 0
+    while seen < 20 and (err.__cause__ is not None or getattr(err, "orig", None) is not None):
+        err = getattr(err, "orig", None) or err.__cause__
+        seen += 1
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 class TrialStore:
@@ -273,21 +276,39 @@ class TrialStore:
 
     def _refresh(self, fingerprint: str) -> None:
         """Index the finished trials of every study of this task not indexed yet."""
-        try:
-            studies = self.storage.get_all_studies()
-        except Exception as err:
-            raise StoreError(
-                f"storage {mask_url(self.url)!r} cannot be read: {_first_line(err)}"
-            ) from None
+        studies = self._retrying(self.storage.get_all_studies, "cannot be read")
         for s in studies:
             if s.user_attrs.get("hporl_fingerprint") != fingerprint:
                 continue
             seen = self._indexed.setdefault(s._study_id, set())
-            for t in self.storage.get_all_trials(s._study_id, deepcopy=False, states=FINISHED):
+            trials = self._retrying(
+                lambda s=s: self.storage.get_all_trials(
+                    s._study_id, deepcopy=False, states=FINISHED
+                ),
+                "cannot be read",
+            )
+            for t in trials:
                 if t._trial_id in seen:
                     continue
                 seen.add(t._trial_id)
                 self._remember(t)
+
+    def _retrying(self, call: Any, what: str, attempts: int = 5) -> Any:
+        """``call()``, tried again after a short wait when the database fails it (several
+        processes writing one SQLite file can still meet a transient error); the last failure
+        is a StoreError naming the database's own message. Each call is one transaction, so a
+        failed one left nothing behind."""
+        for attempt in range(attempts):
+            try:
+                return call()
+            except (optuna.exceptions.StorageInternalError, sqlalchemy_errors()) as err:
+                if attempt == attempts - 1:
+                    raise StoreError(
+                        f"storage {mask_url(self.url)!r} {what}: {_first_line(err)}"
+                    ) from None
+                logger.warning("storage: %s; trying again", _first_line(err))
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _remember(self, t: FrozenTrial) -> None:
         key, data = t.user_attrs.get(KEY), t.user_attrs.get(RESULT)
@@ -353,12 +374,7 @@ class TrialStore:
             user_attrs=attrs,
             intermediate_values=dict(enumerate(result.curve, start=1)),
         )
-        try:
-            study.add_trial(trial)
-        except optuna.exceptions.StorageInternalError as err:
-            raise StoreError(
-                f"storage {mask_url(self.url)!r}: cannot record a trial: {_first_line(err)}"
-            ) from None
+        self._retrying(lambda: study.add_trial(trial), "cannot record a trial")
         if KEY in attrs and attrs[KEY] not in self._index:
             self._index[attrs[KEY]] = TrialResult.from_dict(result.to_dict())
 
@@ -489,6 +505,12 @@ class StoredBackend(Backend):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def sqlalchemy_errors() -> type[Exception]:
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.SQLAlchemyError
+
+
 def _fingerprint(task: Any) -> str | None:
     fingerprint = getattr(task, "fingerprint", None)
     return fingerprint if isinstance(fingerprint, str) else None

@@ -26,7 +26,7 @@ from hporl.backends import TorchBackend, TrialResult
 from hporl.exceptions import ConfigError, HporlError, StoreError, TaskError
 from hporl.executors import EXECUTORS, Executor, make_executor
 from hporl.policy import Policy, PolicySampler
-from hporl.store import WORKER, TrialStore, mask_url, storage_url
+from hporl.store import WORKER, TrialStore, _first_line, mask_url, storage_url
 from hporl.tasks import Task
 
 __all__ = ["TuneResult", "random_search", "tune_model"]
@@ -500,7 +500,7 @@ def _store_errors(store: TrialStore) -> Iterator[None]:
         if cause is None:
             raise
         raise StoreError(
-            f"storage {mask_url(store.url)!r} failed during the run: {_root_cause(cause)}; "
+            f"storage {mask_url(store.url)!r} failed during the run: {_first_line(cause)}; "
             "the trials finished before are kept"
         ) from None
 
@@ -520,14 +520,6 @@ def _database_error(err: BaseException) -> BaseException | None:
         current = current.__cause__ or current.__context__
         seen += 1
     return None
-
-
-def _root_cause(err: BaseException) -> str:
-    """The driver's own message under optuna's and SQLAlchemy's wrappers."""
-    while err.__cause__ is not None or getattr(err, "orig", None) is not None:
-        err = getattr(err, "orig", None) or err.__cause__
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def random_search(
