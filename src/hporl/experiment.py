@@ -294,7 +294,7 @@ def meta_train(
     """
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
 
-    def make_env(extra_bins: tuple = ()) -> HPOEnv:
+    def make_env(extra_bins: tuple = (), pad_inactive: bool = False) -> HPOEnv:
         return HPOEnv(
             space,
             backend,
@@ -307,6 +307,7 @@ def meta_train(
             trial_seed=trial_seed,
             feature_norm=feature_norm,
             extra_bins=extra_bins,
+            pad_inactive=pad_inactive,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
@@ -351,7 +352,9 @@ def meta_train(
     )
     # One env in process shares its evaluation cache with the warm start.
     in_process = agent.n_envs == 1 and agent.executor == "local"
-    env_fns = [lambda: env] if in_process else [make_env] * agent.n_envs
+    # Several envs step in lockstep: equal-length configurations make their trainings overlap.
+    padded = functools.partial(make_env, pad_inactive=agent.n_envs > 1)
+    env_fns = [lambda: env] if in_process else [padded] * agent.n_envs
     trained = train_agent(
         agent,
         env_fns,
