@@ -125,34 +125,38 @@ def measure(trials: int, epochs: int) -> None:
         f"{fixed[2]:.1f} s with 2 (speed-up {fixed[1] / fixed[2]:.2f}x)"
     )
 
-    # Meta-training env steps per second with 1 and 2 environments as Ray actors.
+    # Meta-training env steps per second with 1 and 2 environments as Ray actors, on a space
+    # with conditional parameters (optimizer) and one without (lcbench, its funnel MLP).
     from hporl import run_experiment
 
-    rates = {}
-    for n in (1, 2):
-        t0 = time.perf_counter()
-        run_experiment(
-            {
-                "name": f"ray-envs-{n}",
-                "tasks": ["digits", "wine", "breast_cancer"],
-                "backend": {"epochs": 15},
-                "budget": 3,
-                "agent": {
-                    "total_timesteps": 480,
-                    "n_envs": n,
-                    "executor": "ray",
-                    "net_arch": [32],
-                    "params": {"n_steps": 240 // n, "batch_size": 60},
+    steps = 960
+    for space_name, model in (("optimizer", None), ("lcbench", "lcbench_mlp")):
+        rates = {}
+        for n in (1, 2):
+            t0 = time.perf_counter()
+            run_experiment(
+                {
+                    "name": f"ray-envs-{space_name}-{n}",
+                    "tasks": ["digits", "wine", "breast_cancer"],
+                    "space": space_name,
+                    "model": model,
+                    "backend": {"epochs": 40},
+                    "budget": 3,
+                    "agent": {
+                        "total_timesteps": steps,
+                        "n_envs": n,
+                        "executor": "ray",
+                        "net_arch": [32],
+                        "params": {"n_steps": 240 // n, "batch_size": 60},
+                    },
                 },
-            },
-            out=tmp / f"envs{n}",
+                out=tmp / f"envs-{space_name}-{n}",
+            )
+            rates[n] = steps / (time.perf_counter() - t0)
+        print(
+            f"meta-training ({space_name} space), env steps/s with environments as Ray actors: "
+            f"{rates[1]:.1f} with 1, {rates[2]:.1f} with 2 ({rates[2] / rates[1]:.2f}x)"
         )
-        rates[n] = 480 / (time.perf_counter() - t0)
-    print(
-        f"meta-training on real training, env steps/s with environments as Ray actors: "
-        f"{rates[1]:.1f} with 1, {rates[2]:.1f} with 2 ({rates[2] / rates[1]:.2f}x; "
-        "each run starts its own Ray and trains its own configurations)"
-    )
 
     # Per-trial overhead with an instant backend.
     configs = [space.sample(np.random.default_rng(i)) for i in range(200)]
