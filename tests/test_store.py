@@ -150,8 +150,10 @@ def test_kill_9_mid_trial_loses_nothing(tiny_policy, tmp_path):
     while time.monotonic() < deadline:
         trials = _trials(killed) if (killed / "trials.db").exists() else []
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [
-            t for t in trials if t.state == TrialState.RUNNING and "hporl_owner" in t.user_attrs
+        running = [  # in training: claimed, and its configuration chosen
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING and "hporl_owner" in t.user_attrs and t.params
         ]
         if len(done) >= 2 and running:
             break
