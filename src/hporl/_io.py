@@ -42,6 +42,7 @@ __all__ = [
     "read_yaml",
     "sha256_file",
     "verify_checksum",
+    "writable_dir",
     "write_checksum",
     "write_json",
 ]
@@ -146,6 +147,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
 def _not_written(path: Path, reason: str) -> str:
     kept = "; the previous file is unchanged" if path.exists() else ""
     return f"cannot write {path}: {reason}{kept}"
+
+
+def writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create ``path`` if needed and check that files can be written there, before any work.
+
+    Raises:
+        StoreError: it cannot be created, or is not writable (permissions, read-only disk).
+    """
+    from hporl.exceptions import StoreError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create {what} {str(path)!r}: {err.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(f"{what} {str(path)!r} is not writable")
+    return path
 
 
 def write_json(path: str | Path, data: Any) -> None:

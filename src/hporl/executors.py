@@ -35,6 +35,7 @@ from hporl.exceptions import ConfigError
 
 __all__ = [
     "EXECUTORS",
+    "WORKER_DIED",
     "Executor",
     "LocalExecutor",
     "RayExecutor",
@@ -45,6 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+WORKER_DIED = "worker died"
+"""How the reason of a trial whose worker died starts (such a trial is retried)."""
 
 
 def _time_limited(
@@ -171,7 +174,7 @@ def _guarded(
         try:
             outer.set_result(f.result())
         except Exception as err:  # BrokenProcessPool: the worker died mid-trial
-            outer.set_result(failed(metric_name, f"worker died: {err!r}", config, seed))
+            outer.set_result(failed(metric_name, f"{WORKER_DIED}: {err!r}", config, seed))
 
     inner.add_done_callback(done)
     return outer
@@ -250,7 +253,9 @@ class RayExecutor(Executor):
                 try:
                     future.set_result(ray.get(ref))
                 except Exception as err:  # the worker died, or the task was cancelled
-                    reason = f"worker died: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    reason = (
+                        f"{WORKER_DIED}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    )
                     future.set_result(failed(self._metric, reason, config, seed))
             now = time.monotonic()
             with self._lock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hporl._io import explain_validation, read_yaml, write_json
+from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.agents import AgentConfig, train_agent
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
@@ -221,12 +220,7 @@ def run_experiment(
     elif isinstance(config, Mapping):
         config = ExperimentConfig.parse(config)
     run_dir = Path(out or config.out or Path("runs") / config.name)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create run directory {str(run_dir)!r}: {err.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"run directory {str(run_dir)!r} is not writable")
+    writable_dir(run_dir, "run directory")
     space = resolve_space(config.space)
     tasks = resolve_tasks(config)
     backend = resolve_backend(config.backend, space)

@@ -30,11 +30,12 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -43,11 +44,13 @@ from hporl.exceptions import StoreError
 from hporl.space import SearchSpace, config_key
 
 __all__ = [
+    "DATABASE_ERRORS",
     "StoredBackend",
     "TrialStore",
     "evaluation_key",
     "mask_url",
     "storage_url",
+    "trial_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ KEY = "hporl_key"
 WORKER = "hporl_worker"
 OWNER = "hporl_owner"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
 def evaluation_key(fingerprint: str, config: Mapping[str, Any], seed: int, epochs: int) -> str:
@@ -212,10 +216,6 @@ class TrialStore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state.pop("url"), **state)
 
-    @property
-    def persistent(self) -> bool:
-        return self.url is not None
-
     # -- studies ----------------------------------------------------------------------------
     def study(
         self,
@@ -301,7 +301,7 @@ class TrialStore:
         for attempt in range(attempts):
             try:
                 return call()
-            except (optuna.exceptions.StorageInternalError, sqlalchemy_errors()) as err:
+            except DATABASE_ERRORS as err:
                 if attempt == attempts - 1:
                     raise StoreError(
                         f"storage {mask_url(self.url)!r} {what}: {_first_line(err)}"
@@ -309,6 +309,26 @@ class TrialStore:
                 logger.warning("storage: %s; trying again", _first_line(err))
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Database errors in the middle of a run (server gone, disk full) as a StoreError;
+        what was stored before stays. The error may sit in the chain of another one: optuna
+        can raise an AssertionError of its own while handling it."""
+        try:
+            yield
+        except Exception as err:
+            cause: BaseException | None = err
+            for _ in range(20):
+                if cause is None or isinstance(cause, DATABASE_ERRORS):
+                    break
+                cause = cause.__cause__ or cause.__context__
+            if not isinstance(cause, DATABASE_ERRORS):
+                raise
+            raise StoreError(
+                f"storage {mask_url(self.url)!r} failed during the run: {_first_line(cause)}; "
+                "the trials finished before are kept"
+            ) from None
 
     def _remember(self, t: FrozenTrial) -> None:
         key, data = t.user_attrs.get(KEY), t.user_attrs.get(RESULT)
@@ -365,7 +385,7 @@ class TrialStore:
         run as an optuna trial, e.g. in meta-training)."""
         params, distributions = _params(space, config)
         attrs = self.attributes(task, config, result, seed=seed, epochs=epochs, worker=worker)
-        state, value = _state(result)
+        state, value = trial_state(result)
         trial = optuna.trial.create_trial(
             state=state,
             value=value,
@@ -505,18 +525,14 @@ class StoredBackend(Backend):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def sqlalchemy_errors() -> type[Exception]:
-    import sqlalchemy.exc
-
-    return sqlalchemy.exc.SQLAlchemyError
-
-
 def _fingerprint(task: Any) -> str | None:
     fingerprint = getattr(task, "fingerprint", None)
     return fingerprint if isinstance(fingerprint, str) else None
 
 
-def _state(result: TrialResult) -> tuple[TrialState, float | None]:
+def trial_state(result: TrialResult) -> tuple[TrialState, float | None]:
+    """The optuna state (and value) of a trial holding ``result``: COMPLETE with the best
+    validation metric, PRUNED when stopped early, else FAIL."""
     if result.ok and result.best_metric is not None:
         if result.stopped_early:
             return TrialState.PRUNED, None

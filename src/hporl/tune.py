@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,16 +15,16 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from hporl._io import atomic_write
+from hporl._io import atomic_write, writable_dir
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
-from hporl.exceptions import ConfigError, HporlError, StoreError, TaskError
-from hporl.executors import EXECUTORS, Executor, make_executor
+from hporl.exceptions import ConfigError, HporlError, TaskError
+from hporl.executors import EXECUTORS, WORKER_DIED, Executor, make_executor
 from hporl.policy import Policy, PolicySampler
-from hporl.store import WORKER, TrialStore, _first_line, mask_url, storage_url
+from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
 
 __all__ = ["TuneResult", "random_search", "tune_model"]
@@ -264,7 +262,7 @@ def tune_model(
     policy._features(task)  # checks the feature count before any training
     check_augment_space(policy.space, task)  # augmentation only for image tasks, before any file
     if out is not None:
-        _check_writable(Path(out))
+        writable_dir(out)
     backend = backend or TorchBackend(num_threads=1)
     space = policy.space
     store = TrialStore(storage_url(storage, out))
@@ -291,11 +289,11 @@ def tune_model(
         progress[0] += 1
         if callback is not None:
             callback(progress[0], n_trials, config, result)
-        if result.ok and result.best_metric is not None:
-            if result.stopped_early:
-                raise optuna.TrialPruned(result.reason)
-            return float(result.best_metric)
-        return float("nan")  # optuna records FAIL; the reason is in the trial's attributes
+        state, value = trial_state(result)
+        if state == TrialState.PRUNED:
+            raise optuna.TrialPruned(result.reason)
+        # nan: optuna records FAIL; the reason is in the trial's attributes
+        return float("nan") if value is None else value
 
     def after_trial(study: optuna.Study, _trial: FrozenTrial) -> None:
         nonlocal current
@@ -308,7 +306,7 @@ def tune_model(
         after_trial(study, None)  # a resumed run starts from the fine-tuned policy
     sequential = n_parallel == 1 and executor == "local" and trial_timeout is None
     if n_trials > done and sequential:
-        with _store_errors(store):
+        with store.errors():
             study.optimize(
                 objective,
                 n_trials=n_trials - done,
@@ -318,7 +316,7 @@ def tune_model(
     elif n_trials > done:
         run = _ParallelRun(study, store, space, task, seed=seed, worker=worker, callback=callback)
         with (
-            _store_errors(store),
+            store.errors(),
             make_executor(executor, n_parallel, ray_address=ray_address) as ex,
         ):
             ex.start(backend, task)
@@ -425,12 +423,8 @@ class _ParallelRun:
                 if self._died(trial, result):
                     continue  # queued again: does not count
                 store.annotate(trial, self.task, config, result, seed=self.seed, worker=self.worker)
-                if result.ok and result.best_metric is not None and not result.stopped_early:
-                    study.tell(trial, float(result.best_metric))
-                elif result.ok and result.stopped_early:
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                state, value = trial_state(result)
+                study.tell(trial, value, state=state)
                 finished += 1
                 if self.callback is not None:
                     self.callback(done + finished, total, config, result)
@@ -439,7 +433,7 @@ class _ParallelRun:
     def _died(self, trial: optuna.Trial, result: TrialResult) -> bool:
         """A worker that died mid-trial: FAIL with the reason, and queue the configuration
         again once (optuna's retry convention). ``False`` once it was retried already."""
-        if result.status != "failed" or not str(result.reason).startswith("worker died"):
+        if result.status != "failed" or not str(result.reason).startswith(WORKER_DIED):
             return False
         history = self.study._storage.get_trial(trial._trial_id).system_attrs.get(
             "retry_history", []
@@ -477,49 +471,6 @@ def _reference(
     study = store.study("tune-reference", task)
     store.record(study, task, config, result, seed=seed)
     return result
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StoreError(f"cannot create output directory {str(out)!r}: {err.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise StoreError(f"output directory {str(out)!r} is not writable")
-
-
-@contextlib.contextmanager
-def _store_errors(store: TrialStore) -> Iterator[None]:
-    """Database errors in the middle of a run (server gone, disk full) as a StoreError; what
-    was stored before stays."""
-
-    try:
-        yield
-    except Exception as err:
-        cause = _database_error(err)
-        if cause is None:
-            raise
-        raise StoreError(
-            f"storage {mask_url(store.url)!r} failed during the run: {_first_line(cause)}; "
-            "the trials finished before are kept"
-        ) from None
-
-
-def _database_error(err: BaseException) -> BaseException | None:
-    """The storage error in ``err``'s chain, if any (optuna may raise an AssertionError of its
-    own while handling one)."""
-    import sqlalchemy.exc
-
-    seen = 0
-    current: BaseException | None = err
-    while current is not None and seen < 20:
-        if isinstance(
-            current, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
-        ):
-            return current
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return None
 
 
 def random_search(

@@ -7,7 +7,6 @@ import difflib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ import optuna
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hporl._io import explain_validation, read_yaml, write_json
+from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
 from hporl.exceptions import ConfigError, HporlError
@@ -338,10 +337,7 @@ def run(
         config = BenchConfig.load(config.model_dump() | overrides)
     if config.parallel > 1 and config.benchmark == "lcbench":
         raise ConfigError("parallel: trials at once are for real-training suites, not lcbench")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"output directory {str(out)!r} is not writable")
+    out = writable_dir(out)
     bench = _Bench(config, out, storage)
     try:
         return _run(bench, config, out, progress)
