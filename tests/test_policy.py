@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from hporl import HPOEnv, Policy, PolicyError, PolicySampler, SearchSpace, SyntheticBackend
 from hporl.agents import ALGORITHMS, AgentConfig, latest_checkpoint, train_agent
+from hporl.vec_env import FanOutVecEnv
 from hporl.backends import SyntheticTask
 from hporl.policy import _meta_sha256
 
@@ -254,12 +255,15 @@ def test_checkpoints_and_resume(small_space, tmp_path):
 
 
 @pytest.mark.slow
-def test_several_envs_in_subprocesses(small_space):
+def test_several_envs_fan_their_trainings_out_to_a_process_pool(small_space):
     cfg = AgentConfig(
         total_timesteps=128, n_envs=2, net_arch=[16], params={"n_steps": 32, "batch_size": 16}
     )
     agent = train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 4))] * 2)
     assert agent.num_timesteps >= 128 and agent.n_envs == 2
+    vec = agent.get_env()
+    assert isinstance(vec, FanOutVecEnv) and vec.executor.n_workers == 2
+    assert vec.n_trained == sum(vec.get_attr("n_evaluations")) > 0
 
 
 def test_policy_sampler_history_leaves_out_retried_and_stale_failures(trained):

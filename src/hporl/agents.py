@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch import nn
 
 from hporl._io import verify_checksum, write_checksum
@@ -74,7 +74,9 @@ class AgentConfig(BaseModel):
     checkpoint_every: int = Field(5_000, gt=0)
     device: str = "cpu"
     executor: Literal["local", "ray"] = Field(
-        "local", description="where the n_envs environments run: subprocesses, or Ray actors"
+        "local",
+        description="where the trainings of n_envs > 1 environments run: a local process pool "
+        "(one process per env), or Ray workers",
     )
     ray_address: str | None = None
 
@@ -118,13 +120,14 @@ def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
 def make_vec_env(
     env_fns: list[Callable[[], gym.Env]], executor: str = "local", ray_address: str | None = None
 ) -> VecEnv:
-    """One env in process, or one subprocess per env when there are several; with
-    ``executor="ray"``, each env in a Ray actor (:func:`hporl.executors.ray_vec_env`)."""
-    if executor == "ray":
-        from hporl.executors import ray_vec_env
+    """One env in process; several (or ``executor="ray"``) in a
+    :class:`~hporl.vec_env.FanOutVecEnv`, whose trainings run on a local process pool or Ray
+    workers, one per env."""
+    if len(env_fns) == 1 and executor == "local":
+        return DummyVecEnv(env_fns)
+    from hporl.vec_env import FanOutVecEnv
 
-        return ray_vec_env(env_fns, address=ray_address)
-    return DummyVecEnv(env_fns) if len(env_fns) == 1 else SubprocVecEnv(env_fns)
+    return FanOutVecEnv(env_fns, executor, ray_address=ray_address)
 
 
 def build_agent(

@@ -386,6 +386,7 @@ class HPOEnv(gym.Env):
         )
         self.action_space = gym.spaces.Discrete(self.layout.n_actions)
         self._cache: dict[tuple[Any, ...], TrialResult] | None = {} if cache else None
+        self._supplied: Mapping[tuple, TrialResult] = {}
         self._features: dict[int, np.ndarray] = {}
         self.n_evaluations = 0
         self.n_cache_hits = 0
@@ -417,6 +418,18 @@ class HPOEnv(gym.Env):
         return self._observe(), {"task": self.task.name}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        config = self.propose(action)
+        if config is None:
+            return self._observe(), 0.0, False, False, {}
+        return self.finish(config)
+
+    # The two halves of ``step``, for a vectorised env that runs the trainings of several envs
+    # at once (:class:`hporl.vec_env.FanOutVecEnv`): ``propose`` every env, evaluate what
+    # ``requests`` lists for all of them together, then ``finish`` each with the results.
+    def propose(self, action: Any) -> dict[str, Any] | None:
+        """Take ``action``: the configuration it completes (pass it to :meth:`finish`, which
+        gives the step's outcome), or ``None`` when more parameters are to be chosen (the
+        step's outcome is then ``observe()``, reward 0, not done)."""
         if self.task is None:
             raise RuntimeError("call reset() before step()")
         if self._position is None:
@@ -426,10 +439,36 @@ class HPOEnv(gym.Env):
             self._partial[p.name] = self.layout.value_of(self._position, int(action))
         self._position = self._advance(self._position + 1)
         if self._position is not None:
-            return self._observe(), 0.0, False, False, {}
-        config = self.space.validate(self._partial)
-        result = self._evaluate(self.task, config)
-        reference = self._reference(self.task) if self.reward_approach.needs_reference else None
+            return None
+        return self.space.validate(self._partial)
+
+    def requests(self, config: Mapping[str, Any]) -> list[tuple[tuple, TaskLike, dict]]:
+        """The evaluations ``finish(config)`` needs that are not cached, as
+        ``(key, task, config)``: the configuration, and the reward's reference (the space's
+        default) when the reward approach compares with one."""
+        assert self.task is not None
+        wanted = [dict(config)]
+        if self.reward_approach.needs_reference:
+            wanted.append(self.space.default())
+        out: dict[tuple, tuple[tuple, TaskLike, dict]] = {}
+        for c in wanted:
+            key = self.cache_key(self.task, c)
+            if (self._cache is None or key not in self._cache) and key not in out:
+                out[key] = (key, self.task, c)
+        return list(out.values())
+
+    def finish(
+        self, config: dict[str, Any], results: Mapping[tuple, TrialResult] | None = None
+    ) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """The outcome of the step whose :meth:`propose` completed ``config``; ``results``
+        (by :meth:`cache_key`) are evaluations made elsewhere, used instead of running them."""
+        assert self.task is not None
+        self._supplied = results or {}
+        try:
+            result = self._evaluate(self.task, config)
+            reference = self._reference(self.task) if self.reward_approach.needs_reference else None
+        finally:
+            self._supplied = {}
         value = float(self.reward_approach(result, reference=reference, task=self.task))
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
@@ -449,6 +488,14 @@ class HPOEnv(gym.Env):
         else:
             self._new_config()
         return self._observe(), reward, terminated, False, info
+
+    def observe(self) -> np.ndarray:
+        """The current observation."""
+        return self._observe()
+
+    def cache_key(self, task: TaskLike, config: Mapping[str, Any]) -> tuple:
+        """What identifies an evaluation of ``config`` on ``task`` in this env's cache."""
+        return (id(task), config_key(config), self.trial_seed, self.epochs)
 
     def action_masks(self) -> np.ndarray:
         """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention)."""
@@ -494,16 +541,14 @@ class HPOEnv(gym.Env):
         )
 
     def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:
-        key = (
-            id(task),
-            config_key(config),
-            self.trial_seed,
-            self.epochs,
-        )
+        key = self.cache_key(task, config)
         if self._cache is not None and key in self._cache:
             self.n_cache_hits += 1
             return self._cache[key]
-        result = self.backend.evaluate(task, config, seed=self.trial_seed, epochs=self.epochs)
+        if key in self._supplied:
+            result = self._supplied[key]
+        else:
+            result = self.backend.evaluate(task, config, seed=self.trial_seed, epochs=self.epochs)
         self.n_evaluations += 1
         if self._cache is not None:
             self._cache[key] = result

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from hporl.backends._base import Backend, TrialResult
@@ -40,7 +41,6 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "make_executor",
-    "ray_vec_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,17 +51,22 @@ WORKER_DIED = "worker died"
 
 
 def _time_limited(
-    backend: Backend, task: Any, config: Mapping[str, Any], seed: int, time_limit: float | None
+    backend: Backend,
+    task: Any,
+    config: Mapping[str, Any],
+    seed: int,
+    time_limit: float | None,
+    epochs: int | None = None,
 ) -> TrialResult:
     """``backend.evaluate`` that stops at the end of the epoch in which ``time_limit`` passes."""
     if not time_limit:
-        return backend.evaluate(task, config, seed=seed)
+        return backend.evaluate(task, config, seed=seed, epochs=epochs)
     start = time.perf_counter()
 
     def over(_epoch: int, _value: float) -> bool:
         return time.perf_counter() - start > time_limit
 
-    result = backend.evaluate(task, config, seed=seed, on_epoch=over)
+    result = backend.evaluate(task, config, seed=seed, epochs=epochs, on_epoch=over)
     if result.stopped_early:
         result.reason = f"time limit of {time_limit:g} s reached after {result.epochs_done} epochs"
     return result
@@ -74,20 +79,29 @@ def failed(metric_name: str, reason: str, config: Mapping[str, Any], seed: int) 
 
 
 class Executor(abc.ABC):
-    """Evaluates configurations of one task on ``n_workers`` workers (see the module docstring)."""
+    """Evaluates configurations on ``n_workers`` workers (see the module docstring)."""
 
     name = "executor"
     n_workers = 1
 
     @abc.abstractmethod
-    def start(self, backend: Backend, task: Any) -> None:
-        """Ship ``backend`` and ``task`` to the workers (once)."""
+    def start(self, backend: Backend, *tasks: Any) -> None:
+        """Ship ``backend`` and ``tasks`` to the workers (once); the first is the default task
+        of :meth:`submit`."""
 
     @abc.abstractmethod
     def submit(
-        self, config: Mapping[str, Any], *, seed: int = 0, time_limit: float | None = None
+        self,
+        config: Mapping[str, Any],
+        *,
+        seed: int = 0,
+        time_limit: float | None = None,
+        epochs: int | None = None,
+        task: Any = None,
     ) -> cf.Future:
-        """Start one evaluation; the future's result is its TrialResult (never an exception)."""
+        """Start one evaluation of ``config`` on ``task`` (default: the first started); the
+        future's result is its TrialResult (never an exception). A task not given to
+        :meth:`start` is shipped with this evaluation (by Ray: once, then reused)."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -111,37 +125,66 @@ class LocalExecutor(Executor):
         self.n_workers = n_workers
         self._pool: cf.ProcessPoolExecutor | None = None
         self._backend: Backend | None = None
-        self._task: Any = None
+        self._tasks: list[Any] = []
+        self._index: dict[int, int] = {}
+        self._payload = b""
 
-    def start(self, backend: Backend, task: Any) -> None:
-        self._backend, self._task = backend, task
+    def start(self, backend: Backend, *tasks: Any) -> None:
+        self._backend, self._tasks = backend, list(tasks)
+        self._index = {id(t): i for i, t in enumerate(self._tasks)}
         if self.n_workers > 1:
             import cloudpickle
 
-            payload = cloudpickle.dumps((backend, task))
-            self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.n_workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(payload,),
-            )
+            self._payload = cloudpickle.dumps((backend, self._tasks))
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            max_workers=self.n_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self._payload,),
+        )
 
     def submit(
-        self, config: Mapping[str, Any], *, seed: int = 0, time_limit: float | None = None
+        self,
+        config: Mapping[str, Any],
+        *,
+        seed: int = 0,
+        time_limit: float | None = None,
+        epochs: int | None = None,
+        task: Any = None,
     ) -> cf.Future:
         if self._backend is None:
             raise RuntimeError("call start(backend, task) first")
+        task = _default_task(task, self._tasks[:1])
         if self._pool is None:
             future: cf.Future = cf.Future()
-            future.set_result(_time_limited(self._backend, self._task, config, seed, time_limit))
+            future.set_result(_time_limited(self._backend, task, config, seed, time_limit, epochs))
             return future
-        inner = self._pool.submit(_pool_evaluate, dict(config), seed, time_limit)
-        return _guarded(inner, self._task.metric_name, config, seed, time_limit)
+        # A started task goes by its index; another one travels with the call.
+        which = self._index.get(id(task), task)
+        args = (_pool_evaluate, which, dict(config), seed, time_limit, epochs)
+        try:
+            inner = self._pool.submit(*args)
+        except BrokenProcessPool:  # a worker died: its trials failed; start afresh
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            inner = self._pool.submit(*args)
+        return _guarded(inner, task.metric_name, config, seed)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _default_task(task: Any, started: list[Any]) -> Any:
+    if task is not None:
+        return task
+    if not started:
+        raise ValueError("no task given, and none was given to start()")
+    return started[0]
 
 
 _WORKER: dict[str, Any] = {}
@@ -152,11 +195,14 @@ def _init_worker(payload: bytes) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _WORKER["backend"], _WORKER["task"] = cloudpickle.loads(payload)
+    _WORKER["backend"], _WORKER["tasks"] = cloudpickle.loads(payload)
 
 
-def _pool_evaluate(config: dict[str, Any], seed: int, time_limit: float | None) -> TrialResult:
-    return _time_limited(_WORKER["backend"], _WORKER["task"], config, seed, time_limit)
+def _pool_evaluate(
+    task: Any, config: dict[str, Any], seed: int, time_limit: float | None, epochs: int | None
+) -> TrialResult:
+    task = _WORKER["tasks"][task] if isinstance(task, int) else task
+    return _time_limited(_WORKER["backend"], task, config, seed, time_limit, epochs)
 
 
 def _guarded(
@@ -164,10 +210,9 @@ def _guarded(
     metric_name: str,
     config: Mapping[str, Any],
     seed: int,
-    time_limit: float | None,
 ) -> cf.Future:
-    """A future whose worker dying gives a failed result (a broken pool is rebuilt by the
-    caller's next submit)."""
+    """A future whose worker dying gives a failed result (the broken pool is replaced at the
+    next submit)."""
     outer: cf.Future = cf.Future()
 
     def done(f: cf.Future) -> None:
@@ -210,28 +255,52 @@ class RayExecutor(Executor):
             ray, address, num_cpus=max(int(n_workers * cpus_per_trial), 1), temp_dir=temp_dir
         )
         self._remote = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(_ray_evaluate)
-        self._task_ref = None
+        self._task_refs: dict[int, tuple[Any, Any]] = {}  # id(task) -> (task, its object ref)
+        self._default: list[Any] = []
         self._backend_ref = None
-        self._metric = "metric"
-        self._watch: dict[Any, tuple[cf.Future, float | None, float, Mapping, int]] = {}
+        self._watch: dict[Any, tuple[cf.Future, float | None, float, Mapping, int, str]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
 
-    def start(self, backend: Backend, task: Any) -> None:
-        self._task_ref = self._ray.put(task)
+    def start(self, backend: Backend, *tasks: Any) -> None:
         self._backend_ref = self._ray.put(backend)
-        self._metric = task.metric_name
+        for task in tasks:
+            self._task_ref(task)
+        self._default = list(tasks[:1])
+
+    def _task_ref(self, task: Any) -> Any:
+        """The object-store ref of ``task``, put there on first use."""
+        held = self._task_refs.get(id(task))
+        if held is None:
+            held = self._task_refs[id(task)] = (task, self._ray.put(task))
+        return held[1]
 
     def submit(
-        self, config: Mapping[str, Any], *, seed: int = 0, time_limit: float | None = None
+        self,
+        config: Mapping[str, Any],
+        *,
+        seed: int = 0,
+        time_limit: float | None = None,
+        epochs: int | None = None,
+        task: Any = None,
     ) -> cf.Future:
-        if self._task_ref is None:
+        if self._backend_ref is None:
             raise RuntimeError("call start(backend, task) first")
-        ref = self._remote.remote(self._backend_ref, self._task_ref, dict(config), seed, time_limit)
+        task = _default_task(task, self._default)
+        ref = self._remote.remote(
+            self._backend_ref, self._task_ref(task), dict(config), seed, time_limit, epochs
+        )
         future: cf.Future = cf.Future()
         with self._lock:
-            self._watch[ref] = (future, time_limit, time.monotonic(), dict(config), seed)
+            self._watch[ref] = (
+                future,
+                time_limit,
+                time.monotonic(),
+                dict(config),
+                seed,
+                task.metric_name,
+            )
         if self._thread is None:
             self._thread = threading.Thread(target=self._collect, daemon=True)
             self._thread.start()
@@ -249,27 +318,25 @@ class RayExecutor(Executor):
             ready, _ = ray.wait(refs, num_returns=1, timeout=0.2)
             for ref in ready:
                 with self._lock:
-                    future, _, _, config, seed = self._watch.pop(ref)
+                    future, _, _, config, seed, metric = self._watch.pop(ref)
                 try:
                     future.set_result(ray.get(ref))
                 except Exception as err:  # the worker died, or the task was cancelled
                     reason = (
                         f"{WORKER_DIED}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
                     )
-                    future.set_result(failed(self._metric, reason, config, seed))
+                    future.set_result(failed(metric, reason, config, seed))
             now = time.monotonic()
             with self._lock:
                 overdue = [
                     (ref, v) for ref, v in self._watch.items() if v[1] and now - v[2] > 2 * v[1] + 5
                 ]
-            for ref, (future, limit, _, config, seed) in overdue:
+            for ref, (future, limit, _, config, seed, metric) in overdue:
                 ray.cancel(ref, force=True)
                 with self._lock:
                     self._watch.pop(ref, None)
                 future.set_result(
-                    failed(
-                        self._metric, f"time limit of {limit:g} s: worker cancelled", config, seed
-                    )
+                    failed(metric, f"time limit of {limit:g} s: worker cancelled", config, seed)
                 )
 
     def close(self) -> None:
@@ -323,12 +390,17 @@ def _import_ray() -> Any:
 
 
 def _ray_evaluate(
-    backend: Backend, task: Any, config: dict[str, Any], seed: int, time_limit: float | None
+    backend: Backend,
+    task: Any,
+    config: dict[str, Any],
+    seed: int,
+    time_limit: float | None,
+    epochs: int | None,
 ) -> TrialResult:
     import torch
 
     torch.set_num_threads(1)
-    return _time_limited(backend, task, config, seed, time_limit)
+    return _time_limited(backend, task, config, seed, time_limit, epochs)
 
 
 def make_executor(
@@ -346,122 +418,3 @@ def make_executor(
     if executor == "ray":
         return RayExecutor(n_workers, address=ray_address, temp_dir=temp_dir)
     raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-
-
-# -- environments on Ray ---------------------------------------------------------------------------
-class _EnvActor:
-    """One environment in a Ray actor (what SB3's SubprocVecEnv worker does in a subprocess)."""
-
-    def __init__(self, env_fn: Any) -> None:
-        import torch
-
-        torch.set_num_threads(1)
-        self.env = env_fn()
-
-    def spaces(self) -> tuple[Any, Any]:
-        return self.env.observation_space, self.env.action_space
-
-    def reset(self, seed: int | None, options: dict | None) -> tuple[Any, dict]:
-        return self.env.reset(seed=seed, **({"options": options} if options else {}))
-
-    def step(self, action: Any) -> tuple[Any, float, bool, dict, dict]:
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        done = terminated or truncated
-        info["TimeLimit.truncated"] = truncated and not terminated
-        reset_info: dict = {}
-        if done:
-            info["terminal_observation"] = observation
-            observation, reset_info = self.env.reset()
-        return observation, reward, done, info, reset_info
-
-    def call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        return self.env.get_wrapper_attr(name)(*args, **kwargs)
-
-    def get(self, name: str) -> Any:
-        return self.env.get_wrapper_attr(name)
-
-    def has(self, name: str) -> bool:
-        try:
-            self.env.get_wrapper_attr(name)
-        except AttributeError:
-            return False
-        return True
-
-    def set(self, name: str, value: Any) -> None:
-        setattr(self.env, name, value)
-
-    def is_wrapped(self, wrapper_class: type) -> bool:
-        from stable_baselines3.common.env_util import is_wrapped
-
-        return is_wrapped(self.env, wrapper_class)
-
-
-def ray_vec_env(env_fns: list[Any], *, address: str | None = None) -> Any:
-    """An SB3 VecEnv whose environments live in Ray actors (one CPU each): a step fans out to
-    all of them, so meta-training's evaluations run on the cluster's workers."""
-    import numpy as np
-    from stable_baselines3.common.vec_env import VecEnv
-    from stable_baselines3.common.vec_env.subproc_vec_env import _stack_obs
-
-    ray = _import_ray()
-
-    class RayVecEnv(VecEnv):
-        def __init__(self) -> None:
-            self._started, self._temp_dir = _ray_init(
-                ray, address, num_cpus=len(env_fns), temp_dir=None
-            )
-            actor = ray.remote(num_cpus=1)(_EnvActor)
-            self.actors = [actor.remote(fn) for fn in env_fns]
-            obs_space, act_space = ray.get(self.actors[0].spaces.remote())
-            super().__init__(len(env_fns), obs_space, act_space)
-            self._refs: list[Any] = []
-            self.closed = False
-
-        def reset(self) -> Any:
-            refs = [
-                a.reset.remote(self._seeds[i], self._options[i]) for i, a in enumerate(self.actors)
-            ]
-            obs, self.reset_infos = zip(*ray.get(refs), strict=True)
-            self._reset_seeds()
-            self._reset_options()
-            return _stack_obs(obs, self.observation_space)
-
-        def step_async(self, actions: np.ndarray) -> None:
-            self._refs = [a.step.remote(x) for a, x in zip(self.actors, actions, strict=True)]
-
-        def step_wait(self) -> Any:
-            results = ray.get(self._refs)
-            self._refs = []
-            obs, rews, dones, infos, self.reset_infos = zip(*results, strict=True)
-            return _stack_obs(obs, self.observation_space), np.stack(rews), np.stack(dones), infos
-
-        def _targets(self, indices: Any) -> list[Any]:
-            return [self.actors[i] for i in self._get_indices(indices)]
-
-        def env_method(self, name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list:
-            return ray.get([a.call.remote(name, args, kwargs) for a in self._targets(indices)])
-
-        def get_attr(self, name: str, indices: Any = None) -> list:
-            return ray.get([a.get.remote(name) for a in self._targets(indices)])
-
-        def has_attr(self, name: str) -> bool:
-            return all(ray.get([a.has.remote(name) for a in self.actors]))
-
-        def set_attr(self, name: str, value: Any, indices: Any = None) -> None:
-            ray.get([a.set.remote(name, value) for a in self._targets(indices)])
-
-        def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
-            return ray.get([a.is_wrapped.remote(wrapper_class) for a in self._targets(indices)])
-
-        def get_images(self) -> list:
-            return [None] * self.num_envs
-
-        def close(self) -> None:
-            if self.closed:
-                return
-            for a in self.actors:
-                ray.kill(a)
-            _ray_shutdown(ray, self._started, self._temp_dir)
-            self.closed = True
-
-    return RayVecEnv()

@@ -32,6 +32,7 @@ from hporl.space import SearchSpace, builtin_spaces
 from hporl.store import StoredBackend, TrialStore, mask_url, storage_url
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
 from hporl.tasks import models as _models
+from hporl.vec_env import FanOutVecEnv
 
 __all__ = [
     "BackendConfig",
@@ -344,11 +345,17 @@ def meta_train(
         if pretrain and pretrain.anchor_trials
         else None
     )
-    # One env in process shares its evaluation cache with the warm start.
+    # One env in process is the warm start's env; several (a FanOutVecEnv, in this process
+    # too) share its evaluation cache. They step in lockstep: equal-length configurations make
+    # their trainings fall on the same step, and so run at once.
     in_process = agent.n_envs == 1 and agent.executor == "local"
-    # Several envs step in lockstep: equal-length configurations make their trainings overlap.
-    padded = functools.partial(make_env, pad_inactive=agent.n_envs > 1)
-    env_fns = [lambda: env] if in_process else [padded] * agent.n_envs
+
+    def vec_member() -> HPOEnv:
+        member = make_env(pad_inactive=agent.n_envs > 1)
+        member._cache = env._cache
+        return member
+
+    env_fns = [lambda: env] if in_process else [vec_member] * agent.n_envs
     trained = train_agent(
         agent,
         env_fns,
@@ -369,23 +376,27 @@ def meta_train(
         meta={**(meta or {}), "timesteps": int(trained.num_timesteps)},
     )
     policy.save(run_dir / "policy")
+    vec_env = trained.get_env()
+    members = [] if in_process or vec_env is None else vec_env.get_attr("unwrapped")
+    counts = {
+        "evaluations": env.n_evaluations + sum(m.n_evaluations for m in members),
+        "cache_hits": env.n_cache_hits + sum(m.n_cache_hits for m in members),
+    }
+    if isinstance(vec_env, FanOutVecEnv):
+        counts.update(shared=vec_env.n_shared, retried=vec_env.n_retried)
+    if isinstance(backend, StoredBackend):
+        counts.update(
+            trained=backend.n_trained,
+            store_hits=backend.n_cached,
+            storage=mask_url(backend.store.url),
+        )
     write_json(
         run_dir / "summary.json",
         {
             "timesteps": int(trained.num_timesteps),
             "seconds": time.perf_counter() - start,
             "tasks": len(tasks),
-            "evaluations": env.n_evaluations,
-            "cache_hits": env.n_cache_hits,
-            **(
-                {
-                    "trained": backend.n_trained,
-                    "store_hits": backend.n_cached,
-                    "storage": mask_url(backend.store.url),
-                }
-                if isinstance(backend, StoredBackend) and in_process
-                else {}
-            ),
+            **counts,
             "policy": str(run_dir / "policy"),
         },
     )

@@ -499,11 +499,10 @@ class StoredBackend(Backend):
         checkpoint_dir: str | Path | None = None,
         on_epoch: Any = None,
     ) -> TrialResult:
-        stored = on_epoch is None and _fingerprint(task) is not None
+        stored = on_epoch is None
         if stored:
-            hit = self.store.lookup(task, config, seed=seed, epochs=epochs)
+            hit = self.cached(task, config, seed=seed, epochs=epochs)
             if hit is not None:
-                self.n_cached += 1
                 return hit
         result = self.backend.evaluate(
             task,
@@ -513,15 +512,42 @@ class StoredBackend(Backend):
             checkpoint_dir=checkpoint_dir,
             on_epoch=on_epoch,
         )
-        self.n_trained += 1
         if stored:
-            study = self._studies.get(task.name)
-            if study is None:
-                study = self._studies[task.name] = self.store.study(self.run, task)
-            self.store.record(
-                study, task, config, result, seed=seed, epochs=epochs, space=self.space
-            )
+            self.keep(task, config, result, seed=seed, epochs=epochs)
+        else:
+            self.n_trained += 1
         return result
+
+    # The two halves of ``evaluate``, for callers that train elsewhere (an executor's workers)
+    # and keep this process the store's only writer.
+    def cached(
+        self, task: Any, config: Mapping[str, Any], *, seed: int = 0, epochs: int | None = None
+    ) -> TrialResult | None:
+        """The stored result of this evaluation, if there is one (counted in ``n_cached``)."""
+        if _fingerprint(task) is None:
+            return None
+        hit = self.store.lookup(task, config, seed=seed, epochs=epochs)
+        if hit is not None:
+            self.n_cached += 1
+        return hit
+
+    def keep(
+        self,
+        task: Any,
+        config: Mapping[str, Any],
+        result: TrialResult,
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+    ) -> None:
+        """Record a real evaluation made elsewhere (counted in ``n_trained``)."""
+        self.n_trained += 1
+        if _fingerprint(task) is None:
+            return
+        study = self._studies.get(task.name)
+        if study is None:
+            study = self._studies[task.name] = self.store.study(self.run, task)
+        self.store.record(study, task, config, result, seed=seed, epochs=epochs, space=self.space)
 
 
 # -- helpers -----------------------------------------------------------------------------------
