@@ -9,10 +9,13 @@ address of this machine. Prints:
   policy proposes different configurations once its history differs, so the training seconds
   inside trials are printed too, and the throughput ratio: training seconds per wall second),
   and where the difference goes: Ray start-up, shipping the task, scheduling;
+- meta-training with 1 and 2 envs whose trainings fan out to Ray workers
+  (:class:`hporl.vec_env.FanOutVecEnv`), on the ``optimizer`` and ``lcbench`` spaces: env
+  steps/s, distinct trainings/s and training seconds per wall second;
 - per-trial overhead (ms) of a Ray task against an in-process call, for a backend that
   answers at once.
 
-    python benchmarks/ray_speedup.py [--trials 8] [--epochs 12]
+    python benchmarks/ray_speedup.py [--trials 8] [--epochs 12] [--parts tune,envs,overhead]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,27 +48,102 @@ def in_namespace(args: list[str]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def measure(trials: int, epochs: int) -> None:
-    import concurrent.futures as cf
+def meta_training(tmp: Path) -> None:
+    """Meta-training with 1 and 2 envs whose trainings run on Ray workers (FanOutVecEnv), on a
+    space with conditional parameters (optimizer) and one without (lcbench, its funnel MLP):
+    env steps/s, distinct trainings/s, and training seconds per wall second."""
+    import json
 
-    import numpy as np
+    from hporl import run_experiment
+
+    steps = 960
+    for space_name, model in (("optimizer", None), ("lcbench", "lcbench_mlp")):
+        rates: dict[int, tuple[float, float, float]] = {}
+        for n in (1, 2):
+            out = tmp / f"envs-{space_name}-{n}"
+            t0 = time.perf_counter()
+            run_experiment(
+                {
+                    "name": f"ray-envs-{space_name}-{n}",
+                    "tasks": ["digits", "wine", "breast_cancer"],
+                    "space": space_name,
+                    "model": model,
+                    "backend": {"epochs": 40},
+                    "budget": 3,
+                    "agent": {
+                        "total_timesteps": steps,
+                        "n_envs": n,
+                        "executor": "ray",
+                        "net_arch": [32],
+                        "params": {"n_steps": 240 // n, "batch_size": 60},
+                    },
+                },
+                out=out,
+            )
+            wall = time.perf_counter() - t0
+            summary = json.loads((out / "summary.json").read_text())
+            busy = training_seconds(out)
+            rates[n] = (steps / wall, summary["trained"] / wall, busy / wall)
+            print(
+                f"meta-training ({space_name} space), {n} env(s) on Ray: {wall:.1f} s, "
+                f"{rates[n][0]:.1f} env steps/s, {summary['trained']} trainings "
+                f"({rates[n][1]:.2f}/s, {summary.get('shared', 0)} shared between envs, "
+                f"{summary['cache_hits']} cache hits), "
+                f"{rates[n][2]:.2f} training seconds per wall second"
+            )
+        print(
+            f"meta-training ({space_name} space), 2 envs vs 1 on Ray: env steps/s "
+            f"{rates[2][0] / rates[1][0]:.2f}x, trainings/s {rates[2][1] / rates[1][1]:.2f}x, "
+            f"training seconds per wall second {rates[2][2] / rates[1][2]:.2f}x"
+        )
+
+
+def training_seconds(run_dir: Path) -> float:
+    """Seconds of training in the trials a run stored."""
     import optuna
-    import ray
+
+    from hporl.store import storage_url
+
+    url = storage_url(run_dir / "trials.db", None)
+    return sum(
+        t.user_attrs.get("wall_time", 0.0)
+        for name in optuna.get_all_study_names(url)
+        for t in optuna.load_study(study_name=name, storage=url).trials
+    )
+
+
+def measure(trials: int, epochs: int, parts: set[str]) -> None:
+    import optuna
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from hporl import SearchSpace, TorchBackend, tune_model
-    from hporl.executors import LocalExecutor, RayExecutor
+    from hporl import SearchSpace
     from hporl.tasks import builtin
-    from store_overhead import InstantBackend, tiny_policy
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.builtin("optimizer")
     tmp = Path(tempfile.mkdtemp(prefix="hrp-"))
-    policy = tiny_policy(space, tmp / "policy")
     task = builtin("digits", epochs=epochs)
+    if "tune" in parts:
+        tune_speedup(space, task, trials, tmp)
+    if "envs" in parts:
+        meta_training(tmp)
+    if "overhead" in parts:
+        overhead(space, task)
+    shutil.rmtree(tmp, ignore_errors=True)
 
+
+def tune_speedup(space: Any, task: Any, trials: int, tmp: Path) -> None:
+    """tune_model with 2 parallel trials on Ray vs 1, and where the difference goes."""
+    import concurrent.futures as cf
+
+    import ray
+
+    from hporl import TorchBackend, tune_model
+    from hporl.executors import RayExecutor
+    from store_overhead import tiny_policy
+
+    policy = tiny_policy(space, tmp / "policy")
     # Ray's fixed costs, measured on their own.
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -125,38 +204,15 @@ def measure(trials: int, epochs: int) -> None:
         f"{fixed[2]:.1f} s with 2 (speed-up {fixed[1] / fixed[2]:.2f}x)"
     )
 
-    # Meta-training env steps per second with 1 and 2 environments as Ray actors, on a space
-    # with conditional parameters (optimizer) and one without (lcbench, its funnel MLP).
-    from hporl import run_experiment
 
-    steps = 960
-    for space_name, model in (("optimizer", None), ("lcbench", "lcbench_mlp")):
-        rates = {}
-        for n in (1, 2):
-            t0 = time.perf_counter()
-            run_experiment(
-                {
-                    "name": f"ray-envs-{space_name}-{n}",
-                    "tasks": ["digits", "wine", "breast_cancer"],
-                    "space": space_name,
-                    "model": model,
-                    "backend": {"epochs": 40},
-                    "budget": 3,
-                    "agent": {
-                        "total_timesteps": steps,
-                        "n_envs": n,
-                        "executor": "ray",
-                        "net_arch": [32],
-                        "params": {"n_steps": 240 // n, "batch_size": 60},
-                    },
-                },
-                out=tmp / f"envs-{space_name}-{n}",
-            )
-            rates[n] = steps / (time.perf_counter() - t0)
-        print(
-            f"meta-training ({space_name} space), env steps/s with environments as Ray actors: "
-            f"{rates[1]:.1f} with 1, {rates[2]:.1f} with 2 ({rates[2] / rates[1]:.2f}x)"
-        )
+def overhead(space: Any, task: Any) -> None:
+    """Per-trial overhead of a Ray task against an in-process call, instant backend."""
+    import concurrent.futures as cf
+
+    import numpy as np
+
+    from hporl.executors import LocalExecutor, RayExecutor
+    from store_overhead import InstantBackend
 
     # Per-trial overhead with an instant backend.
     configs = [space.sample(np.random.default_rng(i)) for i in range(200)]
@@ -181,21 +237,30 @@ def measure(trials: int, epochs: int) -> None:
         f"per trial, instant backend: in process {in_process:.2f} ms, Ray one at a time "
         f"{sequential:.2f} ms, Ray 200 in flight {batched:.2f} ms"
     )
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument(
+        "--parts",
+        default="tune,envs,overhead",
+        help="what to measure, comma-separated: tune, envs, overhead (default: all)",
+    )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if unknown := parts - {"tune", "envs", "overhead"}:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if args.inside:
-        measure(args.trials, args.epochs)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        measure(args.trials, args.epochs, parts)
         return
     if os.geteuid() != 0 or shutil.which("ip") is None:
         sys.exit("needs root and iproute2: Ray runs in a network namespace of its own")
-    sys.exit(in_namespace(["--trials", str(args.trials), "--epochs", str(args.epochs)]))
+    forwarded = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--parts", args.parts]
+    sys.exit(in_namespace(forwarded))
 
 
 if __name__ == "__main__":

@@ -175,37 +175,3 @@ def test_layout_action_of_inverts_value_of():
             continue
         for a in range(len(SPACE.bins(p.name, 6))):
             assert layout.action_of(p.name, layout.value_of(position, a)) == a
-
-
-def test_pad_inactive_gives_every_configuration_the_same_steps_and_the_same_configs():
-    space = SearchSpace.builtin("optimizer")
-    tasks = SyntheticTask.sample(0, 3, n_features=19)
-    plain = HPOEnv(space, SyntheticBackend(space), tasks, budget=4)
-    padded = HPOEnv(space, SyntheticBackend(space), tasks, budget=4, pad_inactive=True)
-    rng = np.random.default_rng(0)
-    plain.reset(seed=1)
-    actions, plain_configs, done = [], [], False
-    while not done:
-        action = int(rng.choice(np.flatnonzero(plain.action_masks())))
-        actions.append(action)
-        _, _, done, _, info = plain.step(action)
-        if "config" in info:
-            plain_configs.append(info["config"])
-    padded.reset(seed=1)
-    configs, lengths, steps, forced, done = [], [], 0, 0, False
-    while not done:  # the same real choices; forced steps where a parameter is inactive
-        if padded._padding:
-            assert padded.action_masks().tolist() == [True] + [False] * (
-                padded.layout.n_actions - 1
-            )
-            forced += 1
-            _, _, done, _, info = padded.step(0)
-        else:
-            _, _, done, _, info = padded.step(actions.pop(0))
-        steps += 1
-        if "config" in info:
-            configs.append(info["config"])
-            lengths.append(steps)
-            steps = 0
-    assert configs == plain_configs and not actions
-    assert lengths == [len(space.chosen)] * 4 and forced > 0  # every configuration: 16 steps

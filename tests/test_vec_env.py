@@ -36,46 +36,92 @@ class CountingBackend(SyntheticBackend):
 
 
 def env_fns(backend, tasks, n, **kw):
-    kw = {"budget": 3, "pad_inactive": True, **kw}
+    kw = {"budget": 3, **kw}
     return [lambda: HPOEnv(SPACE, backend, tasks, **kw) for _ in range(n)]
 
 
 def drive(vec, steps, seed=0):
-    """Random allowed actions; what the vec env gave back at every step."""
+    """Random allowed actions; per step: observations, masks, actions, rewards, dones, infos
+    and which envs were waiting."""
     rng = np.random.default_rng(seed)
     vec.seed(seed)
     obs = vec.reset()
-    trace = [obs]
+    trace = []
     for _ in range(steps):
         masks = vec.env_method("action_masks")
+        waiting = vec.get_attr("waiting")
         actions = np.array([int(rng.choice(np.flatnonzero(m))) for m in masks])
-        obs, rewards, dones, infos = vec.step(actions)
-        configs = [info.get("config") for info in infos]
-        trace.append((obs, rewards, dones, configs))
+        new_obs, rewards, dones, infos = vec.step(actions)
+        trace.append((obs, masks, actions, rewards, dones, infos, waiting))
+        obs = new_obs
     return trace
 
 
 @pytest.mark.parametrize("reward", ["best_metric", "improvement_over_reference"])
-def test_fan_out_steps_exactly_as_sb3s_dummy_vec_env(reward):
+def test_one_env_fanned_out_steps_exactly_as_sb3s_dummy_vec_env(reward):
     tasks = SyntheticTask.sample(0, 4, n_features=19)
-    dummy = DummyVecEnv(env_fns(SyntheticBackend(SPACE), tasks, 3, reward=reward))
+    dummy = DummyVecEnv(env_fns(SyntheticBackend(SPACE), tasks, 1, reward=reward))
+    fan = FanOutVecEnv(env_fns(SyntheticBackend(SPACE), tasks, 1, reward=reward), LocalExecutor(1))
+    try:
+        expected, got = drive(dummy, 120), drive(fan, 120)
+    finally:
+        fan.close()
+    for (obs, masks, _, rew, done, infos, _), (obs2, masks2, _, rew2, done2, infos2, wait) in zip(
+        expected, got, strict=True
+    ):
+        assert wait == [False]
+        np.testing.assert_array_equal(obs, obs2)
+        np.testing.assert_array_equal(masks[0], masks2[0])
+        np.testing.assert_allclose(rew, rew2)
+        np.testing.assert_array_equal(done, done2)
+        assert infos[0].get("config") == infos2[0].get("config")
+    assert sum("config" in step[5][0] for step in got) >= 120 // len(SPACE.chosen)
+
+
+@pytest.mark.parametrize("reward", ["best_metric", "improvement_over_reference"])
+def test_envs_finish_their_trials_together_and_each_plays_as_a_plain_env(reward):
+    tasks = SyntheticTask.sample(0, 4, n_features=19)
     backend = CountingBackend(SPACE)
     fan = FanOutVecEnv(env_fns(backend, tasks, 3, reward=reward), LocalExecutor(1))
     try:
-        expected, got = drive(dummy, 200), drive(fan, 200)
+        trace = drive(fan, 300)
     finally:
         fan.close()
-    np.testing.assert_array_equal(expected[0], got[0])
-    finished = 0
-    for (obs, rew, done, configs), (obs2, rew2, done2, configs2) in zip(
-        expected[1:], got[1:], strict=True
-    ):
-        np.testing.assert_array_equal(obs, obs2)
-        np.testing.assert_allclose(rew, rew2)
-        np.testing.assert_array_equal(done, done2)
-        assert configs == configs2
-        finished += sum(c is not None for c in configs)
-    assert finished >= 3 * (200 // len(SPACE.chosen)) and done.dtype == bool
+    forced = np.zeros(fan.hpo[0].layout.n_actions, dtype=bool)
+    forced[0] = True
+    rounds, length = [], 0
+    for _, masks, _, rewards, _, infos, waiting in trace:
+        for mask, wait in zip(masks, waiting, strict=True):
+            assert not wait or (mask == forced).all()  # a waiting env's one action: 0
+        finished = ["config" in info for info in infos]
+        assert all(finished) or not any(finished)  # a round ends for every env on one step
+        length += 1
+        if all(finished):
+            assert not all(waiting)  # the last to choose ends the round
+            rounds.append(length)
+            length = 0
+        else:
+            assert not rewards.any()
+    assert len(rounds) >= 300 // len(SPACE.chosen) and any(w.count(True) for *_, w in trace)
+    # Each env, replayed alone with its own actions (not the forced ones), chooses the same
+    # configurations and earns the same rewards: waiting changes when a trial ends, not what.
+    for i in range(3):
+        plain = HPOEnv(SPACE, SyntheticBackend(SPACE), tasks, budget=3, reward=reward)
+        plain.reset(seed=i)  # vec.seed(0) seeds env i with 0 + i
+        replay, wanted = [], []
+        for obs, _, actions, rewards, _, infos, waiting in trace:
+            if "config" in infos[i]:
+                wanted.append((infos[i]["config"], pytest.approx(float(rewards[i]))))
+            if waiting[i]:
+                continue
+            np.testing.assert_array_equal(obs[i], plain.observe())
+            _, reward_i, done, _, info = plain.step(actions[i])
+            if "config" in info:
+                replay.append((info["config"], reward_i))
+            if done:
+                plain.reset()
+        # the round still open at the end: the plain env has had its trial, the fanned one not
+        assert wanted == replay[: len(wanted)] and len(replay) - len(wanted) <= 1
     # one cache for all envs: no evaluation ran twice
     assert len(backend.calls) == len(set(backend.calls)) == fan.n_trained
 
@@ -88,7 +134,7 @@ def test_envs_finishing_the_same_configuration_train_it_once():
         fan.reset()
         rng = np.random.default_rng(0)
         configs = []
-        for _ in range(4 * len(SPACE.chosen)):
+        while len(configs) < 4:
             mask = fan.env_method("action_masks")[0]
             action = int(rng.choice(np.flatnonzero(mask)))
             _, rewards, _, infos = fan.step(np.array([action, action]))  # both envs alike
@@ -97,7 +143,6 @@ def test_envs_finishing_the_same_configuration_train_it_once():
                 configs.append(json.dumps(infos[0]["config"], sort_keys=True))
     finally:
         fan.close()
-    assert len(configs) == 4
     assert len(backend.calls) == len(set(configs)) and fan.n_shared == 4
     assert sum(fan.get_attr("n_evaluations")) == len(set(configs))
 
@@ -139,7 +184,7 @@ def _forced(vec, configs):
     while any(i is None for i in infos_out):
         actions = []
         for env, config in zip(vec.hpo, configs, strict=True):
-            if env._padding:
+            if env.waiting:
                 actions.append(0)
             else:
                 name = env.space.parameters[env._position].name
@@ -166,10 +211,7 @@ def test_trainings_of_one_step_run_at_once_on_workers_and_a_dead_worker_is_retri
     store = TrialStore(tmp_path / "t.db")
     backend = StoredBackend(Sleepy(SPACE, tmp_path, kill=[picks[2]]), store, run="r", space=SPACE)
     fan = FanOutVecEnv(
-        [
-            lambda i=i: HPOEnv(SPACE, backend, tasks[i : i + 1], budget=2, pad_inactive=True)
-            for i in range(2)
-        ],
+        [lambda i=i: HPOEnv(SPACE, backend, tasks[i : i + 1], budget=2) for i in range(2)],
         "local",
     )
     try:

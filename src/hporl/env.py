@@ -320,11 +320,6 @@ class HPOEnv(gym.Env):
         feature_norm: (mean, scale) applied to task features in observations (see
             :meth:`ObservationLayout.normalisation`).
         extra_bins: more action values per numeric parameter (see :attr:`ObservationLayout.bins`).
-        pad_inactive: every configuration takes the same number of steps: an inactive
-            conditional parameter becomes a forced step (one allowed action, no effect on the
-            configuration, so nothing for the policy to learn from it). Environments stepped in
-            lockstep (``n_envs > 1``) then finish their configurations on the same step and
-            their trainings overlap, instead of one training holding up the others' choices.
 
     ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
     finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
@@ -350,7 +345,6 @@ class HPOEnv(gym.Env):
         n_features: int | None = None,
         feature_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = (),
-        pad_inactive: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
@@ -393,8 +387,7 @@ class HPOEnv(gym.Env):
         self.task: TaskLike | None = None
         self._partial: dict[str, Any] = {}
         self._position: int | None = None
-        self.pad_inactive = pad_inactive
-        self._padding = False  # the current step is a forced one (an inactive parameter)
+        self._pending: dict[str, Any] | None = None  # chosen, its result not yet in
         self._trials: list[tuple[dict[str, Any], float | None]] = []
         self._trials_block = self.layout.trials_block([])
         self._best_value: float | None = None
@@ -414,6 +407,7 @@ class HPOEnv(gym.Env):
         self._trials = []
         self._trials_block = self.layout.trials_block([])
         self._best_value = None
+        self._pending = None
         self._new_config()
         return self._observe(), {"task": self.task.name}
 
@@ -434,13 +428,15 @@ class HPOEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self._position is None:
             raise RuntimeError("the episode is over; call reset()")
+        if self._pending is not None:
+            raise RuntimeError("the configuration is chosen; call finish() with its result")
         p = self.space.parameters[self._position]
-        if not self._padding:
-            self._partial[p.name] = self.layout.value_of(self._position, int(action))
-        self._position = self._advance(self._position + 1)
+        self._partial[p.name] = self.layout.value_of(self._position, int(action))
+        self._position = self.layout.advance(self._partial, self._position + 1)
         if self._position is not None:
             return None
-        return self.space.validate(self._partial)
+        self._pending = self.space.validate(self._partial)
+        return self._pending
 
     def requests(self, config: Mapping[str, Any]) -> list[tuple[tuple, TaskLike, dict]]:
         """The evaluations ``finish(config)`` needs that are not cached, as
@@ -463,6 +459,7 @@ class HPOEnv(gym.Env):
         """The outcome of the step whose :meth:`propose` completed ``config``; ``results``
         (by :meth:`cache_key`) are evaluations made elsewhere, used instead of running them."""
         assert self.task is not None
+        self._pending = None
         self._supplied = results or {}
         try:
             result = self._evaluate(self.task, config)
@@ -498,35 +495,23 @@ class HPOEnv(gym.Env):
         return (id(task), config_key(config), self.trial_seed, self.epochs)
 
     def action_masks(self) -> np.ndarray:
-        """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention)."""
-        if self._padding:
+        """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention);
+        while a chosen configuration waits for its result, only action 0 (which does nothing)."""
+        if self._pending is not None:
             mask = np.zeros(self.layout.n_actions, dtype=bool)
             mask[0] = True
             return mask
         return self.layout.mask(self._position)
 
+    @property
+    def waiting(self) -> bool:
+        """A configuration is chosen and waits for :meth:`finish`."""
+        return self._pending is not None
+
     # -- internals ----------------------------------------------------------------------------
     def _new_config(self) -> None:
         self._partial = {}
-        self._position = self._advance(0)
-
-    def _advance(self, start: int) -> int | None:
-        """The next position to step at: the next parameter to choose, or with
-        ``pad_inactive`` also an inactive chosen one (a forced step)."""
-        self._padding = False
-        if not self.pad_inactive:
-            return self.layout.advance(self._partial, start)
-        params = self.space.parameters
-        for i in range(start, len(params)):
-            p = params[i]
-            active = self.space.is_active(p.name, self._partial)
-            if p.kind == "fixed":
-                if active:
-                    self._partial[p.name] = p.default
-                continue
-            self._padding = not active
-            return i
-        return None
+        self._position = self.layout.advance(self._partial, 0)
 
     def _features_block(self, task: TaskLike) -> np.ndarray:
         """The task's normalised features, computed once per task."""

@@ -289,7 +289,7 @@ def meta_train(
     """
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
 
-    def make_env(extra_bins: tuple = (), pad_inactive: bool = False) -> HPOEnv:
+    def make_env(extra_bins: tuple = ()) -> HPOEnv:
         return HPOEnv(
             space,
             backend,
@@ -302,7 +302,6 @@ def meta_train(
             trial_seed=trial_seed,
             feature_norm=feature_norm,
             extra_bins=extra_bins,
-            pad_inactive=pad_inactive,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
@@ -345,13 +344,12 @@ def meta_train(
         if pretrain and pretrain.anchor_trials
         else None
     )
-    # One env in process is the warm start's env; several (a FanOutVecEnv, in this process
-    # too) share its evaluation cache. They step in lockstep: equal-length configurations make
-    # their trainings fall on the same step, and so run at once.
+    # One env in process is the warm start's env; several (a FanOutVecEnv, whose trainings run
+    # on a process pool or Ray, its envs in this process) share its evaluation cache.
     in_process = agent.n_envs == 1 and agent.executor == "local"
 
     def vec_member() -> HPOEnv:
-        member = make_env(pad_inactive=agent.n_envs > 1)
+        member = make_env()
         member._cache = env._cache
         return member
 

@@ -2,20 +2,28 @@
 
 SB3 steps the ``n_envs`` environments of a VecEnv in lockstep. Choosing a parameter value takes
 microseconds; finishing a configuration means training it. :class:`FanOutVecEnv` keeps the
-environments in this process and sends only the trainings out: each step takes every env's
-action (:meth:`HPOEnv.propose`), gathers the evaluations the finished configurations need,
-runs the distinct ones at once on an :class:`~hporl.executors.Executor` (a local process pool or
-Ray), then completes each env's step (:meth:`HPOEnv.finish`). So:
+environments in this process and sends only the trainings out, in rounds:
 
-- trainings scale with the workers (a local pool, or a Ray cluster's CPUs), and the task data
-  goes to the workers once;
-- two envs that finish the same configuration on the same task in one step train it once, and
-  the envs share one evaluation cache;
-- with a :class:`~hporl.store.StoredBackend`, this process is the store's only writer: workers
-  train, the store is looked up before and written after, here.
+- every env chooses its next configuration, one value per step; when an env has chosen all
+  of it (:meth:`HPOEnv.propose`), its trainings (:meth:`HPOEnv.requests`) start at once on
+  an :class:`~hporl.executors.Executor` (a local process pool, or Ray) and the env waits:
+  its steps are forced ones (one allowed action, reward 0, the same observation) until
+- the last env has chosen: that step waits for every training of the round, and finishes
+  each env's trial with its result (:meth:`HPOEnv.finish`), all on the same step.
+
+So the trainings of a round run at the same time whatever the lengths of the configurations
+(a conditional parameter makes some shorter), and a waiting env costs only the steps another
+env still needs to choose. Moreover:
+
+- the task data goes to the workers once;
+- two envs that choose the same configuration on the same task in one round train it once,
+  and the envs share one evaluation cache;
+- with a :class:`~hporl.store.StoredBackend`, this process is the store's only writer:
+  workers train, the store is looked up before and written after, here.
 
 A training whose worker died is retried once (its result then counts); other failures are
-results like any other (the reward approach scores them).
+results like any other (the reward approach scores them). With one env, a round is a trial:
+the env never waits.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 
 class FanOutVecEnv(DummyVecEnv):
-    """``n`` HPOEnvs in this process whose evaluations run together on ``executor``.
+    """``n`` HPOEnvs in this process whose trainings run together on ``executor``, in rounds.
 
     Args:
         env_fns: functions building the environments (HPOEnvs sharing one backend).
@@ -50,7 +58,7 @@ class FanOutVecEnv(DummyVecEnv):
         ray_address: the Ray cluster to join (default ``RAY_ADDRESS``, else a local Ray).
 
     Counts: ``n_trained`` (trainings run on the workers), ``n_shared`` (evaluations that
-    another env asked for in the same step, run once), ``n_retried`` (trainings rerun after
+    another env asked for in the same round, run once), ``n_retried`` (trainings rerun after
     their worker died).
     """
 
@@ -90,37 +98,39 @@ class FanOutVecEnv(DummyVecEnv):
         self.n_trained = 0
         self.n_shared = 0
         self.n_retried = 0
+        # This round's chosen configurations (None: still choosing) and evaluations under way.
+        self._round: list[dict | None] = [None] * self.num_envs
+        self._inflight: dict[tuple, tuple[Any, dict, cf.Future, bool]] = {}
+
+    def reset(self) -> Any:
+        self._round = [None] * self.num_envs
+        self._inflight = {}
+        return super().reset()
 
     def step_wait(self) -> Any:
-        configs = [env.propose(a) for env, a in zip(self.hpo, self.actions, strict=True)]
-        wanted: dict[tuple, tuple[Any, dict]] = {}
-        for env, config in zip(self.hpo, configs, strict=True):
-            if config is None:
-                continue
-            for key, task, c in env.requests(config):
-                if key in wanted:
-                    self.n_shared += 1
-                wanted.setdefault(key, (task, c))
-        results = self._evaluate(wanted) if wanted else {}
-        for i, (env, config) in enumerate(zip(self.hpo, configs, strict=True)):
-            if config is None:
-                obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = (
-                    env.observe(),
-                    0.0,
-                    False,
-                    False,
-                    {},
-                )
+        for i, (env, action) in enumerate(zip(self.hpo, self.actions, strict=True)):
+            if self._round[i] is None:  # still choosing (a waiting env's action is forced)
+                config = env.propose(action)
+                if config is not None:
+                    self._round[i] = config
+                    self._start(env.requests(config))
+        over = all(config is not None for config in self._round)
+        results = self._results() if over else {}
+        for i, env in enumerate(self.hpo):
+            if over:
+                outcome = env.finish(self._round[i], results)
             else:
-                obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = env.finish(
-                    config, results
-                )
+                outcome = env.observe(), 0.0, False, False, {}
+            obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = outcome
             self.buf_dones[i] = terminated or truncated
             self.buf_infos[i]["TimeLimit.truncated"] = truncated and not terminated
             if self.buf_dones[i]:
                 self.buf_infos[i]["terminal_observation"] = obs
                 obs, self.reset_infos[i] = self.envs[i].reset()
             self._save_obs(i, obs)
+        if over:
+            self._round = [None] * self.num_envs
+            self._inflight = {}
         return (
             self._obs_from_buf(),
             np.copy(self.buf_rews),
@@ -128,32 +138,45 @@ class FanOutVecEnv(DummyVecEnv):
             [dict(info) for info in self.buf_infos],
         )
 
-    def _evaluate(self, wanted: dict[tuple, tuple[Any, dict]]) -> dict[tuple, TrialResult]:
-        """Every wanted evaluation: from the store, or trained on the workers all at once."""
+    def _start(self, requests: list[tuple[tuple, Any, dict]]) -> None:
+        """Start the evaluations of a chosen configuration: from the store, or training."""
         env = self.hpo[0]
-        seed, epochs = env.trial_seed, env.epochs
-        results: dict[tuple, TrialResult] = {}
-        futures: dict[tuple, cf.Future] = {}
-        for key, (task, config) in wanted.items():
+        for key, task, config in requests:
+            if key in self._inflight:  # another env of this round asked for it
+                self.n_shared += 1
+                continue
             hit = (
-                self.stored.cached(task, config, seed=seed, epochs=epochs)
+                self.stored.cached(task, config, seed=env.trial_seed, epochs=env.epochs)
                 if self.stored is not None
                 else None
             )
             if hit is not None:
-                results[key] = hit
+                future: cf.Future = cf.Future()
+                future.set_result(hit)
+                self._inflight[key] = (task, config, future, False)
             else:
-                futures[key] = self.executor.submit(config, seed=seed, epochs=epochs, task=task)
-        for key, future in futures.items():
-            task, config = wanted[key]
+                future = self.executor.submit(
+                    config, seed=env.trial_seed, epochs=env.epochs, task=task
+                )
+                self._inflight[key] = (task, config, future, True)
+
+    def _results(self) -> dict[tuple, TrialResult]:
+        """Every evaluation of the round, once all are in; trainings recorded in the store."""
+        env = self.hpo[0]
+        seed, epochs = env.trial_seed, env.epochs
+        results: dict[tuple, TrialResult] = {}
+        for key, (task, config, future, trained) in self._inflight.items():
             result = future.result()
-            if _worker_died(result):
-                logger.warning("%s; training %s on %s again", result.reason, config, task.name)
-                self.n_retried += 1
-                result = self.executor.submit(config, seed=seed, epochs=epochs, task=task).result()
-            self.n_trained += 1
-            if self.stored is not None:
-                self.stored.keep(task, config, result, seed=seed, epochs=epochs)
+            if trained:
+                if _worker_died(result):
+                    logger.warning("%s; training %s on %s again", result.reason, config, task.name)
+                    self.n_retried += 1
+                    result = self.executor.submit(
+                        config, seed=seed, epochs=epochs, task=task
+                    ).result()
+                self.n_trained += 1
+                if self.stored is not None:
+                    self.stored.keep(task, config, result, seed=seed, epochs=epochs)
             results[key] = result
         return results
 
