@@ -79,6 +79,12 @@ class AgentConfig(BaseModel):
         "(one process per env), or Ray workers",
     )
     ray_address: str | None = None
+    n_workers: int | None = Field(
+        None,
+        gt=0,
+        description="workers training the envs' configurations (default: one per env); "
+        "fewer than n_envs packs a round's trainings of unequal length onto busy workers",
+    )
 
     def policy_kwargs(self) -> dict[str, Any]:
         """JSON-ready network description (also stored with a saved Policy)."""
@@ -118,16 +124,19 @@ def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_vec_env(
-    env_fns: list[Callable[[], gym.Env]], executor: str = "local", ray_address: str | None = None
+    env_fns: list[Callable[[], gym.Env]],
+    executor: str = "local",
+    ray_address: str | None = None,
+    n_workers: int | None = None,
 ) -> VecEnv:
     """One env in process; several (or ``executor="ray"``) in a
     :class:`~hporl.vec_env.FanOutVecEnv`, whose trainings run on a local process pool or Ray
-    workers, one per env."""
+    workers (``n_workers``, default one per env)."""
     if len(env_fns) == 1 and executor == "local":
         return DummyVecEnv(env_fns)
     from hporl.vec_env import FanOutVecEnv
 
-    return FanOutVecEnv(env_fns, executor, ray_address=ray_address)
+    return FanOutVecEnv(env_fns, executor, n_workers=n_workers, ray_address=ray_address)
 
 
 def build_agent(
@@ -307,7 +316,7 @@ def train_agent(
     ``on_new_agent`` is called with a freshly built agent (not a
     resumed one) before it learns: a warm start such as behaviour cloning.
     """
-    env = make_vec_env(env_fns, config.executor, config.ray_address)
+    env = make_vec_env(env_fns, config.executor, config.ray_address, config.n_workers)
     callbacks = [callback] if callback is not None else []
     agent: BaseAlgorithm | None = None
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None

@@ -165,7 +165,11 @@ class FanOutVecEnv(DummyVecEnv):
         env = self.hpo[0]
         seed, epochs = env.trial_seed, env.epochs
         results: dict[tuple, TrialResult] = {}
-        for key, (task, config, future, trained) in self._inflight.items():
+        keys = {future: key for key, (_, _, future, _) in self._inflight.items()}
+        # In the order they finish: one is recorded while others still train.
+        for future in cf.as_completed(keys):
+            key = keys[future]
+            task, config, _, trained = self._inflight[key]
             result = future.result()
             if trained:
                 if _worker_died(result):
