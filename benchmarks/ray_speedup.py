@@ -117,6 +117,59 @@ def meta_training(tmp: Path) -> None:
             )
 
 
+def same_configurations(rounds: int = 12) -> None:
+    """FanOutVecEnv without an agent: each env chooses at random from its own seed, so env i
+    plays the same configurations alone or beside others. Two envs' configurations, played
+    one env after the other on 1 worker, against both envs at once on 2 workers (timed after a
+    first round that warms the workers; Ray or a local process pool)."""
+    import numpy as np
+
+    from hporl import HPOEnv, SearchSpace, TorchBackend
+    from hporl.tasks import builtin
+    from hporl.vec_env import FanOutVecEnv
+
+    space = SearchSpace.builtin("optimizer")
+    tasks = [builtin(name, epochs=40) for name in ("digits", "wine", "breast_cancer")]
+    backend = TorchBackend(num_threads=1)
+
+    def play(seeds: list[int], executor: str) -> tuple[float, float, int]:
+        fan = FanOutVecEnv(
+            [lambda: HPOEnv(space, backend, tasks, budget=3) for _ in seeds], executor
+        )
+        rngs = [np.random.default_rng(s) for s in seeds]
+        try:
+            for env, seed in zip(fan.hpo, seeds, strict=True):
+                env.reset(seed=seed)
+            done_rounds, t0, busy, trained = 0, 0.0, 0.0, 0
+            while done_rounds <= rounds:
+                actions = []
+                for env, rng in zip(fan.hpo, rngs, strict=True):
+                    mask = env.action_masks()
+                    actions.append(0 if env.waiting else int(rng.choice(np.flatnonzero(mask))))
+                fan.step_async(np.array(actions))
+                _, _, _, infos = fan.step_wait()
+                if "config" in infos[0]:
+                    done_rounds += 1
+                    if done_rounds == 1:  # warm-up round
+                        t0, trained = time.perf_counter(), fan.n_trained
+                    else:
+                        busy += sum(info["result"].wall_time for info in infos)
+            return time.perf_counter() - t0, busy, fan.n_trained - trained
+        finally:
+            fan.close()
+
+    for executor in ("ray", "local"):
+        alone = [play([seed], executor) for seed in (0, 1)]
+        together = play([0, 1], executor)
+        wall1 = sum(a[0] for a in alone)
+        print(
+            f"the same {together[2]} configurations of 2 envs ({rounds} rounds each, "
+            f"{executor}): {wall1:.1f} s one env after the other on 1 worker, "
+            f"{together[0]:.1f} s together on 2 workers ({wall1 / together[0]:.2f}x); "
+            f"training seconds {sum(a[1] for a in alone):.1f} alone, {together[1]:.1f} together"
+        )
+
+
 def training_seconds(run_dir: Path) -> float:
     """Seconds of training in the trials a run stored."""
     import optuna
@@ -146,6 +199,7 @@ def measure(trials: int, epochs: int, parts: set[str]) -> None:
     if "tune" in parts:
         tune_speedup(space, task, trials, tmp)
     if "envs" in parts:
+        same_configurations()
         meta_training(tmp)
     if "overhead" in parts:
         overhead(space, task)

@@ -11,9 +11,9 @@ from safetensors import safe_open
 
 from hporl import HPOEnv, Policy, PolicyError, PolicySampler, SearchSpace, SyntheticBackend
 from hporl.agents import ALGORITHMS, AgentConfig, latest_checkpoint, train_agent
-from hporl.vec_env import FanOutVecEnv
 from hporl.backends import SyntheticTask
 from hporl.policy import _meta_sha256
+from hporl.vec_env import FanOutVecEnv
 
 
 def make_env_fn(space, tasks, budget=1):
