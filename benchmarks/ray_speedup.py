@@ -72,9 +72,9 @@ def meta_training(tmp: Path) -> None:
     MaskablePPO.learn = timed_learn
     steps = 960
     for space_name, model in (("optimizer", None), ("lcbench", "lcbench_mlp")):
-        rates: dict[tuple[int, int], tuple[float, float, float]] = {}
-        for n, workers in ((1, 1), (2, 2), (4, 2)):
-            out = tmp / f"envs-{space_name}-{n}-{workers}"
+        rates: dict[tuple[int, int, str], tuple[float, float, float]] = {}
+        for n, workers, wait in ((1, 1, "round"), (2, 2, "round"), (2, 2, "own"), (4, 2, "own")):
+            out = tmp / f"envs-{space_name}-{n}-{workers}-{wait}"
             t0 = time.perf_counter()
             run_experiment(
                 {
@@ -88,6 +88,7 @@ def meta_training(tmp: Path) -> None:
                         "total_timesteps": steps,
                         "n_envs": n,
                         "n_workers": workers,
+                        "wait": wait,
                         "executor": "ray",
                         "net_arch": [32],
                         "params": {"n_steps": 240 // n, "batch_size": 60},
@@ -99,29 +100,36 @@ def meta_training(tmp: Path) -> None:
             summary = json.loads((out / "summary.json").read_text())
             busy = training_seconds(out)
             learning = learned.pop()
-            rates[n, workers] = (steps / learning, summary["trained"] / learning, busy / learning)
+            key = (n, workers, wait)
+            rates[key] = (steps / learning, summary["trained"] / learning, busy / learning)
             print(
-                f"meta-training ({space_name} space), {n} env(s) on {workers} Ray worker(s): "
+                f"meta-training ({space_name} space), {n} env(s) on {workers} Ray worker(s), "
+                f"wait={wait}: "
                 f"{wall:.1f} s in all, {learning:.1f} s learning (after Ray start-up and "
-                f"set-up): {rates[n, workers][0]:.1f} env steps/s, {summary['trained']} "
-                f"trainings ({rates[n, workers][1]:.2f}/s, {summary.get('shared', 0)} shared "
-                f"between envs), {busy / summary['trained']:.3f} s per training, "
-                f"{rates[n, workers][2]:.2f} training seconds per wall second"
+                f"set-up): {rates[key][0]:.1f} env steps/s, {summary['trained']} "
+                f"trainings ({rates[key][1]:.2f}/s, {summary.get('shared', 0)} shared "
+                f"between envs, {summary.get('waits', 0)} forced waiting steps), "
+                f"{busy / summary['trained']:.3f} s per training, "
+                f"{rates[key][2]:.2f} training seconds per wall second"
             )
-        for n in (2, 4):
-            a, b = rates[n, 2], rates[1, 1]
+        for key in list(rates)[1:]:
+            a, b = rates[key], rates[1, 1, "round"]
             print(
-                f"meta-training ({space_name} space), {n} envs on 2 workers vs 1 on 1: env "
+                f"meta-training ({space_name} space), {key[0]} envs on {key[1]} workers, "
+                f"wait={key[2]} vs 1 on 1: env "
                 f"steps/s {a[0] / b[0]:.2f}x, trainings/s {a[1] / b[1]:.2f}x, training seconds "
                 f"per wall second {a[2] / b[2]:.2f}x"
             )
 
 
-def same_configurations(rounds: int = 12) -> None:
+def same_configurations(trials: int = 12, epochs: int = 120) -> None:
     """FanOutVecEnv without an agent: each env chooses at random from its own seed, so env i
     plays the same configurations alone or beside others. Two envs' configurations, played
-    one env after the other on 1 worker, against both envs at once on 2 workers (timed after a
-    first round that warms the workers; Ray or a local process pool)."""
+    one env after the other on 1 worker, against both envs at once on 2 workers, waiting for
+    the round or for their own trainings (workers warmed before the clock starts; Ray or a
+    local process pool)."""
+    import concurrent.futures as cf
+
     import numpy as np
 
     from hporl import HPOEnv, SearchSpace, TorchBackend
@@ -129,45 +137,53 @@ def same_configurations(rounds: int = 12) -> None:
     from hporl.vec_env import FanOutVecEnv
 
     space = SearchSpace.builtin("optimizer")
-    tasks = [builtin(name, epochs=40) for name in ("digits", "wine", "breast_cancer")]
+    tasks = [builtin(name, epochs=epochs) for name in ("digits", "wine", "breast_cancer")]
     backend = TorchBackend(num_threads=1)
 
-    def play(seeds: list[int], executor: str) -> tuple[float, float, int]:
+    def play(seeds: list[int], executor: str, wait: str = "round") -> tuple[float, float, float]:
+        """Wall seconds until each env has had ``trials`` trials, their training seconds,
+        and (waiting for rounds) the sum of each round's slowest training."""
         fan = FanOutVecEnv(
-            [lambda: HPOEnv(space, backend, tasks, budget=3) for _ in seeds], executor
+            [lambda: HPOEnv(space, backend, tasks, budget=3) for _ in seeds], executor, wait=wait
         )
         rngs = [np.random.default_rng(s) for s in seeds]
         try:
             for env, seed in zip(fan.hpo, seeds, strict=True):
                 env.reset(seed=seed)
-            done_rounds, t0, busy, trained = 0, 0.0, 0.0, 0
-            while done_rounds <= rounds:
+            warm = [fan.executor.submit(space.default(), task=tasks[0]) for _ in seeds]
+            cf.wait(warm)  # each worker imports torch on its first training
+            counts, busy, slowest = [0] * len(seeds), 0.0, 0.0
+            t0 = time.perf_counter()
+            while min(counts) < trials:
                 actions = []
                 for env, rng in zip(fan.hpo, rngs, strict=True):
                     mask = env.action_masks()
                     actions.append(0 if env.waiting else int(rng.choice(np.flatnonzero(mask))))
                 fan.step_async(np.array(actions))
                 _, _, _, infos = fan.step_wait()
-                if "config" in infos[0]:
-                    done_rounds += 1
-                    if done_rounds == 1:  # warm-up round
-                        t0, trained = time.perf_counter(), fan.n_trained
-                    else:
-                        busy += sum(info["result"].wall_time for info in infos)
-            return time.perf_counter() - t0, busy, fan.n_trained - trained
+                times = [info["result"].wall_time for info in infos if "config" in info]
+                if len(times) == len(seeds):
+                    slowest += max(times)
+                for i, info in enumerate(infos):
+                    if "config" in info and counts[i] < trials:
+                        counts[i] += 1
+                        busy += info["result"].wall_time
+            return time.perf_counter() - t0, busy, slowest
         finally:
             fan.close()
 
     for executor in ("ray", "local"):
         alone = [play([seed], executor) for seed in (0, 1)]
-        together = play([0, 1], executor)
-        wall1 = sum(a[0] for a in alone)
-        print(
-            f"the same {together[2]} configurations of 2 envs ({rounds} rounds each, "
-            f"{executor}): {wall1:.1f} s one env after the other on 1 worker, "
-            f"{together[0]:.1f} s together on 2 workers ({wall1 / together[0]:.2f}x); "
-            f"training seconds {sum(a[1] for a in alone):.1f} alone, {together[1]:.1f} together"
-        )
+        wall1, busy1 = sum(a[0] for a in alone), sum(a[1] for a in alone)
+        for wait in ("round", "own"):
+            wall2, busy2, slowest = play([0, 1], executor, wait)
+            bound = f", of which the rounds' slowest {slowest:.1f} s" if wait == "round" else ""
+            print(
+                f"the same {2 * trials} configurations of 2 envs ({epochs} epochs, {executor}, "
+                f"wait={wait}): {wall1:.1f} s one env after the other on 1 worker, "
+                f"{wall2:.1f} s together on 2 workers ({wall1 / wall2:.2f}x); training "
+                f"seconds {busy1:.1f} alone, {busy2:.1f} together{bound}"
+            )
 
 
 def training_seconds(run_dir: Path) -> float:

@@ -79,6 +79,11 @@ class AgentConfig(BaseModel):
         "(one process per env), or Ray workers",
     )
     ray_address: str | None = None
+    wait: Literal["round", "own"] = Field(
+        "round",
+        description="with n_envs > 1, what an env that has chosen its configuration waits for: "
+        "every env's trainings of the round, or its own (see hporl.vec_env.FanOutVecEnv)",
+    )
     n_workers: int | None = Field(
         None,
         gt=0,
@@ -128,6 +133,7 @@ def make_vec_env(
     executor: str = "local",
     ray_address: str | None = None,
     n_workers: int | None = None,
+    wait: str = "round",
 ) -> VecEnv:
     """One env in process; several (or ``executor="ray"``) in a
     :class:`~hporl.vec_env.FanOutVecEnv`, whose trainings run on a local process pool or Ray
@@ -136,7 +142,7 @@ def make_vec_env(
         return DummyVecEnv(env_fns)
     from hporl.vec_env import FanOutVecEnv
 
-    return FanOutVecEnv(env_fns, executor, n_workers=n_workers, ray_address=ray_address)
+    return FanOutVecEnv(env_fns, executor, n_workers=n_workers, ray_address=ray_address, wait=wait)
 
 
 def build_agent(
@@ -316,7 +322,7 @@ def train_agent(
     ``on_new_agent`` is called with a freshly built agent (not a
     resumed one) before it learns: a warm start such as behaviour cloning.
     """
-    env = make_vec_env(env_fns, config.executor, config.ray_address, config.n_workers)
+    env = make_vec_env(env_fns, config.executor, config.ray_address, config.n_workers, config.wait)
     callbacks = [callback] if callback is not None else []
     agent: BaseAlgorithm | None = None
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None

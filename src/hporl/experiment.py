@@ -381,7 +381,7 @@ def meta_train(
         "cache_hits": env.n_cache_hits + sum(m.n_cache_hits for m in members),
     }
     if isinstance(vec_env, FanOutVecEnv):
-        counts.update(shared=vec_env.n_shared, retried=vec_env.n_retried)
+        counts.update(shared=vec_env.n_shared, retried=vec_env.n_retried, waits=vec_env.n_waits)
     if isinstance(backend, StoredBackend):
         counts.update(
             trained=backend.n_trained,

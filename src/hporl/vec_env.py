@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,25 @@ from hporl.exceptions import ConfigError
 from hporl.executors import WORKER_DIED, Executor, make_executor
 from hporl.store import StoredBackend
 
-__all__ = ["FanOutVecEnv"]
+__all__ = ["WAITS", "FanOutVecEnv"]
 
 logger = logging.getLogger(__name__)
 
 
+WAITS = ("round", "own")
+
+
+@dataclass
+class _Evaluation:
+    task: Any
+    config: dict
+    future: cf.Future
+    trained: bool  # on a worker (else served by the store)
+    retried: bool = False
+
+
 class FanOutVecEnv(DummyVecEnv):
-    """``n`` HPOEnvs in this process whose trainings run together on ``executor``, in rounds.
+    """``n`` HPOEnvs in this process whose trainings run together on ``executor``.
 
     Args:
         env_fns: functions building the environments (HPOEnvs sharing one backend).
@@ -56,10 +69,14 @@ class FanOutVecEnv(DummyVecEnv):
             ``"ray"``, or an :class:`~hporl.executors.Executor`.
         n_workers: workers of an executor named here (default: one per env).
         ray_address: the Ray cluster to join (default ``RAY_ADDRESS``, else a local Ray).
+        wait: ``"round"``: an env that has chosen waits until every env has, and all their
+            trials end on one step when the round's trainings are done; ``"own"``: an env waits
+            for its own trainings only, and the others go on choosing (a step blocks only when
+            every env waits, until one's trainings are done).
 
-    Counts: ``n_trained`` (trainings run on the workers), ``n_shared`` (evaluations that
-    another env asked for in the same round, run once), ``n_retried`` (trainings rerun after
-    their worker died).
+    Counts: ``n_trained`` (trainings run on the workers), ``n_shared`` (evaluations another
+    env had already asked for, run once), ``n_retried`` (trainings rerun after their worker
+    died), ``n_waits`` (forced steps of waiting envs).
     """
 
     def __init__(
@@ -69,7 +86,10 @@ class FanOutVecEnv(DummyVecEnv):
         *,
         n_workers: int | None = None,
         ray_address: str | None = None,
+        wait: str = "round",
     ) -> None:
+        if wait not in WAITS:
+            raise ConfigError(f"wait must be one of {', '.join(WAITS)}, got {wait!r}")
         super().__init__(env_fns)
         hpo = [env.unwrapped for env in self.envs]
         if not all(isinstance(env, HPOEnv) for env in hpo):
@@ -85,6 +105,7 @@ class FanOutVecEnv(DummyVecEnv):
         backend = hpo[0].backend
         self.stored = backend if isinstance(backend, StoredBackend) else None
         self.inner: Backend = self.stored.backend if self.stored is not None else backend
+        self.wait = wait
         self.executor = make_executor(executor, n_workers or len(env_fns), ray_address=ray_address)
         tasks: list[Any] = []
         for env in hpo:
@@ -98,27 +119,31 @@ class FanOutVecEnv(DummyVecEnv):
         self.n_trained = 0
         self.n_shared = 0
         self.n_retried = 0
-        # This round's chosen configurations (None: still choosing) and evaluations under way.
-        self._round: list[dict | None] = [None] * self.num_envs
-        self._inflight: dict[tuple, tuple[Any, dict, cf.Future, bool]] = {}
+        self.n_waits = 0
+        # Envs that have chosen: their configuration and the evaluations it needs; those under
+        # way, and those done that a waiting env still needs.
+        self._waiting: dict[int, tuple[dict, list[tuple]]] = {}
+        self._inflight: dict[tuple, _Evaluation] = {}
+        self._results: dict[tuple, TrialResult] = {}
 
     def reset(self) -> Any:
-        self._round = [None] * self.num_envs
-        self._inflight = {}
+        self._waiting, self._inflight, self._results = {}, {}, {}
         return super().reset()
 
     def step_wait(self) -> Any:
         for i, (env, action) in enumerate(zip(self.hpo, self.actions, strict=True)):
-            if self._round[i] is None:  # still choosing (a waiting env's action is forced)
-                config = env.propose(action)
-                if config is not None:
-                    self._round[i] = config
-                    self._start(env.requests(config))
-        over = all(config is not None for config in self._round)
-        results = self._results() if over else {}
+            if i in self._waiting:  # a waiting env's action is a forced one
+                self.n_waits += 1
+                continue
+            config = env.propose(action)
+            if config is not None:
+                requests = env.requests(config)
+                self._start(requests)
+                self._waiting[i] = (config, [key for key, _, _ in requests])
+        ready = self._ready()
         for i, env in enumerate(self.hpo):
-            if over:
-                outcome = env.finish(self._round[i], results)
+            if i in ready:
+                outcome = env.finish(self._waiting.pop(i)[0], self._results)
             else:
                 outcome = env.observe(), 0.0, False, False, {}
             obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = outcome
@@ -128,9 +153,9 @@ class FanOutVecEnv(DummyVecEnv):
                 self.buf_infos[i]["terminal_observation"] = obs
                 obs, self.reset_infos[i] = self.envs[i].reset()
             self._save_obs(i, obs)
-        if over:
-            self._round = [None] * self.num_envs
-            self._inflight = {}
+        if ready:
+            needed = {key for _, keys in self._waiting.values() for key in keys}
+            self._results = {k: v for k, v in self._results.items() if k in needed}
         return (
             self._obs_from_buf(),
             np.copy(self.buf_rews),
@@ -138,11 +163,31 @@ class FanOutVecEnv(DummyVecEnv):
             [dict(info) for info in self.buf_infos],
         )
 
+    def _ready(self) -> list[int]:
+        """The waiting envs whose trials end on this step; blocks while no env could move."""
+        while True:
+            self._harvest()
+            if self.wait == "round":
+                if len(self._waiting) < self.num_envs:
+                    return []
+                if not self._inflight:
+                    return list(self._waiting)
+            else:
+                ready = [
+                    i
+                    for i, (_, keys) in self._waiting.items()
+                    if all(key in self._results for key in keys)
+                ]
+                if ready or len(self._waiting) < self.num_envs:
+                    return ready
+            futures = [ev.future for ev in self._inflight.values()]
+            cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+
     def _start(self, requests: list[tuple[tuple, Any, dict]]) -> None:
         """Start the evaluations of a chosen configuration: from the store, or training."""
         env = self.hpo[0]
         for key, task, config in requests:
-            if key in self._inflight:  # another env of this round asked for it
+            if key in self._inflight or key in self._results:  # another env asked for it
                 self.n_shared += 1
                 continue
             hit = (
@@ -153,36 +198,36 @@ class FanOutVecEnv(DummyVecEnv):
             if hit is not None:
                 future: cf.Future = cf.Future()
                 future.set_result(hit)
-                self._inflight[key] = (task, config, future, False)
+                self._inflight[key] = _Evaluation(task, config, future, trained=False)
             else:
                 future = self.executor.submit(
                     config, seed=env.trial_seed, epochs=env.epochs, task=task
                 )
-                self._inflight[key] = (task, config, future, True)
+                self._inflight[key] = _Evaluation(task, config, future, trained=True)
 
-    def _results(self) -> dict[tuple, TrialResult]:
-        """Every evaluation of the round, once all are in; trainings recorded in the store."""
+    def _harvest(self) -> None:
+        """Take in the evaluations that are done (recorded in the store as they come); a
+        training whose worker died goes again, once."""
         env = self.hpo[0]
         seed, epochs = env.trial_seed, env.epochs
-        results: dict[tuple, TrialResult] = {}
-        keys = {future: key for key, (_, _, future, _) in self._inflight.items()}
-        # In the order they finish: one is recorded while others still train.
-        for future in cf.as_completed(keys):
-            key = keys[future]
-            task, config, _, trained = self._inflight[key]
-            result = future.result()
-            if trained:
-                if _worker_died(result):
-                    logger.warning("%s; training %s on %s again", result.reason, config, task.name)
-                    self.n_retried += 1
-                    result = self.executor.submit(
-                        config, seed=seed, epochs=epochs, task=task
-                    ).result()
+        for key, ev in list(self._inflight.items()):
+            if not ev.future.done():
+                continue
+            result = ev.future.result()
+            if ev.trained and _worker_died(result) and not ev.retried:
+                logger.warning(
+                    "%s; training %s on %s again", result.reason, ev.config, ev.task.name
+                )
+                self.n_retried += 1
+                ev.retried = True
+                ev.future = self.executor.submit(ev.config, seed=seed, epochs=epochs, task=ev.task)
+                continue
+            if ev.trained:
                 self.n_trained += 1
                 if self.stored is not None:
-                    self.stored.keep(task, config, result, seed=seed, epochs=epochs)
-            results[key] = result
-        return results
+                    self.stored.keep(ev.task, ev.config, result, seed=seed, epochs=epochs)
+            self._results[key] = result
+            del self._inflight[key]
 
     def close(self) -> None:
         try:
