@@ -155,6 +155,8 @@ def test_fan_out_refuses_envs_it_cannot_step_together():
     ]
     with pytest.raises(ConfigError, match="share one backend"):
         FanOutVecEnv(fns, LocalExecutor(1))
+    with pytest.raises(ConfigError, match="wait must be one of round, own, got 'never'"):
+        FanOutVecEnv(fns[:1], LocalExecutor(1), wait="never")
 
 
 class Sleepy(SyntheticBackend):
@@ -235,3 +237,70 @@ def test_trainings_of_one_step_run_at_once_on_workers_and_a_dead_worker_is_retri
         for t in optuna.load_study(study_name=n, storage=store.url).trials
     ]
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+class Delayed(SyntheticBackend):
+    """SyntheticBackend that takes ``delays[task.name]`` seconds per evaluation."""
+
+    def __init__(self, space, delays):
+        super().__init__(space)
+        self.delays = delays
+
+    def evaluate(self, task, config, **kwargs):
+        time.sleep(self.delays.get(task.name, 0.0))
+        return super().evaluate(task, config, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait", ["round", "own"])
+def test_waiting_for_own_trainings_lets_a_fast_env_go_on_while_a_slow_one_trains(wait):
+    slow, fast = SyntheticTask.sample(4, 2, n_features=19)
+    backend = Delayed(SPACE, {slow.name: 1.5})
+    fan = FanOutVecEnv(
+        [
+            lambda: HPOEnv(SPACE, backend, [slow], budget=20),
+            lambda: HPOEnv(SPACE, backend, [fast], budget=20),
+        ],
+        "local",
+        wait=wait,
+    )
+    try:
+        trace = []
+        fan.seed(0)
+        obs = fan.reset()
+        rngs = [np.random.default_rng(i) for i in range(2)]
+        counts = [0, 0]
+        while counts[0] < 3:
+            waiting = fan.get_attr("waiting")
+            actions = np.array(
+                [
+                    0 if w else int(rng.choice(np.flatnonzero(env.action_masks())))
+                    for w, rng, env in zip(waiting, rngs, fan.hpo, strict=True)
+                ]
+            )
+            new_obs, rewards, _, infos = fan.step(actions)
+            trace.append((obs, actions, rewards, infos, waiting))
+            obs = new_obs
+            counts = [c + ("config" in info) for c, info in zip(counts, infos, strict=True)]
+    finally:
+        fan.close()
+    if wait == "round":
+        assert counts[1] == 3  # the fast env keeps to the slow one's rounds
+    else:
+        assert counts[1] > 6 and fan.n_waits > 0  # it went on while the slow one trained
+    for i, task in enumerate((slow, fast)):  # waiting changes when a trial ends, not what
+        plain = HPOEnv(SPACE, SyntheticBackend(SPACE), [task], budget=20)
+        plain.reset(seed=i)
+        replay, wanted = [], []
+        for obs_i, actions, rewards, infos, waiting in trace:
+            if "config" in infos[i]:
+                wanted.append((infos[i]["config"], pytest.approx(float(rewards[i]))))
+            if waiting[i]:
+                continue
+            np.testing.assert_array_equal(obs_i[i], plain.observe())
+            _, reward, done, _, info = plain.step(actions[i])
+            if "config" in info:
+                replay.append((info["config"], reward))
+            if done:
+                plain.reset()
+        assert wanted == replay[: len(wanted)] and len(replay) - len(wanted) <= 1
