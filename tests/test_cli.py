@@ -95,10 +95,13 @@ def test_demo_runs(tmp_path):
 def test_user_errors_are_one_line_and_exit_2(tmp_path, csv_file):
     exp = tmp_path / "bad.yaml"
     exp.write_text("tasks: [iris]\nbugdet: 3\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("tasks: [iris]\n")
     cases = [
         (["spaces", "optimiser"], "hporl: error: unknown built-in search space 'optimiser'"),
         (["meta-train", exp], f"hporl: error: {exp}: unknown key 'bugdet'. Did you mean 'budget'?"),
         (["meta-train", tmp_path / "absent.yaml"], "hporl: error: cannot read experiment file"),
+        (["meta-train", good, "--wait", "never"], "hporl: error: options: agent.wait: "),
         (["tune", "--policy", tmp_path, "--data", csv_file, "--target", "y"], "hporl: error: "),
         (["tune", "--policy", tmp_path, "--data", csv_file, "--target", "z"], "hporl: error: "),
         (

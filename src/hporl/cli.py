@@ -176,10 +176,18 @@ def meta_train(
     parallel: Parallel | None = None,
     executor: ExecutorOpt | None = None,
     ray_address: RayAddress = None,
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            help="with --parallel, what an env that has chosen its configuration waits for: "
+            "round (every env's trainings) or own (its own; agent.wait)"
+        ),
+    ] = None,
 ) -> None:
     """Meta-train a policy over the experiment's tasks; the policy lands in DIR/policy.
 
-    --parallel sets the number of environments (agent.n_envs), --executor where they run."""
+    --parallel sets the number of environments (agent.n_envs), --executor where their
+    trainings run."""
     import torch
 
     from hporl.experiment import ExperimentConfig, run_experiment
@@ -188,7 +196,12 @@ def meta_train(
     config = ExperimentConfig.from_yaml(experiment)
     agent = {
         k: v
-        for k, v in {"n_envs": parallel, "executor": executor, "ray_address": ray_address}.items()
+        for k, v in {
+            "n_envs": parallel,
+            "executor": executor,
+            "ray_address": ray_address,
+            "wait": wait,
+        }.items()
         if v is not None
     }
     if agent:
