@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import os
@@ -218,6 +219,8 @@ def test_trainings_of_one_step_run_at_once_on_workers_and_a_dead_worker_is_retri
     )
     try:
         assert not isinstance(fan.inner, StoredBackend)  # workers train; only we write
+        # Both workers up (each imports torch first), so neither takes both of the next two.
+        cf.wait([fan.executor.submit(SPACE.default(), task=tasks[0]) for _ in range(2)])
         fan.reset()
         first = _forced(fan, picks[:2])
         second = _forced(fan, picks[2:])  # picks[2] kills its worker the first time
