@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import optuna
@@ -41,21 +42,58 @@ def env_fns(backend, tasks, n, **kw):
     return [lambda: HPOEnv(SPACE, backend, tasks, **kw) for _ in range(n)]
 
 
-def drive(vec, steps, seed=0):
-    """Random allowed actions; per step: observations, masks, actions, rewards, dones, infos
-    and which envs were waiting."""
-    rng = np.random.default_rng(seed)
+class Step(NamedTuple):
+    obs: np.ndarray  # before the step
+    masks: list
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    infos: list
+    waiting: list  # which envs were waiting
+
+
+def drive(vec, until, seed=0):
+    """Step ``vec`` with random allowed actions, each env from its own generator (drawn only
+    when it chooses), for ``until`` steps or until ``until(trace)``; the trace of Steps."""
+    rngs = [np.random.default_rng(seed + i) for i in range(vec.num_envs)]
     vec.seed(seed)
     obs = vec.reset()
-    trace = []
-    for _ in range(steps):
+    trace: list[Step] = []
+    while len(trace) < until if isinstance(until, int) else not until(trace):
         masks = vec.env_method("action_masks")
         waiting = vec.get_attr("waiting")
-        actions = np.array([int(rng.choice(np.flatnonzero(m))) for m in masks])
+        actions = np.array(
+            [
+                0 if w else int(rng.choice(np.flatnonzero(m)))
+                for m, w, rng in zip(masks, waiting, rngs, strict=True)
+            ]
+        )
         new_obs, rewards, dones, infos = vec.step(actions)
-        trace.append((obs, masks, actions, rewards, dones, infos, waiting))
+        trace.append(Step(obs, masks, actions, rewards, dones, infos, waiting))
         obs = new_obs
     return trace
+
+
+def assert_plays_as_alone(trace, i, plain):
+    """Env ``i`` of the trace, replayed through ``plain`` (a fresh HPOEnv built alike) with its
+    own actions (not the forced ones), sees the same observations, chooses the same
+    configurations and earns the same rewards: waiting changes when a trial ends, not what."""
+    plain.reset(seed=i)  # vec.seed(s) seeds env i with s + i
+    replay, wanted = [], []
+    for step in trace:
+        if "config" in step.infos[i]:
+            wanted.append((step.infos[i]["config"], pytest.approx(float(step.rewards[i]))))
+        if step.waiting[i]:
+            continue
+        np.testing.assert_array_equal(step.obs[i], plain.observe())
+        _, reward, done, _, info = plain.step(step.actions[i])
+        if "config" in info:
+            replay.append((info["config"], reward))
+        if done:
+            plain.reset()
+    # a trial still under way at the end: the plain env has had it, the fanned-out one not
+    assert wanted == replay[: len(wanted)] and len(replay) - len(wanted) <= 1
+    assert len(wanted) >= 2
 
 
 @pytest.mark.parametrize("reward", ["best_metric", "improvement_over_reference"])
@@ -67,16 +105,14 @@ def test_one_env_fanned_out_steps_exactly_as_sb3s_dummy_vec_env(reward):
         expected, got = drive(dummy, 120), drive(fan, 120)
     finally:
         fan.close()
-    for (obs, masks, _, rew, done, infos, _), (obs2, masks2, _, rew2, done2, infos2, wait) in zip(
-        expected, got, strict=True
-    ):
-        assert wait == [False]
-        np.testing.assert_array_equal(obs, obs2)
-        np.testing.assert_array_equal(masks[0], masks2[0])
-        np.testing.assert_allclose(rew, rew2)
-        np.testing.assert_array_equal(done, done2)
-        assert infos[0].get("config") == infos2[0].get("config")
-    assert sum("config" in step[5][0] for step in got) >= 120 // len(SPACE.chosen)
+    for want, step in zip(expected, got, strict=True):
+        assert step.waiting == [False]
+        np.testing.assert_array_equal(want.obs, step.obs)
+        np.testing.assert_array_equal(want.masks[0], step.masks[0])
+        np.testing.assert_allclose(want.rewards, step.rewards)
+        np.testing.assert_array_equal(want.dones, step.dones)
+        assert want.infos[0].get("config") == step.infos[0].get("config")
+    assert sum("config" in step.infos[0] for step in got) >= 120 // len(SPACE.chosen)
 
 
 @pytest.mark.parametrize("reward", ["best_metric", "improvement_over_reference"])
@@ -91,38 +127,22 @@ def test_envs_finish_their_trials_together_and_each_plays_as_a_plain_env(reward)
     forced = np.zeros(fan.hpo[0].layout.n_actions, dtype=bool)
     forced[0] = True
     rounds, length = [], 0
-    for _, masks, _, rewards, _, infos, waiting in trace:
-        for mask, wait in zip(masks, waiting, strict=True):
+    for step in trace:
+        for mask, wait in zip(step.masks, step.waiting, strict=True):
             assert not wait or (mask == forced).all()  # a waiting env's one action: 0
-        finished = ["config" in info for info in infos]
+        finished = ["config" in info for info in step.infos]
         assert all(finished) or not any(finished)  # a round ends for every env on one step
         length += 1
         if all(finished):
-            assert not all(waiting)  # the last to choose ends the round
+            assert not all(step.waiting)  # the last to choose ends the round
             rounds.append(length)
             length = 0
         else:
-            assert not rewards.any()
-    assert len(rounds) >= 300 // len(SPACE.chosen) and any(w.count(True) for *_, w in trace)
-    # Each env, replayed alone with its own actions (not the forced ones), chooses the same
-    # configurations and earns the same rewards: waiting changes when a trial ends, not what.
+            assert not step.rewards.any()
+    assert len(rounds) >= 300 // len(SPACE.chosen) and any(any(s.waiting) for s in trace)
     for i in range(3):
         plain = HPOEnv(SPACE, SyntheticBackend(SPACE), tasks, budget=3, reward=reward)
-        plain.reset(seed=i)  # vec.seed(0) seeds env i with 0 + i
-        replay, wanted = [], []
-        for obs, _, actions, rewards, _, infos, waiting in trace:
-            if "config" in infos[i]:
-                wanted.append((infos[i]["config"], pytest.approx(float(rewards[i]))))
-            if waiting[i]:
-                continue
-            np.testing.assert_array_equal(obs[i], plain.observe())
-            _, reward_i, done, _, info = plain.step(actions[i])
-            if "config" in info:
-                replay.append((info["config"], reward_i))
-            if done:
-                plain.reset()
-        # the round still open at the end: the plain env has had its trial, the fanned one not
-        assert wanted == replay[: len(wanted)] and len(replay) - len(wanted) <= 1
+        assert_plays_as_alone(trace, i, plain)
     # one cache for all envs: no evaluation ran twice
     assert len(backend.calls) == len(set(backend.calls)) == fan.n_trained
 
@@ -268,42 +288,13 @@ def test_waiting_for_own_trainings_lets_a_fast_env_go_on_while_a_slow_one_trains
         wait=wait,
     )
     try:
-        trace = []
-        fan.seed(0)
-        obs = fan.reset()
-        rngs = [np.random.default_rng(i) for i in range(2)]
-        counts = [0, 0]
-        while counts[0] < 3:
-            waiting = fan.get_attr("waiting")
-            actions = np.array(
-                [
-                    0 if w else int(rng.choice(np.flatnonzero(env.action_masks())))
-                    for w, rng, env in zip(waiting, rngs, fan.hpo, strict=True)
-                ]
-            )
-            new_obs, rewards, _, infos = fan.step(actions)
-            trace.append((obs, actions, rewards, infos, waiting))
-            obs = new_obs
-            counts = [c + ("config" in info) for c, info in zip(counts, infos, strict=True)]
+        trace = drive(fan, lambda t: sum("config" in step.infos[0] for step in t) >= 3)
     finally:
         fan.close()
+    counts = [sum("config" in step.infos[i] for step in trace) for i in range(2)]
     if wait == "round":
         assert counts[1] == 3  # the fast env keeps to the slow one's rounds
     else:
         assert counts[1] > 6 and fan.n_waits > 0  # it went on while the slow one trained
-    for i, task in enumerate((slow, fast)):  # waiting changes when a trial ends, not what
-        plain = HPOEnv(SPACE, SyntheticBackend(SPACE), [task], budget=20)
-        plain.reset(seed=i)
-        replay, wanted = [], []
-        for obs_i, actions, rewards, infos, waiting in trace:
-            if "config" in infos[i]:
-                wanted.append((infos[i]["config"], pytest.approx(float(rewards[i]))))
-            if waiting[i]:
-                continue
-            np.testing.assert_array_equal(obs_i[i], plain.observe())
-            _, reward, done, _, info = plain.step(actions[i])
-            if "config" in info:
-                replay.append((info["config"], reward))
-            if done:
-                plain.reset()
-        assert wanted == replay[: len(wanted)] and len(replay) - len(wanted) <= 1
+    for i, task in enumerate((slow, fast)):
+        assert_plays_as_alone(trace, i, HPOEnv(SPACE, SyntheticBackend(SPACE), [task], budget=20))

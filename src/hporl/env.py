@@ -409,21 +409,20 @@ class HPOEnv(gym.Env):
         self._best_value = None
         self._pending = None
         self._new_config()
-        return self._observe(), {"task": self.task.name}
+        return self.observe(), {"task": self.task.name}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        config = self.propose(action)
-        if config is None:
-            return self._observe(), 0.0, False, False, {}
-        return self.finish(config)
+        if self.propose(action) is None:
+            return self.observe(), 0.0, False, False, {}
+        return self.finish()
 
     # The two halves of ``step``, for a vectorised env that runs the trainings of several envs
     # at once (:class:`hporl.vec_env.FanOutVecEnv`): ``propose`` every env, evaluate what
     # ``requests`` lists for all of them together, then ``finish`` each with the results.
     def propose(self, action: Any) -> dict[str, Any] | None:
-        """Take ``action``: the configuration it completes (pass it to :meth:`finish`, which
-        gives the step's outcome), or ``None`` when more parameters are to be chosen (the
-        step's outcome is then ``observe()``, reward 0, not done)."""
+        """Take ``action``: the configuration it completes (the env then waits for
+        :meth:`finish`, which gives the step's outcome), or ``None`` when more parameters are
+        to be chosen (the step's outcome is then ``observe()``, reward 0, not done)."""
         if self.task is None:
             raise RuntimeError("call reset() before step()")
         if self._position is None:
@@ -438,12 +437,13 @@ class HPOEnv(gym.Env):
         self._pending = self.space.validate(self._partial)
         return self._pending
 
-    def requests(self, config: Mapping[str, Any]) -> list[tuple[tuple, TaskLike, dict]]:
-        """The evaluations ``finish(config)`` needs that are not cached, as
-        ``(key, task, config)``: the configuration, and the reward's reference (the space's
-        default) when the reward approach compares with one."""
-        assert self.task is not None
-        wanted = [dict(config)]
+    def requests(self) -> list[tuple[tuple, TaskLike, dict]]:
+        """The evaluations :meth:`finish` needs that are not cached, as ``(key, task,
+        config)``: the chosen configuration, and the reward's reference (the space's default)
+        when the reward approach compares with one."""
+        if self.task is None or self._pending is None:
+            raise RuntimeError("no configuration is chosen")
+        wanted = [dict(self._pending)]
         if self.reward_approach.needs_reference:
             wanted.append(self.space.default())
         out: dict[tuple, tuple[tuple, TaskLike, dict]] = {}
@@ -454,12 +454,13 @@ class HPOEnv(gym.Env):
         return list(out.values())
 
     def finish(
-        self, config: dict[str, Any], results: Mapping[tuple, TrialResult] | None = None
+        self, results: Mapping[tuple, TrialResult] | None = None
     ) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """The outcome of the step whose :meth:`propose` completed ``config``; ``results``
+        """The outcome of the step whose :meth:`propose` chose a configuration; ``results``
         (by :meth:`cache_key`) are evaluations made elsewhere, used instead of running them."""
-        assert self.task is not None
-        self._pending = None
+        if self.task is None or self._pending is None:
+            raise RuntimeError("no configuration is chosen")
+        config, self._pending = self._pending, None
         self._supplied = results or {}
         try:
             result = self._evaluate(self.task, config)
@@ -484,11 +485,13 @@ class HPOEnv(gym.Env):
             self._position = None
         else:
             self._new_config()
-        return self._observe(), reward, terminated, False, info
+        return self.observe(), reward, terminated, False, info
 
     def observe(self) -> np.ndarray:
         """The current observation."""
-        return self._observe()
+        return self.layout.compose(
+            self._features_block(self.task), self._position, self._partial, self._trials_block
+        )
 
     def cache_key(self, task: TaskLike, config: Mapping[str, Any]) -> tuple:
         """What identifies an evaluation of ``config`` on ``task`` in this env's cache."""
@@ -519,11 +522,6 @@ class HPOEnv(gym.Env):
         if key not in self._features:
             self._features[key] = self.layout.features_block(task.features())
         return self._features[key]
-
-    def _observe(self) -> np.ndarray:
-        return self.layout.compose(
-            self._features_block(self.task), self._position, self._partial, self._trials_block
-        )
 
     def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:
         key = self.cache_key(task, config)

@@ -41,6 +41,7 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "make_executor",
+    "worker_died",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ logger = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
 WORKER_DIED = "worker died"
 """How the reason of a trial whose worker died starts (such a trial is retried)."""
+
+
+def worker_died(result: TrialResult) -> bool:
+    """Whether ``result`` is a trial whose worker died (to be run again, not scored)."""
+    return result.status == "failed" and str(result.reason or "").startswith(WORKER_DIED)
+
+
+def _checked_workers(n_workers: Any) -> int:
+    if not isinstance(n_workers, int) or n_workers < 1:
+        raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
+    return n_workers
 
 
 def _time_limited(
@@ -120,9 +132,7 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, n_workers: int = 1) -> None:
-        if not isinstance(n_workers, int) or n_workers < 1:
-            raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
-        self.n_workers = n_workers
+        self.n_workers = _checked_workers(n_workers)
         self._pool: cf.ProcessPoolExecutor | None = None
         self._backend: Backend | None = None
         self._tasks: list[Any] = []
@@ -246,9 +256,7 @@ class RayExecutor(Executor):
         cpus_per_trial: float = 1.0,
     ) -> None:
         ray = _import_ray()
-        if not isinstance(n_workers, int) or n_workers < 1:
-            raise ConfigError(f"n_workers must be a positive integer, got {n_workers!r}")
-        self.n_workers = n_workers
+        self.n_workers = _checked_workers(n_workers)
         self.cpus_per_trial = cpus_per_trial
         self._ray = ray
         self._started, self._temp_dir = _ray_init(

@@ -22,7 +22,7 @@ from hporl._io import atomic_write, writable_dir
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
 from hporl.exceptions import ConfigError, HporlError, TaskError
-from hporl.executors import EXECUTORS, WORKER_DIED, Executor, make_executor
+from hporl.executors import EXECUTORS, Executor, make_executor, worker_died
 from hporl.policy import Policy, PolicySampler
 from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
@@ -433,7 +433,7 @@ class _ParallelRun:
     def _died(self, trial: optuna.Trial, result: TrialResult) -> bool:
         """A worker that died mid-trial: FAIL with the reason, and queue the configuration
         again once (optuna's retry convention). ``False`` once it was retried already."""
-        if result.status != "failed" or not str(result.reason).startswith(WORKER_DIED):
+        if not worker_died(result):
             return False
         history = self.study._storage.get_trial(trial._trial_id).system_attrs.get(
             "retry_history", []

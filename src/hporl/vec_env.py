@@ -40,7 +40,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from hporl.backends._base import Backend, TrialResult
 from hporl.env import HPOEnv
 from hporl.exceptions import ConfigError
-from hporl.executors import WORKER_DIED, Executor, make_executor
+from hporl.executors import Executor, make_executor, worker_died
 from hporl.store import StoredBackend
 
 __all__ = ["WAITS", "FanOutVecEnv"]
@@ -120,9 +120,9 @@ class FanOutVecEnv(DummyVecEnv):
         self.n_shared = 0
         self.n_retried = 0
         self.n_waits = 0
-        # Envs that have chosen: their configuration and the evaluations it needs; those under
-        # way, and those done that a waiting env still needs.
-        self._waiting: dict[int, tuple[dict, list[tuple]]] = {}
+        # The envs that have chosen, with the evaluations their trials need; those under way,
+        # and those done that a waiting env still needs.
+        self._waiting: dict[int, list[tuple]] = {}
         self._inflight: dict[tuple, _Evaluation] = {}
         self._results: dict[tuple, TrialResult] = {}
 
@@ -135,15 +135,15 @@ class FanOutVecEnv(DummyVecEnv):
             if i in self._waiting:  # a waiting env's action is a forced one
                 self.n_waits += 1
                 continue
-            config = env.propose(action)
-            if config is not None:
-                requests = env.requests(config)
+            if env.propose(action) is not None:
+                requests = env.requests()
                 self._start(requests)
-                self._waiting[i] = (config, [key for key, _, _ in requests])
+                self._waiting[i] = [key for key, _, _ in requests]
         ready = self._ready()
         for i, env in enumerate(self.hpo):
             if i in ready:
-                outcome = env.finish(self._waiting.pop(i)[0], self._results)
+                del self._waiting[i]
+                outcome = env.finish(self._results)
             else:
                 outcome = env.observe(), 0.0, False, False, {}
             obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = outcome
@@ -154,7 +154,7 @@ class FanOutVecEnv(DummyVecEnv):
                 obs, self.reset_infos[i] = self.envs[i].reset()
             self._save_obs(i, obs)
         if ready:
-            needed = {key for _, keys in self._waiting.values() for key in keys}
+            needed = {key for keys in self._waiting.values() for key in keys}
             self._results = {k: v for k, v in self._results.items() if k in needed}
         return (
             self._obs_from_buf(),
@@ -175,7 +175,7 @@ class FanOutVecEnv(DummyVecEnv):
             else:
                 ready = [
                     i
-                    for i, (_, keys) in self._waiting.items()
+                    for i, keys in self._waiting.items()
                     if all(key in self._results for key in keys)
                 ]
                 if ready or len(self._waiting) < self.num_envs:
@@ -214,7 +214,7 @@ class FanOutVecEnv(DummyVecEnv):
             if not ev.future.done():
                 continue
             result = ev.future.result()
-            if ev.trained and _worker_died(result) and not ev.retried:
+            if ev.trained and worker_died(result) and not ev.retried:
                 logger.warning(
                     "%s; training %s on %s again", result.reason, ev.config, ev.task.name
                 )
@@ -234,7 +234,3 @@ class FanOutVecEnv(DummyVecEnv):
             super().close()
         finally:
             self.executor.close()
-
-
-def _worker_died(result: TrialResult) -> bool:
-    return result.status == "failed" and (result.reason or "").startswith(WORKER_DIED)
