@@ -9,7 +9,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from hporl import ConfigError, HPOEnv, SearchSpace, SyntheticBackend, TorchBackend, rewards
 from hporl.backends import SyntheticTask
-from hporl.env import ObservationLayout
+from hporl.observation import ObservationLayout
 from hporl.tasks import FEATURE_NAMES, builtin
 from tests.conftest import SMALL_SPACE
 

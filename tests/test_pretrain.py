@@ -8,7 +8,7 @@ import pytest
 from hporl import HPOEnv, Policy, SyntheticBackend, run_experiment
 from hporl.agents import AgentConfig, build_agent, make_vec_env
 from hporl.backends import SyntheticTask
-from hporl.env import ObservationLayout
+from hporl.observation import ObservationLayout
 from hporl.pretrain import (
     PretrainConfig,
     behaviour_clone,

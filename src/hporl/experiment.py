@@ -15,8 +15,9 @@ from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.agents import AgentConfig, train_agent
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
-from hporl.env import HPOEnv, ObservationLayout
+from hporl.env import HPOEnv
 from hporl.exceptions import ConfigError
+from hporl.observation import ObservationLayout
 from hporl.policy import Policy
 from hporl.pretrain import (
     CandidateValues,

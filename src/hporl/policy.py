@@ -32,8 +32,8 @@ from hporl._io import atomic_write, sha256_file, write_json
 from hporl.agents import ALGORITHMS, policy_class, sb3_policy_kwargs
 from hporl.augment import check_space
 from hporl.backends import TrialResult
-from hporl.env import OBS_BOUND, ObservationLayout, trial_score
 from hporl.exceptions import HporlError, PolicyError
+from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
 from hporl.space import SearchSpace, config_key
 
 __all__ = ["Policy", "PolicySampler"]

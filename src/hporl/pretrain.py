@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from hporl.env import HPOEnv, trial_score
+from hporl.env import HPOEnv
+from hporl.observation import trial_score
 from hporl.space import config_key
 
 __all__ = ["Portfolio", "PretrainConfig", "behaviour_clone", "greedy_portfolio", "grid_candidates"]

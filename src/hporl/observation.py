@@ -1,0 +1,283 @@
+"""How a task and its trials become the policy's input: shared by the env, a trained
+:class:`~hporl.Policy` and the warm start.
+
+The observation shows only what a user would have on a new task: its meta-features and the
+trials run on it so far, their scores chance-adjusted (``(metric - chance) / (1 - chance)``, see
+:mod:`hporl.rewards`). Per-task normalisation constants of benchmarks never reach it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from hporl.backends import TrialResult
+from hporl.exceptions import ConfigError
+from hporl.rewards import normalized_score
+from hporl.space import Parameter, SearchSpace, _same
+
+__all__ = ["OBS_BOUND", "ObservationLayout", "trial_score"]
+
+OBS_BOUND = 2.0
+
+
+def trial_score(result: TrialResult | float | None, chance: float = 0.0) -> float | None:
+    """The chance-adjusted score of a trial, ``None`` for a diverged or failed one.
+
+    A float is taken as a raw metric value (higher is better) on a task whose chance level is
+    ``chance``.
+    """
+    if result is None:
+        return None
+    if isinstance(result, TrialResult):
+        if result.status != "ok" or result.best_metric is None:
+            return None
+        return normalized_score(result.best_metric, result.chance_metric)
+    value = float(result)
+    return normalized_score(value, chance) if np.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """How observations are built; shared by the env and by a trained :class:`~hporl.Policy`.
+
+    Blocks, in order (all float32, clipped to [-2, 2]):
+
+    1. ``n_features`` task meta-features, as ``(f - feature_mean) / feature_scale`` when the
+       layout carries them (a meta-training run sets them from its training tasks);
+    2. one-hot of the parameter being chosen (one slot per chosen parameter; all zero when none);
+    3. the partial configuration, ``space.encode`` (zeros where unset or inactive);
+    4. one "unset" flag per chosen parameter (1 until it is chosen in the current trial);
+    5. a summary: trial index / K, best score so far, 1 if any trial succeeded, fraction of
+       failed trials;
+    6. the last ``history`` trials, most recent first, each: encoded config, score, score minus
+       the best so far, failed flag, present flag.
+    """
+
+    space: SearchSpace
+    n_features: int
+    budget: int
+    n_bins: int = 8
+    history: int = 3
+    feature_mean: tuple[float, ...] | None = None
+    feature_scale: tuple[float, ...] | None = None
+    extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    @cached_property
+    def params(self) -> list[Parameter]:
+        return self.space.chosen
+
+    @cached_property
+    def bins(self) -> list[list[Any]]:
+        """Each chosen parameter's action values: ``space.bins(name, n_bins)`` plus any
+        ``extra_bins`` for it (numeric values merged in order; e.g. a warm start's portfolio
+        values, so the policy can play those configurations exactly)."""
+        extra = dict(self.extra_bins)
+        out = []
+        for p in self.params:
+            values = self.space.bins(p.name, self.n_bins)
+            if p.is_numeric and extra.get(p.name):
+                head = [values[0]] if p.has_off else []
+                numbers = values[1:] if p.has_off else values
+                merged = sorted(
+                    {*numbers, *(v for v in extra[p.name] if not (p.has_off and v == p.off))}
+                )
+                values = head + merged
+            out.append(values)
+        return out
+
+    @cached_property
+    def _param_index(self) -> dict[str, int]:
+        return {p.name: i for i, p in enumerate(self.params)}
+
+    @property
+    def n_actions(self) -> int:
+        return max(len(b) for b in self.bins)
+
+    @property
+    def trial_width(self) -> int:
+        return self.space.dim + 4
+
+    @property
+    def dim(self) -> int:
+        n = len(self.params)
+        return self.n_features + n + self.space.dim + n + 4 + self.history * self.trial_width
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_features": self.n_features,
+            "budget": self.budget,
+            "n_bins": self.n_bins,
+            "history": self.history,
+            "feature_mean": list(self.feature_mean) if self.feature_mean is not None else None,
+            "feature_scale": list(self.feature_scale) if self.feature_scale is not None else None,
+            "extra_bins": {name: list(values) for name, values in self.extra_bins},
+        }
+
+    @classmethod
+    def from_dict(cls, space: SearchSpace, data: Mapping[str, Any]) -> ObservationLayout:
+        data = dict(data)
+        for key in ("feature_mean", "feature_scale"):
+            if data.get(key) is not None:
+                data[key] = tuple(float(v) for v in data[key])
+        data["extra_bins"] = tuple((k, tuple(v)) for k, v in (data.get("extra_bins") or {}).items())
+        return cls(space, **data)
+
+    @staticmethod
+    def extra_bins_of(
+        space: SearchSpace, configs: Sequence[Mapping[str, Any]]
+    ) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """The numeric values of ``configs``, per parameter, as ``extra_bins``."""
+        out = []
+        for p in space.chosen:
+            if p.is_numeric:
+                values = sorted(
+                    {
+                        c[p.name]
+                        for c in configs
+                        if p.name in c and not (p.has_off and c[p.name] == p.off)
+                    }
+                )
+                if values:
+                    out.append((p.name, tuple(values)))
+        return tuple(out)
+
+    @staticmethod
+    def normalisation(
+        features: Sequence[np.ndarray],
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and scale (twice the standard deviation, at least 0.1) of training tasks' features."""
+        f = np.stack([np.asarray(x, dtype=np.float64).reshape(-1) for x in features])
+        return tuple(f.mean(0).tolist()), tuple(np.maximum(2 * f.std(0), 0.1).tolist())
+
+    # -- stepping through a configuration -----------------------------------------------------
+    def advance(self, partial: dict[str, Any], start: int) -> int | None:
+        """Fill fixed parameters from position ``start`` in ``space.parameters`` on; return the
+        position of the next parameter to choose, or ``None`` when the configuration is complete."""
+        params = self.space.parameters
+        for i in range(start, len(params)):
+            p = params[i]
+            if not self.space.is_active(p.name, partial):
+                continue
+            if p.kind == "fixed":
+                partial[p.name] = p.default
+                continue
+            return i
+        return None
+
+    def mask(self, position: int | None) -> np.ndarray:
+        mask = np.zeros(self.n_actions, dtype=bool)
+        if position is None:
+            mask[0] = True  # no choice pending (episode over): any action is a no-op
+            return mask
+        k = self._param_index[self.space.parameters[position].name]
+        mask[: len(self.bins[k])] = True
+        return mask
+
+    def value_of(self, position: int, action: int) -> Any:
+        """The value of bin ``action`` for the parameter at ``position`` (out-of-range actions,
+        from agents that ignore masks, wrap around)."""
+        bins = self.bins[self._param_index[self.space.parameters[position].name]]
+        return bins[int(action) % len(bins)]
+
+    def action_of(self, name: str, value: Any) -> int:
+        """The bin nearest to ``value`` (exact for categorical values)."""
+        p = self.space[name]
+        bins = self.bins[self._param_index[name]]
+        if p.kind == "categorical":
+            return next(i for i, b in enumerate(bins) if _same(b, value))
+        if p.has_off:
+            if _same(value, p.off):
+                return 0
+            units = [p._to_unit(float(b)) for b in bins[1:]]
+            return 1 + int(np.argmin([abs(u - p._to_unit(float(value))) for u in units]))
+        units = [p._to_unit(float(b)) for b in bins]
+        return int(np.argmin([abs(u - p._to_unit(float(value))) for u in units]))
+
+    # -- observations -------------------------------------------------------------------------
+    def observe(
+        self,
+        features: np.ndarray,
+        position: int | None,
+        partial: Mapping[str, Any],
+        trials: Sequence[tuple[Mapping[str, Any], float | None]],
+    ) -> np.ndarray:
+        """The observation for choosing the parameter at ``position`` given ``trials`` (config,
+        chance-adjusted score or ``None`` for failed), oldest first."""
+        return self.compose(
+            self.features_block(features), position, partial, self.trials_block(trials)
+        )
+
+    def features_block(self, features: np.ndarray) -> np.ndarray:
+        """Block 1: the task's features, normalised (constant over an episode)."""
+        features = np.asarray(features, dtype=np.float32).reshape(-1)
+        if features.shape != (self.n_features,):
+            raise ConfigError(f"expected {self.n_features} task features, got {features.shape[0]}")
+        if self.feature_mean is not None and self.feature_scale is not None:
+            mean = np.asarray(self.feature_mean, dtype=np.float32)
+            features = (features - mean) / np.asarray(self.feature_scale, dtype=np.float32)
+        return features
+
+    def trials_block(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> np.ndarray:
+        """Blocks 5 and 6: the summary and the last trials (constant within a trial)."""
+        scores = [s for _, s in trials if s is not None]
+        best = max(scores) if scores else 0.0
+        summary = np.array(
+            [
+                min(len(trials) / self.budget, 1.0),
+                best,
+                1.0 if scores else 0.0,
+                (len(trials) - len(scores)) / max(len(trials), 1),
+            ],
+            dtype=np.float32,
+        )
+        recent = np.zeros((self.history, self.trial_width), dtype=np.float32)
+        for row, (config, score) in enumerate(
+            reversed(trials[-self.history :] if self.history else [])
+        ):
+            recent[row, : self.space.dim] = self.space.encode(config)
+            if score is None:
+                recent[row, -2] = 1.0
+            else:
+                recent[row, -4] = score
+                recent[row, -3] = score - best
+            recent[row, -1] = 1.0
+        return np.concatenate([summary, recent.reshape(-1)])
+
+    def replay(
+        self, features: np.ndarray, trials: np.ndarray, config: Mapping[str, Any]
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """Observations, masks and actions (nearest bins) that produce ``config``, given a
+        :meth:`features_block` and a :meth:`trials_block`: the steps an expert would take."""
+        obs, masks, actions = [], [], []
+        partial: dict[str, Any] = {}
+        position = self.advance(partial, 0)
+        while position is not None:
+            name = self.space.parameters[position].name
+            obs.append(self.compose(features, position, partial, trials))
+            masks.append(self.mask(position))
+            action = self.action_of(name, config.get(name, self.space[name].default))
+            actions.append(action)
+            partial[name] = self.value_of(position, action)
+            position = self.advance(partial, position + 1)
+        return obs, masks, actions
+
+    def compose(
+        self,
+        features: np.ndarray,
+        position: int | None,
+        partial: Mapping[str, Any],
+        trials: np.ndarray,
+    ) -> np.ndarray:
+        """An observation from a :meth:`features_block` and a :meth:`trials_block` (the per-step
+        part, the current parameter and the partial configuration, is built here)."""
+        current = np.zeros(len(self.params), dtype=np.float32)
+        if position is not None:
+            current[self._param_index[self.space.parameters[position].name]] = 1.0
+        unset = np.array([0.0 if p.name in partial else 1.0 for p in self.params], dtype=np.float32)
+        obs = np.concatenate([features, current, self.space.encode(partial), unset, trials])
+        return np.clip(obs, -OBS_BOUND, OBS_BOUND).astype(np.float32)
