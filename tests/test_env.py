@@ -138,7 +138,7 @@ def test_real_tasks_features_and_cache(iris):
     for seed in range(2):
         run_episode(env, policy=lambda obs, mask: int(np.flatnonzero(mask)[0]), seed=seed)
     assert (
-        env.n_evaluations == 1 and env.n_cache_hits == 5
+        env.evaluator.n_trained == 1 and env.evaluator.n_memory_hits == 5
     )  # the same config six times, trained once
 
 
@@ -147,7 +147,7 @@ def test_reference_reward_evaluates_the_default_once(iris):
         SPACE, TorchBackend(), [iris], budget=2, epochs=1, reward="improvement_over_reference"
     )
     _, infos, _ = run_episode(env, seed=3)
-    assert env.n_evaluations <= 3 and all(-1 <= i["value"] <= 1 for i, _ in infos)
+    assert env.evaluator.n_trained <= 3 and all(-1 <= i["value"] <= 1 for i, _ in infos)
 
 
 def test_unmasked_actions_wrap_around():

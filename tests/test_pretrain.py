@@ -81,7 +81,7 @@ def test_behaviour_cloning_reproduces_the_portfolio(env, small_space, sampling):
     first, second = portfolio.configs
     for task in tasks:
         assert policy.suggest(task) == first
-        result = env._evaluate(task, first)
+        result = env.evaluate(task, first)
         assert policy.suggest(task, [(first, result)]) == second
 
 

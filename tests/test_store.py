@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hporl import SearchSpace, StoredBackend, StoreError, TorchBackend, TrialStore
+from hporl import Evaluator, SearchSpace, StoreError, TorchBackend, TrialStore
 from hporl.store import evaluation_key, mask_url, storage_url
 from hporl.tasks import builtin
 
@@ -41,27 +41,28 @@ def space():
 def test_second_identical_evaluate_does_not_train(tmp_path, space):
     task = builtin("iris", epochs=2)
     inner = CountingBackend()
-    backend = StoredBackend(inner, TrialStore(tmp_path / "t.db"), run="r", space=space)
+    backend = Evaluator(inner, store=TrialStore(tmp_path / "t.db"), run="r", space=space)
     config = space.default()
     first = backend.evaluate(task, config, seed=0)
     again = backend.evaluate(task, config, seed=0)
     assert inner.calls == 1 and not first.cached and again.cached
     assert again.curve == first.curve and again.test_metric == first.test_metric
     # Another process (a new store on the same file) finds it too.
-    other = StoredBackend(CountingBackend(), TrialStore(tmp_path / "t.db"), run="s", space=space)
+    other = Evaluator(CountingBackend(), store=TrialStore(tmp_path / "t.db"), run="s", space=space)
     assert other.evaluate(task, config, seed=0).cached and other.backend.calls == 0
+    assert other.n_store_hits == 1 and other.n_trained == 0
     # A different seed, epoch count, configuration or data is a different evaluation.
     backend.evaluate(task, config, seed=1)
     backend.evaluate(task, config, seed=0, epochs=1)
     backend.evaluate(task, {**config, "lr": 0.01}, seed=0)
     backend.evaluate(builtin("iris", epochs=2, seed=1), config, seed=0)
-    assert inner.calls == 5 and backend.n_trained == 5 and backend.n_cached == 1
+    assert inner.calls == 5 and backend.n_trained == 5 and backend.n_memory_hits == 1
 
 
 def test_trials_hold_config_result_and_state(tmp_path, space):
     task = builtin("iris", epochs=3)
     url = storage_url(tmp_path / "t.db", None)
-    backend = StoredBackend(TorchBackend(num_threads=1), TrialStore(url), run="run", space=space)
+    backend = Evaluator(TorchBackend(num_threads=1), store=TrialStore(url), run="run", space=space)
     good = backend.evaluate(task, space.default(), seed=0)
     bad = backend.evaluate(task, {**space.default(), "lr": -1.0}, seed=0)  # outside the space
     assert bad.status == "failed"
@@ -192,11 +193,12 @@ def test_kill_9_mid_trial_loses_nothing(tiny_policy, tmp_path):
 WORKER = """
 import sys, torch
 torch.set_num_threads(1)
-from hporl import Policy, tune_model
+from hporl import Policy, TuneOptions, tune_model
 from hporl.tasks import builtin
 url, policy, worker, n = sys.argv[1:5]
 res = tune_model(data=builtin("iris", epochs=1), policy=Policy.load(policy), n_trials=int(n),
-                 storage=url, study_name="shared", worker=worker, compare_default=False)
+                 storage=url,
+                 options=TuneOptions(study_name="shared", worker=worker, compare_default=False))
 print("done", worker, len(res.trials))
 """
 

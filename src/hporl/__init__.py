@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from hporl import agents, rewards, tasks
 from hporl.backends import Backend, SyntheticBackend, TorchBackend, TrialResult
 from hporl.env import HPOEnv
+from hporl.evaluation import Evaluator
 from hporl.exceptions import (
     ConfigError,
     HporlError,
@@ -16,13 +17,14 @@ from hporl.exceptions import (
 from hporl.experiment import ExperimentConfig, run_experiment
 from hporl.policy import Policy, PolicySampler
 from hporl.space import SearchSpace
-from hporl.store import StoredBackend, TrialStore
+from hporl.store import TrialStore
 from hporl.tasks import Task
-from hporl.tune import TuneResult, tune_model
+from hporl.tune import TuneOptions, TuneResult, tune_model
 
 __all__ = [
     "Backend",
     "ConfigError",
+    "Evaluator",
     "ExperimentConfig",
     "HPOEnv",
     "HporlError",
@@ -32,13 +34,13 @@ __all__ = [
     "SearchSpace",
     "SearchSpaceError",
     "StoreError",
-    "StoredBackend",
     "SyntheticBackend",
     "Task",
     "TaskError",
     "TorchBackend",
     "TrialResult",
     "TrialStore",
+    "TuneOptions",
     "TuneResult",
     "__version__",
     "agents",

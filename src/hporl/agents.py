@@ -128,21 +128,14 @@ def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_vec_env(
-    env_fns: list[Callable[[], gym.Env]],
-    executor: str = "local",
-    ray_address: str | None = None,
-    n_workers: int | None = None,
-    wait: str = "round",
-) -> VecEnv:
-    """One env in process; several (or ``executor="ray"``) in a
-    :class:`~hporl.vec_env.FanOutVecEnv`, whose trainings run on a local process pool or Ray
-    workers (``n_workers``, default one per env)."""
-    if len(env_fns) == 1 and executor == "local":
+def make_vec_env(env_fns: list[Callable[[], gym.Env]], wait: str = "round") -> VecEnv:
+    """One env in process; several in a :class:`~hporl.vec_env.FanOutVecEnv`, whose envs
+    share one evaluator and so train their configurations at once on its workers."""
+    if len(env_fns) == 1:
         return DummyVecEnv(env_fns)
     from hporl.vec_env import FanOutVecEnv
 
-    return FanOutVecEnv(env_fns, executor, n_workers=n_workers, ray_address=ray_address, wait=wait)
+    return FanOutVecEnv(env_fns, wait=wait)
 
 
 def build_agent(
@@ -322,7 +315,7 @@ def train_agent(
     ``on_new_agent`` is called with a freshly built agent (not a
     resumed one) before it learns: a warm start such as behaviour cloning.
     """
-    env = make_vec_env(env_fns, config.executor, config.ray_address, config.n_workers, config.wait)
+    env = make_vec_env(env_fns, config.wait)
     callbacks = [callback] if callback is not None else []
     agent: BaseAlgorithm | None = None
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None

@@ -252,8 +252,9 @@ def tune(
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
     import torch
 
+    from hporl.executors import make_executor
     from hporl.experiment import MODELS
-    from hporl.tune import tune_model
+    from hporl.tune import TuneOptions, tune_model
 
     torch.set_num_threads(1)
     if model not in MODELS or model == "cnn":
@@ -272,13 +273,10 @@ def tune(
             epochs=epochs,
             out=out,
             storage=storage,
-            worker=worker,
             seed=seed,
             callback=show,
-            n_parallel=parallel,
-            executor=executor,
-            ray_address=ray_address,
-            trial_timeout=trial_timeout,
+            executor=make_executor(executor, parallel, ray_address=ray_address),
+            options=TuneOptions(worker=worker, trial_timeout=trial_timeout),
         )
     table = Table(title=f"{result.task}: test {result.metric_name}")
     table.add_column("configuration")

@@ -23,9 +23,10 @@ import numpy as np
 
 from hporl import rewards as _rewards
 from hporl.backends import Backend, TrialResult
+from hporl.evaluation import Evaluation, Evaluator
 from hporl.exceptions import ConfigError
 from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
-from hporl.space import SearchSpace, config_key
+from hporl.space import SearchSpace
 
 __all__ = ["HPOEnv", "TaskLike"]
 
@@ -46,7 +47,9 @@ class HPOEnv(gym.Env):
 
     Args:
         space: the search space (``chosen`` parameters are the actions; fixed ones are filled).
-        backend: evaluates complete configurations.
+        evaluator: what evaluates complete configurations: an :class:`~hporl.evaluation.Evaluator`
+            (several envs sharing one share its cache, executor and store), or a backend (this
+            env then gets an evaluator of its own, in process).
         tasks: a list of tasks drawn uniformly at ``reset``, or a callable ``sampler(rng)``.
         reward: a reward approach name (:mod:`hporl.rewards`) or instance.
         budget: K, the trials per episode (1: pure zero-shot transfer).
@@ -54,7 +57,8 @@ class HPOEnv(gym.Env):
         history: how many past trials the observation shows in full.
         epochs: epochs per trial (default: each task's own).
         trial_seed: the training seed of every trial (fixed, so evaluations can be cached).
-        cache: keep results in memory so a configuration revisited on a task is not re-run.
+        cache: with a backend, keep results in memory so a configuration revisited on a task
+            is not re-run.
         feature_norm: (mean, scale) applied to task features in observations (see
             :meth:`ObservationLayout.normalisation`).
         extra_bins: more action values per numeric parameter (see :attr:`ObservationLayout.bins`).
@@ -70,7 +74,7 @@ class HPOEnv(gym.Env):
     def __init__(
         self,
         space: SearchSpace,
-        backend: Backend,
+        evaluator: Evaluator | Backend,
         tasks: Sequence[TaskLike] | Callable[[np.random.Generator], TaskLike],
         *,
         reward: str | _rewards.RewardApproach = "best_metric",
@@ -93,17 +97,19 @@ class HPOEnv(gym.Env):
             raise ConfigError("the search space has no parameter to choose")
         if callable(tasks) and not isinstance(tasks, Sequence):
             self._sampler = tasks
-            self._tasks: list[TaskLike] = []
+            self.tasks: list[TaskLike] = []
         else:
-            self._tasks = list(tasks)
-            if not self._tasks:
+            self.tasks = list(tasks)
+            if not self.tasks:
                 raise ConfigError("HPOEnv needs at least one training task")
             self._sampler = None
         if n_features is None:
-            probe = self._tasks[0] if self._tasks else self._sampler(np.random.default_rng(0))
+            probe = self.tasks[0] if self.tasks else self._sampler(np.random.default_rng(0))
             n_features = len(np.asarray(probe.features()).reshape(-1))
         self.space = space
-        self.backend = backend
+        if not isinstance(evaluator, Evaluator):
+            evaluator = Evaluator(evaluator, memory=cache)
+        self.evaluator = evaluator
         self.reward_approach = _rewards.get(reward)
         mean, scale = (None, None)
         if feature_norm is not None:
@@ -117,18 +123,19 @@ class HPOEnv(gym.Env):
             -OBS_BOUND, OBS_BOUND, shape=(self.layout.dim,), dtype=np.float32
         )
         self.action_space = gym.spaces.Discrete(self.layout.n_actions)
-        self._cache: dict[tuple[Any, ...], TrialResult] | None = {} if cache else None
-        self._supplied: Mapping[tuple, TrialResult] = {}
         self._features: dict[int, np.ndarray] = {}
-        self.n_evaluations = 0
-        self.n_cache_hits = 0
         self.task: TaskLike | None = None
         self._partial: dict[str, Any] = {}
         self._position: int | None = None
         self._pending: dict[str, Any] | None = None  # chosen, its result not yet in
+        self._evaluations: list[Evaluation] = []  # the pending configuration's (and reference)
         self._trials: list[tuple[dict[str, Any], float | None]] = []
         self._trials_block = self.layout.trials_block([])
         self._best_value: float | None = None
+
+    @property
+    def backend(self) -> Backend:
+        return self.evaluator.backend
 
     # -- gymnasium API ------------------------------------------------------------------------
     def reset(
@@ -141,22 +148,24 @@ class HPOEnv(gym.Env):
         elif self._sampler is not None:
             self.task = self._sampler(self.np_random)
         else:
-            self.task = self._tasks[int(self.np_random.integers(len(self._tasks)))]
+            self.task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
         self._trials = []
         self._trials_block = self.layout.trials_block([])
         self._best_value = None
         self._pending = None
+        self._evaluations = []
         self._new_config()
         return self.observe(), {"task": self.task.name}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self.propose(action) is None:
             return self.observe(), 0.0, False, False, {}
+        self.evaluator.wait(self.submit())
         return self.finish()
 
-    # The two halves of ``step``, for a vectorised env that runs the trainings of several envs
-    # at once (:class:`hporl.vec_env.FanOutVecEnv`): ``propose`` every env, evaluate what
-    # ``requests`` lists for all of them together, then ``finish`` each with the results.
+    # The three parts of ``step``, for a vectorised env that runs the trainings of several envs
+    # at once (:class:`hporl.vec_env.FanOutVecEnv`): ``propose`` every env, ``submit`` the
+    # evaluations of those that have chosen, wait for them, then ``finish`` each.
     def propose(self, action: Any) -> dict[str, Any] | None:
         """Take ``action``: the configuration it completes (the env then waits for
         :meth:`finish`, which gives the step's outcome), or ``None`` when more parameters are
@@ -175,36 +184,30 @@ class HPOEnv(gym.Env):
         self._pending = self.space.validate(self._partial)
         return self._pending
 
-    def requests(self) -> list[tuple[tuple, TaskLike, dict]]:
-        """The evaluations :meth:`finish` needs that are not cached, as ``(key, task,
-        config)``: the chosen configuration, and the reward's reference (the space's default)
-        when the reward approach compares with one."""
+    def submit(self) -> list[Evaluation]:
+        """Start the evaluations the chosen configuration needs on the evaluator: its own, and
+        the reward's reference (the space's default) when the reward approach compares with one."""
         if self.task is None or self._pending is None:
             raise RuntimeError("no configuration is chosen")
-        wanted = [dict(self._pending)]
-        if self.reward_approach.needs_reference:
-            wanted.append(self.space.default())
-        out: dict[tuple, tuple[tuple, TaskLike, dict]] = {}
-        for c in wanted:
-            key = self.cache_key(self.task, c)
-            if (self._cache is None or key not in self._cache) and key not in out:
-                out[key] = (key, self.task, c)
-        return list(out.values())
+        if not self._evaluations:
+            wanted = [self._pending]
+            if self.reward_approach.needs_reference:
+                wanted.append(self.space.default())
+            self._evaluations = [
+                self.evaluator.submit(self.task, c, seed=self.trial_seed, epochs=self.epochs)
+                for c in wanted
+            ]
+        return self._evaluations
 
-    def finish(
-        self, results: Mapping[tuple, TrialResult] | None = None
-    ) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """The outcome of the step whose :meth:`propose` chose a configuration; ``results``
-        (by :meth:`cache_key`) are evaluations made elsewhere, used instead of running them."""
-        if self.task is None or self._pending is None:
-            raise RuntimeError("no configuration is chosen")
-        config, self._pending = self._pending, None
-        self._supplied = results or {}
-        try:
-            result = self._evaluate(self.task, config)
-            reference = self._reference(self.task) if self.reward_approach.needs_reference else None
-        finally:
-            self._supplied = {}
+    def finish(self) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """The outcome of the step whose :meth:`propose` chose a configuration, once the
+        evaluations of :meth:`submit` are done."""
+        evaluations = self.submit()
+        if not all(e.done() for e in evaluations):
+            raise RuntimeError("the configuration's evaluations are not done; wait for them")
+        config, self._pending, self._evaluations = self._pending, None, []
+        result = evaluations[0].result
+        reference = evaluations[1].result if len(evaluations) > 1 else None
         value = float(self.reward_approach(result, reference=reference, task=self.task))
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
@@ -231,9 +234,15 @@ class HPOEnv(gym.Env):
             self._features_block(self.task), self._position, self._partial, self._trials_block
         )
 
-    def cache_key(self, task: TaskLike, config: Mapping[str, Any]) -> tuple:
-        """What identifies an evaluation of ``config`` on ``task`` in this env's cache."""
-        return (id(task), config_key(config), self.trial_seed, self.epochs)
+    def evaluate(self, task: TaskLike, config: Mapping[str, Any]) -> TrialResult:
+        """``config`` evaluated on ``task`` as this env's trials are (its seed and epochs)."""
+        return self.evaluator.evaluate(task, config, seed=self.trial_seed, epochs=self.epochs)
+
+    def reference(self, task: TaskLike) -> TrialResult | None:
+        """The reward approach's reference on ``task`` (the space's default), if it needs one."""
+        if not self.reward_approach.needs_reference:
+            return None
+        return self.evaluate(task, self.space.default())
 
     def action_masks(self) -> np.ndarray:
         """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention);
@@ -260,20 +269,3 @@ class HPOEnv(gym.Env):
         if key not in self._features:
             self._features[key] = self.layout.features_block(task.features())
         return self._features[key]
-
-    def _evaluate(self, task: TaskLike, config: dict[str, Any]) -> TrialResult:
-        key = self.cache_key(task, config)
-        if self._cache is not None and key in self._cache:
-            self.n_cache_hits += 1
-            return self._cache[key]
-        if key in self._supplied:
-            result = self._supplied[key]
-        else:
-            result = self.backend.evaluate(task, config, seed=self.trial_seed, epochs=self.epochs)
-        self.n_evaluations += 1
-        if self._cache is not None:
-            self._cache[key] = result
-        return result
-
-    def _reference(self, task: TaskLike) -> TrialResult:
-        return self._evaluate(task, self.space.default())

@@ -236,7 +236,8 @@ def _guarded(
 
 
 class RayExecutor(Executor):
-    """Evaluations as Ray tasks; the task data in Ray's object store once.
+    """Evaluations as Ray tasks; the task data in Ray's object store once. Nothing starts
+    before :meth:`start`, so an executor can be described first and handed over.
 
     Args:
         n_workers: trials at once (and CPUs of a Ray started here).
@@ -255,14 +256,13 @@ class RayExecutor(Executor):
         temp_dir: str | None = None,
         cpus_per_trial: float = 1.0,
     ) -> None:
-        ray = _import_ray()
+        self._ray = _import_ray()
         self.n_workers = _checked_workers(n_workers)
         self.cpus_per_trial = cpus_per_trial
-        self._ray = ray
-        self._started, self._temp_dir = _ray_init(
-            ray, address, num_cpus=max(int(n_workers * cpus_per_trial), 1), temp_dir=temp_dir
-        )
-        self._remote = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(_ray_evaluate)
+        self.address = address
+        self._ray_temp_dir = temp_dir
+        self._started, self._temp_dir = False, None
+        self._remote: Any = None
         self._task_refs: dict[int, tuple[Any, Any]] = {}  # id(task) -> (task, its object ref)
         self._default: list[Any] = []
         self._backend_ref = None
@@ -272,7 +272,18 @@ class RayExecutor(Executor):
         self._closing = False
 
     def start(self, backend: Backend, *tasks: Any) -> None:
-        self._backend_ref = self._ray.put(backend)
+        """Join the cluster (or start a local Ray), then put the backend and tasks in its object
+        store."""
+        ray = self._ray
+        if self._remote is None:
+            self._started, self._temp_dir = _ray_init(
+                ray,
+                self.address,
+                num_cpus=max(int(self.n_workers * self.cpus_per_trial), 1),
+                temp_dir=self._ray_temp_dir,
+            )
+            self._remote = ray.remote(num_cpus=self.cpus_per_trial, max_retries=0)(_ray_evaluate)
+        self._backend_ref = ray.put(backend)
         for task in tasks:
             self._task_ref(task)
         self._default = list(tasks[:1])
@@ -352,7 +363,7 @@ class RayExecutor(Executor):
         if self._thread is not None:
             self._thread.join(timeout=5)
         _ray_shutdown(self._ray, self._started, self._temp_dir)
-        self._started, self._temp_dir = False, None
+        self._started, self._temp_dir, self._remote = False, None, None
 
 
 def _ray_init(

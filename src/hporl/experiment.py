@@ -16,6 +16,7 @@ from hporl.agents import AgentConfig, train_agent
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
 from hporl.env import HPOEnv
+from hporl.evaluation import Evaluator
 from hporl.exceptions import ConfigError
 from hporl.observation import ObservationLayout
 from hporl.policy import Policy
@@ -30,7 +31,7 @@ from hporl.pretrain import (
 )
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, builtin_spaces
-from hporl.store import StoredBackend, TrialStore, mask_url, storage_url
+from hporl.store import TrialStore, mask_url, storage_url
 from hporl.tasks import FEATURE_NAMES, Task, builtin, suites
 from hporl.tasks import models as _models
 from hporl.vec_env import FanOutVecEnv
@@ -227,9 +228,9 @@ def run_experiment(
     tasks = resolve_tasks(config)
     backend = resolve_backend(config.backend, space)
     is_synthetic = config.backend.name == "synthetic"
+    store = None
     if not is_synthetic:
         store = TrialStore(storage_url(storage or config.storage, run_dir))
-        backend = StoredBackend(backend, store, run=config.name, space=space)
     if is_synthetic and not all(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError(
             "the synthetic backend needs synthetic tasks ({synthetic: N}); others need backend torch"
@@ -244,9 +245,19 @@ def run_experiment(
         config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},
     )
 
+    agent = config.agent
+    evaluator = Evaluator(
+        backend,
+        store=store,
+        run=config.name,
+        space=space,
+        executor=agent.executor,
+        n_workers=agent.n_workers or agent.n_envs,
+        ray_address=agent.ray_address,
+    )
     return meta_train(
         space,
-        backend,
+        evaluator,
         tasks,
         agent=config.agent,
         pretrain=config.pretrain,
@@ -266,7 +277,7 @@ def run_experiment(
 
 def meta_train(
     space: SearchSpace,
-    backend: Backend,
+    evaluator: Evaluator,
     tasks: list[Any],
     *,
     agent: AgentConfig,
@@ -286,14 +297,16 @@ def meta_train(
 ) -> Policy:
     """Meta-train on already built parts (what :func:`run_experiment` and ``hporl bench`` share).
 
-    ``candidate_values(task, configs)`` lets a caller score the warm start's candidates in bulk.
+    Every env shares ``evaluator`` (its cache, store and workers); ``candidate_values(task,
+    configs)`` lets a caller score the warm start's candidates in bulk.
     """
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
+    evaluator.start(*tasks)
 
     def make_env(extra_bins: tuple = ()) -> HPOEnv:
         return HPOEnv(
             space,
-            backend,
+            evaluator,
             tasks,
             reward=reward,
             budget=budget,
@@ -313,13 +326,9 @@ def meta_train(
         # Chosen before the agent exists: its values may widen the action space (exact play).
         portfolio = build_portfolio(env, tasks, pretrain, values_fn=candidate_values)
         if pretrain.candidate_sampling == "space":
-            provisional = env
             extra = ObservationLayout.extra_bins_of(space, portfolio.configs)
             make_env = functools.partial(make_env, extra)
             env = make_env()
-            env._cache = provisional._cache
-            env.n_evaluations = provisional.n_evaluations
-            env.n_cache_hits = provisional.n_cache_hits
 
     def warm_start(new_agent: Any) -> None:
         if pretrain is None or portfolio is None:
@@ -332,7 +341,7 @@ def meta_train(
             candidates=len(portfolio.candidates),
             portfolio=portfolio.configs,
             portfolio_mean_regret=portfolio.mean_regret(),
-            evaluations=env.n_evaluations,
+            evaluations=evaluator.n_trained,
             seconds=time.perf_counter() - start,
             **stats,
         )
@@ -345,16 +354,9 @@ def meta_train(
         if pretrain and pretrain.anchor_trials
         else None
     )
-    # One env in process is the warm start's env; several (a FanOutVecEnv, whose trainings run
-    # on a process pool or Ray, its envs in this process) share its evaluation cache.
-    in_process = agent.n_envs == 1 and agent.executor == "local"
-
-    def vec_member() -> HPOEnv:
-        member = make_env()
-        member._cache = env._cache
-        return member
-
-    env_fns = [lambda: env] if in_process else [vec_member] * agent.n_envs
+    # One env is the warm start's env; several (a FanOutVecEnv, whose trainings run at once on
+    # the evaluator's workers) share its evaluator.
+    env_fns = [lambda: env] if agent.n_envs == 1 else [make_env] * agent.n_envs
     trained = train_agent(
         agent,
         env_fns,
@@ -376,19 +378,17 @@ def meta_train(
     )
     policy.save(run_dir / "policy")
     vec_env = trained.get_env()
-    members = [] if in_process or vec_env is None else vec_env.get_attr("unwrapped")
-    counts = {
-        "evaluations": env.n_evaluations + sum(m.n_evaluations for m in members),
-        "cache_hits": env.n_cache_hits + sum(m.n_cache_hits for m in members),
+    counts: dict[str, Any] = {
+        "evaluations": evaluator.n_trained,
+        "cache_hits": evaluator.n_memory_hits,
+        "store_hits": evaluator.n_store_hits,
+        "shared": evaluator.n_shared,
+        "retried": evaluator.n_retried,
     }
     if isinstance(vec_env, FanOutVecEnv):
-        counts.update(shared=vec_env.n_shared, retried=vec_env.n_retried, waits=vec_env.n_waits)
-    if isinstance(backend, StoredBackend):
-        counts.update(
-            trained=backend.n_trained,
-            store_hits=backend.n_cached,
-            storage=mask_url(backend.store.url),
-        )
+        counts["waits"] = vec_env.n_waits
+    if evaluator.store is not None:
+        counts["storage"] = mask_url(evaluator.store.url)
     write_json(
         run_dir / "summary.json",
         {

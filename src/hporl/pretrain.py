@@ -161,7 +161,8 @@ def build_portfolio(
     *,
     values_fn: CandidateValues | None = None,
 ) -> Portfolio:
-    """Evaluate grid candidates on every task (through the env, so results are cached there)."""
+    """Evaluate the candidates on every task, all of a task's at once (through the env's
+    evaluator: cached there, and on its workers together)."""
     rng = np.random.default_rng(config.seed)
     if config.candidate_sampling == "space":
         # The transfer baselines' own draws, kept exact: the meta-training run adds the chosen
@@ -173,16 +174,12 @@ def build_portfolio(
         scored = candidates
     approach = env.reward_approach
     values = np.zeros((len(tasks), len(candidates)))
-    batched = getattr(env.backend, "evaluate_many", None)
     for t, task in enumerate(tasks):
         if values_fn is not None:
             values[t] = values_fn(task, scored)
             continue
-        reference = env._reference(task) if approach.needs_reference else None
-        if batched is not None:  # a surrogate answers all candidates in one call
-            results = batched(task, scored, epochs=env.epochs)
-        else:
-            results = [env._evaluate(task, cand) for cand in scored]
+        reference = env.reference(task)
+        results = env.evaluator.evaluate_many(task, scored, seed=env.trial_seed, epochs=env.epochs)
         for c, result in enumerate(results):
             values[t, c] = approach(result, reference=reference, task=task)
     order = greedy_portfolio(values, env.layout.budget)
@@ -207,7 +204,7 @@ def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[st
             actions += a
             returns += [episode_return - already] * len(a)
             trial_index += [k] * len(a)
-            trials.append((config, trial_score(env._evaluate(task, config))))
+            trials.append((config, trial_score(env.evaluate(task, config))))
     return {
         "obs": np.stack(obs).astype(np.float32),
         "masks": np.stack(masks),

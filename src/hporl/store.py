@@ -14,7 +14,7 @@ grouped in one optuna study per (run, task), named ``<run>/<task>``; each trial 
 
 The store is also the cache: :meth:`TrialStore.lookup` finds a finished trial with the same task
 fingerprint, configuration, seed and epochs in any study of the store, so nothing is trained
-twice. :class:`StoredBackend` puts that in front of any backend.
+twice. :class:`hporl.evaluation.Evaluator` puts that in front of every evaluation.
 
 Trials whose process died are failed and retried once: on the same host at once (the owning
 process is gone), elsewhere by optuna's heartbeat after its grace period.
@@ -39,13 +39,12 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from hporl.backends._base import Backend, TrialResult
+from hporl.backends._base import TrialResult
 from hporl.exceptions import StoreError
 from hporl.space import SearchSpace, config_key
 
 __all__ = [
     "DATABASE_ERRORS",
-    "StoredBackend",
     "TrialStore",
     "evaluation_key",
     "mask_url",
@@ -453,101 +452,6 @@ class TrialStore:
             if RESULT in t.user_attrs:
                 out.append((t, TrialResult.from_dict(t.user_attrs[RESULT])))
         return out
-
-
-class StoredBackend(Backend):
-    """A backend whose evaluations go through a :class:`TrialStore`: looked up first, trained
-    only on a miss, and recorded in the study ``<run>/<task>``.
-
-    Counts: ``n_trained`` (real evaluations) and ``n_cached`` (served by the store).
-    """
-
-    def __init__(
-        self,
-        backend: Backend,
-        store: TrialStore,
-        *,
-        run: str,
-        space: SearchSpace | None = None,
-    ) -> None:
-        self.backend = backend
-        self.store = store
-        self.run = run
-        self.space = space
-        self.name = backend.name
-        self.n_trained = 0
-        self.n_cached = 0
-        self._studies: dict[str, optuna.Study] = {}
-
-    def __getattr__(self, name: str) -> Any:  # fit(), device, ... of the wrapped backend
-        if name == "backend":
-            raise AttributeError(name)
-        return getattr(self.backend, name)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_studies"] = {}
-        return state
-
-    def evaluate(
-        self,
-        task: Any,
-        config: Mapping[str, Any],
-        *,
-        seed: int = 0,
-        epochs: int | None = None,
-        checkpoint_dir: str | Path | None = None,
-        on_epoch: Any = None,
-    ) -> TrialResult:
-        stored = on_epoch is None
-        if stored:
-            hit = self.cached(task, config, seed=seed, epochs=epochs)
-            if hit is not None:
-                return hit
-        result = self.backend.evaluate(
-            task,
-            config,
-            seed=seed,
-            epochs=epochs,
-            checkpoint_dir=checkpoint_dir,
-            on_epoch=on_epoch,
-        )
-        if stored:
-            self.keep(task, config, result, seed=seed, epochs=epochs)
-        else:
-            self.n_trained += 1
-        return result
-
-    # The two halves of ``evaluate``, for callers that train elsewhere (an executor's workers)
-    # and keep this process the store's only writer.
-    def cached(
-        self, task: Any, config: Mapping[str, Any], *, seed: int = 0, epochs: int | None = None
-    ) -> TrialResult | None:
-        """The stored result of this evaluation, if there is one (counted in ``n_cached``)."""
-        if _fingerprint(task) is None:
-            return None
-        hit = self.store.lookup(task, config, seed=seed, epochs=epochs)
-        if hit is not None:
-            self.n_cached += 1
-        return hit
-
-    def keep(
-        self,
-        task: Any,
-        config: Mapping[str, Any],
-        result: TrialResult,
-        *,
-        seed: int = 0,
-        epochs: int | None = None,
-    ) -> None:
-        """Record a real evaluation made elsewhere (counted in ``n_trained``)."""
-        self.n_trained += 1
-        if _fingerprint(task) is None:
-            return
-        study = self._studies.get(task.name)
-        if study is None:
-            study = self._studies[task.name] = self.store.study(self.run, task)
-        self.store.record(study, task, config, result, seed=seed, epochs=epochs, space=self.space)
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -15,19 +14,21 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import TrialState
 from torch import nn
 
 from hporl._io import atomic_write, writable_dir
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
-from hporl.exceptions import ConfigError, HporlError, TaskError
-from hporl.executors import EXECUTORS, Executor, make_executor, worker_died
+from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator
+from hporl.exceptions import ConfigError, TaskError
+from hporl.executors import EXECUTORS, Executor
 from hporl.policy import Policy, PolicySampler
 from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
 
-__all__ = ["TuneResult", "random_search", "tune_model"]
+__all__ = ["TuneOptions", "TuneResult", "random_search", "tune_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +121,6 @@ def _build_task(
     raise TaskError(f"data must be a Task, an (X, y) pair or a CSV path, got {type(data).__name__}")
 
 
-def _merged(task: Task, epochs: int) -> Task:
-    """The task with validation rows added to training (validation kept for reporting only)."""
-    merged = copy.copy(task)
-    merged.X_train = torch.cat([task.X_train, task.X_val])
-    merged.y_train = torch.cat([task.y_train, task.y_val])
-    merged.epochs = epochs
-    merged.__dict__.pop("fingerprint", None)
-    return merged
-
-
 def _record(
     number: int, config: dict[str, Any], r: TrialResult, resumed: bool = False
 ) -> dict[str, Any]:
@@ -148,31 +139,44 @@ def _record(
     }
 
 
-def _final(
-    backend: TorchBackend, task: Task, config: dict[str, Any], r: TrialResult, seed: int
-) -> tuple[list[nn.Module], TrialResult, int]:
-    epochs = max(int(r.best_epoch or task.epochs), 1)
-    models, final = backend.fit(_merged(task, epochs), config, seed=seed, epochs=epochs)
-    return models, final, epochs
+@dataclass(frozen=True)
+class TuneOptions:
+    """The less common settings of :func:`tune_model`.
 
+    Attributes:
+        trial_timeout: seconds a trial may take; it is stopped after the epoch in which the
+            limit passes (recorded PRUNED with the reason).
+        study_name: the study of this task in the store (default
+            ``tune/<task>-<fingerprint>``). Several processes given the same storage and study
+            share their trials: the policy of each sees every trial, and each runs ``n_trials``
+            of its own.
+        worker: who this process is among several sharing a study (default: the ``out``
+            directory, else ``"main"``); ``n_trials`` counts this worker's finished trials, so a
+            restarted worker tops up its own share.
+        compare_default: also run the final training with the space's default configuration
+            (its epoch count from one trial of it) and report ``default_test_metric``.
+        deterministic: the policy takes its most likely bins (else it samples them).
+        fine_tune_steps: gradient steps of each fine-tuning (with ``fine_tune=True``).
+        backend: the backend that trains (default ``TorchBackend(num_threads=1)``).
+    """
 
-def _best_then_final(
-    backend: TorchBackend,
-    task: Task,
-    trials: list[tuple[int, dict[str, Any], TrialResult]],
-    seed: int,
-) -> tuple[dict[str, Any], list[nn.Module], TrialResult, int]:
-    """The best trial's configuration (highest best validation metric, earliest on ties) and
-    the final training with it."""
-    ok = [t for t in trials if t[2].ok and t[2].best_metric is not None]
-    if not ok:
-        raise HporlError(
-            f"all {len(trials)} trials failed or diverged; see the trial reasons: "
-            + "; ".join(str(r.reason) for _, _, r in trials[:3])
-        )
-    _, best_config, best_result = max(ok, key=lambda x: (x[2].best_metric, -x[0]))
-    models, final, epochs = _final(backend, task, best_config, best_result, seed)
-    return best_config, models, final, epochs
+    trial_timeout: float | None = None
+    study_name: str | None = None
+    worker: str | None = None
+    compare_default: bool = True
+    deterministic: bool = True
+    fine_tune_steps: int = 10
+    backend: TorchBackend | None = None
+
+    def __post_init__(self) -> None:
+        if self.trial_timeout is not None and not self.trial_timeout > 0:
+            raise ConfigError(
+                f"trial_timeout must be a positive number of seconds, got {self.trial_timeout!r}"
+            )
+        if not isinstance(self.fine_tune_steps, int) or self.fine_tune_steps < 1:
+            raise ConfigError(
+                f"fine_tune_steps must be a positive integer, got {self.fine_tune_steps!r}"
+            )
 
 
 def tune_model(
@@ -181,23 +185,15 @@ def tune_model(
     *,
     policy: Policy | str | Path | None = None,
     n_trials: int = 10,
-    fine_tune: bool = False,
-    storage: str | Path | None = None,
-    out: str | Path | None = None,
-    target: str | None = None,
     epochs: int | None = None,
+    target: str | None = None,
     seed: int = 0,
-    backend: TorchBackend | None = None,
-    study_name: str | None = None,
-    worker: str | None = None,
-    compare_default: bool = True,
-    deterministic: bool = True,
-    fine_tune_steps: int = 10,
-    callback: ProgressCallback | None = None,
-    n_parallel: int = 1,
+    out: str | Path | None = None,
+    storage: str | Path | None = None,
     executor: str | Executor = "local",
-    ray_address: str | None = None,
-    trial_timeout: float | None = None,
+    fine_tune: bool = False,
+    callback: ProgressCallback | None = None,
+    options: TuneOptions | None = None,
 ) -> TuneResult:
     """Tune ``model`` (a module, a factory, or a list of them; ``None`` for the default MLP/CNN)
     on ``data`` with ``policy`` for ``n_trials`` trials, then train the final model.
@@ -208,46 +204,38 @@ def tune_model(
     died is failed and retried once. An evaluation already in the store (same task
     fingerprint, configuration, seed and epochs, from any run) is reused, not trained.
 
+    The final model is trained on train + validation with the best trial's configuration for
+    its best epoch count, and checked like a trial (:meth:`hporl.evaluation.Evaluator.final_fit`):
+    when it diverges, its loss explodes or its validation metric collapses, the best trial's
+    own weights are shipped instead; ``report.json``'s ``final_fit`` says which and why.
+
     Args:
         data: a :class:`Task`, an ``(X, y)`` pair, or a CSV path (with ``target``).
         policy: a :class:`Policy` or a policy directory; ``None``: the packaged default policy
             (:meth:`Policy.default`, the ``optimizer`` space, meta-trained with 10 epochs per
             trial and K = 10).
-        fine_tune: after each trial, update (a copy of) the policy on this task's trials.
         storage: an optuna storage URL (or a SQLite file path) for the trials; default:
             ``out/trials.db`` when ``out`` is given, else in memory.
         out: where to save the final model, config and ``report.json``.
-        study_name: the study of this task in the store (default ``tune/<task>-<fingerprint>``).
-            Several processes given the same storage and study share their trials: the policy
-            of each sees every trial, and each runs ``n_trials`` of its own.
-        worker: who this process is among several sharing a study (default: the ``out``
-            directory, else ``"main"``); ``n_trials`` counts this worker's finished trials, so a
-            restarted worker tops up its own share.
-        compare_default: also run the final training with the space's default configuration
-            (its epoch count from one trial of it) and report ``default_test_metric``.
-        n_parallel: trials at once. The policy proposes a configuration for each free worker,
-            never one already running, and reads every result as it arrives.
-        executor: where trials run (:mod:`hporl.executors`): ``"local"`` (in this process, or
-            a process pool when ``n_parallel > 1``), ``"ray"`` (a Ray cluster at
-            ``ray_address`` / ``RAY_ADDRESS``, else a local Ray for this run), or an Executor.
-        trial_timeout: seconds a trial may take; it is stopped after the epoch in which the
-            limit passes (recorded PRUNED with the reason). A trial whose worker dies is
-            recorded FAIL and retried once.
+        executor: where trials run, and how many at once (:mod:`hporl.executors`): ``"local"``
+            (one at a time in this process), ``LocalExecutor(P)`` (a pool of P processes),
+            ``RayExecutor(P, address=...)`` or ``"ray"`` (a Ray cluster at ``RAY_ADDRESS``, else
+            a local Ray for this run). With P > 1 the policy proposes a configuration for each
+            free worker, never one already running, and reads every result as it arrives. A
+            trial whose worker dies is run once more.
+        fine_tune: after each trial, update (a copy of) the policy on this task's trials.
+        callback: ``callback(done, n_trials, config, result)`` after each trial.
+        options: the less common settings (:class:`TuneOptions`).
 
     Raises:
         HporlError: bad data, policy, storage or arguments, before any training.
     """
     start = time.perf_counter()
+    options = options or TuneOptions()
     if data is None:
         raise TaskError("tune_model needs data: a Task, an (X, y) pair, or a CSV path")
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or n_parallel < 1:
-        raise ConfigError(f"n_parallel must be a positive integer, got {n_parallel!r}")
-    if trial_timeout is not None and not trial_timeout > 0:
-        raise ConfigError(
-            f"trial_timeout must be a positive number of seconds, got {trial_timeout!r}"
-        )
     if not isinstance(executor, Executor) and executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if policy is None:
@@ -263,96 +251,79 @@ def tune_model(
     check_augment_space(policy.space, task)  # augmentation only for image tasks, before any file
     if out is not None:
         writable_dir(out)
-    backend = backend or TorchBackend(num_threads=1)
     space = policy.space
     store = TrialStore(storage_url(storage, out))
-    worker = worker or (str(Path(out).resolve()) if out is not None else "main")
-    sampler = PolicySampler(policy, task=task, deterministic=deterministic, seed=seed)
+    worker = options.worker or (str(Path(out).resolve()) if out is not None else "main")
+    sampler = PolicySampler(policy, task=task, deterministic=options.deterministic, seed=seed)
     study = store.study(
         "tune",
         task,
         sampler=sampler,
-        name=study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
+        name=options.study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
     )
     store.fail_orphans(study)
     before = store.results(study)
     earlier = {t.number for t, _ in before}
     done = sum(1 for t, _ in before if t.user_attrs.get(WORKER) == worker)
     current = policy
-    progress = [done]
 
-    def objective(trial: optuna.Trial) -> float:
-        store.claim(trial)
-        config = space.suggest(trial)
-        result = store.lookup(task, config, seed=seed) or backend.evaluate(task, config, seed=seed)
-        store.annotate(trial, task, config, result, seed=seed, worker=worker)
-        progress[0] += 1
-        if callback is not None:
-            callback(progress[0], n_trials, config, result)
-        state, value = trial_state(result)
-        if state == TrialState.PRUNED:
-            raise optuna.TrialPruned(result.reason)
-        # nan: optuna records FAIL; the reason is in the trial's attributes
-        return float("nan") if value is None else value
-
-    def after_trial(study: optuna.Study, _trial: FrozenTrial) -> None:
+    def after_trial() -> None:
         nonlocal current
         history = [(c, r) for _, c, r in _finished(store, study)]
         if fine_tune and len(history) >= 2:
-            current = policy.fine_tune(task, history, steps=fine_tune_steps)
+            current = policy.fine_tune(task, history, steps=options.fine_tune_steps)
             sampler.policy = current
 
+    def progress(i: int, config: dict[str, Any], result: TrialResult) -> None:
+        if callback is not None:
+            callback(done + i, n_trials, config, result)
+
     if fine_tune:
-        after_trial(study, None)  # a resumed run starts from the fine-tuned policy
-    sequential = n_parallel == 1 and executor == "local" and trial_timeout is None
-    if n_trials > done and sequential:
-        with store.errors():
-            study.optimize(
-                objective,
-                n_trials=n_trials - done,
-                callbacks=[after_trial],
-                gc_after_trial=False,
-            )
-    elif n_trials > done:
-        run = _ParallelRun(study, store, space, task, seed=seed, worker=worker, callback=callback)
-        with (
-            store.errors(),
-            make_executor(executor, n_parallel, ray_address=ray_address) as ex,
-        ):
-            ex.start(backend, task)
-            run.run(ex, n_trials - done, n_parallel, trial_timeout, done, n_trials, after_trial)
-    finished = _finished(store, study)
-    records = [_record(n, c, r, resumed=n in earlier) for n, c, r in finished]
-    best_config, models, final, final_epochs = _best_then_final(backend, task, finished, seed)
-    default_result = None
-    default_test = None
-    if compare_default:
-        default = space.default()
-        same = [r for _, c, r in finished if c == default]
-        probe = same[0] if same else _reference(store, backend, task, default, seed)
-        if probe.ok:
-            _, default_result, _ = _final(backend, task, default, probe, seed)
-            default_test = default_result.test_metric
+        after_trial()  # a resumed run starts from the fine-tuned policy
+    # Trials are recorded in the study; the evaluator records only the default's reference.
+    evaluator = Evaluator(
+        options.backend or TorchBackend(num_threads=1),
+        store=store,
+        run="tune-reference",
+        space=space,
+        executor=executor,
+    )
+    evaluator.start(task)
+    with evaluator, store.errors():
+        if n_trials > done:
+            trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker)
+            trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
+        finished = _finished(store, study)
+        final = evaluator.best_then_final_fit(task, finished, seed=seed)
+        default_final = None
+        if options.compare_default:
+            default = space.default()
+            same = [r for _, c, r in finished if c == default]
+            probe = same[0] if same else evaluator.evaluate(task, default, seed=seed)
+            if probe.ok:
+                default_final = evaluator.final_fit(task, default, probe, seed=seed)
+    models = final.models
     out_result = TuneResult(
         model=models[0] if len(models) == 1 else models,
-        config=best_config,
-        trials=records,
-        test_metric=final.test_metric,
-        default_test_metric=default_test,
+        config=final.config,
+        trials=[_record(n, c, r, resumed=n in earlier) for n, c, r in finished],
+        test_metric=final.result.test_metric,
+        default_test_metric=default_final.result.test_metric if default_final else None,
         metric_name=task.metric_name,
         seconds=time.perf_counter() - start,
         task=task.name,
-        final_epochs=final_epochs,
+        final_epochs=final.epochs,
         policy=current if fine_tune else policy,
-        final_result=final,
-        default_result=default_result,
+        final_result=final.result,
+        default_result=default_final.result if default_final else None,
         extra={
+            "final_fit": final.report(),
             "fine_tune": fine_tune,
             "n_trials": n_trials,
             "storage": mask_url(store.url),
             "study": study.study_name,
             "worker": worker,
-            "cached_trials": sum(1 for r in records if r["cached"]),
+            "cached_trials": sum(1 for _, _, r in finished if r.cached),
         },
     )
     if out is not None:
@@ -362,89 +333,96 @@ def tune_model(
     return out_result
 
 
-class _ParallelRun:
-    """Up to P trials at once through an executor, with optuna's ask/tell: a free worker gets
-    the policy's next configuration (never one that is running), results are told as they
-    arrive, heartbeats are kept, and a trial whose worker died is failed and queued again."""
+@dataclass(eq=False)
+class _Running:
+    trial: optuna.Trial
+    config: dict[str, Any]
+    evaluation: Evaluation | None = None
+    beat: Any = None
+
+    def stop_heartbeat(self) -> None:
+        if self.beat is not None:
+            self.beat.join()
+            self.beat = None
+
+
+class _Trials:
+    """Trials with optuna's ask/tell, as many at once as the evaluator has workers: a free
+    worker gets the policy's next configuration (never one that is running), results are told
+    as they arrive, and every running trial keeps its heartbeat. A trial interrupted (Ctrl-C,
+    an error) is failed and marked stale, so the policy's history leaves it out."""
 
     def __init__(
         self,
         study: optuna.Study,
-        store: TrialStore,
-        space: Any,
+        evaluator: Evaluator,
         task: Task,
+        space: Any,
         *,
         seed: int,
         worker: str,
-        callback: ProgressCallback | None,
     ) -> None:
-        self.study, self.store, self.space, self.task = study, store, space, task
-        self.seed, self.worker, self.callback = seed, worker, callback
+        self.study, self.evaluator, self.task, self.space = study, evaluator, task, space
+        self.seed, self.worker = seed, worker
+        self.store: TrialStore = evaluator.store  # type: ignore[assignment]
 
     def run(
         self,
-        ex: Executor,
         n: int,
-        n_parallel: int,
         time_limit: float | None,
-        done: int,
-        total: int,
-        after_trial: Callable[[optuna.Study, Any], None],
+        progress: Callable[[int, dict[str, Any], TrialResult], None],
+        after_trial: Callable[[], None],
     ) -> None:
-        import concurrent.futures as cf
-
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-
-        study, store = self.study, self.store
+        """Run ``n`` trials; ``progress(i, config, result)`` and ``after_trial()`` after each."""
+        study = self.study
         beats = is_heartbeat_enabled(study._storage)
-        running: dict[cf.Future, tuple[optuna.Trial, dict[str, Any]]] = {}
+        running: list[_Running] = []
         finished = 0
-        while finished < n:
-            while finished + len(running) < n and len(running) < n_parallel:
-                with warnings.catch_warnings():  # heartbeats are recorded below
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                    trial = study.ask()  # a queued retry first
-                store.claim(trial)
-                config = self.space.suggest(trial)
-                hit = store.lookup(self.task, config, seed=self.seed)
-                if hit is not None:
-                    future: cf.Future = cf.Future()
-                    future.set_result(hit)
-                else:
-                    future = ex.submit(config, seed=self.seed, time_limit=time_limit)
-                running[future] = (trial, config)
-            ready, _ = cf.wait(list(running), timeout=5.0, return_when=cf.FIRST_COMPLETED)
-            if beats:
-                for trial, _ in running.values():
-                    study._storage.record_heartbeat(trial._trial_id)
-            for future in ready:
-                trial, config = running.pop(future)
-                result = future.result()
-                if self._died(trial, result):
-                    continue  # queued again: does not count
-                store.annotate(trial, self.task, config, result, seed=self.seed, worker=self.worker)
-                state, value = trial_state(result)
-                study.tell(trial, value, state=state)
-                finished += 1
-                if self.callback is not None:
-                    self.callback(done + finished, total, config, result)
-                after_trial(study, None)
+        try:
+            while finished < n:
+                while finished + len(running) < n and len(running) < self.evaluator.n_workers:
+                    with warnings.catch_warnings():  # each running trial has a heartbeat thread
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                        if beats:  # as study.optimize does: stale trials of others, retried
+                            fail_stale_trials(study)
+                        trial = study.ask()  # a queued retry first
+                    self.store.claim(trial)
+                    item = _Running(trial, self.space.suggest(trial))
+                    running.append(item)
+                    if beats:
+                        item.beat = get_heartbeat_thread(trial._trial_id, study._storage)
+                        item.beat.start()
+                    item.evaluation = self.evaluator.submit(
+                        self.task, item.config, seed=self.seed, time_limit=time_limit, record=False
+                    )
+                self.evaluator.wait([r.evaluation for r in running], return_when=FIRST_COMPLETED)
+                for item in [r for r in running if r.evaluation.done()]:
+                    running.remove(item)
+                    result = self._tell(item)
+                    finished += 1
+                    progress(finished, item.config, result)
+                    after_trial()
+        except BaseException:
+            for item in running:
+                item.stop_heartbeat()
+                item.trial.set_user_attr("hporl_stale", True)
+                item.trial.set_user_attr("reason", "interrupted")
+                study.tell(item.trial, state=TrialState.FAIL)
+            raise
 
-    def _died(self, trial: optuna.Trial, result: TrialResult) -> bool:
-        """A worker that died mid-trial: FAIL with the reason, and queue the configuration
-        again once (optuna's retry convention). ``False`` once it was retried already."""
-        if not worker_died(result):
-            return False
-        history = self.study._storage.get_trial(trial._trial_id).system_attrs.get(
-            "retry_history", []
+    def _tell(self, item: _Running) -> TrialResult:
+        item.stop_heartbeat()
+        evaluation = item.evaluation
+        result = evaluation.result
+        self.store.annotate(
+            item.trial, self.task, item.config, result, seed=self.seed, worker=self.worker
         )
-        if len(history) >= self.store.max_retry:
-            return False
-        trial.set_user_attr("reason", result.reason)
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        logger.warning("trial %d: %s; queued again", trial.number, result.reason)
-        self.store.retry(self.study, self.study._storage.get_trial(trial._trial_id))
-        return True
+        if evaluation.retried_after:
+            item.trial.set_user_attr("retried_after", evaluation.retried_after)
+        state, value = trial_state(result)
+        self.study.tell(item.trial, value, state=state)
+        return result
 
 
 def _finished(
@@ -459,41 +437,27 @@ def _finished(
     return out
 
 
-def _reference(
-    store: TrialStore, backend: TorchBackend, task: Task, config: dict[str, Any], seed: int
-) -> TrialResult:
-    """The default configuration's trial (from the store, else trained and kept in a study of
-    its own, so it never enters the policy's history)."""
-    hit = store.lookup(task, config, seed=seed)
-    if hit is not None:
-        return hit
-    result = backend.evaluate(task, config, seed=seed)
-    study = store.study("tune-reference", task)
-    store.record(study, task, config, result, seed=seed)
-    return result
-
-
 def random_search(
-    task: Task, space: Any, n_trials: int, *, seed: int = 0, backend: TorchBackend | None = None
+    task: Task, space: Any, n_trials: int, *, seed: int = 0, evaluator: Evaluator | None = None
 ) -> TuneResult:
     """The same procedure as :func:`tune_model` with uniformly random configurations (a baseline)."""
     start = time.perf_counter()
-    backend = backend or TorchBackend(num_threads=1)
+    evaluator = evaluator or Evaluator(TorchBackend(num_threads=1))
     rng = np.random.default_rng(seed)
-    results = []
-    for i in range(n_trials):
-        config = space.sample(rng)
-        results.append((i, config, backend.evaluate(task, config, seed=seed)))
-    best_config, models, final, epochs = _best_then_final(backend, task, results, seed)
+    configs = [space.sample(rng) for _ in range(n_trials)]
+    results = evaluator.evaluate_many(task, configs, seed=seed)
+    trials = [(i, c, r) for i, (c, r) in enumerate(zip(configs, results, strict=True))]
+    final = evaluator.best_then_final_fit(task, trials, seed=seed)
     return TuneResult(
-        model=models[0] if len(models) == 1 else models,
-        config=best_config,
-        trials=[_record(i, c, r) for i, c, r in results],
-        test_metric=final.test_metric,
+        model=final.models[0] if len(final.models) == 1 else final.models,
+        config=final.config,
+        trials=[_record(i, c, r) for i, c, r in trials],
+        test_metric=final.result.test_metric,
         default_test_metric=None,
         metric_name=task.metric_name,
         seconds=time.perf_counter() - start,
         task=task.name,
-        final_epochs=epochs,
-        final_result=final,
+        final_epochs=final.epochs,
+        final_result=final.result,
+        extra={"final_fit": final.report()},
     )

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -231,10 +231,12 @@ class TorchBackend(Backend):
         seed: int = 0,
         epochs: int | None = None,
         checkpoint_dir: str | Path | None = None,
+        keep: Literal["last", "best"] = "last",
     ) -> tuple[list[nn.Module], TrialResult]:
         """Train for exactly ``epochs`` and return the trained model(s) with the last epoch's
-        weights (the averaged ones under EMA/SWA); ``test_metric`` is theirs. For final training."""
-        results, models = self._run(task, config, seed, epochs, checkpoint_dir, None, keep="last")
+        weights (the averaged ones under EMA/SWA), or with ``keep="best"`` those of the best
+        validation epoch (what :meth:`evaluate` scores); ``test_metric`` is theirs."""
+        results, models = self._run(task, config, seed, epochs, checkpoint_dir, None, keep=keep)
         result = aggregate(results)
         self._write_config(checkpoint_dir, task, config, seed, epochs or task.epochs, result)
         return models, result

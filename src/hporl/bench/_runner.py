@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import logging
@@ -14,16 +13,16 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
+from hporl.evaluation import Evaluator
 from hporl.exceptions import ConfigError, HporlError
 from hporl.rewards import RewardApproach
-from hporl.space import SearchSpace, config_key
-from hporl.store import StoredBackend, TrialStore, storage_url
+from hporl.space import SearchSpace
+from hporl.store import TrialStore, storage_url
 
 __all__ = ["BenchConfig", "run"]
 
@@ -151,6 +150,7 @@ class _Bench:
     def __init__(self, config: BenchConfig, out: Path, storage: str | Path | None = None) -> None:
         self.config = config
         self.out = out
+        self.store: TrialStore | None = None
         if config.benchmark == "lcbench":
             from hporl.backends.lcbench import LCBenchBackend
 
@@ -169,10 +169,8 @@ class _Bench:
                 )
             self.space = _space(config.space) if config.space else SearchSpace.builtin("optimizer")
             # Real training: every evaluation in the trial store (one study per task).
-            store = TrialStore(storage_url(storage or config.storage, out))
-            self.backend = StoredBackend(
-                TorchBackend(num_threads=1), store, run="bench", space=self.space
-            )
+            self.store = TrialStore(storage_url(storage or config.storage, out))
+            self.backend = TorchBackend(num_threads=1)
             self.all_tasks = list(suites()[config.benchmark])
             self.score_kind = config.score or "best"
             self.n_norm = config.normalisation_samples or 20
@@ -184,15 +182,20 @@ class _Bench:
                 self.fixed[method] = self.space.validate(fixed)
             except HporlError as err:
                 raise ConfigError(f"fixed configuration {method!r}: {err}") from None
-        self._finals: dict[tuple[str, str, int, int], TrialResult] = {}
+        self.evaluator = Evaluator(
+            self.backend,
+            store=self.store,
+            run="bench",
+            space=self.space,
+            executor=config.executor,
+            n_workers=config.parallel,
+            ray_address=config.ray_address,
+        )
         unknown = sorted(set(config.train_tasks + config.test_tasks) - set(self.all_tasks))
         if unknown and config.benchmark == "lcbench":
             raise ConfigError(f"unknown {config.benchmark} task ids: {', '.join(unknown)}")
         self._tasks: dict[str, Any] = {}
         self._norms: dict[str, tuple[float, float]] = {}
-        self._results: dict[tuple[str, str, int], TrialResult] = {}
-        self._executor: Any = None
-        self._executor_task: Any = None
         self.last_results: dict[tuple[str, str, int, int], TrialResult] = {}
 
     def task(self, name: str) -> Any:
@@ -212,70 +215,26 @@ class _Bench:
             return None
         return result.final_metric if self.score_kind == "final" else result.best_metric
 
-    def evaluate(self, task: Any, config: Mapping[str, Any], seed: int) -> TrialResult:
-        """One trial; results are kept, so the normalisation sample, the transfer candidates and
-        the warm start's candidates (the same seed-0 draws) are trained once."""
-        seed = 0 if self.config.benchmark == "lcbench" else seed
-        key = (task.name, config_key(config), seed)
-        if key not in self._results:
-            self._results[key] = self.backend.evaluate(task, config, seed=seed)
-        return self._results[key]
-
     def evaluate_many(
         self, task: Any, configs: list[dict[str, Any]], seed: int
     ) -> list[TrialResult]:
-        """Several trials at once on the executor (those not trained before)."""
-        keys = [(task.name, config_key(c), seed) for c in configs]
-        todo = {k: c for k, c in zip(keys, configs, strict=True) if k not in self._results}
-        if todo:
-            executor = self._executor_for(task)
-            futures = {k: executor.submit(c, seed=seed) for k, c in todo.items()}
-            for k, f in futures.items():
-                self._results[k] = f.result()
-        return [self._results[k] for k in keys]
-
-    def _executor_for(self, task: Any) -> Any:
-        from hporl.executors import make_executor
-
-        if self._executor is None:
-            self._executor = make_executor(
-                self.config.executor, self.config.parallel, ray_address=self.config.ray_address
-            )
-        if self._executor_task is not task:
-            if self.config.executor == "local":  # a pool holds one task: a new pool per task
-                self._executor.close()
-                self._executor = make_executor("local", self.config.parallel)
-            self._executor.start(self.backend, task)
-            self._executor_task = task
-        return self._executor
+        """Trials of ``configs`` (at once on the evaluator's workers); results are kept, so the
+        normalisation sample, the transfer candidates and the warm start's candidates (the same
+        seed-0 draws) are trained once. LCBench's surrogate has one seed."""
+        seed = 0 if self.config.benchmark == "lcbench" else seed
+        evaluations = [self.evaluator.submit(task, c, seed=seed) for c in configs]
+        self.evaluator.wait(evaluations)
+        return [e.result for e in evaluations]  # type: ignore[misc]
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.close()
-            self._executor = None
-
-    def final(
-        self, task: Any, config: Mapping[str, Any], result: TrialResult, seed: int
-    ) -> TrialResult:
-        """The final training of a run's best configuration, as ``tune_model`` does it: on
-        train+val, for the trial's best epoch count; its ``test_metric`` is the figure."""
-        epochs = max(int(result.best_epoch or task.epochs), 1)
-        key = (task.name, config_key(config), seed, epochs)
-        if key not in self._finals:
-            merged = copy.copy(task)
-            merged.X_train = torch.cat([task.X_train, task.X_val])
-            merged.y_train = torch.cat([task.y_train, task.y_val])
-            merged.epochs = epochs
-            merged.__dict__.pop("fingerprint", None)
-            _, self._finals[key] = self.backend.fit(merged, config, seed=seed, epochs=epochs)
-        return self._finals[key]
+        self.evaluator.close()
 
     def scores(self, task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
         """Scores (seed 0) of many configurations, NaN where a trial failed; one batched call
         when the backend is a surrogate with ``final_scores``."""
         if self.score_kind == "final" and hasattr(self.backend, "final_scores"):
             return np.asarray(self.backend.final_scores(task, configs), dtype=float)
-        ys = [self.score(self.evaluate(task, c, 0)) for c in configs]
+        ys = [self.score(r) for r in self.evaluate_many(task, configs, 0)]
         return np.array([np.nan if y is None else y for y in ys], dtype=float)
 
     def normalisation(self, name: str) -> tuple[float, float]:
@@ -455,10 +414,7 @@ def _one_run(
             trial = study.ask()
             config = bench.space.suggest(trial)
             asked.append((trial, config, time.perf_counter() - t0))
-        if len(asked) == 1:
-            results = [bench.evaluate(task, asked[0][1], seed)]
-        else:
-            results = bench.evaluate_many(task, [c for _, c, _ in asked], seed)
+        results = bench.evaluate_many(task, [c for _, c, _ in asked], seed)
         for j, ((trial, config, propose), result) in enumerate(zip(asked, results, strict=True)):
             i = start + j
             y = bench.score(result)
@@ -498,14 +454,16 @@ def _final_record(
         return record | {"config": None, "test_metric": None, "final_epochs": None}
     best = max(scored, key=lambda r: (r["score"], -r["trial"]))
     result = bench.last_results[(best["method"], best["task"], seed, best["trial"])]
-    final = bench.final(task, best["config"], result, seed)
+    final = bench.evaluator.final_fit(task, best["config"], result, seed=seed)
     return record | {
         "config": best["config"],
         "trial": best["trial"],
         "val_score": best["score"],
         "final_epochs": final.epochs,
-        "status": final.status,
-        "test_metric": final.test_metric if final.ok else None,
+        "status": final.result.status,
+        "final_fit": final.status,
+        "final_fit_reason": final.reason,
+        "test_metric": final.result.test_metric if final.result.ok else None,
     }
 
 
@@ -558,7 +516,7 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
     pretrain = PretrainConfig.model_validate(pretrain_cfg) if pretrain_cfg is not None else None
     return meta_train(
         bench.space,
-        bench.backend,
+        bench.evaluator,
         tasks,
         agent=agent,
         pretrain=pretrain,

@@ -553,6 +553,14 @@ class Task:
         other.__dict__.pop("fingerprint", None)
         return other
 
+    def with_validation_in_training(self, epochs: int) -> Task:
+        """A shallow copy whose training rows are train + validation, for the final training
+        (the validation split stays, for reporting only: the model has seen it)."""
+        other = self.with_epochs(epochs)
+        other.X_train = torch.cat([self.X_train, self.X_val])
+        other.y_train = torch.cat([self.y_train, self.y_val])
+        return other
+
     def __repr__(self) -> str:
         return (
             f"Task({self.name!r}, {self.task_type}, {self.input_kind} {self.input_shape}, "
