@@ -135,7 +135,8 @@ class LCBenchTask:
 
     ``features()`` is what is known about the dataset without its data: its size, as
     ``[log10(instances)/7, log10(features)/4, log2(classes)/7]`` clipped to [0, 1] (OpenML's
-    figures; see ``_DATASETS`` for the sources). It never encodes the task id, so a policy cannot
+    figures; see ``_DATASETS`` for the sources): the ``"size"`` feature set of :mod:`hporl.tasks`,
+    which a policy computes for a real task too. It never encodes the task id, so a policy cannot
     memorise tasks. A task without a table entry gets ``[0.5, 0.5, 0.5]`` and a warning.
     """
 
