@@ -1,7 +1,7 @@
 """Meta-train a policy for the ``lcbench`` space on the LCBench surrogate, for sim-to-real use.
 
-The policy reads each task by its size (``hporl.backends.lcbench.SIZE_FEATURE_NAMES``), which a
-real classification task has too, so ``tune_model(..., policy=...)`` can use it to tune real
+The policy reads each task by its size (the ``"size"`` feature set,
+``hporl.tasks.SIZE_FEATURE_NAMES``), which a real classification task has too, so ``tune_model(..., policy=...)`` can use it to tune real
 training of LCBench's funnel MLP (``hporl.tasks.models.lcbench_mlp``, SGD with momentum, cosine
 schedule) on data it never saw; ``benchmarks/default_policy.py --policy DIR --space lcbench
 --model lcbench_mlp`` measures that against random search and TPE.

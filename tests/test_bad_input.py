@@ -29,8 +29,8 @@ from hporl import (
     TaskError,
 )
 from hporl._io import checksum_path, sha256_file, verify_checksum, write_checksum
+from hporl._policy_files import FORMAT_VERSION, meta_sha256
 from hporl.cli import main
-from hporl.policy import FORMAT_VERSION, _meta_sha256
 
 TAG_LINE = "YAML tag '!!python/object/apply:os.system' at line 1, column {col} is not allowed; hporl reads plain YAML (mappings, lists, strings, numbers, booleans)"
 
@@ -389,7 +389,7 @@ def _resigned(change):
 
     def edit(meta: dict) -> None:
         change(meta)
-        meta["meta_sha256"] = _meta_sha256(meta)
+        meta["meta_sha256"] = meta_sha256(meta)
 
     return _edit_json(edit)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hporl import Policy, SearchSpace, tune_model
-from hporl.policy import default_policy_dir
+from hporl._policy_files import default_policy_dir
 from hporl.space import config_key
 from hporl.tasks import builtin, suites
 from tests.test_cli import csv_file, run  # noqa: F401  (csv_file is a fixture)

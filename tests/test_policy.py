@@ -2,17 +2,15 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import numpy as np
-import optuna
 import pytest
 from safetensors import safe_open
 
-from hporl import HPOEnv, Policy, PolicyError, PolicySampler, SearchSpace, SyntheticBackend
-from hporl.agents import ALGORITHMS, AgentConfig, latest_checkpoint, train_agent
+from hporl import HPOEnv, Policy, PolicyError, SearchSpace, SyntheticBackend
+from hporl._policy_files import meta_sha256
+from hporl.agents import ALGORITHMS, AgentConfig, action_logits, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
-from hporl.policy import _meta_sha256
 from hporl.vec_env import FanOutVecEnv
 
 
@@ -122,7 +120,7 @@ def test_load_errors(trained, tmp_path, small_space):
     with pytest.raises(PolicyError, match=re.escape("policy.json was edited by hand")):
         Policy.load(tmp_path)
     # the same edit with its checksum redone: the weights no longer fit the network
-    edited["meta_sha256"] = _meta_sha256(edited)
+    edited["meta_sha256"] = meta_sha256(edited)
     (tmp_path / "policy.json").write_text(json.dumps(edited))
     with pytest.raises(
         PolicyError, match=re.escape("policy.safetensors does not match policy.json")
@@ -190,7 +188,8 @@ def test_fine_tune_changes_a_copy_only(trained):
             layout.features_block(task.features()), layout.trials_block([]), config
         )
         with torch.no_grad():
-            logits = policy._logits(torch.from_numpy(np.stack(obs))).masked_fill(
+            batch = torch.from_numpy(np.stack(obs))
+            logits = action_logits(policy.network, policy.algorithm, batch).masked_fill(
                 ~torch.from_numpy(np.stack(masks)), -1e9
             )
             return torch.log_softmax(logits, 1).gather(1, torch.tensor(acts)[:, None]).sum().item()
@@ -198,41 +197,6 @@ def test_fine_tune_changes_a_copy_only(trained):
     assert logp(tuned, best_cfg) - logp(tuned, worst_cfg) > logp(trained, best_cfg) - logp(
         trained, worst_cfg
     )
-
-
-def test_policy_sampler_in_an_optuna_study_with_a_pruner(trained):
-    task = SyntheticTask("t", [0.2, 0.4, 0.6, 0.8])
-    backend = SyntheticBackend(trained.space)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        direction="maximize",
-        sampler=PolicySampler(trained, task=task, seed=0),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-    )
-
-    def objective(trial):
-        config = trained.space.suggest(trial)
-
-        def report(epoch, value):
-            trial.report(value, epoch)
-            return trial.should_prune()
-
-        r = backend.evaluate(task, config, epochs=5, on_epoch=report)
-        if r.stopped_early:
-            raise optuna.TrialPruned()
-        if not r.ok:
-            raise RuntimeError(r.reason)
-        return r.best_metric
-
-    study.optimize(objective, n_trials=12, catch=(RuntimeError,))
-    assert len(study.trials) == 12
-    configs = [json.dumps(t.params, sort_keys=True) for t in study.trials]
-    assert len(set(configs)) == 12  # never the same configuration twice
-    states = {t.state for t in study.trials}
-    assert optuna.trial.TrialState.COMPLETE in states
-    sampler = study.sampler
-    history = sampler.history(study)
-    assert len(history) == 12
 
 
 def test_checkpoints_and_resume(small_space, tmp_path):
@@ -264,51 +228,3 @@ def test_several_envs_fan_their_trainings_out_to_a_process_pool(small_space):
     vec = agent.get_env()
     assert isinstance(vec, FanOutVecEnv) and vec.executor.n_workers == 2
     assert vec.n_trained == sum(vec.get_attr("n_evaluations")) > 0
-
-
-def test_policy_sampler_history_leaves_out_retried_and_stale_failures(trained):
-    """A FAIL trial that optuna retried is represented by its retry; a stale one by nothing."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = trained.space
-    study = optuna.create_study(direction="maximize")
-    dists = space.to_optuna()
-    configs = [
-        {"optimizer": "adam", "lr": 1e-3},
-        {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9},
-        {"optimizer": "rmsprop", "lr": 1e-2, "momentum": 0.5},
-        {"optimizer": "adam", "lr": 0.3},
-    ]
-
-    def add(config, state, value=None, **kwargs):
-        params = space.optuna_params(config)
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=state,
-                value=value,
-                params=params,
-                distributions={k: dists[k] for k in params},
-                **kwargs,
-            )
-        )
-
-    FAIL, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
-    add(configs[0], COMPLETE, 0.8)  # 0
-    add(configs[1], FAIL)  # 1: its process died; retried by trial 4
-    add(configs[2], FAIL, user_attrs={"hporl_stale": True})  # 2: stale, not retried
-    add(configs[3], FAIL)  # 3: a genuine failure, kept
-    add(configs[1], COMPLETE, 0.6, system_attrs={"failed_trial": 1, "retry_history": [1]})  # 4
-    # 5: a retry still waiting (enqueued) also stands for trial 1
-    study.enqueue_trial(space.optuna_params(configs[2]))
-    sampler = PolicySampler(trained, task=SyntheticTask("t", [0.5] * 4), seed=0)
-    assert sampler.history(study) == [(configs[0], 0.8), (configs[3], None), (configs[1], 0.6)]
-
-    # a retry chain (1 -> 4 retried again as 6, which is waiting): 1 and the failed 4 both go
-    study = optuna.create_study(direction="minimize")
-    add(configs[0], FAIL)  # 0
-    add(configs[0], FAIL, system_attrs={"failed_trial": 0, "retry_history": [0]})  # 1
-    add(configs[0], COMPLETE, 0.25, system_attrs={"failed_trial": 0, "retry_history": [0, 1]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
-        assert retried(study.trials[2]) == 0
-    assert sampler.history(study) == [(configs[0], -0.25)]

@@ -15,7 +15,8 @@ from hporl.exceptions import (
     TaskError,
 )
 from hporl.experiment import ExperimentConfig, run_experiment
-from hporl.policy import Policy, PolicySampler
+from hporl.policy import Policy
+from hporl.sampler import PolicySampler
 from hporl.space import SearchSpace
 from hporl.store import TrialStore
 from hporl.tasks import Task

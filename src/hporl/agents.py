@@ -25,9 +25,11 @@ from hporl.exceptions import ConfigError
 __all__ = [
     "ALGORITHMS",
     "AgentConfig",
+    "action_logits",
     "build_agent",
     "latest_checkpoint",
     "policy_class",
+    "state_values",
     "train_agent",
 ]
 
@@ -119,6 +121,21 @@ def policy_class(name: str) -> type[nn.Module]:
     from stable_baselines3.common.policies import ActorCriticPolicy
 
     return ActorCriticPolicy
+
+
+def action_logits(network: nn.Module, algorithm: str, obs: torch.Tensor) -> torch.Tensor:
+    """Unmasked action scores of an SB3 network of ``algorithm``, one row per observation: the
+    action distribution's logits (maskable_ppo, ppo, a2c) or the Q-values (dqn)."""
+    if algorithm == "dqn":
+        return network.q_net(obs)
+    return network.get_distribution(obs).distribution.logits
+
+
+def state_values(network: nn.Module, algorithm: str, obs: torch.Tensor) -> torch.Tensor | None:
+    """The critic's value of each observation (1-D), or ``None`` for dqn, which has no critic."""
+    if algorithm == "dqn":
+        return None
+    return network.predict_values(obs).reshape(-1)
 
 
 def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:

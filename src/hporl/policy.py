@@ -1,47 +1,33 @@
 """``Policy``: a meta-trained policy network and everything needed to use it on a new task.
 
 Saved as ``policy.safetensors`` (weights) and ``policy.json`` (network description, search space,
-observation layout, reward, training tasks, versions). Loading rebuilds the network from JSON and
-reads the weights with safetensors: nothing is unpickled.
-
-``policy.json`` holds the sha256 of the weights file (``checksums``) and of its own content
-(``meta_sha256``: the canonical JSON, ``sort_keys=True``, of every other key), so a truncated,
-altered or hand-edited policy is refused before anything is built from it.
+observation layout, reward, training tasks, versions, checksums; see :mod:`hporl._policy_files`).
+Loading rebuilds the network from JSON and reads the weights with safetensors: nothing is
+unpickled. :class:`~hporl.sampler.PolicySampler` puts a policy into an optuna study.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
 import math
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import optuna
 import torch
-from optuna.samplers import BaseSampler, RandomSampler
-from optuna.trial import FrozenTrial, TrialState
 
-from hporl._io import atomic_write, sha256_file, write_json
-from hporl.agents import ALGORITHMS, policy_class, sb3_policy_kwargs
-from hporl.augment import check_space
+from hporl import _policy_files
+from hporl._policy_files import META, WEIGHTS
+from hporl.agents import ALGORITHMS, action_logits, policy_class, sb3_policy_kwargs
 from hporl.backends import TrialResult
 from hporl.exceptions import HporlError, PolicyError
 from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
 from hporl.space import SearchSpace, config_key
+from hporl.tasks import Task, feature_set, feature_sets
 
-__all__ = ["Policy", "PolicySampler"]
-
-FORMAT_VERSION = 2
-"""Version of the saved layout; 2 added the checksums. A policy of another version is refused."""
-WEIGHTS = "policy.safetensors"
-META = "policy.json"
+__all__ = ["Policy"]
 
 History = Sequence[tuple[Mapping[str, Any], "TrialResult | float | None"]]
 """Trials on a task so far, oldest first: (config, TrialResult, or raw metric value (higher is
@@ -113,17 +99,8 @@ class Policy:
     def save(self, directory: str | Path) -> Path:
         """Write ``policy.safetensors``, then ``policy.json`` with the checksums of both (each
         to a temporary name, then renamed)."""
-        from safetensors.torch import save_file
-
-        from hporl import __version__
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "hporl_version": __version__,
-            "torch_version": torch.__version__,
+        content = {
             "algorithm": self.algorithm,
             "policy_kwargs": self.policy_kwargs,
             "layout": self.layout.to_dict(),
@@ -132,16 +109,8 @@ class Policy:
             "feature_names": self.feature_names,
             "training_tasks": self.training_tasks,
             "meta": self.meta,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        atomic_write(
-            directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
-        )
-        meta["checksums"] = {WEIGHTS: sha256_file(directory / WEIGHTS)}
-        meta = json.loads(json.dumps(meta, default=str))  # exactly what load will read back
-        meta["meta_sha256"] = _meta_sha256(meta)
-        write_json(directory / META, meta)
-        return directory
+        return _policy_files.write(Path(directory), state, content)
 
     @classmethod
     def load(cls, directory: str | Path, *, space: SearchSpace | None = None) -> Policy:
@@ -150,13 +119,8 @@ class Policy:
         Raises:
             PolicyError: missing or edited files, or (with ``space``) a space it was not trained for.
         """
-        directory = Path(directory)
-        if not (directory / META).exists() and (directory / "policy" / META).exists():
-            directory = directory / "policy"
-        for name in (META, WEIGHTS):
-            if not (directory / name).is_file():
-                raise PolicyError(f"{directory} is not a policy directory: {name} is missing")
-        meta = _read_meta(directory)
+        directory = _policy_files.locate(Path(directory))
+        meta = _policy_files.read_meta(directory)
         try:
             layout = ObservationLayout.from_dict(
                 SearchSpace.from_dict(meta["space"]), meta["layout"]
@@ -166,7 +130,7 @@ class Policy:
             if isinstance(err, PolicyError):
                 raise
             raise PolicyError(f"{directory / META} is incomplete or edited: {err}") from None
-        state = _read_weights(directory, meta)
+        state = _policy_files.read_weights(directory, meta)
         try:
             network.load_state_dict(state)
         except RuntimeError as err:
@@ -195,7 +159,7 @@ class Policy:
         Raises:
             PolicyError: the packaged files are missing or damaged.
         """
-        return cls.load(default_policy_dir())
+        return cls.load(_policy_files.default_policy_dir())
 
     def check_space(self, space: SearchSpace) -> None:
         """Raise :class:`PolicyError` naming the first difference between ``space`` and the policy's."""
@@ -237,14 +201,30 @@ class Policy:
         return copy.deepcopy(self)
 
     # -- acting -------------------------------------------------------------------------------
-    def _features(self, task: Any) -> np.ndarray:
-        from hporl.backends.lcbench import SIZE_FEATURE_NAMES, task_size_features
+    def task_features(self, task: Any) -> np.ndarray:
+        """The task features the policy reads for ``task``.
 
-        if self.feature_names == SIZE_FEATURE_NAMES and hasattr(task, "X_train"):
-            return task_size_features(task)  # an LCBench policy on a real task (sim-to-real)
-        f = np.asarray(
-            task.features() if hasattr(task, "features") else task, dtype=np.float32
-        ).reshape(-1)
+        A :class:`~hporl.Task` gets them computed by the feature set named by
+        :attr:`feature_names` (see :func:`hporl.tasks.register_feature_set`); any other task
+        object (the simulated tasks it was trained on) gives its own ``features()``; an array is
+        taken as the features themselves.
+
+        Raises:
+            PolicyError: the policy's features are no known feature set, or their number differs.
+        """
+        if isinstance(task, Task) and self.feature_names is not None:
+            found = feature_set(self.feature_names)
+            if found is None:
+                known = ", ".join(repr(s.name) for s in feature_sets())
+                raise PolicyError(
+                    f"the policy reads task features {self.feature_names}, which no feature set "
+                    f"computes for a Task (known: {known}); register them with "
+                    "hporl.tasks.register_feature_set, or pass the feature vector instead"
+                )
+            raw = found.compute(task)
+        else:
+            raw = task.features() if hasattr(task, "features") else task
+        f = np.asarray(raw, dtype=np.float32).reshape(-1)
         if f.shape[0] != self.layout.n_features:
             raise PolicyError(
                 f"the policy expects {self.layout.n_features} task features, the task gives {f.shape[0]}"
@@ -254,11 +234,6 @@ class Policy:
     def _trials(self, task: Any, history: History) -> list[tuple[dict[str, Any], float | None]]:
         chance = float(getattr(task, "chance_metric", 0.0))
         return [(dict(c), trial_score(r, chance)) for c, r in history]
-
-    def _logits(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.algorithm == "dqn":
-            return self.network.q_net(obs)
-        return self.network.get_distribution(obs).distribution.logits
 
     def suggest(
         self,
@@ -277,7 +252,7 @@ class Policy:
         sampling, and after ``max_retries`` draws a uniformly random configuration is returned.
         """
         rng = np.random.default_rng(rng)
-        features = self._features(task)
+        features = self.task_features(task)
         trials = self._trials(task, history)
         for attempt in range(max_retries + 1):
             config = self._act(
@@ -306,7 +281,8 @@ class Policy:
         trials_block = self.layout.trials_block(trials)
         while position is not None:
             obs = self.layout.compose(feature_block, position, partial, trials_block)
-            logits = self._logits(torch.from_numpy(obs)[None])[0].double().numpy()
+            batch = torch.from_numpy(obs)[None]
+            logits = action_logits(self.network, self.algorithm, batch)[0].double().numpy()
             mask = self.layout.mask(position)
             logits = np.where(mask, logits, -np.inf)
             if deterministic:
@@ -329,7 +305,7 @@ class Policy:
         to its standardised score (failed trials count as the worst).
         """
         tuned = self.copy()
-        features = self._features(task)
+        features = self.task_features(task)
         trials = self._trials(task, history)
         if len(trials) < 2:
             return tuned
@@ -354,7 +330,9 @@ class Policy:
         tuned.network.train()
         opt = torch.optim.Adam(tuned.network.parameters(), lr=lr)
         for _ in range(steps):
-            logits = tuned._logits(obs_t).masked_fill(~mask_t, -math.inf)
+            logits = action_logits(tuned.network, tuned.algorithm, obs_t).masked_fill(
+                ~mask_t, -math.inf
+            )
             logp = torch.log_softmax(logits, dim=1).gather(1, act_t[:, None])[:, 0]
             loss = -(w_t * logp).sum() / len(trials)
             opt.zero_grad()
@@ -373,175 +351,3 @@ class Policy:
             f"Policy({self.algorithm}, space={self.space.name or 'custom'} ({len(self.space.chosen)} parameters), "
             f"K={self.budget}, reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
         )
-
-
-def default_policy_dir() -> Path:
-    """Where the packaged default policy lies (package data of ``hporl``)."""
-    return Path(__file__).resolve().parent / "policies" / "default"
-
-
-def _meta_sha256(meta: Mapping[str, Any]) -> str:
-    """The sha256 of ``policy.json``'s canonical JSON without the ``meta_sha256`` key itself."""
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _read_meta(directory: Path) -> dict[str, Any]:
-    """``policy.json``, checked: valid JSON, this format version, its own checksum, and a
-    checksum for the weights (compared by :func:`_read_weights`).
-
-    Raises:
-        PolicyError: naming the file and what to do.
-    """
-    path = directory / META
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PolicyError(f"{path} is not valid JSON: {err}") from None
-    except OSError as err:
-        raise PolicyError(f"cannot read {path}: {err.strerror}") from None
-    if not isinstance(meta, dict):
-        raise PolicyError(f"{path} is not a policy description: expected a JSON object")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise PolicyError(
-            f"{path}: the policy was saved in format_version {version!r} and this hporl reads "
-            f"format {FORMAT_VERSION}; re-run `hporl meta-train` to make a new policy"
-        )
-    stored = meta.get("meta_sha256")
-    if stored != _meta_sha256(meta):
-        what = "it has no meta_sha256" if stored is None else "meta_sha256 differs from its content"
-        raise PolicyError(
-            f"{path} was edited by hand: its checksum does not match ({what}); "
-            "restore the saved file or re-run `hporl meta-train`"
-        )
-    checksums = meta.get("checksums")
-    if not isinstance(checksums, dict) or not isinstance(checksums.get(WEIGHTS), str):
-        raise PolicyError(f"{path} is incomplete: it holds no checksum for {WEIGHTS}")
-    return meta
-
-
-def _read_weights(directory: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights, read once: the bytes whose sha256 is checked are the bytes loaded."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    path = directory / WEIGHTS
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise PolicyError(f"cannot read {path}: {err.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != meta["checksums"][WEIGHTS]:
-        raise PolicyError(f"{path} is corrupted or was changed: its sha256 does not match {META}")
-    try:
-        return load(data)
-    except SafetensorError as err:
-        raise PolicyError(f"{path} cannot be read: {err}") from None
-
-
-class PolicySampler(BaseSampler):
-    """An optuna sampler that proposes whole configurations from a :class:`Policy`.
-
-    The study's finished trials are the policy's history: a COMPLETE trial's value is the task's
-    metric (higher is better for a ``maximize`` study; a ``minimize`` study's values are negated),
-    a PRUNED trial counts with its last reported value, a FAIL as failed. Use it with an objective
-    that samples ``policy.space.suggest(trial)``; parameters outside the policy's space go to
-    ``independent_sampler`` (random by default). Configurations already tried are not proposed
-    again.
-
-    Args:
-        policy: the trained policy.
-        task: the task (or its feature vector) being tuned.
-        deterministic: take the most likely bins (else sample them).
-        seed: seeds sampling and the independent sampler.
-
-    Raises:
-        TaskError: the policy's space has augmentation parameters and ``task`` is not an image
-            task (checked here, so that ``tune_model`` refuses it before any training).
-    """
-
-    def __init__(
-        self,
-        policy: Policy,
-        *,
-        task: Any,
-        deterministic: bool = True,
-        seed: int | None = None,
-        independent_sampler: BaseSampler | None = None,
-    ) -> None:
-        if hasattr(task, "input_kind"):  # a task, not a feature vector: refuse what cannot apply
-            check_space(policy.space, task)
-        self.policy = policy
-        self.task = task
-        self.deterministic = deterministic
-        self._rng = np.random.default_rng(seed)
-        self._independent = independent_sampler or RandomSampler(seed=seed)
-        self._search_space = policy.space.to_optuna()
-
-    def reseed_rng(self) -> None:
-        self._rng = np.random.default_rng()
-        self._independent.reseed_rng()
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, Any]:
-        return dict(self._search_space)
-
-    def history(self, study: optuna.Study) -> list[tuple[dict[str, Any], float | None]]:
-        """The study's finished trials as (config, metric value or ``None``), oldest first.
-
-        A FAIL trial that was retried (optuna's ``RetryHeartbeatStaleTrialCallback`` marks the
-        retry with ``system_attrs["failed_trial"]`` and ``"retry_history"``) is left out, since
-        its retry stands for it; so is a FAIL trial with the user attribute ``hporl_stale``.
-        """
-        sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
-        out: list[tuple[dict[str, Any], float | None]] = []
-        trials = study.get_trials(deepcopy=False)
-        retried: set[int] = set()
-        for t in trials:
-            if t.system_attrs.get("failed_trial") is not None:
-                retried.add(t.system_attrs["failed_trial"])
-            retried.update(t.system_attrs.get("retry_history") or ())
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        for t in trials:
-            if t.state not in states:
-                continue
-            if t.state == TrialState.FAIL and (
-                t.number in retried or t.user_attrs.get("hporl_stale") is True
-            ):
-                continue
-            try:
-                config = self.policy.space.from_optuna_params(t.params)
-            except HporlError:
-                continue  # the objective asked other parameters: not a trial of this space
-            if t.state == TrialState.COMPLETE and t.value is not None:
-                value: float | None = sign * t.value
-            elif t.state == TrialState.PRUNED and t.intermediate_values:
-                value = sign * t.intermediate_values[max(t.intermediate_values)]
-            else:
-                value = None
-            out.append((config, value))
-        return out
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
-    ) -> dict[str, Any]:
-        if not search_space:
-            return {}
-        history = self.history(study)
-        avoid = {config_key(c) for c, _ in history}
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        for t in running:
-            if t.number != trial.number and t.params:
-                with contextlib.suppress(HporlError):
-                    avoid.add(config_key(self.policy.space.from_optuna_params(t.params)))
-        config = self.policy.suggest(
-            self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid
-        )
-        params = self.policy.space.optuna_params(config)
-        return {k: v for k, v in params.items() if k in search_space}
-
-    def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
-    ) -> Any:
-        return self._independent.sample_independent(study, trial, param_name, param_distribution)

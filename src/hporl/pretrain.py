@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from hporl.agents import action_logits, state_values
 from hporl.env import HPOEnv
 from hporl.observation import trial_score
 from hporl.space import config_key
@@ -233,7 +234,8 @@ def behaviour_clone(
         perm = torch.randperm(n, generator=gen)
         for s in range(0, n, batch):
             idx = perm[s : s + batch].to(device)
-            logits, values = _heads(policy, algorithm, obs[idx])
+            logits = action_logits(policy, algorithm, obs[idx])
+            values = state_values(policy, algorithm, obs[idx])
             logits = logits.masked_fill(~masks[idx], -1e9)
             loss = torch.nn.functional.cross_entropy(logits, actions[idx])
             if values is not None:
@@ -243,20 +245,11 @@ def behaviour_clone(
             opt.step()
     policy.set_training_mode(False)
     with torch.no_grad():
-        logits, _ = _heads(policy, algorithm, obs)
+        logits = action_logits(policy, algorithm, obs)
         acc = (logits.masked_fill(~masks, -1e9).argmax(1) == actions).float().mean().item()
     if algorithm == "dqn":
         agent.q_net_target.load_state_dict(agent.q_net.state_dict())
     return {"loss": float(loss.item()), "action_accuracy": acc, "steps": n}
-
-
-def _heads(
-    policy: Any, algorithm: str, obs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if algorithm == "dqn":
-        return policy.q_net(obs), None
-    logits = policy.get_distribution(obs).distribution.logits
-    return logits, policy.predict_values(obs).reshape(-1)
 
 
 def anchored(data: dict[str, np.ndarray], n_trials: int) -> dict[str, np.ndarray] | None:

@@ -24,7 +24,8 @@ from hporl.backends import TorchBackend, TrialResult
 from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator
 from hporl.exceptions import ConfigError, TaskError
 from hporl.executors import EXECUTORS, Executor
-from hporl.policy import Policy, PolicySampler
+from hporl.policy import Policy
+from hporl.sampler import PolicySampler
 from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
 
@@ -247,7 +248,7 @@ def tune_model(
         raise ConfigError(
             "this policy was meta-trained on synthetic tasks without hporl's meta-features; it cannot read a real task's features"
         )
-    policy._features(task)  # checks the feature count before any training
+    policy.task_features(task)  # checks the feature count before any training
     check_augment_space(policy.space, task)  # augmentation only for image tasks, before any file
     if out is not None:
         writable_dir(out)

@@ -35,6 +35,7 @@ import numpy as np
 from hporl.backends._base import Backend, EpochCallback, TrialResult
 from hporl.exceptions import ConfigError
 from hporl.space import SearchSpace
+from hporl.tasks._features import SIZE_FEATURE_NAMES, size_features
 
 __all__ = [
     "OUTPUT_NAMES",
@@ -42,7 +43,6 @@ __all__ = [
     "LCBenchBackend",
     "LCBenchTask",
     "size_features",
-    "task_size_features",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,34 +125,6 @@ _DATASETS: dict[str, tuple[str, int, int, int]] = {
 }
 
 
-SIZE_FEATURE_NAMES = ["log10_instances_over_7", "log10_features_over_4", "log2_classes_over_7"]
-"""The task features of LCBench policies: what is known of a data set from its size alone."""
-
-
-def size_features(instances: int, features: int, classes: int) -> np.ndarray:
-    """``[log10(instances)/7, log10(features)/4, log2(classes)/7]`` clipped to [0, 1]: the same
-    for an LCBench data set (from OpenML's figures) and for any real classification task, so a
-    policy meta-trained on the surrogate can read a task it never saw."""
-    raw = [
-        math.log10(max(instances, 1)) / 7,
-        math.log10(max(features, 1)) / 4,
-        math.log2(max(classes, 2)) / 7,
-    ]
-    return np.clip(np.asarray(raw, dtype=np.float32), 0.0, 1.0)
-
-
-def task_size_features(task: Any) -> np.ndarray:
-    """:func:`size_features` of a real :class:`~hporl.Task` (all rows, input size, classes)."""
-    if getattr(task, "task_type", "classification") != "classification":
-        from hporl.exceptions import PolicyError
-
-        raise PolicyError(
-            f"an LCBench policy tunes classification tasks; {task.name!r} is {task.task_type}"
-        )
-    rows = len(task.X_train) + len(task.X_val) + len(task.X_test)
-    return size_features(rows, int(np.prod(task.input_shape)), int(task.n_outputs))
-
-
 def _size_features(task_id: str) -> np.ndarray:
     _, n, d, k = _DATASETS[task_id]
     return size_features(n, d, k)
@@ -163,7 +135,8 @@ class LCBenchTask:
 
     ``features()`` is what is known about the dataset without its data: its size, as
     ``[log10(instances)/7, log10(features)/4, log2(classes)/7]`` clipped to [0, 1] (OpenML's
-    figures; see ``_DATASETS`` for the sources). It never encodes the task id, so a policy cannot
+    figures; see ``_DATASETS`` for the sources): the ``"size"`` feature set of :mod:`hporl.tasks`,
+    which a policy computes for a real task too. It never encodes the task id, so a policy cannot
     memorise tasks. A task without a table entry gets ``[0.5, 0.5, 0.5]`` and a warning.
     """
 

@@ -101,7 +101,7 @@ def make_sampler(
         )
         return FixedSequenceSampler(space, configs, seed=seed)
     if method == "policy":
-        from hporl.policy import PolicySampler
+        from hporl.sampler import PolicySampler
 
         return PolicySampler(policy, task=task, seed=seed)
     raise ValueError(f"unknown method {method!r}")
