@@ -4,22 +4,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from hporl.cli import main
+from tests._helpers import run_cli as run
 
 REPORT_KEYS = {"config", "metric_name", "test_metric", "default_test_metric", "trials", "seconds"}
-
-
-def run(*args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def cli(*args):
@@ -30,19 +19,6 @@ def cli(*args):
         text=True,
         timeout=300,
     )
-
-
-@pytest.fixture()
-def csv_file(tmp_path):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(120, 3))
-    y = np.where(X[:, 0] - X[:, 2] > 0, "a", "b")
-    path = tmp_path / "data.csv"
-    path.write_text(
-        "x1,x2,x3,y\n"
-        + "\n".join(",".join(f"{v:.3f}" for v in r) + f",{t}" for r, t in zip(X, y, strict=True))
-    )
-    return path
 
 
 def test_spaces_and_tasks(capsys):

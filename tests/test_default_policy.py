@@ -15,7 +15,7 @@ from hporl import Policy, SearchSpace, tune_model
 from hporl.policy import default_policy_dir
 from hporl.space import config_key
 from hporl.tasks import builtin, suites
-from tests.test_cli import csv_file, run  # noqa: F401  (csv_file is a fixture)
+from tests._helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,9 @@ def test_tune_model_without_a_policy_uses_the_packaged_one(tmp_path):
     assert len(result.trials) == 2 and result.test_metric is not None
 
 
-def test_cli_tune_without_policy(tmp_path, csv_file, capsys):  # noqa: F811
+def test_cli_tune_without_policy(tmp_path, csv_file, capsys):
     args = ["tune", "--data", csv_file, "--target", "y", "--trials", "2", "--epochs", "2"]
-    code, _out, err = run(*args, "--out", tmp_path / "tuned", capsys=capsys)
+    code, _out, err = run_cli(*args, "--out", tmp_path / "tuned", capsys=capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "tuned" / "report.json").read_text())
     assert len(report["trials"]) == 2 and report["test_metric"] is not None

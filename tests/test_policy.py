@@ -14,11 +14,7 @@ from hporl.agents import ALGORITHMS, AgentConfig, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
 from hporl.policy import _meta_sha256
 from hporl.vec_env import FanOutVecEnv
-
-
-def make_env_fn(space, tasks, budget=1):
-    backend = SyntheticBackend(space)
-    return lambda: HPOEnv(space, backend, tasks, budget=budget)
+from tests._helpers import make_env_fn
 
 
 def policy_from(agent, space, cfg, budget=1, n_features=4):

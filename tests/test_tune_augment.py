@@ -19,23 +19,17 @@ def _space(policies: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def image_policy(tmp_path_factory):
+def image_policy(tmp_path_factory, tiny_experiment):
     """A policy meta-trained for a few steps on two image tasks over `optimizer` + AutoAugment
     (2 sub-policies), one epoch per trial."""
     out = tmp_path_factory.mktemp("meta-aug")
     policy = hporl.run_experiment(
-        {
-            "name": "tiny-aug",
-            "tasks": ["digits_image", "shapes"],
-            "space": _space(["autoaugment"]),
-            "backend": {"epochs": 1},
-            "budget": 2,
-            "agent": {
-                "total_timesteps": 128,
-                "net_arch": [16],
-                "params": {"n_steps": 64, "batch_size": 32},
-            },
-        },
+        tiny_experiment(
+            name="tiny-aug",
+            tasks=["digits_image", "shapes"],
+            space=_space(["autoaugment"]),
+            backend={"epochs": 1},
+        ),
         out=out,
     )
     return policy
