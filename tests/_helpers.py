@@ -59,3 +59,11 @@ def accuracy_on_test_split(model: torch.nn.Module, task) -> float:
     model.eval()
     predicted = model(task.X_test).argmax(1)
     return (predicted == task.y_test).float().mean().item()
+
+
+def saved_model_accuracy(directory: Path, task, config: dict[str, Any]) -> float:
+    """Load ``directory/model.pt`` (weights only) into ``task``'s model built for ``config``
+    and return its test accuracy: what a saved tuning result really scores."""
+    model = task.build_model(0, config)
+    model.load_state_dict(torch.load(Path(directory) / "model.pt", weights_only=True))
+    return accuracy_on_test_split(model, task)

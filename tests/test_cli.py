@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
+from hporl import Policy
+from hporl.tasks import builtin
 from tests._helpers import run_cli as run
+from tests._helpers import saved_model_accuracy
 
 REPORT_KEYS = {"config", "metric_name", "test_metric", "default_test_metric", "trials", "seconds"}
 
@@ -65,7 +68,17 @@ def test_demo_runs(tmp_path):
     proc = cli("demo", "--timesteps", "64", "--trials", "2", "--epochs", "1", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "hporl policy" in proc.stdout and "random search" in proc.stdout
-    assert json.loads((tmp_path / "tuned" / "report.json").read_text())["test_metric"] is not None
+    report = json.loads((tmp_path / "tuned" / "report.json").read_text())
+    config = report["config"]
+    assert len(report["trials"]) == 2 and report["task"] == "digits"
+    assert Policy.load(tmp_path / "meta-train").space.validate(config) == config
+    # the saved model of the held-out task scores what the report and the table say
+    task = builtin("digits", epochs=1)
+    assert report["test_metric"] == pytest.approx(
+        saved_model_accuracy(tmp_path / "tuned", task, config)
+    )
+    assert f"{report['test_metric']:.4f}" in proc.stdout
+    assert 0.0 <= report["default_test_metric"] <= 1.0
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, csv_file):
