@@ -81,6 +81,7 @@ def test_demo_runs(tmp_path):
     assert 0.0 <= report["default_test_metric"] <= 1.0
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_and_exit_2(tmp_path, csv_file):
     exp = tmp_path / "bad.yaml"
     exp.write_text("tasks: [iris]\nbugdet: 3\n")

@@ -51,6 +51,7 @@ def test_every_algorithm_trains_and_gives_a_policy(algorithm, small_space):
     assert small_space.validate(config) == config
 
 
+@pytest.mark.slow
 def test_meta_trained_policy_beats_random_choice_on_held_out_tasks(small_space):
     """A real learning test: the best configuration depends on the task's features."""
     backend = SyntheticBackend(small_space)
