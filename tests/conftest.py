@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -8,20 +9,10 @@ import torch
 from hporl import SearchSpace
 from hporl.tasks import builtin
 from tests import _postgres
+from tests._helpers import SMALL_SPACE, write_csv
 
 # Small models train faster on one thread here, and two-thread runs were seen to stall.
 torch.set_num_threads(1)
-
-SMALL_SPACE = {
-    "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
-    "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
-    "momentum": {
-        "type": "float",
-        "low": 0.0,
-        "high": 0.99,
-        "when": {"optimizer": ["sgd", "rmsprop"]},
-    },
-}
 
 
 @pytest.fixture(scope="session")
@@ -39,27 +30,46 @@ def small_space():
     return SearchSpace.from_dict(SMALL_SPACE)
 
 
+TINY_EXPERIMENT = {
+    "name": "tiny",
+    "tasks": ["iris", "wine"],
+    "backend": {"epochs": 2},
+    "budget": 2,
+    "agent": {
+        "total_timesteps": 128,
+        "net_arch": [16],
+        "params": {"n_steps": 64, "batch_size": 32},
+    },
+}
+
+
+def _tiny_experiment(**overrides):
+    config = copy.deepcopy(TINY_EXPERIMENT)
+    config.update(copy.deepcopy(overrides))
+    return config
+
+
 @pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory):
+def tiny_experiment():
+    """A factory of the tiny meta-training experiment (two real tasks, a 16-unit net, a few
+    PPO steps): ``tiny_experiment(name=..., agent=...)`` replaces top-level keys of a fresh copy."""
+    return _tiny_experiment
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory, tiny_experiment):
     """A policy meta-trained for a few steps on two real tasks (shared by tune and CLI tests)."""
     from hporl import run_experiment
 
     out = tmp_path_factory.mktemp("meta")
-    policy = run_experiment(
-        {
-            "name": "tiny",
-            "tasks": ["iris", "wine"],
-            "backend": {"epochs": 2},
-            "budget": 2,
-            "agent": {
-                "total_timesteps": 128,
-                "net_arch": [16],
-                "params": {"n_steps": 64, "batch_size": 32},
-            },
-        },
-        out=out,
-    )
+    policy = run_experiment(tiny_experiment(), out=out)
     return policy, out
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    """A small two-class CSV file (target column ``y``)."""
+    return write_csv(tmp_path / "data.csv")
 
 
 @pytest.fixture(scope="session")

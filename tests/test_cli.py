@@ -4,22 +4,14 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from hporl.cli import main
+from hporl import Policy
+from hporl.tasks import builtin
+from tests._helpers import run_cli as run
+from tests._helpers import saved_model_accuracy
 
 REPORT_KEYS = {"config", "metric_name", "test_metric", "default_test_metric", "trials", "seconds"}
-
-
-def run(*args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def cli(*args):
@@ -30,19 +22,6 @@ def cli(*args):
         text=True,
         timeout=300,
     )
-
-
-@pytest.fixture()
-def csv_file(tmp_path):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(120, 3))
-    y = np.where(X[:, 0] - X[:, 2] > 0, "a", "b")
-    path = tmp_path / "data.csv"
-    path.write_text(
-        "x1,x2,x3,y\n"
-        + "\n".join(",".join(f"{v:.3f}" for v in r) + f",{t}" for r, t in zip(X, y, strict=True))
-    )
-    return path
 
 
 def test_spaces_and_tasks(capsys):
@@ -89,9 +68,20 @@ def test_demo_runs(tmp_path):
     proc = cli("demo", "--timesteps", "64", "--trials", "2", "--epochs", "1", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "hporl policy" in proc.stdout and "random search" in proc.stdout
-    assert json.loads((tmp_path / "tuned" / "report.json").read_text())["test_metric"] is not None
+    report = json.loads((tmp_path / "tuned" / "report.json").read_text())
+    config = report["config"]
+    assert len(report["trials"]) == 2 and report["task"] == "digits"
+    assert Policy.load(tmp_path / "meta-train").space.validate(config) == config
+    # the saved model of the held-out task scores what the report and the table say
+    task = builtin("digits", epochs=1)
+    assert report["test_metric"] == pytest.approx(
+        saved_model_accuracy(tmp_path / "tuned", task, config)
+    )
+    assert f"{report['test_metric']:.4f}" in proc.stdout
+    assert 0.0 <= report["default_test_metric"] <= 1.0
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_and_exit_2(tmp_path, csv_file):
     exp = tmp_path / "bad.yaml"
     exp.write_text("tasks: [iris]\nbugdet: 3\n")

@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
+<<<<<<< HEAD
 from hporl import Policy, SearchSpace, tune_model
 from hporl._policy_files import default_policy_dir
+=======
+from hporl import Policy, SearchSpace, Task, tune_model
+from hporl.experiment import MODELS
+from hporl.policy import default_policy_dir
+>>>>>>> tests-cleanup
 from hporl.space import config_key
-from hporl.tasks import builtin, suites
-from tests.test_cli import csv_file, run  # noqa: F401  (csv_file is a fixture)
+from hporl.tasks import FEATURE_NAMES, builtin, suites
+from tests._helpers import accuracy_on_test_split, run_cli, saved_model_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +40,7 @@ def test_packaged_policy_loads_without_pickle(monkeypatch):
         monkeypatch.setattr(module, name, _refuse)
     policy = Policy.default()
     assert policy.space.name == "optimizer"
-    assert policy.feature_names is not None and policy.budget >= 10
+    assert policy.feature_names == list(FEATURE_NAMES) and policy.budget >= 10
     policy.check_space(SearchSpace.builtin("optimizer"))
     size = sum(p.stat().st_size for p in default_policy_dir().iterdir())
     assert size < 500_000, f"the packaged policy is {size} bytes"
@@ -65,19 +71,36 @@ def test_default_policy_suggests_a_valid_config_for_every_builtin_task(default_p
     assert space.validate(second) == second
 
 
-def test_tune_model_without_a_policy_uses_the_packaged_one(tmp_path):
-    result = tune_model(data=builtin("iris", epochs=2), n_trials=2, compare_default=False)
-    assert result.policy is not None
-    assert result.policy.training_tasks == Policy.default().training_tasks
-    assert len(result.trials) == 2 and result.test_metric is not None
+def test_tune_model_without_a_policy_uses_the_packaged_one(default_policy):
+    task = builtin("iris", epochs=2)
+    result = tune_model(data=task, n_trials=2, compare_default=False)
+    assert result.policy.training_tasks == default_policy.training_tasks
+    # the first trial is the packaged policy's own proposal for this task
+    assert [t["number"] for t in result.trials] == [0, 1]
+    assert result.trials[0]["config"] == default_policy.suggest(task)
+    assert result.trials[0]["config"] != result.trials[1]["config"]
+    # the result is the best trial's configuration, and its test metric is the final model's
+    best = max(result.trials, key=lambda t: t["best_val_metric"])
+    assert (
+        result.config == best["config"] == SearchSpace.builtin("optimizer").validate(best["config"])
+    )
+    assert 0.0 <= result.test_metric <= 1.0
+    assert result.test_metric == pytest.approx(accuracy_on_test_split(result.model, task))
 
 
-def test_cli_tune_without_policy(tmp_path, csv_file, capsys):  # noqa: F811
+def test_cli_tune_without_policy(tmp_path, csv_file, capsys):
     args = ["tune", "--data", csv_file, "--target", "y", "--trials", "2", "--epochs", "2"]
-    code, _out, err = run(*args, "--out", tmp_path / "tuned", capsys=capsys)
+    code, _out, err = run_cli(*args, "--out", tmp_path / "tuned", capsys=capsys)
     assert code == 0, err
-    report = json.loads((tmp_path / "tuned" / "report.json").read_text())
-    assert len(report["trials"]) == 2 and report["test_metric"] is not None
+    out = tmp_path / "tuned"
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["trials"]) == 2 and report["metric_name"] == "accuracy"
+    config = report["config"]
+    assert json.loads((out / "config.json").read_text()) == config
+    assert SearchSpace.builtin("optimizer").validate(config) == config
+    # the saved model scores what the report says on the same split of the file
+    task = Task.from_csv(csv_file, target="y", model=MODELS["mlp"], epochs=2)
+    assert report["test_metric"] == pytest.approx(saved_model_accuracy(out, task, config))
 
 
 def _training_script():
@@ -99,4 +122,7 @@ def test_training_script_resumes_from_its_store(tmp_path):
     note = json.loads((tmp_path / "policy" / "TRAINING.json").read_text())
     assert note["evaluations_trained"] == 0
     assert not {t.split("+")[0] for t in note["tasks"]} & set(suites()["heldout"])
-    Policy.load(tmp_path / "policy")  # the copied files load with their checksums
+    copied = Policy.load(tmp_path / "policy")  # the copied files load with their checksums
+    assert copied.training_tasks == note["tasks"]
+    task = builtin("iris")
+    assert copied.suggest(task) == Policy.load(tmp_path / "run").suggest(task)

@@ -64,6 +64,7 @@ def test_read_only_run_directory(tiny_policy, mount):
     assert {p.name: p.read_bytes() for p in (disk / "run").iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_disk_full_in_the_middle_of_a_run(tiny_policy, mount):
     policy, _ = tiny_policy
     disk = mount("full", "size=4m")

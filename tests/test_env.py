@@ -11,7 +11,7 @@ from hporl import ConfigError, HPOEnv, SearchSpace, SyntheticBackend, TorchBacke
 from hporl.backends import SyntheticTask
 from hporl.observation import ObservationLayout
 from hporl.tasks import FEATURE_NAMES, builtin
-from tests.conftest import SMALL_SPACE
+from tests._helpers import SMALL_SPACE
 
 SPACE = SearchSpace.builtin("optimizer")
 SMALL = SearchSpace.from_dict({**SMALL_SPACE, "net": {"type": "fixed", "value": "mlp"}})

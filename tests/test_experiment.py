@@ -4,9 +4,11 @@ import json
 import re
 
 import pytest
+import torch
 
 from hporl import ConfigError, ExperimentConfig, Policy, run_experiment
-from hporl.tasks import FEATURE_NAMES
+from hporl.observation import ObservationLayout
+from hporl.tasks import FEATURE_NAMES, builtin
 
 
 def test_run_experiment_from_yaml_on_real_tasks(tmp_path):
@@ -21,7 +23,6 @@ def test_run_experiment_from_yaml_on_real_tasks(tmp_path):
         "agent: {total_timesteps: 96, net_arch: [16], params: {n_steps: 48, batch_size: 16}}\n"
     )
     policy = run_experiment(path, out=tmp_path / "run")
-    assert isinstance(policy, Policy)
     assert policy.training_tasks == ["iris", "wine", "breast_cancer"]
     assert policy.reward == "curve_auc" and policy.budget == 2
     assert policy.feature_names == list(FEATURE_NAMES)
@@ -29,11 +30,21 @@ def test_run_experiment_from_yaml_on_real_tasks(tmp_path):
     assert (run / "policy" / "policy.safetensors").exists()
     assert json.loads((run / "summary.json").read_text())["timesteps"] >= 96
     assert (run / "logs" / "progress.csv").exists()
+    experiment = json.loads((run / "experiment.json").read_text())
+    assert experiment["name"] == "tiny" and experiment["tasks"] == policy.training_tasks
+    # the feature normalisation is that of the training tasks
+    tasks = [builtin(name) for name in policy.training_tasks]
+    mean, scale = ObservationLayout.normalisation([t.features() for t in tasks])
+    assert policy.layout.feature_mean == pytest.approx(mean)
+    assert policy.layout.feature_scale == pytest.approx(scale)
     loaded = Policy.load(run)  # a run directory works too
-    assert loaded.training_tasks == policy.training_tasks
-    assert (
-        loaded.layout == policy.layout and policy.layout.feature_mean is not None
-    )  # normalisation kept
+    assert loaded.training_tasks == policy.training_tasks and loaded.layout == policy.layout
+    saved, trained = loaded.network.state_dict(), policy.network.state_dict()
+    assert saved.keys() == trained.keys()
+    assert all(torch.equal(saved[k], trained[k]) for k in saved)
+    held_out = builtin("digits")
+    assert loaded.suggest(held_out) == policy.suggest(held_out)
+    assert policy.space.validate(policy.suggest(held_out)) == policy.suggest(held_out)
 
 
 def test_run_experiment_with_csv_and_synthetic_tasks(tmp_path):

@@ -12,11 +12,7 @@ from hporl._policy_files import meta_sha256
 from hporl.agents import ALGORITHMS, AgentConfig, action_logits, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
 from hporl.vec_env import FanOutVecEnv
-
-
-def make_env_fn(space, tasks, budget=1):
-    backend = SyntheticBackend(space)
-    return lambda: HPOEnv(space, backend, tasks, budget=budget)
+from tests._helpers import make_env_fn
 
 
 def policy_from(agent, space, cfg, budget=1, n_features=4):
@@ -53,6 +49,7 @@ def test_every_algorithm_trains_and_gives_a_policy(algorithm, small_space):
     assert small_space.validate(config) == config
 
 
+@pytest.mark.slow
 def test_meta_trained_policy_beats_random_choice_on_held_out_tasks(small_space):
     """A real learning test: the best configuration depends on the task's features."""
     backend = SyntheticBackend(small_space)

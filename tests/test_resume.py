@@ -10,35 +10,30 @@ import pytest
 from hporl import ConfigError, run_experiment
 from hporl.agents import AgentConfig, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
-from tests.test_policy import make_env_fn
-
-EXPERIMENT = {
-    "name": "resume",
-    "tasks": ["iris", "wine"],
-    "backend": {"epochs": 2},
-    "budget": 2,
-    "agent": {
-        "total_timesteps": 64,
-        "net_arch": [16],
-        "params": {"n_steps": 32, "batch_size": 16},
-    },
-}
+from tests._helpers import make_env_fn
 
 
-def test_meta_training_run_again_trains_nothing_twice(tmp_path):
+@pytest.fixture
+def experiment(tiny_experiment):
+    """The tiny experiment with half its PPO steps (these tests count trials, not learning)."""
+    agent = {"total_timesteps": 64, "net_arch": [16], "params": {"n_steps": 32, "batch_size": 16}}
+    return tiny_experiment(name="resume", agent=agent)
+
+
+def test_meta_training_run_again_trains_nothing_twice(experiment, tmp_path):
     store = tmp_path / "store.db"
-    run_experiment(EXPERIMENT, out=tmp_path / "a", storage=store)
+    run_experiment(experiment, out=tmp_path / "a", storage=store)
     first = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert first["trained"] > 0 and first["store_hits"] == 0
-    run_experiment(EXPERIMENT, out=tmp_path / "b", storage=store)
+    run_experiment(experiment, out=tmp_path / "b", storage=store)
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert second["trained"] == 0 and second["store_hits"] == first["trained"]
 
 
-def test_meta_training_stores_trials_in_its_run_directory(tmp_path):
+def test_meta_training_stores_trials_in_its_run_directory(experiment, tmp_path):
     import optuna
 
-    run_experiment(EXPERIMENT, out=tmp_path)
+    run_experiment(experiment, out=tmp_path)
     url = f"sqlite:///{tmp_path / 'trials.db'}"
     names = optuna.get_all_study_names(url)
     assert names and set(names) <= {"resume/iris", "resume/wine"}  # the tasks episodes drew

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hporl import Policy, PolicyError, SearchSpace, tune_model
 from hporl.backends import LCBenchTask
@@ -26,6 +27,7 @@ from hporl.tasks import (
     size_features,
     task_size_features,
 )
+from tests._helpers import accuracy_on_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(
@@ -111,11 +113,18 @@ def test_lcbench_policy_tunes_real_training(tmp_path):
     policy = Policy.load(tmp_path / "policy", space=SearchSpace.builtin("lcbench"))
     assert policy.feature_names == SIZE_FEATURE_NAMES
     assert json.loads((tmp_path / "policy" / "TRAINING.json").read_text())["space"] == "lcbench"
-    result = tune_model(
-        data=builtin("moons", epochs=2, model=models.lcbench_mlp),
-        policy=policy,
-        n_trials=2,
-        compare_default=False,
+    task = builtin("moons", epochs=2, model=models.lcbench_mlp)
+    result = tune_model(data=task, policy=policy, n_trials=2, compare_default=False)
+    assert len(result.trials) == 2 and all(t["status"] == "ok" for t in result.trials)
+    # the first trial is the policy's proposal from the task's size features
+    assert result.trials[0]["config"] == policy.suggest(task)
+    best = max(result.trials, key=lambda t: t["best_val_metric"])
+    assert (
+        result.config == best["config"] == SearchSpace.builtin("lcbench").validate(best["config"])
     )
-    assert len(result.trials) == 2 and result.test_metric is not None
-    assert set(result.config) >= {"learning_rate", "num_layers", "max_units", "max_dropout"}
+    # the funnel MLP was built with the tuned configuration and scores what is reported
+    hidden = [m for m in result.model.modules() if isinstance(m, torch.nn.Linear)][:-1]
+    assert len(hidden) == result.config["num_layers"]
+    assert hidden[0].out_features == result.config["max_units"]
+    assert 0.0 <= result.test_metric <= 1.0
+    assert result.test_metric == pytest.approx(accuracy_on_test_split(result.model, task))

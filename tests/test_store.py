@@ -242,6 +242,7 @@ def test_eight_workers_share_one_postgres_store(tiny_policy, postgres_db_url):
     _run_workers(postgres_db_url, policy_dir, workers=8, trials=3)
 
 
+@pytest.mark.slow
 def test_cli_unreachable_storage_is_one_line_and_exit_2(tiny_policy, tmp_path):
     _, policy_dir = tiny_policy
     csv = tmp_path / "d.csv"

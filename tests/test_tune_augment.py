@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -11,6 +12,7 @@ import hporl
 from hporl import TaskError
 from hporl.augment import AugmentPolicy, autoaugment_space
 from hporl.tasks import builtin
+from tests._helpers import accuracy_on_test_split
 
 
 def _space(policies: list[str]) -> dict:
@@ -19,23 +21,17 @@ def _space(policies: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def image_policy(tmp_path_factory):
+def image_policy(tmp_path_factory, tiny_experiment):
     """A policy meta-trained for a few steps on two image tasks over `optimizer` + AutoAugment
     (2 sub-policies), one epoch per trial."""
     out = tmp_path_factory.mktemp("meta-aug")
     policy = hporl.run_experiment(
-        {
-            "name": "tiny-aug",
-            "tasks": ["digits_image", "shapes"],
-            "space": _space(["autoaugment"]),
-            "backend": {"epochs": 1},
-            "budget": 2,
-            "agent": {
-                "total_timesteps": 128,
-                "net_arch": [16],
-                "params": {"n_steps": 64, "batch_size": 32},
-            },
-        },
+        tiny_experiment(
+            name="tiny-aug",
+            tasks=["digits_image", "shapes"],
+            space=_space(["autoaugment"]),
+            backend={"epochs": 1},
+        ),
         out=out,
     )
     return policy
@@ -54,16 +50,21 @@ def test_tune_over_optimizer_and_autoaugment_on_digits_images(image_policy, tmp_
             assert {f"subpolicy{i}_op{j}", f"subpolicy{i}_prob{j}", f"subpolicy{i}_mag{j}"} <= set(
                 config
             )
-    assert isinstance(result.model, torch.nn.Module)
-    assert isinstance(result.test_metric, float) and result.final_result.ok
+    assert image_policy.space.validate(config) == config
+    assert len(result.trials) == 2 and result.final_result.ok
+    best = max(result.trials, key=lambda t: t["best_val_metric"])
+    assert config == best["config"]
+    # the reported test metric is the final model's accuracy on the test images
+    assert 0.0 <= result.test_metric <= 1.0
+    assert result.test_metric == pytest.approx(accuracy_on_test_split(result.model, task))
     torch.manual_seed(0)  # the model as built before training, with the trial seed
     untrained = task.build_model(0, config).state_dict()
     trained = result.model.state_dict()
     assert any(not torch.equal(trained[k], untrained[k]) for k in trained)
     assert all(t["status"] == "ok" for t in result.trials)
-    assert (tmp_path / "tuned" / "model.pt").is_file()
     state = torch.load(tmp_path / "tuned" / "model.pt", weights_only=True)
-    assert set(state) == set(result.model.state_dict())
+    assert set(state) == set(trained) and all(torch.equal(state[k], trained[k]) for k in state)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text()) == config
 
 
 def test_tune_refuses_an_augmentation_space_on_a_non_image_task(image_policy, iris, monkeypatch):

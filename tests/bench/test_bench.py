@@ -196,6 +196,7 @@ def _lcbench_data():
     return None
 
 
+@pytest.mark.slow
 def test_hporl_bench_on_a_tiny_lcbench_config(tmp_path):
     import subprocess
     import sys

@@ -1,0 +1,69 @@
+"""Helpers shared by several test modules (test modules never import each other)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hporl import HPOEnv, SyntheticBackend
+from hporl.cli import main
+
+SMALL_SPACE = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
+    "lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True},
+    "momentum": {
+        "type": "float",
+        "low": 0.0,
+        "high": 0.99,
+        "when": {"optimizer": ["sgd", "rmsprop"]},
+    },
+}
+
+
+def make_env_fn(space, tasks, budget=1):
+    """An env factory (for ``train_agent``) over the synthetic backend."""
+    backend = SyntheticBackend(space)
+    return lambda: HPOEnv(space, backend, tasks, budget=budget)
+
+
+def run_cli(*args: Any, capsys) -> tuple[int, str, str]:
+    """Run ``hporl`` in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_csv(path: Path) -> Path:
+    """120 rows of three numeric columns and a two-class string target ``y``."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = np.where(X[:, 0] - X[:, 2] > 0, "a", "b")
+    path.write_text(
+        "x1,x2,x3,y\n"
+        + "\n".join(",".join(f"{v:.3f}" for v in r) + f",{t}" for r, t in zip(X, y, strict=True))
+    )
+    return path
+
+
+@torch.no_grad()
+def accuracy_on_test_split(model: torch.nn.Module, task) -> float:
+    """The classification accuracy of ``model`` on ``task``'s test split, computed here
+    (not by the backend) to check what a tuning result reports."""
+    model.eval()
+    predicted = model(task.X_test).argmax(1)
+    return (predicted == task.y_test).float().mean().item()
+
+
+def saved_model_accuracy(directory: Path, task, config: dict[str, Any]) -> float:
+    """Load ``directory/model.pt`` (weights only) into ``task``'s model built for ``config``
+    and return its test accuracy: what a saved tuning result really scores."""
+    model = task.build_model(0, config)
+    model.load_state_dict(torch.load(Path(directory) / "model.pt", weights_only=True))
+    return accuracy_on_test_split(model, task)
