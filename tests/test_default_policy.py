@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-<<<<<<< HEAD
-from hporl import Policy, SearchSpace, tune_model
-from hporl._policy_files import default_policy_dir
-=======
 from hporl import Policy, SearchSpace, Task, tune_model
+from hporl._policy_files import default_policy_dir
 from hporl.experiment import MODELS
-from hporl.policy import default_policy_dir
->>>>>>> tests-cleanup
 from hporl.space import config_key
 from hporl.tasks import FEATURE_NAMES, builtin, suites
 from tests._helpers import accuracy_on_test_split, run_cli, saved_model_accuracy
