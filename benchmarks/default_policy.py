@@ -1,5 +1,6 @@
 """The packaged default policy on held-out data sets, against the default configuration, random
-search and optuna TPE, all with the same final training (``hporl.tune._best_then_final``).
+search and optuna TPE, all with the same checked final training
+(``hporl.evaluation.Evaluator.best_then_final_fit``).
 
     .venv/bin/python benchmarks/default_policy.py [--out runs/bench-default-policy] [--seeds 3]
         [--epochs 10] [--methods default,policy,random,tpe]
@@ -28,15 +29,15 @@ from typing import Any
 import optuna
 import torch
 
-from hporl import Policy, SearchSpace, StoredBackend, TorchBackend, TrialStore, tune_model
+from hporl import Evaluator, Policy, SearchSpace, TorchBackend, TrialStore, TuneOptions, tune_model
 from hporl.store import storage_url
 from hporl.tasks import builtin, suites
-from hporl.tune import _best_then_final, random_search
+from hporl.tune import random_search
 
 BUDGETS = {"policy": (3, 10), "random": (3, 10, 30), "tpe": (3, 10, 30), "default": (1,)}
 
 
-def tpe_trials(backend: StoredBackend, task: Any, space: SearchSpace, n: int, seed: int) -> list:
+def tpe_trials(backend: Evaluator, task: Any, space: SearchSpace, n: int, seed: int) -> list:
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     trials: list[tuple[int, dict[str, Any], Any]] = []
@@ -55,7 +56,7 @@ def run_cell(
     method: str,
     task: Any,
     seed: int,
-    backend: StoredBackend,
+    backend: Evaluator,
     out: Path,
     space: SearchSpace,
     policy: Policy | None = None,
@@ -63,8 +64,8 @@ def run_cell(
     if method == "default":  # what tune_model's default_test_metric does
         config = space.default()
         probe = backend.evaluate(task, config, seed=seed)
-        _, _, final, _ = _best_then_final(backend, task, [(0, config, probe)], seed)
-        return {1: {"test": final.test_metric, "seconds": probe.wall_time}}
+        final = backend.final_fit(task, config, probe, seed=seed)
+        return {1: {"test": final.result.test_metric, "seconds": probe.wall_time}}
     if method == "policy":
         policy = policy or Policy.default()
         cells = {}
@@ -75,16 +76,18 @@ def run_cell(
                 n_trials=k,
                 seed=seed,
                 storage=storage_url(None, out),
-                study_name=f"policy{k}/{task.name}-{seed}",
-                backend=backend.backend,
-                compare_default=False,
+                options=TuneOptions(
+                    study_name=f"policy{k}/{task.name}-{seed}",
+                    backend=backend.backend,
+                    compare_default=False,
+                ),
             )
             cells[k] = {"test": r.test_metric, "seconds": r.seconds}
         return cells
     if method == "random":
         return {
             k: {
-                "test": (r := random_search(task, space, k, seed=seed, backend=backend)).test_metric
+                "test": (r := random_search(task, space, k, seed=seed, evaluator=backend)).test_metric
             }
             | {"seconds": r.seconds}
             for k in BUDGETS["random"]
@@ -92,8 +95,8 @@ def run_cell(
     trials = tpe_trials(backend, task, space, max(BUDGETS["tpe"]), seed)
     cells = {}
     for k in BUDGETS["tpe"]:
-        _, _, final, _ = _best_then_final(backend, task, trials[:k], seed)
-        cells[k] = {"test": final.test_metric, "seconds": sum(r.wall_time for *_, r in trials[:k])}
+        final = backend.best_then_final_fit(task, trials[:k], seed=seed)
+        cells[k] = {"test": final.result.test_metric, "seconds": sum(r.wall_time for *_, r in trials[:k])}
     return cells
 
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         leaked = trained_on & set(names)
         assert not leaked, f"held-out tasks among the policy's training tasks: {leaked}"
     store = TrialStore(storage_url(None, args.out))
-    backend = StoredBackend(TorchBackend(num_threads=1), store, run="bench", space=space)
+    backend = Evaluator(TorchBackend(num_threads=1), store=store, run="bench", space=space)
     cells_path = args.out / "cells.json"
     cells = json.loads(cells_path.read_text()) if cells_path.exists() else {}
     start = time.perf_counter()
@@ -205,7 +208,7 @@ def report(
     print(text)
     print(
         f"{seconds:.0f} s; evaluations of default/random/TPE this run: trained "
-        f"{backend.n_trained}, from the store {backend.n_cached} (tune_model keeps its own count)"
+        f"{backend.n_trained}, from the store {backend.n_store_hits} (tune_model keeps its own count)"
     )
 
 

@@ -5,7 +5,7 @@ Ray is started inside a network namespace of this script's own that has only a l
 interface (created and deleted here; needs root and iproute2), so nothing listens on another
 address of this machine. Prints:
 
-- ``tune_model`` wall time on Ray with ``n_parallel=1`` and ``2`` (same trial budget; the
+- ``tune_model`` wall time on Ray with 1 and 2 workers (``RayExecutor(P)``) (same trial budget; the
   policy proposes different configurations once its history differs, so the training seconds
   inside trials are printed too, and the throughput ratio: training seconds per wall second),
   and where the difference goes: Ray start-up, shipping the task, scheduling;
@@ -132,7 +132,7 @@ def same_configurations(trials: int = 12, epochs: int = 120) -> None:
 
     import numpy as np
 
-    from hporl import HPOEnv, SearchSpace, TorchBackend
+    from hporl import Evaluator, HPOEnv, SearchSpace, TorchBackend
     from hporl.tasks import builtin
     from hporl.vec_env import FanOutVecEnv
 
@@ -143,14 +143,15 @@ def same_configurations(trials: int = 12, epochs: int = 120) -> None:
     def play(seeds: list[int], executor: str, wait: str = "round") -> tuple[float, float, float]:
         """Wall seconds until each env has had ``trials`` trials, their training seconds,
         and (waiting for rounds) the sum of each round's slowest training."""
+        evaluator = Evaluator(backend, executor=executor, n_workers=len(seeds))
         fan = FanOutVecEnv(
-            [lambda: HPOEnv(space, backend, tasks, budget=3) for _ in seeds], executor, wait=wait
+            [lambda: HPOEnv(space, evaluator, tasks, budget=3) for _ in seeds], wait=wait
         )
         rngs = [np.random.default_rng(s) for s in seeds]
         try:
             for env, seed in zip(fan.hpo, seeds, strict=True):
                 env.reset(seed=seed)
-            warm = [fan.executor.submit(space.default(), task=tasks[0]) for _ in seeds]
+            warm = [evaluator.executor.submit(space.default(), task=tasks[0]) for _ in seeds]
             cf.wait(warm)  # each worker imports torch on its first training
             counts, busy, slowest = [0] * len(seeds), 0.0, 0.0
             t0 = time.perf_counter()
@@ -228,7 +229,7 @@ def tune_speedup(space: Any, task: Any, trials: int, tmp: Path) -> None:
 
     import ray
 
-    from hporl import TorchBackend, tune_model
+    from hporl import TorchBackend, TuneOptions, tune_model
     from hporl.executors import RayExecutor
     from store_overhead import tiny_policy
 
@@ -251,9 +252,8 @@ def tune_speedup(space: Any, task: Any, trials: int, tmp: Path) -> None:
             data=task,
             policy=policy,
             n_trials=trials,
-            n_parallel=p,
-            executor="ray",
-            compare_default=False,
+            executor=RayExecutor(p),
+            options=TuneOptions(compare_default=False),
         )
         walls[p] = time.perf_counter() - t0
         if p == 1:
@@ -262,11 +262,13 @@ def tune_speedup(space: Any, task: Any, trials: int, tmp: Path) -> None:
         busy[p] = trial_seconds
         final = res.final_result.wall_time if res.final_result else 0.0
         print(
-            f"n_parallel={p}: {walls[p]:.1f} s wall for {trials} trials "
+            f"{p} parallel: {walls[p]:.1f} s wall for {trials} trials "
             f"({trial_seconds:.1f} s of training in trials, final training {final:.1f} s)"
         )
     t0 = time.perf_counter()
-    res = tune_model(data=task, policy=policy, n_trials=trials, compare_default=False)
+    res = tune_model(
+        data=task, policy=policy, n_trials=trials, options=TuneOptions(compare_default=False)
+    )
     local = time.perf_counter() - t0
     print(f"local, in process: {local:.1f} s wall")
     print(f"speed-up of 2 parallel trials on Ray vs 1: {walls[1] / walls[2]:.2f}x (ideal 2x)")

@@ -2,7 +2,7 @@
 
 Two paths, each with an instant backend (no training, so only the store is measured):
 
-- ``record``: :class:`hporl.StoredBackend` as meta-training and ``hporl bench`` use it (cache
+- ``record``: :class:`hporl.Evaluator` with a store, as meta-training and ``hporl bench`` use it (cache
   lookup that misses, then one finished trial added), over distinct configurations;
 - ``tune``: the trial loop of :func:`hporl.tune_model` (optuna ask with the policy sampler,
   cache lookup, the result written into the running trial, tell, heartbeat), per trial.
@@ -28,7 +28,15 @@ import numpy as np
 import optuna
 import torch
 
-from hporl import SearchSpace, StoredBackend, TorchBackend, TrialResult, TrialStore, tune_model
+from hporl import (
+    Evaluator,
+    SearchSpace,
+    TorchBackend,
+    TrialResult,
+    TrialStore,
+    TuneOptions,
+    tune_model,
+)
 from hporl.space import config_key
 from hporl.tasks import builtin
 
@@ -50,7 +58,7 @@ class InstantBackend(TorchBackend):
 
 
 def record_ms(url: str | None, space: SearchSpace, task, n: int) -> float:
-    backend = StoredBackend(InstantBackend(), TrialStore(url), run="bench", space=space)
+    backend = Evaluator(InstantBackend(), store=TrialStore(url), run="bench", space=space)
     rng = np.random.default_rng(0)
     configs = [space.sample(rng) for _ in range(n)]
     backend.evaluate(task, configs[0])  # study creation out of the timing
@@ -67,8 +75,7 @@ def tune_ms(url: str | None, policy, task, n: int) -> float:
         policy=policy,
         n_trials=n,
         storage=url,
-        backend=InstantBackend(),
-        compare_default=False,
+        options=TuneOptions(backend=InstantBackend(), compare_default=False),
         callback=lambda *_: stamps.append(time.perf_counter()),
     )
     gaps = np.diff(stamps)

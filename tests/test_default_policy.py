@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hporl import Policy, SearchSpace, Task, tune_model
+from hporl import Policy, SearchSpace, Task, TuneOptions, tune_model
 from hporl._policy_files import default_policy_dir
 from hporl.experiment import MODELS
 from hporl.space import config_key
@@ -68,7 +68,7 @@ def test_default_policy_suggests_a_valid_config_for_every_builtin_task(default_p
 
 def test_tune_model_without_a_policy_uses_the_packaged_one(default_policy):
     task = builtin("iris", epochs=2)
-    result = tune_model(data=task, n_trials=2, compare_default=False)
+    result = tune_model(data=task, n_trials=2, options=TuneOptions(compare_default=False))
     assert result.policy.training_tasks == default_policy.training_tasks
     # the first trial is the packaged policy's own proposal for this task
     assert [t["number"] for t in result.trials] == [0, 1]

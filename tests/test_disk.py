@@ -45,7 +45,13 @@ def test_read_only_run_directory(tiny_policy, mount):
     policy, _ = tiny_policy
     disk = mount("ro", "size=4m")
     task = builtin("iris", epochs=1)
-    tune_model(data=task, policy=policy, n_trials=2, out=disk / "run", options=TuneOptions(compare_default=False))
+    tune_model(
+        data=task,
+        policy=policy,
+        n_trials=2,
+        out=disk / "run",
+        options=TuneOptions(compare_default=False),
+    )
     before = {p.name: p.read_bytes() for p in (disk / "run").iterdir() if p.is_file()}
     view = _read_only_view(disk, disk.parent / "view")
     try:
@@ -70,7 +76,9 @@ def test_disk_full_in_the_middle_of_a_run(tiny_policy, mount):
     disk = mount("full", "size=4m")
     task = builtin("iris", epochs=1)
     out = disk / "run"
-    tune_model(data=task, policy=policy, n_trials=2, out=out, options=TuneOptions(compare_default=False))
+    tune_model(
+        data=task, policy=policy, n_trials=2, out=out, options=TuneOptions(compare_default=False)
+    )
     report = (out / "report.json").read_bytes()
     filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
@@ -81,10 +89,18 @@ def test_disk_full_in_the_middle_of_a_run(tiny_policy, mount):
     finally:
         os.close(fd)
     with pytest.raises(StoreError, match=r"No space left on device|disk is full"):
-        tune_model(data=task, policy=policy, n_trials=6, out=out, options=TuneOptions(compare_default=False))
+        tune_model(
+            data=task,
+            policy=policy,
+            n_trials=6,
+            out=out,
+            options=TuneOptions(compare_default=False),
+        )
     assert (out / "report.json").read_bytes() == report  # the good file was not replaced
     filler.unlink()
-    result = tune_model(data=task, policy=policy, n_trials=6, out=out, options=TuneOptions(compare_default=False))
+    result = tune_model(
+        data=task, policy=policy, n_trials=6, out=out, options=TuneOptions(compare_default=False)
+    )
     assert len(result.trials) == 6 and sum(t["resumed"] for t in result.trials) >= 2
     study_name = optuna.get_all_study_names(storage_url(out / "trials.db", None))[0]
     study = optuna.load_study(study_name=study_name, storage=storage_url(out / "trials.db", None))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from hporl import HPOEnv, Policy, PolicyError, SearchSpace, SyntheticBackend
+from hporl import Evaluator, HPOEnv, Policy, PolicyError, SearchSpace, SyntheticBackend
 from hporl._policy_files import meta_sha256
 from hporl.agents import ALGORITHMS, AgentConfig, action_logits, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
@@ -220,8 +220,10 @@ def test_several_envs_fan_their_trainings_out_to_a_process_pool(small_space):
     cfg = AgentConfig(
         total_timesteps=128, n_envs=2, net_arch=[16], params={"n_steps": 32, "batch_size": 16}
     )
-    agent = train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 4))] * 2)
+    evaluator = Evaluator(SyntheticBackend(small_space), n_workers=2)  # a pool of 2 processes
+    tasks = SyntheticTask.sample(0, 4)
+    agent = train_agent(cfg, [lambda: HPOEnv(small_space, evaluator, tasks, budget=1)] * 2)
     assert agent.num_timesteps >= 128 and agent.n_envs == 2
     vec = agent.get_env()
-    assert isinstance(vec, FanOutVecEnv) and vec.executor.n_workers == 2
-    assert vec.n_trained == sum(vec.get_attr("n_evaluations")) > 0
+    assert isinstance(vec, FanOutVecEnv) and vec.evaluator is evaluator
+    assert evaluator.n_trained > 0 and evaluator.n_workers == 2

@@ -57,7 +57,7 @@ def test_grid_candidates_are_distinct_on_grid_and_start_with_the_default(env, sm
 
 @pytest.mark.parametrize("sampling", ["space", "grid"])
 def test_behaviour_cloning_reproduces_the_portfolio(env, small_space, sampling):
-    tasks = env._tasks
+    tasks = env.tasks
     portfolio = build_portfolio(
         env, tasks, PretrainConfig(candidates=10, candidate_sampling=sampling)
     )
@@ -66,7 +66,7 @@ def test_behaviour_cloning_reproduces_the_portfolio(env, small_space, sampling):
     assert regret[1] <= regret[0]
     if sampling == "space":  # exact draws: their values join the action bins
         extra = ObservationLayout.extra_bins_of(small_space, portfolio.configs)
-        env = HPOEnv(small_space, env.backend, tasks, budget=2, extra_bins=extra)
+        env = HPOEnv(small_space, env.evaluator, tasks, budget=2, extra_bins=extra)
         for name, values in extra:
             assert set(values) <= set(env.layout.bins[env.layout._param_index[name]])
     cfg = AgentConfig(net_arch=[64, 64], params={"n_steps": 32, "batch_size": 16})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from hporl import Policy, PolicyError, SearchSpace, tune_model
+from hporl import Policy, PolicyError, SearchSpace, TuneOptions, tune_model
 from hporl.backends import LCBenchTask
 from hporl.observation import ObservationLayout
 from hporl.tasks import (
@@ -114,7 +114,9 @@ def test_lcbench_policy_tunes_real_training(tmp_path):
     assert policy.feature_names == SIZE_FEATURE_NAMES
     assert json.loads((tmp_path / "policy" / "TRAINING.json").read_text())["space"] == "lcbench"
     task = builtin("moons", epochs=2, model=models.lcbench_mlp)
-    result = tune_model(data=task, policy=policy, n_trials=2, compare_default=False)
+    result = tune_model(
+        data=task, policy=policy, n_trials=2, options=TuneOptions(compare_default=False)
+    )
     assert len(result.trials) == 2 and all(t["status"] == "ok" for t in result.trials)
     # the first trial is the policy's proposal from the task's size features
     assert result.trials[0]["config"] == policy.suggest(task)

@@ -16,10 +16,9 @@ import pytest
 from optuna.trial import TrialState
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from hporl import ConfigError, HPOEnv, SearchSpace, SyntheticBackend
+from hporl import ConfigError, Evaluator, HPOEnv, SearchSpace, SyntheticBackend
 from hporl.backends import SyntheticTask
-from hporl.executors import LocalExecutor
-from hporl.store import StoredBackend, TrialStore
+from hporl.store import TrialStore
 from hporl.vec_env import FanOutVecEnv
 
 SPACE = SearchSpace.builtin("optimizer")
@@ -37,9 +36,11 @@ class CountingBackend(SyntheticBackend):
         return super().evaluate(task, config, **kwargs)
 
 
-def env_fns(backend, tasks, n, **kw):
+def env_fns(backend, tasks, n, *, n_workers=1, **kw):
+    """``n`` env builders sharing one evaluator of ``backend`` (in process for one worker)."""
     kw = {"budget": 3, **kw}
-    return [lambda: HPOEnv(SPACE, backend, tasks, **kw) for _ in range(n)]
+    evaluator = Evaluator(backend, n_workers=n_workers)
+    return [lambda: HPOEnv(SPACE, evaluator, tasks, **kw) for _ in range(n)]
 
 
 class Step(NamedTuple):
@@ -100,7 +101,7 @@ def assert_plays_as_alone(trace, i, plain):
 def test_one_env_fanned_out_steps_exactly_as_sb3s_dummy_vec_env(reward):
     tasks = SyntheticTask.sample(0, 4, n_features=19)
     dummy = DummyVecEnv(env_fns(SyntheticBackend(SPACE), tasks, 1, reward=reward))
-    fan = FanOutVecEnv(env_fns(SyntheticBackend(SPACE), tasks, 1, reward=reward), LocalExecutor(1))
+    fan = FanOutVecEnv(env_fns(SyntheticBackend(SPACE), tasks, 1, reward=reward))
     try:
         expected, got = drive(dummy, 120), drive(fan, 120)
     finally:
@@ -119,7 +120,7 @@ def test_one_env_fanned_out_steps_exactly_as_sb3s_dummy_vec_env(reward):
 def test_envs_finish_their_trials_together_and_each_plays_as_a_plain_env(reward):
     tasks = SyntheticTask.sample(0, 4, n_features=19)
     backend = CountingBackend(SPACE)
-    fan = FanOutVecEnv(env_fns(backend, tasks, 3, reward=reward), LocalExecutor(1))
+    fan = FanOutVecEnv(env_fns(backend, tasks, 3, reward=reward))
     try:
         trace = drive(fan, 300)
     finally:
@@ -144,13 +145,13 @@ def test_envs_finish_their_trials_together_and_each_plays_as_a_plain_env(reward)
         plain = HPOEnv(SPACE, SyntheticBackend(SPACE), tasks, budget=3, reward=reward)
         assert_plays_as_alone(trace, i, plain)
     # one cache for all envs: no evaluation ran twice
-    assert len(backend.calls) == len(set(backend.calls)) == fan.n_trained
+    assert len(backend.calls) == len(set(backend.calls)) == fan.evaluator.n_trained
 
 
 def test_envs_finishing_the_same_configuration_train_it_once():
     task = SyntheticTask.sample(1, 1, n_features=19)
     backend = CountingBackend(SPACE)
-    fan = FanOutVecEnv(env_fns(backend, task, 2, budget=2), LocalExecutor(1))
+    fan = FanOutVecEnv(env_fns(backend, task, 2, budget=2))
     try:
         fan.reset()
         rng = np.random.default_rng(0)
@@ -164,8 +165,9 @@ def test_envs_finishing_the_same_configuration_train_it_once():
                 configs.append(json.dumps(infos[0]["config"], sort_keys=True))
     finally:
         fan.close()
-    assert len(backend.calls) == len(set(configs)) and fan.n_shared == 4
-    assert sum(fan.get_attr("n_evaluations")) == len(set(configs))
+    # in process, the first env's evaluation is done when the second asks: served from memory
+    assert len(backend.calls) == len(set(configs)) == fan.evaluator.n_trained
+    assert fan.evaluator.n_memory_hits == 4
 
 
 def test_fan_out_refuses_envs_it_cannot_step_together():
@@ -174,10 +176,10 @@ def test_fan_out_refuses_envs_it_cannot_step_together():
         lambda: HPOEnv(SPACE, SyntheticBackend(SPACE), tasks),
         lambda: HPOEnv(SPACE, SyntheticBackend(SPACE), tasks),
     ]
-    with pytest.raises(ConfigError, match="share one backend"):
-        FanOutVecEnv(fns, LocalExecutor(1))
+    with pytest.raises(ConfigError, match="share one Evaluator"):
+        FanOutVecEnv(fns)
     with pytest.raises(ConfigError, match="wait must be one of round, own, got 'never'"):
-        FanOutVecEnv(fns[:1], LocalExecutor(1), wait="never")
+        FanOutVecEnv(fns[:1], wait="never")
 
 
 class Sleepy(SyntheticBackend):
@@ -232,15 +234,16 @@ def test_trainings_of_one_step_run_at_once_on_workers_and_a_dead_worker_is_retri
                 partial[p.name] = bins[p.name][int(rng.integers(len(bins[p.name])))]
         picks.append(SPACE.validate(partial))
     store = TrialStore(tmp_path / "t.db")
-    backend = StoredBackend(Sleepy(SPACE, tmp_path, kill=[picks[2]]), store, run="r", space=SPACE)
+    evaluator = Evaluator(
+        Sleepy(SPACE, tmp_path, kill=[picks[2]]), store=store, run="r", space=SPACE, n_workers=2
+    )
     fan = FanOutVecEnv(
-        [lambda i=i: HPOEnv(SPACE, backend, tasks[i : i + 1], budget=2) for i in range(2)],
-        "local",
+        [lambda i=i: HPOEnv(SPACE, evaluator, tasks[i : i + 1], budget=2) for i in range(2)]
     )
     try:
-        assert not isinstance(fan.inner, StoredBackend)  # workers train; only we write
         # Both workers up (each imports torch first), so neither takes both of the next two.
-        cf.wait([fan.executor.submit(SPACE.default(), task=tasks[0]) for _ in range(2)])
+        executor = fan.evaluator.executor
+        cf.wait([executor.submit(SPACE.default(), task=tasks[0]) for _ in range(2)])
         fan.reset()
         first = _forced(fan, picks[:2])
         second = _forced(fan, picks[2:])  # picks[2] kills its worker the first time
@@ -252,7 +255,7 @@ def test_trainings_of_one_step_run_at_once_on_workers_and_a_dead_worker_is_retri
     assert len(list(tmp_path.glob("*.log"))) >= 2  # worker processes
     pairs = [r for r in runs if r[1] in {json.dumps(c, sort_keys=True) for c in picks[:2]}]
     assert len(pairs) == 2 and max(r[2] for r in pairs) < min(r[3] for r in pairs)  # overlap
-    assert fan.n_retried >= 1 and fan.n_trained == 4
+    assert fan.evaluator.n_retried >= 1 and fan.evaluator.n_trained == 4
     assert all(info["result"].ok for info in first + second)
     trials = [
         t
@@ -279,12 +282,12 @@ class Delayed(SyntheticBackend):
 def test_waiting_for_own_trainings_lets_a_fast_env_go_on_while_a_slow_one_trains(wait):
     slow, fast = SyntheticTask.sample(4, 2, n_features=19)
     backend = Delayed(SPACE, {slow.name: 1.5})
+    evaluator = Evaluator(backend, n_workers=2)
     fan = FanOutVecEnv(
         [
-            lambda: HPOEnv(SPACE, backend, [slow], budget=20),
-            lambda: HPOEnv(SPACE, backend, [fast], budget=20),
+            lambda: HPOEnv(SPACE, evaluator, [slow], budget=20),
+            lambda: HPOEnv(SPACE, evaluator, [fast], budget=20),
         ],
-        "local",
         wait=wait,
     )
     try:

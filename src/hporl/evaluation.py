@@ -296,6 +296,8 @@ class Evaluator:
         ev.source = "trained"
         ev.future = self._dispatch(ev)
         self._inflight[key] = ev
+        if ev.future.done():  # evaluated in this process: taken in at once
+            self._harvest()
         return ev
 
     def _dispatch(self, ev: Evaluation) -> cf.Future:

@@ -379,7 +379,7 @@ def meta_train(
     policy.save(run_dir / "policy")
     vec_env = trained.get_env()
     counts: dict[str, Any] = {
-        "evaluations": evaluator.n_trained,
+        "trained": evaluator.n_trained,
         "cache_hits": evaluator.n_memory_hits,
         "store_hits": evaluator.n_store_hits,
         "shared": evaluator.n_shared,

@@ -32,7 +32,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from hporl import Policy, tune_model
+    from hporl import Policy, TuneOptions, tune_model
+    from hporl.executors import RayExecutor
     from hporl.tasks import builtin
 
     policy_dir, out, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
@@ -71,11 +72,9 @@ def main() -> None:
         data=builtin("digits", epochs=epochs),
         policy=Policy.load(policy_dir),
         n_trials=4,
-        n_parallel=2,
-        executor="ray",
-        ray_address=address,
+        executor=RayExecutor(2, address=address),
         out=out,
-        compare_default=False,
+        options=TuneOptions(compare_default=False),
     )
     seconds = time.perf_counter() - start
     finished.set()
