@@ -87,7 +87,9 @@ def run_cell(
     if method == "random":
         return {
             k: {
-                "test": (r := random_search(task, space, k, seed=seed, evaluator=backend)).test_metric
+                "test": (
+                    r := random_search(task, space, k, seed=seed, evaluator=backend)
+                ).test_metric
             }
             | {"seconds": r.seconds}
             for k in BUDGETS["random"]
@@ -96,7 +98,10 @@ def run_cell(
     cells = {}
     for k in BUDGETS["tpe"]:
         final = backend.best_then_final_fit(task, trials[:k], seed=seed)
-        cells[k] = {"test": final.result.test_metric, "seconds": sum(r.wall_time for *_, r in trials[:k])}
+        cells[k] = {
+            "test": final.result.test_metric,
+            "seconds": sum(r.wall_time for *_, r in trials[:k]),
+        }
     return cells
 
 
