@@ -26,7 +26,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +277,7 @@ def explain_validation(err: ValidationError, model: type[BaseModel]) -> str:
     where = ".".join(path)
     if e["type"] == "extra_forbidden":
         fields = list(getattr(owner, "model_fields", {}))
-        close = difflib.get_close_matches(path[-1], fields, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(fields)}."
+        hint = did_you_mean(path[-1], fields) or f" Valid keys: {', '.join(fields)}."
         return f"unknown key {where!r}.{hint}"
     if e["type"] == "missing":
         return f"missing required key {where!r}"
@@ -329,3 +328,9 @@ def _walk(model: type[BaseModel], loc: list[Any]) -> tuple[list[str], int | None
             args = typing.get_args(ann)
             ann = args[-1] if typing.get_origin(ann) is not None and args else Any
     return path, union_at, owner
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` naming the option nearest to ``word``, or ``""`` when none is near."""
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -38,7 +38,6 @@ kornia is an optional dependency: ``pip install 'hporl[augment]'``.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hporl._io import did_you_mean
 from hporl.exceptions import ConfigError, TaskError
 
 if TYPE_CHECKING:
@@ -121,11 +121,6 @@ def _kornia() -> Any:
     return kornia
 
 
-def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def is_augment_key(key: str) -> bool:
     """Whether a configuration key belongs to augmentation (``augment``, ``randaugment_*``,
     ``subpolicy<i>_*``)."""
@@ -176,7 +171,7 @@ class AugmentPolicy:
         if kind not in POLICIES:
             raise ConfigError(
                 f"{AUGMENT_KEY} must be one of {', '.join(POLICIES)}, got {kind!r}."
-                + (_suggest(kind, POLICIES) if isinstance(kind, str) else "")
+                + (did_you_mean(kind, POLICIES) if isinstance(kind, str) else "")
             )
         used = {AUGMENT_KEY}
         if kind == "randaugment":
@@ -265,7 +260,7 @@ def _subpolicies(config: Mapping[str, Any]) -> tuple[tuple[Operation, Operation]
                 raise ConfigError(
                     f"{names['op']}: unknown operation {name!r}; operations: "
                     f"{', '.join(OPERATIONS)}."
-                    + (_suggest(name, OPERATIONS) if isinstance(name, str) else "")
+                    + (did_you_mean(name, OPERATIONS) if isinstance(name, str) else "")
                 )
             p = _number(config, names["prob"], 0.0, 0.0, 1.0, integer=False)
             m = _number(config, names["mag"], 0.0, 0.0, MAX_MAGNITUDE, integer=False)
@@ -351,7 +346,11 @@ def autoaugment_space(
     if unknown or not policies or len(set(policies)) != len(policies):
         raise ConfigError(
             f"policies must be distinct names among {', '.join(POLICIES)}, got {policies!r}."
-            + (_suggest(unknown[0], POLICIES) if unknown and isinstance(unknown[0], str) else "")
+            + (
+                did_you_mean(unknown[0], POLICIES)
+                if unknown and isinstance(unknown[0], str)
+                else ""
+            )
         )
     default = policies == list(POLICIES) and n_subpolicies == DEFAULT_SUBPOLICIES
     return SearchSpace.from_dict(

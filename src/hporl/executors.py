@@ -147,6 +147,9 @@ class LocalExecutor(Executor):
 
             self._payload = cloudpickle.dumps((backend, self._tasks))
             self._pool = self._new_pool()
+            # Every worker up (each imports torch and unpacks the tasks once) before the first
+            # evaluation, all at the same time.
+            cf.wait([self._pool.submit(_warm, 0.05) for _ in range(self.n_workers)])
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(
@@ -206,6 +209,12 @@ def _init_worker(payload: bytes) -> None:
 
     torch.set_num_threads(1)
     _WORKER["backend"], _WORKER["tasks"] = cloudpickle.loads(payload)
+
+
+def _warm(seconds: float) -> int:
+    """Hold a worker for ``seconds``, so that the pool starts another for the next call."""
+    time.sleep(seconds)
+    return os.getpid()
 
 
 def _pool_evaluate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,11 +145,26 @@ class ExperimentConfig(BaseModel):
 
 
 # -- resolving the parts ----------------------------------------------------------------------------
-def resolve_space(space: str | Mapping[str, Any] | SearchSpace) -> SearchSpace:
+def resolve_space(
+    space: str | Mapping[str, Any] | SearchSpace | Sequence[str | Mapping[str, Any]],
+) -> SearchSpace:
+    """A space from a built-in name, a YAML path, a mapping, or a list of them composed in order.
+
+    Raises:
+        ConfigError: a name that is neither a built-in space nor a YAML file.
+    """
     if isinstance(space, SearchSpace):
         return space
     if isinstance(space, Mapping):
         return SearchSpace.from_dict(space)
+    if isinstance(space, Sequence) and not isinstance(space, str):
+        if not space:
+            raise ConfigError("space: an empty list of spaces")
+        parts = [resolve_space(part) for part in space]
+        composed = parts[0]
+        for part in parts[1:]:
+            composed = composed + part
+        return composed
     if space in builtin_spaces():
         return SearchSpace.builtin(space)
     if Path(space).is_file():

@@ -17,11 +17,11 @@ Choose an approach by name (``rewards.get("best_metric")``); add one with ``@rew
 from __future__ import annotations
 
 import abc
-import difflib
 import math
 from collections.abc import Callable
 from typing import Any
 
+from hporl._io import did_you_mean
 from hporl.backends import TrialResult
 from hporl.exceptions import ConfigError
 
@@ -95,10 +95,9 @@ def get(name: str | RewardApproach, **kwargs: Any) -> RewardApproach:
     if isinstance(name, RewardApproach):
         return name
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         raise ConfigError(
             f"unknown reward approach {name!r}; available: {', '.join(available())}."
-            + (f" Did you mean {close[0]!r}?" if close else "")
+            + did_you_mean(name, _REGISTRY)
         )
     try:
         return _REGISTRY[name](**kwargs)

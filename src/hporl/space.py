@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hporl._io import read_yaml
+from hporl._io import did_you_mean, read_yaml
 from hporl.exceptions import SearchSpaceError
 
 __all__ = ["Parameter", "SearchSpace", "builtin_spaces", "config_key"]
@@ -63,11 +62,6 @@ def _is_choice(value: Any) -> bool:
     if isinstance(value, (str, bool)) or value is None:
         return True
     return _is_number(value) and math.isfinite(float(value))
-
-
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,7 @@ class Parameter:
         if kind not in KINDS:
             raise SearchSpaceError(
                 f"{where}: unknown kind 'type: {kind}'; expected one of {', '.join(KINDS)}."
-                + (_suggest(str(kind), list(KINDS)) if kind is not None else "")
+                + (did_you_mean(str(kind), list(KINDS)) if kind is not None else "")
             )
         unknown = sorted(map(str, set(spec) - _KEYS[kind]))
         if unknown:
@@ -109,7 +103,7 @@ class Parameter:
             )
             raise SearchSpaceError(
                 f"{where}: unknown key {unknown[0]!r} for type {kind}{hint}."
-                + _suggest(unknown[0], sorted(_KEYS[kind]))
+                + did_you_mean(unknown[0], sorted(_KEYS[kind]))
             )
         when = cls._parse_when(name, spec.get("when"))
         description = str(spec.get("description", ""))
@@ -356,7 +350,7 @@ class SearchSpace:
         if "parameters" not in data and "include" not in data:
             # the direct form {name: spec}; a misspelt top-level key would read as a parameter
             odd = [k for k, v in data.items() if not (isinstance(v, Mapping) and "type" in v)]
-            typo = [k for k in odd if isinstance(k, str) and _suggest(k, _TOP_KEYS)]
+            typo = [k for k in odd if isinstance(k, str) and did_you_mean(k, _TOP_KEYS)]
             misspelt = [k for k in typo if k not in _TOP_KEYS]
             if misspelt:
                 raise _unknown_top_key(misspelt[0])
@@ -422,7 +416,7 @@ class SearchSpace:
                 if parent not in by_name:
                     raise SearchSpaceError(
                         f"parameter {p.name!r}: condition on unknown parameter {parent!r}."
-                        + _suggest(parent, list(by_name))
+                        + did_you_mean(parent, list(by_name))
                     )
                 q = by_name[parent]
                 if q.kind not in ("categorical", "fixed"):
@@ -477,7 +471,7 @@ class SearchSpace:
         if name not in names:
             raise SearchSpaceError(
                 f"unknown built-in search space {name!r}; available: {', '.join(names)}."
-                + _suggest(name, names)
+                + did_you_mean(name, names)
             )
         text = (resources.files("hporl") / "spaces" / f"{name}.yaml").read_text()
         return cls.from_dict(yaml.safe_load(text), name=name)
@@ -505,7 +499,7 @@ class SearchSpace:
             return self._index[name]
         except KeyError:
             raise SearchSpaceError(
-                f"unknown parameter {name!r}." + _suggest(name, list(self._index))
+                f"unknown parameter {name!r}." + did_you_mean(name, list(self._index))
             ) from None
 
     def __contains__(self, name: object) -> bool:
@@ -587,7 +581,8 @@ class SearchSpace:
         for key in config:
             if key not in self._index:
                 raise SearchSpaceError(
-                    f"unknown parameter {key!r} in configuration." + _suggest(str(key), self.names)
+                    f"unknown parameter {key!r} in configuration."
+                    + did_you_mean(str(key), self.names)
                 )
         out: Config = {}
         for p in self.parameters:
@@ -785,7 +780,7 @@ def _domain(p: Parameter) -> str:
 def _unknown_top_key(key: str) -> SearchSpaceError:
     return SearchSpaceError(
         f"unknown top-level key {key!r} in search space; expected 'name', "
-        "'description', 'include' or 'parameters'." + _suggest(key, _TOP_KEYS)
+        "'description', 'include' or 'parameters'." + did_you_mean(key, _TOP_KEYS)
     )
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 from hporl._io import atomic_write, writable_dir
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
-from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator
+from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator, FinalFit
 from hporl.exceptions import ConfigError, TaskError
 from hporl.executors import EXECUTORS, Executor
 from hporl.policy import Policy
@@ -291,9 +292,10 @@ def tune_model(
     )
     evaluator.start(task)
     with evaluator, store.errors():
+        trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker)
         if n_trials > done:
-            trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker)
             trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
+        t0 = time.perf_counter()
         finished = _finished(store, study)
         final = evaluator.best_then_final_fit(task, finished, seed=seed)
         default_final = None
@@ -303,20 +305,14 @@ def tune_model(
             probe = same[0] if same else evaluator.evaluate(task, default, seed=seed)
             if probe.ok:
                 default_final = evaluator.final_fit(task, default, probe, seed=seed)
-    models = final.models
-    out_result = TuneResult(
-        model=models[0] if len(models) == 1 else models,
-        config=final.config,
-        trials=[_record(n, c, r, resumed=n in earlier) for n, c, r in finished],
-        test_metric=final.result.test_metric,
-        default_test_metric=default_final.result.test_metric if default_final else None,
-        metric_name=task.metric_name,
-        seconds=time.perf_counter() - start,
-        task=task.name,
-        final_epochs=final.epochs,
+        trials.seconds["final"] = time.perf_counter() - t0
+    out_result = _tune_result(
+        task,
+        final,
+        [_record(n, c, r, resumed=n in earlier) for n, c, r in finished],
+        start,
+        default=default_final,
         policy=current if fine_tune else policy,
-        final_result=final.result,
-        default_result=default_final.result if default_final else None,
         extra={
             "final_fit": final.report(),
             "fine_tune": fine_tune,
@@ -325,6 +321,7 @@ def tune_model(
             "study": study.study_name,
             "worker": worker,
             "cached_trials": sum(1 for _, _, r in finished if r.cached),
+            "driver_seconds": {k: round(v, 4) for k, v in trials.seconds.items()},
         },
     )
     if out is not None:
@@ -332,6 +329,27 @@ def tune_model(
         if fine_tune:
             current.save(Path(out) / "policy_fine_tuned")
     return out_result
+
+
+class _Clock:
+    """Adds the seconds spent in each named part of a loop to ``seconds``."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds, self.part, self.since = seconds, None, time.perf_counter()
+
+    def switch(self, part: str | None) -> None:
+        now = time.perf_counter()
+        if self.part is not None:
+            self.seconds[self.part] += now - self.since
+        self.part, self.since = part, now
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        self.switch(part)
+        try:
+            yield
+        finally:
+            self.switch(None)
 
 
 @dataclass(eq=False)
@@ -366,6 +384,10 @@ class _Trials:
         self.study, self.evaluator, self.task, self.space = study, evaluator, task, space
         self.seed, self.worker = seed, worker
         self.store: TrialStore = evaluator.store  # type: ignore[assignment]
+        # Where the driver's time goes (seconds): starting the executor, proposing (ask, the
+        # policy), submitting, waiting for results, recording them (annotate, tell), and the
+        # per-trial callbacks (fine-tuning, progress).
+        self.seconds = dict.fromkeys(("start", "propose", "submit", "wait", "record", "after"), 0.0)
 
     def run(
         self,
@@ -379,9 +401,13 @@ class _Trials:
         beats = is_heartbeat_enabled(study._storage)
         running: list[_Running] = []
         finished = 0
+        clock = _Clock(self.seconds)
+        with clock("start"):
+            self.evaluator.executor  # noqa: B018 - workers up before the first trial is asked
         try:
             while finished < n:
                 while finished + len(running) < n and len(running) < self.evaluator.n_workers:
+                    clock.switch("propose")
                     with warnings.catch_warnings():  # each running trial has a heartbeat thread
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -394,16 +420,21 @@ class _Trials:
                     if beats:
                         item.beat = get_heartbeat_thread(trial._trial_id, study._storage)
                         item.beat.start()
+                    clock.switch("submit")
                     item.evaluation = self.evaluator.submit(
                         self.task, item.config, seed=self.seed, time_limit=time_limit, record=False
                     )
+                clock.switch("wait")
                 self.evaluator.wait([r.evaluation for r in running], return_when=FIRST_COMPLETED)
                 for item in [r for r in running if r.evaluation.done()]:
                     running.remove(item)
+                    clock.switch("record")
                     result = self._tell(item)
                     finished += 1
+                    clock.switch("after")
                     progress(finished, item.config, result)
                     after_trial()
+            clock.switch(None)
         except BaseException:
             for item in running:
                 item.stop_heartbeat()
@@ -449,16 +480,33 @@ def random_search(
     results = evaluator.evaluate_many(task, configs, seed=seed)
     trials = [(i, c, r) for i, (c, r) in enumerate(zip(configs, results, strict=True))]
     final = evaluator.best_then_final_fit(task, trials, seed=seed)
+    records = [_record(i, c, r) for i, c, r in trials]
+    return _tune_result(task, final, records, start, extra={"final_fit": final.report()})
+
+
+def _tune_result(
+    task: Task,
+    final: FinalFit,
+    records: list[dict[str, Any]],
+    start: float,
+    *,
+    default: FinalFit | None = None,
+    policy: Policy | None = None,
+    extra: dict[str, Any],
+) -> TuneResult:
+    models = final.models
     return TuneResult(
-        model=final.models[0] if len(final.models) == 1 else final.models,
+        model=models[0] if len(models) == 1 else models,
         config=final.config,
-        trials=[_record(i, c, r) for i, c, r in trials],
+        trials=records,
         test_metric=final.result.test_metric,
-        default_test_metric=None,
+        default_test_metric=default.result.test_metric if default else None,
         metric_name=task.metric_name,
         seconds=time.perf_counter() - start,
         task=task.name,
         final_epochs=final.epochs,
+        policy=policy,
         final_result=final.result,
-        extra={"final_fit": final.report()},
+        default_result=default.result if default else None,
+        extra=extra,
     )

@@ -18,7 +18,6 @@ was computed in (onnxruntime's kernels treat a ragged tail of rows differently i
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hporl._io import did_you_mean
 from hporl.backends._base import Backend, EpochCallback, TrialResult
 from hporl.exceptions import ConfigError
 from hporl.space import SearchSpace
@@ -304,11 +304,10 @@ class LCBenchBackend(Backend):
         """
         key = str(task_id)
         if key not in self.task_ids:
-            close = difflib.get_close_matches(key, self.task_ids, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"unknown LCBench task id {key!r}; the surrogate knows {len(self.task_ids)} "
-                f"OpenML task ids ({', '.join(self.task_ids[:4])}, ...).{hint}"
+                f"OpenML task ids ({', '.join(self.task_ids[:4])}, ...)."
+                + did_you_mean(key, self.task_ids)
             )
         return LCBenchTask(key, data_version=self.data_version)
 

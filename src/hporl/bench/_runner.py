@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -15,7 +14,7 @@ import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hporl._io import explain_validation, read_yaml, writable_dir, write_json
+from hporl._io import did_you_mean, explain_validation, read_yaml, writable_dir, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
 from hporl.evaluation import Evaluator
@@ -114,10 +113,9 @@ class BenchConfig(BaseModel):
         for m in self.methods:
             if m not in METHODS and m not in self.fixed:
                 options = [*METHODS, *self.fixed]
-                close = difflib.get_close_matches(m, options, n=1)
                 raise ConfigError(
                     f"unknown method {m!r}; methods: {', '.join(options)}."
-                    + (f" Did you mean {close[0]!r}?" if close else "")
+                    + did_you_mean(m, options)
                 )
         if self.space is not None and self.benchmark == "lcbench":
             names = [self.space] if isinstance(self.space, str) else self.space
@@ -167,7 +165,9 @@ class _Bench:
                 raise ConfigError(
                     f"unknown benchmark {config.benchmark!r}: lcbench or a suite of real tasks ({', '.join(suites())})"
                 )
-            self.space = _space(config.space) if config.space else SearchSpace.builtin("optimizer")
+            from hporl.experiment import resolve_space
+
+            self.space = resolve_space(config.space or "optimizer")
             # Real training: every evaluation in the trial store (one study per task).
             self.store = TrialStore(storage_url(storage or config.storage, out))
             self.backend = TorchBackend(num_threads=1)
@@ -467,26 +467,6 @@ def _final_record(
     }
 
 
-def _space(spec: str | list[str]) -> SearchSpace:
-    """Built-in names or YAML paths, composed in order."""
-    from hporl.space import builtin_spaces
-
-    parts = []
-    for ref in [spec] if isinstance(spec, str) else spec:
-        if ref in builtin_spaces():
-            parts.append(SearchSpace.builtin(ref))
-        elif Path(ref).is_file():
-            parts.append(SearchSpace.from_yaml(ref))
-        else:
-            raise ConfigError(
-                f"space {ref!r} is neither a built-in space ({', '.join(builtin_spaces())}) nor a YAML file"
-            )
-    space = parts[0]
-    for part in parts[1:]:
-        space = space + part
-    return space
-
-
 def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path) -> Any:
     from hporl.agents import AgentConfig
     from hporl.experiment import meta_train
@@ -499,10 +479,8 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
     allowed = {"agent", "pretrain", "budget", "n_bins", "history", "epochs"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
         raise ConfigError(
-            f"unknown key 'policy.{unknown[0]}'."
-            + (f" Did you mean {close[0]!r}?" if close else "")
+            f"unknown key 'policy.{unknown[0]}'." + did_you_mean(unknown[0], sorted(allowed))
         )
     tasks = [bench.task(n) for n in train]
     norms = {n: bench.normalisation(n) for n in train}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from hporl._io import did_you_mean
 from hporl.exceptions import TaskError
 from hporl.tasks import _images
 from hporl.tasks import models as _models
@@ -334,10 +334,9 @@ def builtin(
         m = re.fullmatch(r"(synth_clf|synth_reg)_(\d+)", name)
         if not m:
             names = [*_FIXED, "synth_clf_0", "synth_reg_0"]
-            close = difflib.get_close_matches(name, names, n=1)
             raise TaskError(
                 f"unknown built-in task {name!r}; available: {', '.join(_FIXED)}, synth_clf_N, "
-                f"synth_reg_N." + (f" Did you mean {close[0]!r}?" if close else "")
+                f"synth_reg_N." + did_you_mean(name, names)
             )
         gen, default_epochs, _ = _FAMILIES[m.group(1)]
         X, y = gen(int(m.group(2)))
@@ -359,9 +358,8 @@ def builtin(
 def suite(name: str, **kwargs: Any) -> list[Task]:
     """The tasks of a named suite (see :func:`suites`); keyword arguments go to :func:`builtin`."""
     if name not in _SUITES:
-        close = difflib.get_close_matches(name, list(_SUITES), n=1)
         raise TaskError(
             f"unknown task suite {name!r}; available: {', '.join(_SUITES)}."
-            + (f" Did you mean {close[0]!r}?" if close else "")
+            + did_you_mean(name, _SUITES)
         )
     return [builtin(n, **kwargs) for n in _SUITES[name]]

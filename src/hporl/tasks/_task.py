@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import difflib
 import hashlib
 import inspect
 import io
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hporl._io import did_you_mean
 from hporl.exceptions import TaskError
 from hporl.tasks import models as _models
 
@@ -617,9 +617,8 @@ def _columns_hint(name: str, header: Sequence[str]) -> str:
             "column names?"
         )
     same = [h for h in header if h.lower() == name.lower()]
-    close = same or difflib.get_close_matches(name, header, n=1)
     shown = header if len(header) <= 20 else [*header[:20], "..."]
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = f" Did you mean {same[0]!r}?" if same else did_you_mean(name, header)
     return f"the columns are {shown!r}.{hint}"
 
 
