@@ -317,6 +317,9 @@ class Evaluator:
         in: retried once if its worker died, else recorded and cached."""
         evaluations = list(evaluations)
         deadline = None if timeout is None else time.monotonic() + timeout
+        lost = [e for e in evaluations if not e.done() and self._inflight.get(e.key) is not e]
+        if lost:
+            raise RuntimeError(f"{len(lost)} evaluations were dropped when the evaluator closed")
         while True:
             self._harvest()
             done = [e for e in evaluations if e.done()]

@@ -313,9 +313,8 @@ def _run(
     say = progress or (lambda msg: logger.info(msg))
     folds = _folds(config, bench.all_tasks)
     if config.benchmark != "lcbench":  # bad tasks (or a space that cannot apply) before training
-        for train, test in folds:
-            for name in [*train, *test]:
-                bench.task(name)
+        names = dict.fromkeys(name for train, test in folds for name in [*train, *test])
+        bench.evaluator.start(*(bench.task(name) for name in names))  # shipped to workers once
     records: list[dict[str, Any]] = []
     finals: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
