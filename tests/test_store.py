@@ -265,3 +265,30 @@ def test_cli_unreachable_storage_is_one_line_and_exit_2(tiny_policy, tmp_path):
     )
     assert "pw" not in proc.stderr
     assert (out / "report.json").read_text() == '{"kept": true}'
+
+
+def test_a_trial_opened_and_annotated_at_once_reads_as_one_written_row_by_row(tmp_path, space):
+    """The batched writes of an RDB store (one transaction to open a trial, one to annotate it)
+    leave what optuna's row-by-row API leaves in an in-memory store."""
+    task = builtin("iris", epochs=3)
+    result = TorchBackend(num_threads=1).evaluate(task, space.default(), seed=0)
+    config = {**space.default(), "lr": 0.01}
+    trials = []
+    for url in (tmp_path / "t.db", None):
+        store = TrialStore(url)
+        study = store.study("run", task)
+        trial = store.open_trial(study, space, config)
+        assert space.suggest(trial) == space.validate(config)  # read back, not sampled
+        if url is not None:  # annotating again updates the rows
+            store.annotate(trial, task, config, result, seed=0, worker="first")
+        store.annotate(trial, task, config, result, seed=0, worker="w")
+        study.tell(trial, result.best_metric)
+        trials.append(study.trials[0])
+    rdb, memory = trials
+    assert rdb.params == memory.params == space.optuna_params(config)
+    assert rdb.intermediate_values == memory.intermediate_values
+    assert rdb.intermediate_values == dict(enumerate(result.curve, start=1))
+    assert rdb.user_attrs.keys() == memory.user_attrs.keys()
+    assert rdb.user_attrs["hporl_worker"] == memory.user_attrs["hporl_worker"] == "w"
+    assert rdb.user_attrs["hporl_result"] == memory.user_attrs["hporl_result"]
+    assert rdb.state == memory.state == TrialState.COMPLETE

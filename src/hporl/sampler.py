@@ -102,21 +102,26 @@ class PolicySampler(BaseSampler):
             out.append((config, value))
         return out
 
+    def propose(self, study: optuna.Study, *, exclude: int | None = None) -> dict[str, Any]:
+        """The policy's next configuration for ``study``, given its :meth:`history`: never one
+        tried already or under way (RUNNING or WAITING, trial number ``exclude`` aside)."""
+        history = self.history(study)
+        avoid = {config_key(c) for c, _ in history}
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        for t in running:
+            if t.number != exclude and t.params:
+                with contextlib.suppress(HporlError):
+                    avoid.add(config_key(self.policy.space.from_optuna_params(t.params)))
+        return self.policy.suggest(
+            self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid
+        )
+
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        history = self.history(study)
-        avoid = {config_key(c) for c, _ in history}
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        for t in running:
-            if t.number != trial.number and t.params:
-                with contextlib.suppress(HporlError):
-                    avoid.add(config_key(self.policy.space.from_optuna_params(t.params)))
-        config = self.policy.suggest(
-            self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid
-        )
+        config = self.propose(study, exclude=trial.number)
         params = self.policy.space.optuna_params(config)
         return {k: v for k, v in params.items() if k in search_space}
 

@@ -271,8 +271,10 @@ def tune_model(
 
     def after_trial() -> None:
         nonlocal current
+        if not fine_tune:
+            return
         history = [(c, r) for _, c, r in _finished(store, study)]
-        if fine_tune and len(history) >= 2:
+        if len(history) >= 2:
             current = policy.fine_tune(task, history, steps=options.fine_tune_steps)
             sampler.policy = current
 
@@ -413,8 +415,7 @@ class _Trials:
                         warnings.filterwarnings("ignore", message="Heartbeat of storage")
                         if beats:  # as study.optimize does: stale trials of others, retried
                             fail_stale_trials(study)
-                        trial = study.ask()  # a queued retry first
-                    self.store.claim(trial)
+                        trial = self._new_trial()
                     item = _Running(trial, self.space.suggest(trial))
                     running.append(item)
                     if beats:
@@ -442,6 +443,19 @@ class _Trials:
                 item.trial.set_user_attr("reason", "interrupted")
                 study.tell(item.trial, state=TrialState.FAIL)
             raise
+
+    def _new_trial(self) -> optuna.Trial:
+        """A queued retry first (``study.ask``); else the policy's proposal, made a running
+        trial in one transaction."""
+        study = self.study
+        sampler = study.sampler
+        if not isinstance(sampler, PolicySampler) or study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,)
+        ):
+            trial = study.ask()
+            self.store.claim(trial)
+            return trial
+        return self.store.open_trial(study, self.space, sampler.propose(study))
 
     def _tell(self, item: _Running) -> TrialResult:
         item.stop_heartbeat()
