@@ -208,13 +208,15 @@ class Evaluator:
 
     @property
     def executor(self) -> Executor:
-        """The executor, started on first use with the backend and the tasks named so far."""
+        """The executor, started on first use with the backend and the tasks named so far (one
+        the caller started already is used as it is)."""
         if self._executor is None:
             executor = make_executor(
                 self._executor_spec, self.n_workers, ray_address=self._ray_address
             )
             try:
-                executor.start(self.backend, *self._shipped)
+                if not executor.started:
+                    executor.start(self.backend, *self._shipped)
             except BaseException:
                 executor.close()
                 raise

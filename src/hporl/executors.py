@@ -101,6 +101,11 @@ class Executor(abc.ABC):
         """Ship ``backend`` and ``tasks`` to the workers (once); the first is the default task
         of :meth:`submit`."""
 
+    @property
+    @abc.abstractmethod
+    def started(self) -> bool:
+        """Whether :meth:`start` was called (and :meth:`close` not since)."""
+
     @abc.abstractmethod
     def submit(
         self,
@@ -139,6 +144,10 @@ class LocalExecutor(Executor):
         self._index: dict[int, int] = {}
         self._payload = b""
 
+    @property
+    def started(self) -> bool:
+        return self._backend is not None
+
     def start(self, backend: Backend, *tasks: Any) -> None:
         self._backend, self._tasks = backend, list(tasks)
         self._index = {id(t): i for i, t in enumerate(self._tasks)}
@@ -147,9 +156,10 @@ class LocalExecutor(Executor):
 
             self._payload = cloudpickle.dumps((backend, self._tasks))
             self._pool = self._new_pool()
-            # Every worker up (each imports torch and unpacks the tasks once) before the first
-            # evaluation, all at the same time.
-            cf.wait([self._pool.submit(_warm, 0.05) for _ in range(self.n_workers)])
+            # Every worker starts now (each imports torch and unpacks the tasks once), all at
+            # the same time and while the caller goes on; evaluations queue behind.
+            for _ in range(self.n_workers):
+                self._pool.submit(_warm, 0.05)
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(
@@ -190,6 +200,7 @@ class LocalExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._backend = None
 
 
 def _default_task(task: Any, started: list[Any]) -> Any:
@@ -279,6 +290,10 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
+
+    @property
+    def started(self) -> bool:
+        return self._backend_ref is not None
 
     def start(self, backend: Backend, *tasks: Any) -> None:
         """Join the cluster (or start a local Ray), then put the backend and tasks in its object
@@ -373,6 +388,7 @@ class RayExecutor(Executor):
             self._thread.join(timeout=5)
         _ray_shutdown(self._ray, self._started, self._temp_dir)
         self._started, self._temp_dir, self._remote = False, None, None
+        self._backend_ref = None
 
 
 def _ray_init(

@@ -24,7 +24,7 @@ from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
 from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator, FinalFit
 from hporl.exceptions import ConfigError, TaskError
-from hporl.executors import EXECUTORS, Executor
+from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
 from hporl.sampler import PolicySampler
 from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
@@ -240,97 +240,104 @@ def tune_model(
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
     if not isinstance(executor, Executor) and executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if policy is None:
-        policy = Policy.default()
-    elif isinstance(policy, (str, Path)):
-        policy = Policy.load(policy)
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
-    if policy.feature_names is None:
-        raise ConfigError(
-            "this policy was meta-trained on synthetic tasks without hporl's meta-features; it cannot read a real task's features"
+    backend = options.backend or TorchBackend(num_threads=1)
+    executor = make_executor(executor)
+    if isinstance(executor, LocalExecutor) and executor.n_workers > 1:
+        executor.start(backend, task)  # its workers start while the policy loads
+    with executor:
+        if policy is None:
+            policy = Policy.default()
+        elif isinstance(policy, (str, Path)):
+            policy = Policy.load(policy)
+        if policy.feature_names is None:
+            raise ConfigError(
+                "this policy was meta-trained on synthetic tasks without hporl's meta-features; it cannot read a real task's features"
+            )
+        policy.task_features(task)  # checks the feature count before any training
+        check_augment_space(
+            policy.space, task
+        )  # augmentation only for image tasks, before any file
+        if out is not None:
+            writable_dir(out)
+        space = policy.space
+        store = TrialStore(storage_url(storage, out))
+        worker = options.worker or (str(Path(out).resolve()) if out is not None else "main")
+        sampler = PolicySampler(policy, task=task, deterministic=options.deterministic, seed=seed)
+        study = store.study(
+            "tune",
+            task,
+            sampler=sampler,
+            name=options.study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
         )
-    policy.task_features(task)  # checks the feature count before any training
-    check_augment_space(policy.space, task)  # augmentation only for image tasks, before any file
-    if out is not None:
-        writable_dir(out)
-    space = policy.space
-    store = TrialStore(storage_url(storage, out))
-    worker = options.worker or (str(Path(out).resolve()) if out is not None else "main")
-    sampler = PolicySampler(policy, task=task, deterministic=options.deterministic, seed=seed)
-    study = store.study(
-        "tune",
-        task,
-        sampler=sampler,
-        name=options.study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
-    )
-    store.fail_orphans(study)
-    before = store.results(study)
-    earlier = {t.number for t, _ in before}
-    done = sum(1 for t, _ in before if t.user_attrs.get(WORKER) == worker)
-    current = policy
+        store.fail_orphans(study)
+        before = store.results(study)
+        earlier = {t.number for t, _ in before}
+        done = sum(1 for t, _ in before if t.user_attrs.get(WORKER) == worker)
+        current = policy
 
-    def after_trial() -> None:
-        nonlocal current
-        if not fine_tune:
-            return
-        history = [(c, r) for _, c, r in _finished(store, study)]
-        if len(history) >= 2:
-            current = policy.fine_tune(task, history, steps=options.fine_tune_steps)
-            sampler.policy = current
+        def after_trial() -> None:
+            nonlocal current
+            if not fine_tune:
+                return
+            history = [(c, r) for _, c, r in _finished(store, study)]
+            if len(history) >= 2:
+                current = policy.fine_tune(task, history, steps=options.fine_tune_steps)
+                sampler.policy = current
 
-    def progress(i: int, config: dict[str, Any], result: TrialResult) -> None:
-        if callback is not None:
-            callback(done + i, n_trials, config, result)
+        def progress(i: int, config: dict[str, Any], result: TrialResult) -> None:
+            if callback is not None:
+                callback(done + i, n_trials, config, result)
 
-    if fine_tune:
-        after_trial()  # a resumed run starts from the fine-tuned policy
-    # Trials are recorded in the study; the evaluator records only the default's reference.
-    evaluator = Evaluator(
-        options.backend or TorchBackend(num_threads=1),
-        store=store,
-        run="tune-reference",
-        space=space,
-        executor=executor,
-    )
-    evaluator.start(task)
-    with evaluator, store.errors():
-        trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker)
-        if n_trials > done:
-            trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
-        t0 = time.perf_counter()
-        finished = _finished(store, study)
-        final = evaluator.best_then_final_fit(task, finished, seed=seed)
-        default_final = None
-        if options.compare_default:
-            default = space.default()
-            same = [r for _, c, r in finished if c == default]
-            probe = same[0] if same else evaluator.evaluate(task, default, seed=seed)
-            if probe.ok:
-                default_final = evaluator.final_fit(task, default, probe, seed=seed)
-        trials.seconds["final"] = time.perf_counter() - t0
-    out_result = _tune_result(
-        task,
-        final,
-        [_record(n, c, r, resumed=n in earlier) for n, c, r in finished],
-        start,
-        default=default_final,
-        policy=current if fine_tune else policy,
-        extra={
-            "final_fit": final.report(),
-            "fine_tune": fine_tune,
-            "n_trials": n_trials,
-            "storage": mask_url(store.url),
-            "study": study.study_name,
-            "worker": worker,
-            "cached_trials": sum(1 for _, _, r in finished if r.cached),
-            "driver_seconds": {k: round(v, 4) for k, v in trials.seconds.items()},
-        },
-    )
-    if out is not None:
-        out_result.save(out)
         if fine_tune:
-            current.save(Path(out) / "policy_fine_tuned")
-    return out_result
+            after_trial()  # a resumed run starts from the fine-tuned policy
+        # Trials are recorded in the study; the evaluator records only the default's reference.
+        evaluator = Evaluator(
+            backend,
+            store=store,
+            run="tune-reference",
+            space=space,
+            executor=executor,
+        )
+        evaluator.start(task)
+        with evaluator, store.errors():
+            trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker)
+            if n_trials > done:
+                trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
+            t0 = time.perf_counter()
+            finished = _finished(store, study)
+            final = evaluator.best_then_final_fit(task, finished, seed=seed)
+            default_final = None
+            if options.compare_default:
+                default = space.default()
+                same = [r for _, c, r in finished if c == default]
+                probe = same[0] if same else evaluator.evaluate(task, default, seed=seed)
+                if probe.ok:
+                    default_final = evaluator.final_fit(task, default, probe, seed=seed)
+            trials.seconds["final"] = time.perf_counter() - t0
+        out_result = _tune_result(
+            task,
+            final,
+            [_record(n, c, r, resumed=n in earlier) for n, c, r in finished],
+            start,
+            default=default_final,
+            policy=current if fine_tune else policy,
+            extra={
+                "final_fit": final.report(),
+                "fine_tune": fine_tune,
+                "n_trials": n_trials,
+                "storage": mask_url(store.url),
+                "study": study.study_name,
+                "worker": worker,
+                "cached_trials": sum(1 for _, _, r in finished if r.cached),
+                "driver_seconds": {k: round(v, 4) for k, v in trials.seconds.items()},
+            },
+        )
+        if out is not None:
+            out_result.save(out)
+            if fine_tune:
+                current.save(Path(out) / "policy_fine_tuned")
+        return out_result
 
 
 class _Clock:
