@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hporl import HPOEnv, SyntheticBackend
+from hporl import HPOEnv, Policy, SyntheticBackend
+from hporl.backends import SyntheticTask
 from hporl.cli import main
 
 SMALL_SPACE = {
@@ -67,3 +68,19 @@ def saved_model_accuracy(directory: Path, task, config: dict[str, Any]) -> float
     model = task.build_model(0, config)
     model.load_state_dict(torch.load(Path(directory) / "model.pt", weights_only=True))
     return accuracy_on_test_split(model, task)
+
+
+def policy_from(agent, space, cfg, budget=1, n_features=4):
+    env = HPOEnv(
+        space,
+        SyntheticBackend(space),
+        SyntheticTask.sample(0, 2, n_features=n_features),
+        budget=budget,
+    )
+    return Policy.from_agent(
+        agent,
+        env.layout,
+        algorithm=cfg.algorithm,
+        policy_kwargs=cfg.policy_kwargs(),
+        training_tasks=["a", "b"],
+    )

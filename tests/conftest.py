@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from hporl import SearchSpace
+from hporl.agents import AgentConfig, train_agent
+from hporl.backends import SyntheticTask
 from hporl.tasks import builtin
 from tests import _postgres
-from tests._helpers import SMALL_SPACE, write_csv
+from tests._helpers import SMALL_SPACE, make_env_fn, policy_from, write_csv
 
 # Small models train faster on one thread here, and two-thread runs were seen to stall.
 torch.set_num_threads(1)
@@ -105,3 +107,13 @@ def postgres_db_url(postgres_url):
         yield url
     finally:
         _postgres.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def trained(small_space):
+    """A small policy trained for 256 steps on synthetic tasks (K = 3)."""
+    cfg = AgentConfig(
+        total_timesteps=256, net_arch=[32], seed=1, params={"n_steps": 64, "batch_size": 32}
+    )
+    agent = train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 8), budget=3)])
+    return policy_from(agent, small_space, cfg, budget=3)

@@ -12,23 +12,7 @@ from hporl._policy_files import meta_sha256
 from hporl.agents import ALGORITHMS, AgentConfig, action_logits, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
 from hporl.vec_env import FanOutVecEnv
-from tests._helpers import make_env_fn
-
-
-def policy_from(agent, space, cfg, budget=1, n_features=4):
-    env = HPOEnv(
-        space,
-        SyntheticBackend(space),
-        SyntheticTask.sample(0, 2, n_features=n_features),
-        budget=budget,
-    )
-    return Policy.from_agent(
-        agent,
-        env.layout,
-        algorithm=cfg.algorithm,
-        policy_kwargs=cfg.policy_kwargs(),
-        training_tasks=["a", "b"],
-    )
+from tests._helpers import make_env_fn, policy_from
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -69,15 +53,6 @@ def test_meta_trained_policy_beats_random_choice_on_held_out_tasks(small_space):
     assert learned > random + 0.15, (learned, random)
     # it reads the features: its suggestions differ across tasks
     assert len({json.dumps(policy.suggest(t), sort_keys=True) for t in held_out}) > 1
-
-
-@pytest.fixture(scope="module")
-def trained(small_space):
-    cfg = AgentConfig(
-        total_timesteps=256, net_arch=[32], seed=1, params={"n_steps": 64, "batch_size": 32}
-    )
-    agent = train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 8), budget=3)])
-    return policy_from(agent, small_space, cfg, budget=3)
 
 
 def test_save_load_identical_suggestions_and_no_pickle(trained, tmp_path):

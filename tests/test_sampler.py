@@ -6,23 +6,11 @@ import json
 import warnings
 
 import optuna
-import pytest
 
 import hporl
 from hporl import SyntheticBackend
-from hporl.agents import AgentConfig, train_agent
 from hporl.backends import SyntheticTask
 from hporl.sampler import PolicySampler
-from tests.test_policy import make_env_fn, policy_from
-
-
-@pytest.fixture(scope="module")
-def trained(small_space):
-    cfg = AgentConfig(
-        total_timesteps=256, net_arch=[32], seed=1, params={"n_steps": 64, "batch_size": 32}
-    )
-    agent = train_agent(cfg, [make_env_fn(small_space, SyntheticTask.sample(0, 8), budget=3)])
-    return policy_from(agent, small_space, cfg, budget=3)
 
 
 def test_the_package_exports_this_sampler():

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,6 +62,10 @@ def _is_choice(value: Any) -> bool:
     if isinstance(value, (str, bool)) or value is None:
         return True
     return _is_number(value) and math.isfinite(float(value))
+
+
+_UNSET = object()
+"""What a value function of :meth:`SearchSpace._fill` returns for a parameter left out."""
 
 
 @dataclass(frozen=True)
@@ -722,23 +726,31 @@ class SearchSpace:
                 out[p.name] = od.FloatDistribution(float(p.low), float(p.high), log=p.log)
         return out
 
-    def suggest(self, trial: Any) -> Config:
-        """Sample a configuration with an optuna trial, asking only the active parameters."""
+    def _fill(self, value_of: Callable[[Parameter], Any]) -> Config:
+        """A configuration of the active parameters, in order: fixed ones at their value, the
+        others ``value_of(parameter)`` (``_UNSET``: left out)."""
         config: Config = {}
         for p in self.parameters:
             if not self.is_active(p.name, config):
                 continue
-            if p.kind == "fixed":
-                config[p.name] = p.default
-            elif p.kind == "categorical":
-                config[p.name] = trial.suggest_categorical(p.name, list(p.choices))
-            elif p.has_off and trial.suggest_categorical(f"{p.name}:off", [False, True]):
-                config[p.name] = p.off
-            elif p.kind == "int":
-                config[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log)
-            else:
-                config[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log)
+            value = p.default if p.kind == "fixed" else value_of(p)
+            if value is not _UNSET:
+                config[p.name] = value
         return self.validate(config)
+
+    def suggest(self, trial: Any) -> Config:
+        """Sample a configuration with an optuna trial, asking only the active parameters."""
+
+        def ask(p: Parameter) -> Any:
+            if p.kind == "categorical":
+                return trial.suggest_categorical(p.name, list(p.choices))
+            if p.has_off and trial.suggest_categorical(f"{p.name}:off", [False, True]):
+                return p.off
+            if p.kind == "int":
+                return trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log)
+            return trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log)
+
+        return self._fill(ask)
 
     def optuna_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """A configuration as optuna params (for ``study.enqueue_trial`` or ``add_trial``)."""
@@ -757,17 +769,13 @@ class SearchSpace:
 
     def from_optuna_params(self, params: Mapping[str, Any]) -> Config:
         """Inverse of :meth:`optuna_params`."""
-        config: Config = {}
-        for p in self.parameters:
-            if not self.is_active(p.name, config):
-                continue
-            if p.kind == "fixed":
-                config[p.name] = p.default
-            elif p.has_off and params.get(f"{p.name}:off"):
-                config[p.name] = p.off
-            elif p.name in params:
-                config[p.name] = params[p.name]
-        return self.validate(config)
+
+        def read(p: Parameter) -> Any:
+            if p.has_off and params.get(f"{p.name}:off"):
+                return p.off
+            return params.get(p.name, _UNSET)
+
+        return self._fill(read)
 
 
 def _domain(p: Parameter) -> str:
