@@ -27,7 +27,9 @@ app = typer.Typer(
 console = Console()
 
 
-Parallel = Annotated[int, typer.Option("--parallel", help="trials (or environments) at once")]
+Parallel = Annotated[
+    int, typer.Option("--parallel", min=1, help="trials (or environments) at once")
+]
 ExecutorOpt = Annotated[
     str, typer.Option("--executor", help="where they run: local (processes) or ray")
 ]
