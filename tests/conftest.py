@@ -17,6 +17,28 @@ from tests._helpers import SMALL_SPACE, make_env_fn, policy_from, write_csv
 torch.set_num_threads(1)
 
 
+def _own_dirs(monkeypatch: pytest.MonkeyPatch, own) -> None:
+    monkeypatch.setenv("HPORL_CACHE_DIR", str(own / "cache"))
+    monkeypatch.setenv("SB3_LOGDIR", str(own / "sb3"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_and_logs(tmp_path_factory):
+    """Module- and session-scoped fixtures (built before any test's own directories) write
+    under this session's directory."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _own_dirs(monkeypatch, tmp_path_factory.mktemp("session"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_and_logs(tmp_path_factory, monkeypatch):
+    """Every test writes its caches (hporl's LCBench normalisation) and SB3's default log
+    folders under a directory of its own, never in the home directory or the shared temp dir,
+    so the suite passes the same on a machine that never ran it."""
+    _own_dirs(monkeypatch, tmp_path_factory.mktemp("own"))
+
+
 @pytest.fixture(scope="session")
 def digits():
     return builtin("digits")
