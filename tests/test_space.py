@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -416,3 +417,19 @@ def test_to_optuna_and_suggest_with_a_real_study():
     study.enqueue_trial(space.optuna_params(default))
     study.optimize(objective, n_trials=1)
     assert seen[-1] == default
+
+
+def test_the_readme_search_space_loads_as_written(tmp_path):
+    """The README's YAML example: its condition names a parameter of the included space."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("A search space in YAML:", 1)[1].split("```yaml\n", 1)[1]
+    path = tmp_path / "space.yaml"
+    path.write_text(block.split("```", 1)[0])
+    space = SearchSpace.from_yaml(path)
+    assert space.name == "mine"
+    assert space["nesterov_boost"].when == (("optimizer", ("sgd",)),)
+    assert {"dropout", "width", "clip", "optimizer", "lr"} <= {p.name for p in space.parameters}
+    sgd = {**space.default(), "optimizer": "sgd", "momentum": 0.9, "nesterov_boost": True}
+    sgd = {k: v for k, v in sgd.items() if not k.startswith("beta")}
+    assert space.validate(sgd)["nesterov_boost"] is True
+    assert space.default()["optimizer"] == "adam" and "nesterov_boost" not in space.default()

@@ -401,9 +401,9 @@ class SearchSpace:
         if not isinstance(params, Mapping):
             raise SearchSpaceError(f"'parameters' must be a mapping, got {type(params).__name__}")
         parsed = [Parameter.from_dict(k, v) for k, v in params.items()]
-        space = cls._checked(parsed, name=name or "")
-        for inc_space in reversed(includes):
-            space = inc_space + space
+        # Checked together: a condition may name a parameter of an included space.
+        included = [p for inc_space in includes for p in inc_space.parameters]
+        space = cls._checked([*included, *parsed], name=name or "")
         if name:
             object.__setattr__(space, "name", name)
         return space
