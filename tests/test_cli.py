@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import hporl
 from hporl import Policy
 from hporl.tasks import builtin
 from tests._helpers import run_cli as run
@@ -26,7 +27,12 @@ def cli(*args):
 
 def test_spaces_and_tasks(capsys):
     code, out, _ = run("spaces", capsys=capsys)
-    assert code == 0 and "optimizer" in out and "lcbench" in out and "warmup_fraction" in out
+    assert code == 0 and "optimizer" in out and "lcbench" in out and "autoaugment" in out
+    assert "warmup_fraction" not in out and len(out.splitlines()) < 15  # names, not tables
+    code, out, _ = run("spaces", "optimizer", capsys=capsys)
+    assert code == 0 and "warmup_fraction" in out and "lcbench" not in out
+    code, out, _ = run("--version", capsys=capsys)
+    assert code == 0 and out.strip() == f"hporl {hporl.__version__}"
     code, out, _ = run("tasks", capsys=capsys)
     assert code == 0 and "digits_image" in out and "synth_clf_N" in out
 

@@ -27,6 +27,24 @@ app = typer.Typer(
 console = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from hporl import __version__
+
+        console.print(f"hporl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Meta-learned hyperparameter selection for PyTorch training."""
+
+
 Parallel = Annotated[
     int, typer.Option("--parallel", min=1, help="trials (or environments) at once")
 ]
@@ -342,8 +360,17 @@ def spaces(
     """List the built-in search spaces, or the parameters of one."""
     from hporl.space import SearchSpace, builtin_spaces
 
-    names = [name] if name else builtin_spaces()
-    for n in names:
+    if name is None:
+        table = Table(title="built-in search spaces (`hporl spaces NAME` shows one)")
+        for col in ("space", "parameters", "chosen (not fixed)", "conditional"):
+            table.add_column(col)
+        for n in builtin_spaces():
+            space = SearchSpace.builtin(n)
+            conditional = sum(1 for p in space if p.when)
+            table.add_row(n, str(len(space)), str(len(space.chosen)), str(conditional))
+        console.print(table)
+        return
+    for n in [name]:
         space = SearchSpace.builtin(n)
         table = Table(title=f"search space {n!r} ({len(space)} parameters)")
         for col in ("parameter", "kind", "range / choices", "default", "active when"):
