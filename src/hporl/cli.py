@@ -45,12 +45,13 @@ def _options(
     """Meta-learned hyperparameter selection for PyTorch training."""
 
 
-Parallel = Annotated[
-    int, typer.Option("--parallel", min=1, help="trials (or environments) at once")
-]
-ExecutorOpt = Annotated[
-    str, typer.Option("--executor", help="where they run: local (processes) or ray")
-]
+_PARALLEL = "trials (or environments) at once"
+_EXECUTOR = "where they run: local (processes) or ray"
+Parallel = Annotated[int, typer.Option("--parallel", min=1, help=_PARALLEL)]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help=_EXECUTOR)]
+# Optional forms (the config's own value when not given); `Parallel | None` would drop the help.
+MaybeParallel = Annotated[int | None, typer.Option("--parallel", min=1, help=_PARALLEL)]
+MaybeExecutor = Annotated[str | None, typer.Option("--executor", help=_EXECUTOR)]
 RayAddress = Annotated[
     str | None,
     typer.Option(
@@ -193,8 +194,8 @@ def meta_train(
         str | None,
         typer.Option(help="trial store: optuna storage URL or SQLite path (default DIR/trials.db)"),
     ] = None,
-    parallel: Parallel | None = None,
-    executor: ExecutorOpt | None = None,
+    parallel: MaybeParallel = None,
+    executor: MaybeExecutor = None,
     ray_address: RayAddress = None,
     wait: Annotated[
         str | None,
@@ -324,8 +325,8 @@ def bench(
             help="trial store of real training: URL or SQLite path (default OUT/trials.db)"
         ),
     ] = None,
-    parallel: Parallel | None = None,
-    executor: ExecutorOpt | None = None,
+    parallel: MaybeParallel = None,
+    executor: MaybeExecutor = None,
     ray_address: RayAddress = None,
 ) -> None:
     """Run a benchmark; write results.json, summary.json, report.md and plots/*.png to OUT."""
