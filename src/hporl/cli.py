@@ -59,11 +59,11 @@ RayAddress = Annotated[
     ),
 ]
 
+# No task here shares data with the default held-out task, digits (digits_linear would).
 DEMO_TRAIN = [
     "iris",
     "wine",
     "breast_cancer",
-    "digits_linear",
     *[f"synth_clf_{i}" for i in range(8)],
 ]
 
