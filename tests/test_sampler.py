@@ -98,3 +98,31 @@ def test_policy_sampler_history_leaves_out_retried_and_stale_failures(trained):
         retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
         assert retried(study.trials[2]) == 0
     assert sampler.history(study) == [(configs[0], -0.25)]
+
+
+def test_each_finished_trial_is_parsed_once(trained, monkeypatch):
+    """The history is read before every proposal; a finished trial's configuration is parsed
+    the first time only (trials used to slow down as they piled up)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    task = SyntheticTask("t", [0.2, 0.4, 0.6, 0.8])
+    backend = SyntheticBackend(trained.space)
+    sampler = PolicySampler(trained, task=task, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    parsed = []
+    space_class = type(trained.space)
+    original = space_class.from_optuna_params
+
+    def counting(self, params):
+        parsed.append(json.dumps(params, sort_keys=True))
+        return original(self, params)
+
+    monkeypatch.setattr(space_class, "from_optuna_params", counting)
+
+    def objective(trial):
+        return backend.evaluate(task, trained.space.suggest(trial)).best_metric
+
+    study.optimize(objective, n_trials=8)
+    finished = [json.dumps(t.params, sort_keys=True) for t in study.trials]
+    assert sorted(parsed) == sorted(finished[:-1])  # the last one was never read back
+    expected = [original(trained.space, t.params) for t in study.trials]
+    assert [c for c, _ in sampler.history(study)] == expected

@@ -56,6 +56,9 @@ class PolicySampler(BaseSampler):
         self._rng = np.random.default_rng(seed)
         self._independent = independent_sampler or RandomSampler(seed=seed)
         self._search_space = policy.space.to_optuna()
+        # Configurations of finished trials, parsed once: (study id, trial id) -> (config, its
+        # key), or None for a trial of other parameters. A finished trial never changes.
+        self._finished: dict[tuple[int, int], tuple[dict[str, Any], str] | None] = {}
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -73,8 +76,12 @@ class PolicySampler(BaseSampler):
         retry with ``system_attrs["failed_trial"]`` and ``"retry_history"``) is left out, since
         its retry stands for it; so is a FAIL trial with the user attribute ``hporl_stale``.
         """
+        return [(config, value) for config, value, _ in self._read(study)]
+
+    def _read(self, study: optuna.Study) -> list[tuple[dict[str, Any], float | None, str]]:
+        """:meth:`history`, each trial with its :func:`config_key`."""
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
-        out: list[tuple[dict[str, Any], float | None]] = []
+        out: list[tuple[dict[str, Any], float | None, str]] = []
         trials = study.get_trials(deepcopy=False)
         retried: set[int] = set()
         for t in trials:
@@ -89,24 +96,39 @@ class PolicySampler(BaseSampler):
                 t.number in retried or t.user_attrs.get("hporl_stale") is True
             ):
                 continue
-            try:
-                config = self.policy.space.from_optuna_params(t.params)
-            except HporlError:
+            parsed = self._config_of(study, t)
+            if parsed is None:
                 continue  # the objective asked other parameters: not a trial of this space
+            config, key = parsed
             if t.state == TrialState.COMPLETE and t.value is not None:
                 value: float | None = sign * t.value
             elif t.state == TrialState.PRUNED and t.intermediate_values:
                 value = sign * t.intermediate_values[max(t.intermediate_values)]
             else:
                 value = None
-            out.append((config, value))
+            out.append((config, value, key))
         return out
+
+    def _config_of(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> tuple[dict[str, Any], str] | None:
+        """``trial``'s configuration in the policy's space and its key (``None``: other
+        parameters), parsed once per finished trial: the history is read before every proposal."""
+        key = (study._study_id, trial._trial_id)
+        if key not in self._finished:
+            try:
+                config = self.policy.space.from_optuna_params(trial.params)
+                self._finished[key] = (config, config_key(config))
+            except HporlError:
+                self._finished[key] = None
+        return self._finished[key]
 
     def propose(self, study: optuna.Study, *, exclude: int | None = None) -> dict[str, Any]:
         """The policy's next configuration for ``study``, given its :meth:`history`: never one
         tried already or under way (RUNNING or WAITING, trial number ``exclude`` aside)."""
-        history = self.history(study)
-        avoid = {config_key(c) for c, _ in history}
+        read = self._read(study)
+        history = [(config, value) for config, value, _ in read]
+        avoid = {key for _, _, key in read}
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         for t in running:
             if t.number != exclude and t.params:
