@@ -45,21 +45,10 @@ def test_tune_model_end_to_end_on_arrays(tiny_policy, tmp_path):
 def test_tune_resumes_from_its_store(tiny_policy, tmp_path):
     policy, _ = tiny_policy
     task = builtin("wine", epochs=2)
-    first = tune_model(
-        data=task,
-        policy=policy,
-        n_trials=2,
-        out=tmp_path,
-        options=TuneOptions(compare_default=False),
-    )
+    options = TuneOptions(compare_default=False)
+    first = tune_model(data=task, policy=policy, n_trials=2, out=tmp_path, options=options)
     assert not any(t["cached"] or t["resumed"] for t in first.trials)
-    more = tune_model(
-        data=task,
-        policy=policy,
-        n_trials=3,
-        out=tmp_path,
-        options=TuneOptions(compare_default=False),
-    )
+    more = tune_model(data=task, policy=policy, n_trials=3, out=tmp_path, options=options)
     assert [t["resumed"] for t in more.trials] == [True, True, False]
     assert not any(t["cached"] for t in more.trials)
     assert [t["config"] for t in more.trials[:2]] == [t["config"] for t in first.trials]
