@@ -110,3 +110,42 @@ def test_unusable_storage_is_a_clear_error(tiny_policy, tmp_path):
         with pytest.raises(StoreError, match=re.escape(message)):
             tune_model(data=builtin("iris", epochs=1), policy=policy, n_trials=1, storage=url)
     assert (tmp_path / "notes.db").read_text() == "my notes, not a database"
+
+
+def test_an_interrupted_trial_is_failed_stale_and_the_run_resumes(tiny_policy, tmp_path):
+    """Ctrl-C in the middle of a trial: that trial is FAIL and marked stale (the policy's
+    history leaves it out); the run started again tops up the finished trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from hporl import TorchBackend
+
+    class Interrupted(TorchBackend):
+        calls = 0
+
+        def evaluate(self, task, config, **kwargs):
+            Interrupted.calls += 1
+            if Interrupted.calls == 2:
+                raise KeyboardInterrupt
+            return super().evaluate(task, config, **kwargs)
+
+    policy, _ = tiny_policy
+    task = builtin("iris", epochs=2)
+    options = TuneOptions(compare_default=False, backend=Interrupted(num_threads=1))
+    with pytest.raises(KeyboardInterrupt):
+        tune_model(data=task, policy=policy, n_trials=3, out=tmp_path, options=options)
+    study = optuna.load_study(
+        study_name=optuna.get_all_study_names(f"sqlite:///{tmp_path / 'trials.db'}")[0],
+        storage=f"sqlite:///{tmp_path / 'trials.db'}",
+    )
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].user_attrs["hporl_stale"] is True
+    result = tune_model(
+        data=task,
+        policy=policy,
+        n_trials=3,
+        out=tmp_path,
+        options=TuneOptions(compare_default=False),
+    )
+    assert [t["status"] for t in result.trials] == ["ok"] * 3
+    assert [t["resumed"] for t in result.trials] == [True, False, False]

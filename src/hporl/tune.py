@@ -444,11 +444,12 @@ class _Trials:
                     after_trial()
             clock.switch(None)
         except BaseException:
-            for item in running:
+            for item in running:  # what the database still takes; the first error goes on
                 item.stop_heartbeat()
-                item.trial.set_user_attr("hporl_stale", True)
-                item.trial.set_user_attr("reason", "interrupted")
-                study.tell(item.trial, state=TrialState.FAIL)
+                with contextlib.suppress(Exception):
+                    item.trial.set_user_attr("hporl_stale", True)
+                    item.trial.set_user_attr("reason", "interrupted")
+                    study.tell(item.trial, state=TrialState.FAIL)
             raise
 
     def _new_trial(self) -> optuna.Trial:
