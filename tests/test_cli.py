@@ -113,3 +113,25 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, csv_file):
         assert "Traceback" not in proc.stderr
     proc = cli("tune", "--data", csv_file)  # a usage error from the parser
     assert proc.returncode == 2 and "Missing option" in proc.stderr
+
+
+def test_tune_says_the_task_type_and_takes_another(tmp_path, capsys):
+    """An integer target with 40 values reads as 40 classes, and the run says why;
+    --task-type regression makes it a regression scored by R²."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = rng.integers(0, 40, size=200)
+    csv = tmp_path / "counts.csv"
+    csv.write_text(
+        "a,b,c,y\n" + "\n".join(f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(X, y, strict=True))
+    )
+    args = ("tune", "--data", csv, "--target", "y", "--trials", "1", "--epochs", "1")
+    code, out, _ = run(*args, "--out", tmp_path / "a", capsys=capsys)
+    assert code in (0, None) and "task: classification (inferred from the target" in out
+    code, out, _ = run(*args, "--out", tmp_path / "b", "--task-type", "regression", capsys=capsys)
+    assert code in (0, None) and "task: regression (given)" in out
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["metric_name"] == "r2"
+    code, _, err = run(*args, "--task-type", "regr", capsys=capsys)
+    assert code == 2 and "--task-type 'regr': choose one of classification, regression" in err

@@ -232,3 +232,20 @@ def test_lcbench_mlp_reads_config():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(big) > count(small)
     assert sum(isinstance(m, nn.Linear) for m in big.modules()) == 5
+
+
+def test_the_task_type_says_whether_it_was_given_or_inferred_and_why():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    counts = Task.from_arrays(X, rng.integers(0, 40, size=300))
+    assert counts.task_type == "classification"
+    assert counts.info["task_type_reason"].startswith(
+        "inferred from the target: whole numbers with 40 distinct values (<= 50)"
+    )
+    assert "task_type=" in counts.info["task_type_reason"]  # says how to choose
+    values = Task.from_arrays(X, rng.normal(size=300))
+    assert values.task_type == "regression"
+    assert "numbers with fractions" in values.info["task_type_reason"]
+    given = Task.from_arrays(X, rng.integers(0, 40, size=300), task_type="regression")
+    assert given.task_type == "regression" and given.info["task_type_reason"] == "given"
+    assert given.metric_name == "r2"

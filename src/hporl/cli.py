@@ -269,29 +269,46 @@ def tune(
     trial_timeout: Annotated[
         float | None, typer.Option(help="seconds a trial may take (stopped after that epoch)")
     ] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option(
+            "--task-type",
+            help="classification or regression (default: inferred from the target, and said)",
+        ),
+    ] = None,
 ) -> None:
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
     import torch
 
     from hporl.executors import make_executor
     from hporl.experiment import MODELS
+    from hporl.tasks import Task
+    from hporl.tasks._task import TASK_TYPES
     from hporl.tune import TuneOptions, tune_model
 
     torch.set_num_threads(1)
     if model not in MODELS or model == "cnn":
         raise HporlError(f"--model {model!r}: choose one of mlp, linear, lcbench_mlp")
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise HporlError(f"--task-type {task_type!r}: choose one of {', '.join(TASK_TYPES)}")
     out = out or Path("runs") / f"tune-{data.stem}"
+    task = Task.from_csv(
+        data,
+        target=target,
+        model=MODELS[model],
+        task_type=task_type,
+        seed=seed,
+        **({"epochs": epochs} if epochs else {}),
+    )
+    console.print(f"task: {task.task_type} ({task.info['task_type_reason']})")
     if policy is None:
         console.print("policy: the packaged default (hporl.Policy.default(), `optimizer` space)")
     with _tune_progress(trials) as show:
         result = tune_model(
-            MODELS[model],
-            str(data),
-            target=target,
+            data=task,
             policy=policy,
             n_trials=trials,
             fine_tune=fine_tune,
-            epochs=epochs,
             out=out,
             storage=storage,
             seed=seed,

@@ -255,7 +255,12 @@ class Task:
             if columns is not None and len(columns) != X.shape[1]:
                 raise TaskError(f"{len(columns)} column names for {X.shape[1]} columns")
             _check_columns(X, columns or [f"x{j}" for j in range(X.shape[1])], lambda i: f"row {i}")
-        task_type = task_type or _infer_task_type(y)
+        if task_type is None:
+            task_type, why = _infer_task_type(y)
+            why = f"inferred from the target: {why}; pass task_type= to choose"
+            logger.info("task %r is %s (%s)", name, task_type, why)
+        else:
+            why = "given"
         if task_type not in TASK_TYPES:
             raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
         classes = None
@@ -278,7 +283,7 @@ class Task:
         train_idx, val_idx, test_idx = _split(
             len(y_arr), y_arr if classes is not None else None, val_size, test_size, seed
         )
-        info: dict[str, Any] = {"n_rows": len(y_arr)}
+        info: dict[str, Any] = {"n_rows": len(y_arr), "task_type_reason": why}
         if X.ndim == 2:
             prep = _TabularPreprocessor(columns)
             X_train = prep.fit_transform(X[train_idx])
@@ -655,18 +660,22 @@ def _as_float(col: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def _infer_task_type(y: np.ndarray) -> str:
+def _infer_task_type(y: np.ndarray) -> tuple[str, str]:
+    """``"classification"`` or ``"regression"``, and why."""
     yf = (
         _as_float(y)
         if y.dtype == object
         else (y.astype(np.float64) if y.dtype.kind in "fiub" else None)
     )
     if yf is None or y.dtype.kind in "bUS":
-        return "classification"
-    integral = np.all(np.mod(yf, 1) == 0)
-    if integral and len(np.unique(yf)) <= max(2, min(50, len(yf) // 5)):
-        return "classification"
-    return "regression"
+        return "classification", "its values are not numbers"
+    distinct = len(np.unique(yf))
+    limit = max(2, min(50, len(yf) // 5))
+    if np.all(np.mod(yf, 1) == 0):
+        if distinct <= limit:
+            return "classification", f"whole numbers with {distinct} distinct values (<= {limit})"
+        return "regression", f"whole numbers with {distinct} distinct values (> {limit})"
+    return "regression", "numbers with fractions"
 
 
 def _split(
