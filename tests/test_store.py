@@ -292,3 +292,23 @@ def test_a_trial_opened_and_annotated_at_once_reads_as_one_written_row_by_row(tm
     assert rdb.user_attrs["hporl_worker"] == memory.user_attrs["hporl_worker"] == "w"
     assert rdb.user_attrs["hporl_result"] == memory.user_attrs["hporl_result"]
     assert rdb.state == memory.state == TrialState.COMPLETE
+
+
+def test_a_trial_killed_between_its_result_and_its_tell_is_finished_not_run_again(tmp_path, space):
+    """kill -9 after the result was written into the running trial, before ``tell``: the next
+    run finishes that trial from its result; nothing is queued again or counted twice."""
+    import socket
+
+    task = builtin("iris", epochs=2)
+    result = TorchBackend(num_threads=1).evaluate(task, space.default(), seed=0)
+    store = TrialStore(tmp_path / "t.db")
+    study = store.study("tune", task)
+    trial = store.open_trial(study, space, space.default())
+    store.annotate(trial, task, space.default(), result, seed=0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial.set_user_attr("hporl_owner", f"{socket.gethostname()}:{dead.pid}")
+    assert store.fail_orphans(study) == []
+    (only,) = study.trials  # nothing queued again
+    assert only.state == TrialState.COMPLETE and only.value == pytest.approx(result.best_metric)
+    assert len(store.results(study)) == 1

@@ -504,13 +504,25 @@ class TrialStore:
     def fail_orphans(self, study: optuna.Study) -> list[int]:
         """Fail the RUNNING trials of ``study`` whose process is gone (on this host; trials of
         other hosts wait for optuna's heartbeat), and queue each again once. Returns their
-        numbers."""
+        numbers. A trial whose process died after its result was written, before it was told,
+        is finished from that result instead (run again, it would be served from the store and
+        counted twice)."""
         host = socket.gethostname()
         failed = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = str(t.user_attrs.get(OWNER, ""))
             owner_host, _, pid = owner.rpartition(":")
             if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            if RESULT in t.user_attrs:
+                state, value = trial_state(TrialResult.from_dict(t.user_attrs[RESULT]))
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    study._storage.set_trial_state_values(
+                        t._trial_id, state=state, values=None if value is None else [value]
+                    )
+                    logger.warning(
+                        "trial %d: its process died after recording its result; finished", t.number
+                    )
                 continue
             try:
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
