@@ -55,7 +55,7 @@ def test_memory_cache_and_in_flight_evaluations_are_shared():
     assert backend.calls == 3 and evaluator.n_trained == 3 and evaluator.n_memory_hits == 1
 
 
-def test_the_store_serves_another_evaluator_and_records_once(tmp_path):
+def test_the_store_serves_another_evaluator_and_record_false_keeps_nothing(tmp_path):
     task = builtin("iris", epochs=2)
     store_path = tmp_path / "t.db"
     first = Evaluator(TorchBackend(num_threads=1), store=TrialStore(store_path), space=SPACE)

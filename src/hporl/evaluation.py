@@ -237,7 +237,7 @@ class Evaluator:
         self.close()
 
     # -- the cache ------------------------------------------------------------------------
-    def key(self, task: Any, config: Mapping[str, Any], *, seed: int, epochs: int | None) -> tuple:
+    def _key(self, task: Any, config: Mapping[str, Any], *, seed: int, epochs: int | None) -> tuple:
         """What identifies an evaluation: the task (its fingerprint, else the object), the
         configuration, the seed and the epochs (``None``: the task's own)."""
         fingerprint = getattr(task, "fingerprint", None)
@@ -247,13 +247,6 @@ class Evaluator:
             token = ("object", id(task))
             self._alive[id(task)] = task
         return (token, config_key(config), int(seed), int(epochs or task.epochs))
-
-    def lookup(
-        self, task: Any, config: Mapping[str, Any], *, seed: int = 0, epochs: int | None = None
-    ) -> TrialResult | None:
-        """A finished evaluation, from memory or from the store, else ``None``."""
-        key = self.key(task, config, seed=seed, epochs=epochs)
-        return self._lookup(key, task, config, seed, epochs)[0]
 
     def _lookup(
         self, key: tuple, task: Any, config: Mapping[str, Any], seed: int, epochs: int | None
@@ -286,7 +279,7 @@ class Evaluator:
         ``record``: keep a trained result in the store as a trial of its own (``False`` for a
         caller that writes it into a trial of its own, as ``tune_model`` does).
         """
-        key = self.key(task, config, seed=seed, epochs=epochs)
+        key = self._key(task, config, seed=seed, epochs=epochs)
         if key in self._inflight:
             self.n_shared += 1
             return self._inflight[key]
@@ -299,7 +292,7 @@ class Evaluator:
         ev.future = self._dispatch(ev)
         self._inflight[key] = ev
         if ev.future.done():  # evaluated in this process: taken in at once
-            self._harvest()
+            self.poll()
         return ev
 
     def _dispatch(self, ev: Evaluation) -> cf.Future:
@@ -323,7 +316,7 @@ class Evaluator:
         if lost:
             raise RuntimeError(f"{len(lost)} evaluations were dropped when the evaluator closed")
         while True:
-            self._harvest()
+            self.poll()
             done = [e for e in evaluations if e.done()]
             pending = [e for e in evaluations if not e.done()]
             if not pending or (return_when == FIRST_COMPLETED and done):
@@ -337,7 +330,9 @@ class Evaluator:
                 return_when=FIRST_COMPLETED,
             )
 
-    def _harvest(self) -> None:
+    def poll(self) -> None:
+        """Take in every evaluation that has finished, without waiting: one whose worker died
+        goes again (once), the others are recorded and cached."""
         for key, ev in list(self._inflight.items()):
             if ev.future is None or not ev.future.done():
                 continue
@@ -426,7 +421,7 @@ class Evaluator:
                 "real training (TorchBackend)"
             )
         epochs = max(int(trial.best_epoch or task.epochs), 1)
-        key = (*self.key(task, config, seed=seed, epochs=epochs), "final")
+        key = (*self._key(task, config, seed=seed, epochs=epochs), "final")
         if key in self._finals:
             return self._finals[key]
         models, result = fit(task.with_validation_in_training(epochs), config, seed=seed)

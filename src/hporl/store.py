@@ -471,9 +471,8 @@ class TrialStore:
         this process (:meth:`claim`), made in one transaction (``study.ask``, a suggestion per
         parameter and the claim take ~15). ``space.suggest`` on it reads ``config`` back and
         writes nothing."""
-        params, distributions = _params(space, config)
-        if not params:
-            raise StoreError(f"configuration {dict(config)} is not in the search space")
+        params = space.optuna_params(config)  # SearchSpaceError when it is not in the space
+        distributions = space.to_optuna()
         template = FrozenTrial(
             number=-1,
             state=TrialState.RUNNING,
@@ -481,7 +480,7 @@ class TrialStore:
             datetime_start=datetime.datetime.now(),
             datetime_complete=None,
             params=params,
-            distributions=distributions,
+            distributions={k: distributions[k] for k in params},
             user_attrs={OWNER: _owner()},
             system_attrs={},
             intermediate_values={},

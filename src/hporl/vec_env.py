@@ -108,14 +108,14 @@ class FanOutVecEnv(DummyVecEnv):
     def _ready(self) -> list[int]:
         """The waiting envs whose trials end on this step; blocks while no env could move."""
         if len(self._waiting) < self.num_envs and self.wait == "round":
-            self.evaluator.wait([], timeout=0)  # take in what is done (store writes)
+            self.evaluator.poll()  # take in what is done (store writes)
             return []
         while True:
             pending = [e for evs in self._waiting.values() for e in evs if not e.done()]
             if self.wait == "round":
                 self.evaluator.wait(pending)
                 return list(self._waiting)
-            self.evaluator.wait(pending, timeout=0)
+            self.evaluator.poll()
             ready = [i for i, evs in self._waiting.items() if all(e.done() for e in evs)]
             if ready or len(self._waiting) < self.num_envs:
                 return ready

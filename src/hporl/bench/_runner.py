@@ -218,13 +218,12 @@ class _Bench:
     def evaluate_many(
         self, task: Any, configs: list[dict[str, Any]], seed: int
     ) -> list[TrialResult]:
-        """Trials of ``configs`` (at once on the evaluator's workers); results are kept, so the
-        normalisation sample, the transfer candidates and the warm start's candidates (the same
-        seed-0 draws) are trained once. LCBench's surrogate has one seed."""
+        """Trials of ``configs`` through the evaluator: real trainings at once on its workers
+        and kept, so the normalisation sample, the transfer candidates and the warm start's
+        candidates (the same seed-0 draws) are trained once; LCBench's surrogate answers them in
+        one call, and has one seed."""
         seed = 0 if self.config.benchmark == "lcbench" else seed
-        evaluations = [self.evaluator.submit(task, c, seed=seed) for c in configs]
-        self.evaluator.wait(evaluations)
-        return [e.result for e in evaluations]  # type: ignore[misc]
+        return self.evaluator.evaluate_many(task, configs, seed=seed)
 
     def close(self) -> None:
         self.evaluator.close()
