@@ -36,7 +36,7 @@ def main() -> None:
     env = HPOEnv(space, backend, tasks, budget=10)
     agent = build_agent(cfg, make_vec_env([lambda: HPOEnv(space, backend, tasks, budget=10)]))
     policy = Policy.from_agent(
-        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs()
+        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs(env.layout)
     )
 
     rng = np.random.default_rng(0)

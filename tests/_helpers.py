@@ -81,6 +81,6 @@ def policy_from(agent, space, cfg, budget=1, n_features=4):
         agent,
         env.layout,
         algorithm=cfg.algorithm,
-        policy_kwargs=cfg.policy_kwargs(),
+        policy_kwargs=cfg.policy_kwargs(env.layout),
         training_tasks=["a", "b"],
     )

@@ -9,7 +9,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from hporl import ConfigError, HPOEnv, SearchSpace, SyntheticBackend, TorchBackend, rewards
 from hporl.backends import SyntheticTask
-from hporl.observation import ObservationLayout
+from hporl.observation import TOKEN_PRESENT, ObservationLayout
 from hporl.tasks import FEATURE_NAMES, builtin
 from tests._helpers import SMALL_SPACE
 
@@ -123,7 +123,10 @@ def test_observation_layout_and_no_task_identity():
     assert obs[summary_at] == pytest.approx(0.5)  # 1 of K=2 trials done
     first_hist = obs[summary_at + 4 : summary_at + 4 + layout.trial_width]
     np.testing.assert_allclose(first_hist[: SMALL.dim], SMALL.encode(info["config"]))
-    assert first_hist[-1] == 1.0
+    assert first_hist[SMALL.dim + TOKEN_PRESENT] == 1.0
+    second = obs[summary_at + 4 + layout.trial_width :]
+    assert not second.any()  # the second slot is still empty
+    assert layout.tokens == (summary_at + 4, 2, layout.trial_width)
     # two tasks with the same features give the same observation whatever their names
     a, b = SyntheticTask("a", [0.1, 0.2, 0.3, 0.4]), SyntheticTask("b", [0.1, 0.2, 0.3, 0.4])
     env2 = HPOEnv(SMALL, SyntheticBackend(SMALL), [a])

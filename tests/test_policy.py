@@ -43,7 +43,7 @@ def test_meta_trained_policy_beats_random_choice_on_held_out_tasks(small_space):
     agent = train_agent(cfg, [lambda: HPOEnv(small_space, backend, train, budget=1)])
     env = HPOEnv(small_space, backend, train, budget=1)
     policy = Policy.from_agent(
-        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs()
+        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs(env.layout)
     )
     learned = np.mean([backend.score(t, policy.suggest(t)) for t in held_out])
     rng = np.random.default_rng(0)
@@ -94,6 +94,14 @@ def test_load_errors(trained, tmp_path, small_space):
     # the same edit with its checksum redone: the weights no longer fit the network
     edited["meta_sha256"] = meta_sha256(edited)
     (tmp_path / "policy.json").write_text(json.dumps(edited))
+    with pytest.raises(
+        PolicyError, match=r"policy\.json is incomplete or edited: history extractor: .* does not match"
+    ):
+        Policy.load(tmp_path)
+    # a network edited consistently (checksum redone): the weights no longer fit it
+    narrow = dict(meta, policy_kwargs={**meta["policy_kwargs"], "net_arch": [7]})
+    narrow["meta_sha256"] = meta_sha256(narrow)
+    (tmp_path / "policy.json").write_text(json.dumps(narrow))
     with pytest.raises(
         PolicyError, match=re.escape("policy.safetensors does not match policy.json")
     ):

@@ -76,7 +76,7 @@ def test_behaviour_cloning_reproduces_the_portfolio(env, small_space, sampling):
     )
     assert stats["action_accuracy"] == 1.0
     policy = Policy.from_agent(
-        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs()
+        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs(env.layout)
     )
     first, second = portfolio.configs
     for task in tasks:

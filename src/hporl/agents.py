@@ -16,15 +16,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch import nn
 
 from hporl._io import verify_checksum, write_checksum
 from hporl.exceptions import ConfigError
+from hporl.observation import TOKEN_PRESENT
 
 __all__ = [
     "ALGORITHMS",
     "AgentConfig",
+    "HistoryExtractor",
     "action_logits",
     "build_agent",
     "latest_checkpoint",
@@ -93,9 +96,28 @@ class AgentConfig(BaseModel):
         "fewer than n_envs packs a round's trainings of unequal length onto busy workers",
     )
 
-    def policy_kwargs(self) -> dict[str, Any]:
-        """JSON-ready network description (also stored with a saved Policy)."""
-        return {"net_arch": list(self.net_arch), "activation": self.activation}
+    extractor: Literal["history", "mlp"] = Field(
+        "history",
+        description="history: a set encoder over the trial tokens (HistoryExtractor); "
+        "mlp: the flat observation straight into the MLP",
+    )
+    d_model: int = Field(64, gt=0, le=1024, description="width of the history encoder")
+
+    def policy_kwargs(self, layout: Any = None) -> dict[str, Any]:
+        """JSON-ready network description (also stored with a saved Policy). ``layout`` (an
+        :class:`~hporl.observation.ObservationLayout`) places the history encoder's tokens."""
+        out: dict[str, Any] = {"net_arch": list(self.net_arch), "activation": self.activation}
+        if self.extractor == "history" and layout is not None and layout.version == 2:
+            offset, n_tokens, width = layout.tokens
+            out["extractor"] = {
+                "name": "history",
+                "d_model": self.d_model,
+                "head_dim": offset,
+                "n_tokens": n_tokens,
+                "token_width": width,
+                "present": layout.space.dim + TOKEN_PRESENT,
+            }
+        return out
 
 
 def _algorithm_class(name: str) -> type[BaseAlgorithm]:
@@ -139,10 +161,76 @@ def state_values(network: nn.Module, algorithm: str, obs: torch.Tensor) -> torch
 
 
 def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {
+    """SB3's policy keyword arguments from hporl's JSON network description."""
+    out: dict[str, Any] = {
         "net_arch": list(policy_kwargs["net_arch"]),
         "activation_fn": ACTIVATIONS[policy_kwargs["activation"]],
     }
+    extractor = policy_kwargs.get("extractor")
+    if extractor is not None:
+        if extractor.get("name") != "history":
+            raise ConfigError(f"unknown features extractor {extractor.get('name')!r}")
+        out["features_extractor_class"] = HistoryExtractor
+        out["features_extractor_kwargs"] = {
+            k: int(extractor[k])
+            for k in ("d_model", "head_dim", "n_tokens", "token_width", "present")
+        }
+    return out
+
+
+class HistoryExtractor(BaseFeaturesExtractor):
+    """A set encoder over the trial history, as an SB3 features extractor.
+
+    The observation is a head (task features, the parameter being chosen, the partial
+    configuration, a summary) followed by ``n_tokens`` trial tokens of ``token_width`` (see
+    :class:`~hporl.observation.ObservationLayout`, version 2). Each token goes through a shared
+    MLP with a learned embedding of its slot (DeepSets with an index embedding); empty slots
+    (``present`` flag 0) are masked out. The tokens are pooled three ways -- mean, max, and an
+    attention whose query comes from the head (which trials matter for the parameter being
+    chosen now) -- and concatenated with the encoded head. Cost is linear in the history.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        *,
+        d_model: int,
+        head_dim: int,
+        n_tokens: int,
+        token_width: int,
+        present: int,
+    ) -> None:
+        if head_dim + n_tokens * token_width != observation_space.shape[0]:
+            raise ConfigError(
+                f"history extractor: {head_dim} + {n_tokens} x {token_width} does not match the "
+                f"observation's {observation_space.shape[0]} values"
+            )
+        super().__init__(observation_space, features_dim=4 * d_model)
+        self.head_dim, self.n_tokens, self.token_width = head_dim, n_tokens, token_width
+        self.present = present
+        self.head = nn.Sequential(nn.Linear(head_dim, d_model), nn.ReLU())
+        self.token = nn.Linear(token_width, d_model)
+        self.slot = nn.Embedding(max(n_tokens, 1), d_model)
+        self.phi = nn.Sequential(nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU())
+        self.query = nn.Linear(d_model, d_model)
+        self.scale = d_model**-0.5
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        head = self.head(obs[:, : self.head_dim])
+        if self.n_tokens == 0:
+            zeros = head.new_zeros(head.shape[0], 3 * head.shape[1])
+            return torch.cat([head, zeros], dim=1)
+        tokens = obs[:, self.head_dim :].reshape(-1, self.n_tokens, self.token_width)
+        present = tokens[:, :, self.present : self.present + 1] > 0.5  # [B, T, 1]
+        h = self.phi(self.token(tokens) + self.slot.weight[None, : self.n_tokens])
+        h = h * present
+        count = present.sum(1).clamp(min=1)
+        mean = h.sum(1) / count
+        peak = h.masked_fill(~present, -1e4).amax(1) * present.any(1)
+        attn = (h @ self.query(head)[:, :, None]) * self.scale  # [B, T, 1]
+        weights = torch.softmax(attn.masked_fill(~present, -1e4), dim=1) * present
+        pooled = (weights * h).sum(1)
+        return torch.cat([head, mean, peak, pooled], dim=1)
 
 
 def make_vec_env(env_fns: list[Callable[[], gym.Env]], wait: str = "round") -> VecEnv:
@@ -153,6 +241,14 @@ def make_vec_env(env_fns: list[Callable[[], gym.Env]], wait: str = "round") -> V
     from hporl.vec_env import FanOutVecEnv
 
     return FanOutVecEnv(env_fns, wait=wait)
+
+
+def _layout_of(env: VecEnv) -> Any:
+    """The observation layout of the envs (HPOEnv's), ``None`` for other envs."""
+    try:
+        return env.get_attr("layout", indices=[0])[0]
+    except AttributeError:
+        return None
 
 
 def build_agent(
@@ -166,7 +262,7 @@ def build_agent(
             "MlpPolicy",
             env,
             learning_rate=config.learning_rate,
-            policy_kwargs=sb3_policy_kwargs(config.policy_kwargs()),
+            policy_kwargs=sb3_policy_kwargs(config.policy_kwargs(_layout_of(env))),
             seed=config.seed,
             device=config.device,
             verbose=0,
@@ -250,7 +346,7 @@ def load_checkpoint(path: str | Path, config: AgentConfig, env: VecEnv) -> BaseA
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise ConfigError(f"{path} is not a readable agent checkpoint: {err}") from None
     params = {**_DEFAULTS[config.algorithm], **config.params}
-    policy_kwargs = sb3_policy_kwargs(config.policy_kwargs())
+    policy_kwargs = sb3_policy_kwargs(config.policy_kwargs(_layout_of(env)))
     if config.algorithm == "a2c" and params.get("use_rms_prop", True):  # as A2C's __init__ does
         policy_kwargs.setdefault("optimizer_class", torch.optim.RMSprop)
         policy_kwargs.setdefault(

@@ -54,7 +54,7 @@ class HPOEnv(gym.Env):
         reward: a reward approach name (:mod:`hporl.rewards`) or instance.
         budget: K, the trials per episode (1: pure zero-shot transfer).
         n_bins: bins per numeric parameter (categorical ones use their choices).
-        history: how many past trials the observation shows in full.
+        history: trial slots in the observation (default: the budget, the whole history).
         epochs: epochs per trial (default: each task's own).
         trial_seed: the training seed of every trial (fixed, so evaluations can be cached).
         cache: with a backend, keep results in memory so a configuration revisited on a task
@@ -79,8 +79,8 @@ class HPOEnv(gym.Env):
         *,
         reward: str | _rewards.RewardApproach = "best_metric",
         budget: int = 3,
-        n_bins: int = 8,
-        history: int = 3,
+        n_bins: int = 64,
+        history: int | None = None,
         epochs: int | None = None,
         trial_seed: int = 0,
         cache: bool = True,
@@ -115,7 +115,14 @@ class HPOEnv(gym.Env):
         if feature_norm is not None:
             mean, scale = tuple(map(float, feature_norm[0])), tuple(map(float, feature_norm[1]))
         self.layout = ObservationLayout(
-            space, n_features, budget, n_bins, history, mean, scale, tuple(extra_bins)
+            space,
+            n_features,
+            budget,
+            n_bins,
+            budget if history is None else history,
+            mean,
+            scale,
+            tuple(extra_bins),
         )
         self.epochs = epochs
         self.trial_seed = trial_seed

@@ -105,8 +105,10 @@ class ExperimentConfig(BaseModel):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     reward: str = "best_metric"
     budget: int = Field(3, gt=0, description="K: trials per episode")
-    n_bins: int = Field(8, ge=3)
-    history: int = Field(3, ge=0)
+    n_bins: int = Field(64, ge=3, le=4096, description="bins per numeric parameter")
+    history: int | None = Field(
+        None, ge=0, le=10_000, description="trial slots in the observation (default: the budget)"
+    )
     model: Literal["mlp", "linear", "cnn", "lcbench_mlp"] | None = None
     agent: AgentConfig = Field(default_factory=AgentConfig)
     pretrain: PretrainConfig | None = Field(
@@ -300,8 +302,8 @@ def meta_train(
     pretrain: PretrainConfig | None = None,
     reward: str | RewardApproach = "best_metric",
     budget: int = 3,
-    n_bins: int = 8,
-    history: int = 3,
+    n_bins: int = 64,
+    history: int | None = None,
     epochs: int | None = None,
     trial_seed: int = 0,
     resume: bool = False,
@@ -385,7 +387,7 @@ def meta_train(
         trained,
         env.layout,
         algorithm=agent.algorithm,
-        policy_kwargs=agent.policy_kwargs(),
+        policy_kwargs=agent.policy_kwargs(env.layout),
         reward=reward if isinstance(reward, str) else reward.name,
         feature_names=feature_names,
         training_tasks=[t.name for t in tasks],

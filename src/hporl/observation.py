@@ -20,9 +20,14 @@ from hporl.exceptions import ConfigError
 from hporl.rewards import normalized_score
 from hporl.space import Parameter, SearchSpace, _same
 
-__all__ = ["OBS_BOUND", "ObservationLayout", "trial_score"]
+__all__ = ["OBS_BOUND", "TOKEN_PRESENT", "ObservationLayout", "trial_score"]
 
 OBS_BOUND = 2.0
+
+_TOKEN_FIELDS = ("score", "z", "rank", "is_best", "gap", "failed", "present", "index")
+TOKEN_FAILED = _TOKEN_FIELDS.index("failed")
+TOKEN_PRESENT = _TOKEN_FIELDS.index("present")
+"""Offsets, after the encoded configuration, of a version-2 token's fields."""
 
 
 def trial_score(result: TrialResult | float | None, chance: float = 0.0) -> float | None:
@@ -54,8 +59,15 @@ class ObservationLayout:
     4. one "unset" flag per chosen parameter (1 until it is chosen in the current trial);
     5. a summary: trial index / K, best score so far, 1 if any trial succeeded, fraction of
        failed trials;
-    6. the last ``history`` trials, most recent first, each: encoded config, score, score minus
-       the best so far, failed flag, present flag.
+    6. version 1: the last ``history`` trials, most recent first, each: encoded config, score,
+       score minus the best so far, failed flag, present flag.
+       version 2 (the default): ``history`` trial slots (the whole history when it is the
+       budget), oldest first, each a token of :attr:`trial_width`: encoded config, score, its
+       z-score and rank within the episode (task-invariant forms), is-best flag, score minus the
+       best so far, failed flag, present flag, trial index / K. With more trials than slots,
+       the best half of the slots keep the best trials and the rest the most recent ones.
+       :attr:`tokens` says where they are, for a set encoder
+       (:class:`hporl.agents.HistoryExtractor`).
     """
 
     space: SearchSpace
@@ -66,6 +78,11 @@ class ObservationLayout:
     feature_mean: tuple[float, ...] | None = None
     feature_scale: tuple[float, ...] | None = None
     extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    version: int = 2
+
+    def __post_init__(self) -> None:
+        if self.version not in (1, 2):
+            raise ConfigError(f"observation layout version must be 1 or 2, got {self.version!r}")
 
     @cached_property
     def params(self) -> list[Parameter]:
@@ -100,7 +117,13 @@ class ObservationLayout:
 
     @property
     def trial_width(self) -> int:
-        return self.space.dim + 4
+        return self.space.dim + (4 if self.version == 1 else len(_TOKEN_FIELDS))
+
+    @property
+    def tokens(self) -> tuple[int, int, int]:
+        """Where the trial tokens are: (offset of the first, number of slots, width of each);
+        each token's "present" flag is at ``space.dim + TOKEN_PRESENT`` (version 2)."""
+        return self.dim - self.history * self.trial_width, self.history, self.trial_width
 
     @property
     def dim(self) -> int:
@@ -116,6 +139,7 @@ class ObservationLayout:
             "feature_mean": list(self.feature_mean) if self.feature_mean is not None else None,
             "feature_scale": list(self.feature_scale) if self.feature_scale is not None else None,
             "extra_bins": {name: list(values) for name, values in self.extra_bins},
+            "version": self.version,
         }
 
     @classmethod
@@ -125,6 +149,7 @@ class ObservationLayout:
             if data.get(key) is not None:
                 data[key] = tuple(float(v) for v in data[key])
         data["extra_bins"] = tuple((k, tuple(v)) for k, v in (data.get("extra_bins") or {}).items())
+        data.setdefault("version", 1)  # policies saved before version 2 carry no version
         return cls(space, **data)
 
     @staticmethod
@@ -223,7 +248,7 @@ class ObservationLayout:
         return features
 
     def trials_block(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> np.ndarray:
-        """Blocks 5 and 6: the summary and the last trials (constant within a trial)."""
+        """Blocks 5 and 6: the summary and the trials (constant within a trial)."""
         scores = [s for _, s in trials if s is not None]
         best = max(scores) if scores else 0.0
         summary = np.array(
@@ -235,6 +260,15 @@ class ObservationLayout:
             ],
             dtype=np.float32,
         )
+        if self.version == 1:
+            recent = self._recent_v1(trials, best)
+        else:
+            recent = self._tokens(trials, scores, best)
+        return np.concatenate([summary, recent.reshape(-1)])
+
+    def _recent_v1(
+        self, trials: Sequence[tuple[Mapping[str, Any], float | None]], best: float
+    ) -> np.ndarray:
         recent = np.zeros((self.history, self.trial_width), dtype=np.float32)
         for row, (config, score) in enumerate(
             reversed(trials[-self.history :] if self.history else [])
@@ -246,7 +280,49 @@ class ObservationLayout:
                 recent[row, -4] = score
                 recent[row, -3] = score - best
             recent[row, -1] = 1.0
-        return np.concatenate([summary, recent.reshape(-1)])
+        return recent
+
+    def _tokens(
+        self,
+        trials: Sequence[tuple[Mapping[str, Any], float | None]],
+        scores: list[float],
+        best: float,
+    ) -> np.ndarray:
+        tokens = np.zeros((self.history, self.trial_width), dtype=np.float32)
+        kept = self.kept(trials)
+        ok = np.asarray(scores, dtype=np.float64)
+        spread = ok.std() if len(ok) > 1 else 0.0
+        mean = ok.mean() if len(ok) else 0.0
+        d = self.space.dim
+        for row, i in enumerate(kept):
+            config, score = trials[i]
+            tokens[row, :d] = self.space.encode(config)
+            token = tokens[row, d:]
+            if score is None:
+                token[TOKEN_FAILED] = 1.0
+            else:
+                token[0] = score
+                token[1] = (score - mean) / spread if spread > 1e-9 else 0.0
+                token[2] = (ok < score).sum() / (len(ok) - 1) if len(ok) > 1 else 1.0
+                token[3] = 1.0 if score >= best else 0.0
+                token[4] = score - best
+            token[TOKEN_PRESENT] = 1.0
+            token[7] = i / self.budget
+        return tokens
+
+    def kept(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> list[int]:
+        """Indices of the trials the version-2 slots show, in order: all of them while they fit;
+        beyond, the best ``history // 2`` and the most recent others."""
+        n = len(trials)
+        if n <= self.history:
+            return list(range(n))
+        n_best = self.history // 2
+        ranked = sorted(
+            range(n), key=lambda i: (trials[i][1] is None, -(trials[i][1] or 0.0), -i)
+        )
+        best = set(ranked[:n_best])
+        recent = [i for i in range(n - 1, -1, -1) if i not in best][: self.history - n_best]
+        return sorted(best | set(recent))
 
     def replay(
         self, features: np.ndarray, trials: np.ndarray, config: Mapping[str, Any]

@@ -99,7 +99,13 @@ class Policy:
     def save(self, directory: str | Path) -> Path:
         """Write ``policy.safetensors``, then ``policy.json`` with the checksums of both (each
         to a temporary name, then renamed)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        state = {}
+        seen: set[int] = set()
+        for k, v in self.network.state_dict().items():
+            if v.data_ptr() in seen:  # a shared extractor's aliases: stored once, see _load_state
+                continue
+            seen.add(v.data_ptr())
+            state[k] = v.detach().cpu().contiguous()
         content = {
             "algorithm": self.algorithm,
             "policy_kwargs": self.policy_kwargs,
@@ -132,7 +138,7 @@ class Policy:
             raise PolicyError(f"{directory / META} is incomplete or edited: {err}") from None
         state = _policy_files.read_weights(directory, meta)
         try:
-            network.load_state_dict(state)
+            _load_state(network, state)
         except RuntimeError as err:
             first = str(err).splitlines()[0]
             raise PolicyError(f"{directory / WEIGHTS} does not match {META}: {first}") from None
@@ -351,3 +357,19 @@ class Policy:
             f"Policy({self.algorithm}, space={self.space.name or 'custom'} ({len(self.space.chosen)} parameters), "
             f"K={self.budget}, reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
         )
+
+
+def _load_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``network.load_state_dict(state)`` where ``state`` stores each shared tensor once (an SB3
+    policy's ``features_extractor`` is also its ``pi_``/``vf_features_extractor``): a key left
+    out is filled from a stored key that is the same tensor in ``network``."""
+    own = network.state_dict()
+    by_pointer: dict[int, str] = {}
+    for key in state:
+        if key in own:
+            by_pointer.setdefault(own[key].data_ptr(), key)
+    full = dict(state)
+    for key, tensor in own.items():
+        if key not in full and tensor.data_ptr() in by_pointer:
+            full[key] = state[by_pointer[tensor.data_ptr()]]
+    network.load_state_dict(full)
