@@ -11,6 +11,7 @@ from hporl.backends import SyntheticTask
 from hporl.observation import ObservationLayout
 from hporl.pretrain import (
     PretrainConfig,
+    adaptive_orders,
     behaviour_clone,
     build_portfolio,
     expert_steps,
@@ -32,6 +33,50 @@ def test_greedy_portfolio_known_answer():
     assert greedy_portfolio(values, 1) == [0]
     assert greedy_portfolio(values, 2) == [0, 1]
     assert greedy_portfolio(values, 5) == [0, 1, 2]  # never more than the candidates
+
+
+def test_adaptive_expert_reads_features_and_scores():
+    # two families of tasks; candidates 0 and 1 suit family A, 2 and 3 family B; candidate 4 is
+    # middling everywhere. Features tell the families apart for tasks 0-3; tasks 4 and 5 have
+    # uninformative features, and only their scores can tell.
+    a = [1.0, 0.9, 0.0, 0.1, 0.5]
+    b = [0.0, 0.1, 1.0, 0.9, 0.5]
+    values = np.array([a, a, b, b, a, b])
+    features = np.array([[0.0], [0.1], [5.0], [5.1], [2.5], [2.5]])
+    orders = adaptive_orders(values, features, 3, bandwidth=0.5, match=4.0)
+    assert orders[0][0] in (0, 1) and orders[2][0] in (2, 3)  # the features pay at trial 1
+    # tasks 4 and 5 (same features): their scores part them
+    assert orders[4] != orders[5]
+    regret = values.max(1, keepdims=True) - values
+    for t in (4, 5):
+        assert regret[t, orders[t]].min() == 0.0  # each finds its family's best within 3
+    flat = adaptive_orders(values, np.zeros((6, 1)), 3, match=0.0)
+    # no features and no matching: the greedy portfolio of the other tasks
+    assert flat[0] == greedy_portfolio(values[1:], 3)
+
+
+@pytest.mark.parametrize("sampling", ["snapped", "grid"])
+def test_behaviour_cloning_reproduces_the_adaptive_expert(env, small_space, sampling):
+    tasks = env.tasks
+    portfolio = build_portfolio(
+        env, tasks, PretrainConfig(candidates=12, candidate_sampling=sampling)
+    )
+    assert portfolio.per_task is not None and len(portfolio.per_task) == len(tasks)
+    cfg = AgentConfig(net_arch=[64, 64], params={"n_steps": 32, "batch_size": 16})
+    agent = build_agent(cfg, make_vec_env([lambda: env]))
+    stats = behaviour_clone(
+        agent, cfg.algorithm, expert_steps(env, tasks, portfolio), PretrainConfig(epochs=400)
+    )
+    assert stats["action_accuracy"] >= 0.95
+    policy = Policy.from_agent(
+        agent, env.layout, algorithm=cfg.algorithm, policy_kwargs=cfg.policy_kwargs(env.layout)
+    )
+    hits = 0
+    for t, task in enumerate(tasks):
+        first, second = (portfolio.candidates[i] for i in portfolio.order_for(t))
+        hits += policy.suggest(task) == first
+        hits += policy.suggest(task, [(first, env.evaluate(task, first))]) == second
+    assert hits >= 2 * len(tasks) - 1
 
 
 @pytest.fixture()
@@ -59,7 +104,7 @@ def test_grid_candidates_are_distinct_on_grid_and_start_with_the_default(env, sm
 def test_behaviour_cloning_reproduces_the_portfolio(env, small_space, sampling):
     tasks = env.tasks
     portfolio = build_portfolio(
-        env, tasks, PretrainConfig(candidates=10, candidate_sampling=sampling)
+        env, tasks, PretrainConfig(candidates=10, candidate_sampling=sampling, expert="portfolio")
     )
     assert len(portfolio.order) == 2
     regret = portfolio.mean_regret()
@@ -116,7 +161,13 @@ def test_anchoring_keeps_the_opening_through_rl(tmp_path):
             "backend": {"name": "synthetic"},
             "space": "optimizer",
             "budget": 2,
-            "pretrain": {"candidates": 16, "epochs": 200, "anchor_trials": 1, "anchor_epochs": 5},
+            "pretrain": {
+                "candidates": 16,
+                "epochs": 200,
+                "anchor_trials": 1,
+                "anchor_epochs": 5,
+                "expert": "portfolio",
+            },
             # a large learning rate that would wreck the cloned opening without the anchor
             "agent": {
                 "total_timesteps": 256,

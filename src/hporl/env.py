@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from hporl import rewards as _rewards
 from hporl.backends import Backend, TrialResult
@@ -28,7 +29,7 @@ from hporl.exceptions import ConfigError
 from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
 from hporl.space import SearchSpace
 
-__all__ = ["HPOEnv", "TaskLike"]
+__all__ = ["HPOEnv", "TaskAugmentation", "TaskLike"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,27 @@ class TaskLike(Protocol):
     epochs: int
 
     def features(self) -> np.ndarray: ...
+
+
+class TaskAugmentation(BaseModel):
+    """Random changes to the training task, drawn per episode, so that a few dozen training
+    tasks cannot be memorised and the policy has to read what its trials show.
+
+    - ``shift``: each numeric parameter's landscape moves by up to this fraction of its range
+      (the configuration the policy chose is evaluated at the moved point, so the task's best
+      values move while the policy still sees what it chose);
+    - ``warp``: observed scores go through a random monotone power warp, ``s -> sign(s) |s|^a``
+      with ``log a`` uniform in ``[-warp, warp]``;
+    - ``noise``: Gaussian noise of this standard deviation on each observed score.
+
+    The reward is computed from the evaluation itself (only the moved point), not from the
+    warped or noisy score.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    shift: float = Field(0.1, ge=0, le=0.5)
+    warp: float = Field(0.3, ge=0, le=3)
+    noise: float = Field(0.01, ge=0, le=1)
 
 
 class HPOEnv(gym.Env):
@@ -62,6 +84,7 @@ class HPOEnv(gym.Env):
         feature_norm: (mean, scale) applied to task features in observations (see
             :meth:`ObservationLayout.normalisation`).
         extra_bins: more action values per numeric parameter (see :attr:`ObservationLayout.bins`).
+        augment: task augmentation drawn per episode (see :class:`TaskAugmentation`).
 
     ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
     finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
@@ -87,6 +110,7 @@ class HPOEnv(gym.Env):
         n_features: int | None = None,
         feature_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = (),
+        augment: TaskAugmentation | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
@@ -139,6 +163,10 @@ class HPOEnv(gym.Env):
         self._trials: list[tuple[dict[str, Any], float | None]] = []
         self._trials_block = self.layout.trials_block([])
         self._best_value: float | None = None
+        self.augment = augment
+        self._shift: dict[str, float] = {}
+        self._warp = 1.0
+        self._augmented = False
 
     @property
     def backend(self) -> Backend:
@@ -160,6 +188,17 @@ class HPOEnv(gym.Env):
         self._trials_block = self.layout.trials_block([])
         self._best_value = None
         self._pending = None
+        self._augmented = self.augment is not None and "task" not in options
+        if self._augmented:
+            rng, a = self.np_random, self.augment
+            self._shift = {
+                p.name: float(rng.uniform(-a.shift, a.shift))
+                for p in self.space.chosen
+                if p.is_numeric and a.shift > 0
+            }
+            self._warp = float(np.exp(rng.uniform(-a.warp, a.warp)))
+        else:
+            self._shift, self._warp = {}, 1.0
         self._evaluations = []
         self._new_config()
         return self.observe(), {"task": self.task.name}
@@ -197,7 +236,7 @@ class HPOEnv(gym.Env):
         if self.task is None or self._pending is None:
             raise RuntimeError("no configuration is chosen")
         if not self._evaluations:
-            wanted = [self._pending]
+            wanted = [self._moved(self._pending)]
             if self.reward_approach.needs_reference:
                 wanted.append(self.space.default())
             self._evaluations = [
@@ -218,7 +257,7 @@ class HPOEnv(gym.Env):
         value = float(self.reward_approach(result, reference=reference, task=self.task))
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
-        self._trials.append((config, trial_score(result)))
+        self._trials.append((config, self._observed(trial_score(result))))
         self._trials_block = self.layout.trials_block(self._trials)
         info = {
             "config": config,
@@ -266,6 +305,25 @@ class HPOEnv(gym.Env):
         return self._pending is not None
 
     # -- internals ----------------------------------------------------------------------------
+    def _moved(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Where ``config`` is evaluated: moved by this episode's shifts (task augmentation)."""
+        if not self._shift:
+            return config
+        moved = dict(config)
+        for name, delta in self._shift.items():
+            p = self.space[name]
+            if name not in moved or (p.has_off and moved[name] == p.off):
+                continue
+            moved[name] = p._from_unit(p._to_unit(float(moved[name])) + delta)
+        return self.space.validate(moved)
+
+    def _observed(self, score: float | None) -> float | None:
+        """A trial's score as the policy sees it (warped and noisy under augmentation)."""
+        if score is None or not self._augmented:
+            return score
+        warped = float(np.sign(score) * abs(score) ** self._warp)
+        return warped + float(self.np_random.normal(0.0, self.augment.noise))
+
     def _new_config(self) -> None:
         self._partial = {}
         self._position = self.layout.advance(self._partial, 0)

@@ -15,7 +15,7 @@ from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.agents import AgentConfig, train_agent
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
-from hporl.env import HPOEnv
+from hporl.env import HPOEnv, TaskAugmentation
 from hporl.evaluation import Evaluator
 from hporl.exceptions import ConfigError
 from hporl.observation import ObservationLayout
@@ -110,6 +110,9 @@ class ExperimentConfig(BaseModel):
         None, ge=0, le=10_000, description="trial slots in the observation (default: the budget)"
     )
     model: Literal["mlp", "linear", "cnn", "lcbench_mlp"] | None = None
+    augment: TaskAugmentation | None = Field(
+        None, description="task augmentation per episode (see hporl.env.TaskAugmentation)"
+    )
     agent: AgentConfig = Field(default_factory=AgentConfig)
     pretrain: PretrainConfig | None = Field(
         None, description="behaviour cloning of a greedy portfolio before RL (see hporl.pretrain)"
@@ -283,6 +286,7 @@ def run_experiment(
         budget=config.budget,
         n_bins=config.n_bins,
         history=config.history,
+        augment=config.augment,
         epochs=config.backend.epochs,
         trial_seed=config.backend.trial_seed,
         resume=resume,
@@ -304,6 +308,7 @@ def meta_train(
     budget: int = 3,
     n_bins: int = 64,
     history: int | None = None,
+    augment: TaskAugmentation | None = None,
     epochs: int | None = None,
     trial_seed: int = 0,
     resume: bool = False,
@@ -320,7 +325,7 @@ def meta_train(
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
     evaluator.start(*tasks)
 
-    def make_env(extra_bins: tuple = ()) -> HPOEnv:
+    def make_env(extra_bins: tuple = (), augment: TaskAugmentation | None = None) -> HPOEnv:
         return HPOEnv(
             space,
             evaluator,
@@ -333,6 +338,7 @@ def meta_train(
             trial_seed=trial_seed,
             feature_norm=feature_norm,
             extra_bins=extra_bins,
+            augment=augment,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
@@ -373,7 +379,9 @@ def meta_train(
     )
     # One env is the warm start's env; several (a FanOutVecEnv, whose trainings run at once on
     # the evaluator's workers) share its evaluator.
-    env_fns = [lambda: env] if agent.n_envs == 1 else [make_env] * agent.n_envs
+    # The warm start's env shows tasks as they are; the RL envs augment them when asked.
+    rl_env = functools.partial(make_env, augment=augment)
+    env_fns = [lambda: env] if agent.n_envs == 1 and augment is None else [rl_env] * agent.n_envs
     trained = train_agent(
         agent,
         env_fns,

@@ -18,7 +18,7 @@ import numpy as np
 from hporl.backends import TrialResult
 from hporl.exceptions import ConfigError
 from hporl.rewards import normalized_score
-from hporl.space import Parameter, SearchSpace, _same
+from hporl.space import Parameter, SearchSpace, _same, config_key
 
 __all__ = ["OBS_BOUND", "TOKEN_PRESENT", "ObservationLayout", "trial_score"]
 
@@ -83,6 +83,21 @@ class ObservationLayout:
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
             raise ConfigError(f"observation layout version must be 1 or 2, got {self.version!r}")
+
+    @cached_property
+    def _encoded(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def encode(self, config: Mapping[str, Any]) -> np.ndarray:
+        """``space.encode(config)`` of a complete configuration, remembered (an episode's
+        tokens are rebuilt after every trial)."""
+        key = config_key(config)
+        found = self._encoded.get(key)
+        if found is None:
+            if len(self._encoded) >= 100_000:
+                self._encoded.clear()
+            found = self._encoded[key] = self.space.encode(config)
+        return found
 
     @cached_property
     def params(self) -> list[Parameter]:
@@ -296,7 +311,7 @@ class ObservationLayout:
         d = self.space.dim
         for row, i in enumerate(kept):
             config, score = trials[i]
-            tokens[row, :d] = self.space.encode(config)
+            tokens[row, :d] = self.encode(config)
             token = tokens[row, d:]
             if score is None:
                 token[TOKEN_FAILED] = 1.0

@@ -1,4 +1,5 @@
-"""Warm start for meta-training: behaviour cloning of a greedy portfolio.
+"""Warm start for meta-training: behaviour cloning of a transfer expert (an adaptive rule, or
+a greedy portfolio).
 
 A policy that must discover from scratch, with PPO, which configurations work across tasks tends
 to lose to a static portfolio chosen on the training tasks (see ../shared/DESIGN.md). So before
@@ -7,12 +8,16 @@ RL, a meta-training run can:
 1. draw ``n_candidates`` configurations on the policy's own action grid (every value a bin, so
    the policy can reproduce them exactly), the space's default among them;
 2. evaluate every candidate on every training task with the run's backend and reward approach;
-3. choose a greedy portfolio of K of them: each next one minimises the training tasks' mean
-   normalised regret of the best-so-far (regret normalised per task over the candidates);
-4. train the agent's network to reproduce that portfolio, trial after trial, on every training
-   task (cross-entropy on the masked action logits; the value head regresses the return-to-go).
+3. play an expert on each training task as if it were unseen: by default an adaptive rule
+   (:func:`adaptive_orders`) that weighs the *other* training tasks by feature similarity and
+   by how well their scores match the trials seen so far, and takes a greedy portfolio step
+   under those weights; or the greedy portfolio itself, one list for every task (each next one
+   minimises the training tasks' mean normalised regret of the best-so-far);
+4. train the agent's network to reproduce the expert, trial after trial, on every training
+   task, from the observation it would have had (cross-entropy on the masked action logits;
+   the value head regresses the return-to-go).
 
-RL then starts from the portfolio's level and can learn to adapt to what it observes.
+RL then starts from the expert's level, with its task features and its history already read.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ from hporl.env import HPOEnv
 from hporl.observation import trial_score
 from hporl.space import config_key
 
-__all__ = ["Portfolio", "PretrainConfig", "behaviour_clone", "greedy_portfolio", "grid_candidates"]
+__all__ = [
+    "Portfolio",
+    "PretrainConfig",
+    "adaptive_orders",
+    "behaviour_clone",
+    "greedy_portfolio",
+    "grid_candidates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +67,24 @@ class PretrainConfig(BaseModel):
         "on those steps after every rollout); later trials are free to adapt",
     )
     anchor_epochs: int = Field(1, ge=1)
-    candidate_sampling: Literal["space", "grid"] = Field(
-        "space",
-        description="space: the space's own random sample, as the transfer baselines draw it, played "
-        "exactly (its portfolio's values join the action bins); grid: uniformly random bins",
+    candidate_sampling: Literal["snapped", "space", "grid"] = Field(
+        "snapped",
+        description="snapped: the space's own random sample, as the transfer baselines draw it, "
+        "each value moved to the nearest action bin (so every expert choice is played exactly); "
+        "space: the sample unmoved, the portfolio's values joining the action bins; grid: "
+        "uniformly random bins",
+    )
+    expert: Literal["adaptive", "portfolio"] = Field(
+        "adaptive",
+        description="what the warm start imitates: the greedy portfolio (one list for every "
+        "task), or an adaptive transfer rule that weighs the other training tasks by their "
+        "features and by how well their scores match the trials seen so far (see adaptive_orders)",
+    )
+    bandwidth: float = Field(
+        1.0, gt=0, description="adaptive expert: kernel width on standardised task features"
+    )
+    match: float = Field(
+        4.0, ge=0, description="adaptive expert: weight of the score match with each training task"
     )
 
 
@@ -110,6 +136,62 @@ def _snap(env: HPOEnv, config: dict[str, Any]) -> dict[str, Any]:
     return space.validate(partial)
 
 
+def _regret(values: np.ndarray) -> np.ndarray:
+    """Per-task normalised regret of each candidate over the candidates' range."""
+    lo = values.min(axis=1, keepdims=True)
+    hi = values.max(axis=1, keepdims=True)
+    return (hi - values) / np.maximum(hi - lo, 1e-12)
+
+
+def adaptive_orders(
+    values: np.ndarray,
+    features: np.ndarray,
+    k: int,
+    *,
+    bandwidth: float = 1.0,
+    match: float = 4.0,
+) -> list[list[int]]:
+    """What an adaptive transfer rule picks on each training task when that task is unseen.
+
+    On task ``t``, the other tasks are weighted by a Gaussian kernel on their standardised
+    features (``bandwidth``) and, once two trials are in, by how well their scores on the tried
+    candidates match ``t``'s (both z-scored; weight ``exp(-match * mean squared difference)``).
+    Each next candidate minimises the weighted mean of the other tasks' regret of the best so
+    far (a greedy portfolio step, reweighted). Only scores ``t`` would have observed are used.
+    """
+    regret = _regret(values)
+    n_tasks, n_cand = regret.shape
+    f = np.asarray(features, dtype=np.float64).reshape(n_tasks, -1)
+    f = (f - f.mean(0)) / np.maximum(f.std(0), 1e-9)
+    out: list[list[int]] = []
+    for t in range(n_tasks):
+        others = [i for i in range(n_tasks) if i != t] or [t]
+        r = regret[others]
+        prior = np.exp(-((f[others] - f[t]) ** 2).sum(1) / (2 * bandwidth**2))
+        best = np.full(len(others), np.inf)
+        tried: list[int] = []
+        seen: list[float] = []
+        for _ in range(min(k, n_cand)):
+            w = prior.copy()
+            if len(tried) >= 2 and match > 0:
+                mine = np.asarray(seen)
+                mine = (mine - mine.mean()) / max(mine.std(), 1e-9)
+                theirs = r[:, tried]
+                theirs = (theirs - theirs.mean(1, keepdims=True)) / np.maximum(
+                    theirs.std(1, keepdims=True), 1e-9
+                )
+                w = w * np.exp(-match * ((theirs - mine) ** 2).mean(1))
+            w = w / max(w.sum(), 1e-300)
+            score = (np.minimum(best[:, None], r) * w[:, None]).sum(0)
+            score[tried] = np.inf
+            c = int(np.argmin(score))
+            tried.append(c)
+            seen.append(regret[t, c])
+            best = np.minimum(best, r[:, c])
+        out.append(tried)
+    return out
+
+
 def greedy_portfolio(values: np.ndarray, k: int) -> list[int]:
     """Indices of ``k`` candidates chosen greedily to minimise the mean normalised regret of the
     best-so-far over tasks. ``values[t, c]`` is candidate ``c``'s value on task ``t`` (higher is
@@ -137,17 +219,25 @@ class Portfolio:
     candidates: list[dict[str, Any]]
     values: np.ndarray
     order: list[int]
+    per_task: list[list[int]] | None = None
+    """With the adaptive expert: the candidates it picks on each training task, in order."""
 
     @property
     def configs(self) -> list[dict[str, Any]]:
         return [self.candidates[i] for i in self.order]
 
+    def order_for(self, t: int) -> list[int]:
+        """The expert's candidates on training task ``t``."""
+        return self.per_task[t] if self.per_task is not None else self.order
+
     def mean_regret(self) -> list[float]:
-        """Mean normalised regret over the training tasks after 1..K portfolio trials."""
-        lo = self.values.min(1)
-        hi = self.values.max(1)
-        regret = (hi[:, None] - self.values) / np.maximum(hi - lo, 1e-12)[:, None]
-        return [float(regret[:, self.order[: k + 1]].min(1).mean()) for k in range(len(self.order))]
+        """Mean normalised regret over the training tasks after 1..K expert trials."""
+        regret = _regret(self.values)
+        k = len(self.order)
+        return [
+            float(np.mean([regret[t, self.order_for(t)[: i + 1]].min() for t in range(len(regret))]))
+            for i in range(k)
+        ]
 
 
 CandidateValues = Callable[[Any, list[dict[str, Any]]], np.ndarray]
@@ -169,10 +259,13 @@ def build_portfolio(
         # The transfer baselines' own draws, kept exact: the meta-training run adds the chosen
         # ones' values to the action bins (ObservationLayout.extra_bins), so the policy plays them.
         candidates = [env.space.sample(rng) for _ in range(config.candidates)]
-        scored = candidates
+    elif config.candidate_sampling == "snapped":
+        # The same draws moved to the nearest bins (duplicates kept: indices stay aligned with
+        # the transfer baselines' sample).
+        candidates = [_snap(env, env.space.sample(rng)) for _ in range(config.candidates)]
     else:
         candidates = grid_candidates(env, config.candidates, rng)
-        scored = candidates
+    scored = candidates
     approach = env.reward_approach
     values = np.zeros((len(tasks), len(candidates)))
     for t, task in enumerate(tasks):
@@ -184,7 +277,13 @@ def build_portfolio(
         for c, result in enumerate(results):
             values[t, c] = approach(result, reference=reference, task=task)
     order = greedy_portfolio(values, env.layout.budget)
-    return Portfolio(candidates, values, order)
+    per_task = None
+    if config.expert == "adaptive":
+        features = np.stack([np.asarray(t.features(), dtype=np.float64).reshape(-1) for t in tasks])
+        per_task = adaptive_orders(
+            values, features, env.layout.budget, bandwidth=config.bandwidth, match=config.match
+        )
+    return Portfolio(candidates, values, order, per_task)
 
 
 def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[str, np.ndarray]:
@@ -194,10 +293,11 @@ def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[st
     for t, task in enumerate(tasks):
         features = layout.features_block(task.features())
         trials: list[tuple[dict[str, Any], float | None]] = []
-        values = [portfolio.values[t, i] for i in portfolio.order]
+        order = portfolio.order_for(t)
+        values = [portfolio.values[t, i] for i in order]
         best_so_far = np.maximum.accumulate(values)
         episode_return = best_so_far[-1]
-        for k, config in enumerate(portfolio.configs):
+        for k, config in enumerate(portfolio.candidates[i] for i in order):
             o, m, a = layout.replay(features, layout.trials_block(trials), config)
             already = best_so_far[k - 1] if k > 0 else 0.0
             obs += o

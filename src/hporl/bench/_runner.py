@@ -470,11 +470,13 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
     from hporl.experiment import meta_train
     from hporl.policy import Policy
     from hporl.pretrain import PretrainConfig
+    from hporl.env import TaskAugmentation
+    from hporl.recipes import REAL_AGENT, SURROGATE_AGENT, SURROGATE_AUGMENT, SURROGATE_PRETRAIN
 
     if config.policy_path:
         return Policy.load(config.policy_path, space=bench.space)
     settings = dict(config.policy)
-    allowed = {"agent", "pretrain", "budget", "n_bins", "history", "epochs"}
+    allowed = {"agent", "pretrain", "budget", "n_bins", "history", "epochs", "augment"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise ConfigError(
@@ -483,13 +485,25 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
     tasks = [bench.task(n) for n in train]
     norms = {n: bench.normalisation(n) for n in train}
     reward = _TaskNormalised(norms, bench.score)
-    defaults = {
-        "agent": {"total_timesteps": 20_000, "learning_rate": 1e-4, "params": {"ent_coef": 0.0}},
-        "pretrain": {"candidates": 256},
-    }
-    agent = AgentConfig.model_validate({**defaults["agent"], **settings.get("agent", {})})
-    pretrain_cfg = settings.get("pretrain", defaults["pretrain"])
+    surrogate = bench.store is None  # cheap steps: the recipe for a surrogate benchmark
+    agent_defaults = dict(SURROGATE_AGENT if surrogate else REAL_AGENT)
+    given = settings.get("agent", {})
+    agent = AgentConfig.model_validate(
+        {
+            **agent_defaults,
+            **given,
+            "params": {**agent_defaults.get("params", {}), **given.get("params", {})},
+        }
+    )
+    pretrain_cfg = settings.get(
+        "pretrain",
+        {**SURROGATE_PRETRAIN, "candidates": bench.n_transfer}
+        if surrogate
+        else {"candidates": 256},
+    )
     pretrain = PretrainConfig.model_validate(pretrain_cfg) if pretrain_cfg is not None else None
+    augment_cfg = settings.get("augment", SURROGATE_AUGMENT if surrogate else None)
+    augment = TaskAugmentation.model_validate(augment_cfg) if augment_cfg is not None else None
     return meta_train(
         bench.space,
         bench.evaluator,
@@ -499,8 +513,9 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
         run_dir=run_dir,
         reward=reward,
         budget=int(settings.get("budget", min(config.n_trials, 30))),
-        n_bins=int(settings.get("n_bins", 8)),
-        history=int(settings.get("history", 3)),
+        n_bins=int(settings.get("n_bins", 64)),
+        history=settings.get("history"),
+        augment=augment,
         epochs=settings.get("epochs"),
         feature_names=_feature_names(config.benchmark),
         meta={"benchmark": config.benchmark},
