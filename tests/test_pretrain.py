@@ -59,7 +59,7 @@ def test_adaptive_expert_reads_features_and_scores():
 def test_behaviour_cloning_reproduces_the_adaptive_expert(env, small_space, sampling):
     tasks = env.tasks
     portfolio = build_portfolio(
-        env, tasks, PretrainConfig(candidates=12, candidate_sampling=sampling)
+        env, tasks, PretrainConfig(candidates=12, candidate_sampling=sampling, expert="adaptive")
     )
     assert portfolio.per_task is not None and len(portfolio.per_task) == len(tasks)
     cfg = AgentConfig(net_arch=[64, 64], params={"n_steps": 32, "batch_size": 16})

@@ -150,7 +150,10 @@ def action_logits(network: nn.Module, algorithm: str, obs: torch.Tensor) -> torc
     action distribution's logits (maskable_ppo, ppo, a2c) or the Q-values (dqn)."""
     if algorithm == "dqn":
         return network.q_net(obs)
-    return network.get_distribution(obs).distribution.logits
+    # The actor's head straight away (what get_distribution computes before it builds a
+    # distribution object; a policy proposes with this, one call per parameter).
+    features = network.pi_features_extractor(obs.float())
+    return network.action_net(network.mlp_extractor.forward_actor(features))
 
 
 def state_values(network: nn.Module, algorithm: str, obs: torch.Tensor) -> torch.Tensor | None:
