@@ -40,6 +40,11 @@ target whose direction hporl does not know is refused. Defaults: LCBench ``val_a
 (percent in the surrogate, reported ``/ 100``), otherwise the first target that is maximised
 (rbv2: ``acc``).
 
+The folder is not shipped with hporl. A scenario named ``<name>`` is looked up as
+``$HPORL_YAHPO_DATA/<name>`` and ``../shared/benchmarks/yahpo/<name>`` (from the working
+directory, then from the checkout); ``HPORL_YAHPO_DATA`` may also be that scenario's own folder
+(as it was LCBench's before other scenarios were read), and ``data_dir=`` is the scenario's folder.
+
 Batches are padded to a multiple of 16 rows so that a row's prediction does not depend on the
 batch it was computed in (onnxruntime's kernels treat a ragged tail of rows differently in the
 last bits). Reading needs ``onnxruntime`` (``pip install 'hporl[bench]'``), imported when used.
@@ -187,7 +192,8 @@ def _find_folder(scenario: str | None, data_dir: str | Path | None) -> Path:
                     f"{label} surrogate file missing: {folder / name}; {_hint(label)}"
                 )
         return folder.resolve()
-    assert scenario is not None
+    if scenario is None:
+        raise ConfigError("a YAHPO backend needs a scenario name or its folder (data_dir=)")
     env = os.environ.get(_ENV_DATA)
     if env and _complete(Path(env).expanduser()):
         # The variable may name one scenario's own folder (as it named LCBench's before other
@@ -535,8 +541,8 @@ class YahpoBackend(Backend):
       with an epoch fidelity (E = ``epochs`` or ``task.epochs``, at most the scenario's last);
       a scenario without one gives a curve of one point (its tasks have ``epochs == 1``);
     - ``loss_curve`` is the scenario's validation loss (LCBench ``val_cross_entropy``, rbv2
-      ``logloss``), else the raw target when it is minimised, else the negated score. The
-      surrogate predicts no training loss, so ``train_loss_curve`` repeats ``loss_curve``;
+      ``logloss``), else the negated score (a minimised target's raw value). The surrogate
+      predicts no training loss, so ``train_loss_curve`` repeats ``loss_curve``;
     - ``test_metric`` is the target's test-split output at the best epoch where the scenario has
       one (LCBench: ``test_balanced_accuracy`` for ``val_accuracy``), else ``None``;
     - ``wall_time`` is the surrogate's predicted runtime (``time``, ``timetrain``) at the last
