@@ -205,12 +205,23 @@ FAKE_SPACE = {
         {"name": "width", "type": "uniform_int", "lower": 1, "upper": 8},
         {"name": "fixed_opt", "type": "constant", "value": "on"},
         {"name": "tail", "type": "uniform_float", "lower": 0.0, "upper": 1.0},
+        {"name": "mode", "type": "categorical", "choices": ["a", "b"]},
+        {"name": "rate", "type": "uniform_float", "lower": 0.0, "upper": 1.0},
     ],
     "conditions": [
         {"child": "gamma", "parent": "kernel", "type": "IN", "values": ["radial", "poly"]},
         {"child": "degree", "parent": "kernel", "type": "EQ", "value": "poly"},
         {"child": "shrink", "parent": "kernel", "type": "NEQ", "value": "linear"},
         {"child": "tail", "parent": "fixed_opt", "type": "EQ", "value": "off"},
+        {
+            "child": "mode",
+            "type": "AND",
+            "conditions": [
+                {"child": "mode", "parent": "fixed_opt", "type": "EQ", "value": "off"},
+                {"child": "mode", "parent": "kernel", "type": "IN", "values": ["linear", "poly"]},
+            ],
+        },
+        {"child": "rate", "parent": "mode", "type": "EQ", "value": "a"},
     ],
     "forbiddens": [],
 }
@@ -219,12 +230,13 @@ FAKE_ENCODING = {
     "kernel": {"#na#": 0, "linear": 1, "poly": 2, "radial": 3},
     "shrink": {"#na#": 0, "no": 1, "yes": 2},
     "fixed_opt": {"#na#": 0, "on": 1},
+    "mode": {"#na#": 0, "a": 1, "b": 2},
 }
 FAKE_REFERENCE = {
     "scenario": "fake_svm",
     "input_layout": {
-        "cat_names": ["task_id", "kernel", "shrink", "fixed_opt"],
-        "cont_names": ["gamma", "degree", "width", "tail", "epoch"],
+        "cat_names": ["task_id", "kernel", "shrink", "fixed_opt", "mode"],
+        "cont_names": ["gamma", "degree", "width", "tail", "rate", "epoch"],
     },
     "instance_param": "task_id",
     "fidelity_params": ["epoch"],
@@ -256,7 +268,7 @@ def test_conditions_constants_and_inactive_inputs(fake) -> None:
     backend, fed = fake
     space = backend.space
     assert backend.scenario == "fake_svm" and backend.max_epoch == 4
-    # the constant and the parameter it switches off are no hyperparameters
+    # the constant and the parameters it switches off (tail, mode; rate through mode) are none
     assert space.names == ["kernel", "gamma", "degree", "shrink", "width"]
     assert space["gamma"].when == (("kernel", ("radial", "poly")),)
     assert space["degree"].when == (("kernel", ("poly",)),)
@@ -267,10 +279,10 @@ def test_conditions_constants_and_inactive_inputs(fake) -> None:
     backend.predict(["7", "9"], [linear, poly], [2, 9])
     x_cat, x_cont = fed[-1]
     assert x_cat.dtype == np.int32 and x_cont.dtype == np.float32
-    # task, kernel, shrink (#na# when inactive), the constant
-    assert x_cat.tolist() == [[1, 1, 0, 1], [2, 2, 1, 1]]
-    # gamma, degree (0 when inactive), width, tail (never active), epoch (clipped to 1..4)
-    assert x_cont.tolist() == [[0, 0, 3, 0, 2], [0.5, 3, 2, 0, 4]]
+    # task, kernel, shrink (#na# when inactive), the constant, mode (never active)
+    assert x_cat.tolist() == [[1, 1, 0, 1, 0], [2, 2, 1, 1, 0]]
+    # gamma, degree (0 when inactive), width, tail and rate (never active), epoch (in 1..4)
+    assert x_cont.tolist() == [[0, 0, 3, 0, 0, 2], [0.5, 3, 2, 0, 0, 4]]
     r = backend.evaluate("7", linear)
     assert r.ok and r.epochs_done == 4 and r.metric_name == "auc" and r.chance_metric == 0.5
     assert r.loss_curve == [-0.75] * 4 and r.wall_time == 3.0

@@ -397,6 +397,9 @@ def _layout(
     fidelity_names = ref.get("fidelity_params")
     if fidelity_names is None:
         fidelity_names = [n for n in _FIDELITY_NAMES if n in cont_names]
+    strange = [n for n in fidelity_names if n not in hps]
+    if strange:
+        raise ConfigError(f"{ref_path}: fidelity {strange[0]!r} is not a parameter of {where}")
     epoch = next((n for n in fidelity_names if n in _EPOCH_NAMES), None)
     max_epoch = int(hps[epoch]["upper"]) if epoch else 1
 
@@ -443,28 +446,33 @@ def _layout(
         child = cond.get("child") or next(
             (c.get("child") for c in cond.get("conditions", []) if c.get("child")), None
         )
+        own_when = when.setdefault(str(child), {})
         for parent, values in _condition_sets(cond, choices, where).items():
-            prev = when.setdefault(str(child), {}).get(parent)
-            when[child][parent] = values if prev is None else [v for v in prev if v in values]
+            prev = own_when.get(parent)
+            own_when[parent] = values if prev is None else [v for v in prev if v in values]
     if cs.get("forbiddens"):
         logger.warning("%s: forbidden clauses are not supported and are ignored", where)
+    free = [n for n in hps if n not in reserved and n not in fixed]
+    for name in free:
+        if instance in when.get(name, {}):
+            raise ConfigError(f"{where}: {name!r} depends on the instance {instance!r}")
     never_active: set[str] = set()
+    changed = True
+    while changed:  # off when a fixed parent has another value, or a parent is never active
+        changed = False
+        for name in free:
+            if name not in never_active and any(
+                parent in never_active or (parent in fixed and fixed[parent] not in values)
+                for parent, values in when.get(name, {}).items()
+            ):
+                never_active.add(name)
+                changed = True
     params: dict[str, dict[str, Any]] = {}
-    for name, hp in hps.items():
-        if name in reserved or name in fixed:
-            continue
-        spec = _hporl_spec(hp, where)
-        conds = {}
-        for parent, values in when.get(name, {}).items():
-            if parent == instance:
-                raise ConfigError(f"{where}: {name!r} depends on the instance {instance!r}")
-            if parent in fixed:
-                if fixed[parent] not in values:
-                    never_active.add(name)
-                continue
-            conds[parent] = values
+    for name in free:
         if name in never_active:
             continue
+        spec = _hporl_spec(hps[name], where)
+        conds = {p: v for p, v in when.get(name, {}).items() if p not in fixed}
         if conds:
             spec["when"] = conds
         params[name] = spec
