@@ -1,9 +1,11 @@
-"""Backends evaluate a configuration on a task: real training, or a published surrogate."""
+"""Backends evaluate a configuration on a task: real training, or a published surrogate (any
+YAHPO Gym scenario; LCBench is one)."""
 
 from hporl.backends._base import STATUSES, Backend, EpochCallback, TrialResult
 from hporl.backends.lcbench import LCBenchBackend, LCBenchTask
 from hporl.backends.synthetic import SyntheticBackend, SyntheticTask
 from hporl.backends.torch_backend import TorchBackend
+from hporl.backends.yahpo import YahpoBackend, YahpoTask
 
 __all__ = [
     "STATUSES",
@@ -15,4 +17,6 @@ __all__ = [
     "SyntheticTask",
     "TorchBackend",
     "TrialResult",
+    "YahpoBackend",
+    "YahpoTask",
 ]

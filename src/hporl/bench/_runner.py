@@ -34,7 +34,8 @@ class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     benchmark: str = Field(
-        description="lcbench, or a built-in suite of real tasks (e.g. tabular, small)"
+        description="yahpo/<scenario> (a YAHPO Gym surrogate; lcbench is yahpo/lcbench), or a "
+        "built-in suite of real tasks (e.g. tabular, small)"
     )
     train_tasks: list[str] = Field(default_factory=list)
     test_tasks: list[str] = Field(default_factory=list)
@@ -49,7 +50,12 @@ class BenchConfig(BaseModel):
     folds: int | None = Field(
         None, ge=2, description="cross-validation over all tasks instead of one split"
     )
-    data_dir: str | None = None
+    data_dir: str | None = Field(
+        None, description="the YAHPO scenario's folder (default: found as yahpo.py says)"
+    )
+    target: str | None = Field(
+        None, description="the YAHPO scenario's output to optimise (default: the scenario's)"
+    )
     normalisation_samples: int | None = Field(None, gt=1)
     transfer_candidates: int | None = Field(None, gt=1)
     epochs: int | None = Field(None, gt=0, description="epochs per trial (real-training suites)")
@@ -63,7 +69,7 @@ class BenchConfig(BaseModel):
     space: str | list[str] | None = Field(
         None,
         description="built-in space name(s) or YAML path(s), composed in order (default: "
-        "optimizer for real suites, lcbench for lcbench)",
+        "optimizer for real suites, the scenario's own for a YAHPO surrogate)",
     )
     fixed: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -117,14 +123,22 @@ class BenchConfig(BaseModel):
                     f"unknown method {m!r}; methods: {', '.join(options)}."
                     + did_you_mean(m, options)
                 )
-        if self.space is not None and self.benchmark == "lcbench":
+        scenario = self.scenario
+        if self.space is not None and scenario is not None:
             names = [self.space] if isinstance(self.space, str) else self.space
-            if names != ["lcbench"]:
+            if names != [scenario]:
                 raise ConfigError(
-                    "the lcbench surrogate knows only the lcbench space: drop 'space'"
+                    f"the {scenario} surrogate knows only the {scenario} space: drop 'space'"
                 )
-        if self.final_training and self.benchmark == "lcbench":
-            raise ConfigError("final_training needs real training; lcbench is a surrogate")
+        if self.final_training and scenario is not None:
+            raise ConfigError(
+                f"final_training needs real training; {self.benchmark} is a surrogate"
+            )
+        if self.target is not None and scenario is None:
+            raise ConfigError(
+                f"'target' chooses a YAHPO surrogate's output; {self.benchmark} trains real "
+                "models (its metric is each task's own)"
+            )
         if any(b < 1 for b in self.budgets) or not self.budgets:
             raise ConfigError(f"budgets must be positive integers, got {self.budgets}")
         transfer = {"policy", "best_average", "portfolio"} & set(self.methods)
@@ -140,6 +154,20 @@ class BenchConfig(BaseModel):
     def n_trials(self) -> int:
         return max(self.budgets)
 
+    @property
+    def scenario(self) -> str | None:
+        """The YAHPO scenario of a surrogate benchmark, ``None`` for real training."""
+        return yahpo_scenario(self.benchmark)
+
+
+def yahpo_scenario(benchmark: str) -> str | None:
+    """``"rbv2_rpart"`` for ``"yahpo/rbv2_rpart"``, ``"lcbench"`` for ``"lcbench"`` (an alias of
+    ``yahpo/lcbench``), ``None`` for a suite of real tasks."""
+    if benchmark == "lcbench":
+        return "lcbench"
+    prefix, _, scenario = benchmark.partition("/")
+    return scenario if prefix == "yahpo" and scenario else None
+
 
 # -- the benchmark's parts ------------------------------------------------------------------------
 class _Bench:
@@ -149,12 +177,16 @@ class _Bench:
         self.config = config
         self.out = out
         self.store: TrialStore | None = None
-        if config.benchmark == "lcbench":
-            from hporl.backends.lcbench import LCBenchBackend
+        self.surrogate = config.scenario is not None
+        if config.scenario is not None:
+            from hporl.backends.yahpo import YahpoBackend
 
-            self.backend: Backend = LCBenchBackend(data_dir=config.data_dir)
-            self.space = SearchSpace.builtin("lcbench")
-            self.all_tasks = list(self.backend.task_ids)
+            surrogate = YahpoBackend(
+                config.scenario, data_dir=config.data_dir, target=config.target
+            )
+            self.backend: Backend = surrogate
+            self.space: SearchSpace = surrogate.space
+            self.all_tasks = list(surrogate.task_ids)
             self.score_kind = config.score or "final"
             self.n_norm = config.normalisation_samples or 10_000
             self.n_transfer = config.transfer_candidates or 10_000
@@ -163,7 +195,9 @@ class _Bench:
 
             if config.benchmark not in suites():
                 raise ConfigError(
-                    f"unknown benchmark {config.benchmark!r}: lcbench or a suite of real tasks ({', '.join(suites())})"
+                    f"unknown benchmark {config.benchmark!r}: yahpo/<scenario> (a YAHPO Gym "
+                    f"surrogate, e.g. yahpo/lcbench, yahpo/rbv2_rpart) or a suite of real tasks "
+                    f"({', '.join(suites())})"
                 )
             from hporl.experiment import resolve_space
 
@@ -192,16 +226,19 @@ class _Bench:
             ray_address=config.ray_address,
         )
         unknown = sorted(set(config.train_tasks + config.test_tasks) - set(self.all_tasks))
-        if unknown and config.benchmark == "lcbench":
-            raise ConfigError(f"unknown {config.benchmark} task ids: {', '.join(unknown)}")
+        if unknown and self.surrogate:
+            raise ConfigError(
+                f"unknown {config.benchmark} task ids: {', '.join(unknown)}"
+                + did_you_mean(unknown[0], self.all_tasks)
+            )
         self._tasks: dict[str, Any] = {}
         self._norms: dict[str, tuple[float, float]] = {}
         self.last_results: dict[tuple[str, str, int, int], TrialResult] = {}
 
     def task(self, name: str) -> Any:
         if name not in self._tasks:
-            if self.config.benchmark == "lcbench":
-                self._tasks[name] = self.backend.task(name)
+            if self.surrogate:
+                self._tasks[name] = self.backend.task(name)  # type: ignore[attr-defined]
             else:
                 task = self._builtin(name, epochs=self.config.epochs)
                 from hporl.augment import check_space
@@ -220,9 +257,9 @@ class _Bench:
     ) -> list[TrialResult]:
         """Trials of ``configs`` through the evaluator: real trainings at once on its workers
         and kept, so the normalisation sample, the transfer candidates and the warm start's
-        candidates (the same seed-0 draws) are trained once; LCBench's surrogate answers them in
+        candidates (the same seed-0 draws) are trained once; a YAHPO surrogate answers them in
         one call, and has one seed."""
-        seed = 0 if self.config.benchmark == "lcbench" else seed
+        seed = 0 if self.surrogate else seed
         return self.evaluator.evaluate_many(task, configs, seed=seed)
 
     def close(self) -> None:
@@ -241,8 +278,8 @@ class _Bench:
         if name in self._norms:
             return self._norms[name]
         task = self.task(name)
-        if self.config.benchmark == "lcbench":
-            norm = self.backend.normalisation(task, n=self.n_norm, seed=0)
+        if self.surrogate:
+            norm = self.backend.normalisation(task, n=self.n_norm, seed=0)  # type: ignore[attr-defined]
         else:
             cache = self.out / "normalisation.json"
             data = json.loads(cache.read_text()) if cache.exists() else {}
@@ -293,8 +330,10 @@ def run(
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         config = BenchConfig.load(config.model_dump() | overrides)
-    if config.parallel > 1 and config.benchmark == "lcbench":
-        raise ConfigError("parallel: trials at once are for real-training suites, not lcbench")
+    if config.parallel > 1 and config.scenario is not None:
+        raise ConfigError(
+            f"parallel: trials at once are for real-training suites, not {config.benchmark}"
+        )
     out = writable_dir(out)
     bench = _Bench(config, out, storage)
     try:
@@ -311,7 +350,7 @@ def _run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     say = progress or (lambda msg: logger.info(msg))
     folds = _folds(config, bench.all_tasks)
-    if config.benchmark != "lcbench":  # bad tasks (or a space that cannot apply) before training
+    if not bench.surrogate:  # bad tasks (or a space that cannot apply) before training
         names = dict.fromkeys(name for train, test in folds for name in [*train, *test])
         bench.evaluator.start(*(bench.task(name) for name in names))  # shipped to workers once
     records: list[dict[str, Any]] = []
@@ -526,11 +565,13 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
 
 
 def _feature_names(benchmark: str) -> list[str]:
-    """What a task's ``features()`` holds: LCBench's size features, or hporl's meta-features."""
-    if benchmark == "lcbench":
-        from hporl.backends.lcbench import SIZE_FEATURE_NAMES
+    """What a task's ``features()`` holds: a YAHPO scenario's (LCBench's size features, none
+    for the others), or hporl's meta-features."""
+    scenario = yahpo_scenario(benchmark)
+    if scenario is not None:
+        from hporl.backends.yahpo import feature_names
 
-        return list(SIZE_FEATURE_NAMES)
+        return feature_names(scenario)
     from hporl.tasks import FEATURE_NAMES
 
     return list(FEATURE_NAMES)
