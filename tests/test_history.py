@@ -23,7 +23,7 @@ def _layout(budget=4, history=None):
 
 
 def _tokens(layout, trials):
-    offset, n, width = layout.tokens
+    _offset, n, width = layout.tokens
     block = layout.trials_block(trials)
     return block[4:].reshape(n, width)
 
@@ -56,8 +56,8 @@ def test_scores_are_read_invariantly_to_the_tasks_scale():
     rng = np.random.default_rng(1)
     configs = [SMALL.sample(rng) for _ in range(3)]
     raw = [0.1, 0.5, 0.3]
-    a = _tokens(layout, list(zip(configs, raw)))
-    b = _tokens(layout, list(zip(configs, [0.9 + 0.01 * s for s in raw])))
+    a = _tokens(layout, list(zip(configs, raw, strict=False)))
+    b = _tokens(layout, list(zip(configs, [0.9 + 0.01 * s for s in raw], strict=False)))
     for name in ("z", "rank", "is_best"):
         assert [_field(t, name) for t in a] == pytest.approx([_field(t, name) for t in b])
 
@@ -98,7 +98,7 @@ def test_history_extractor_ignores_empty_slots_and_reads_present_ones():
     rng = np.random.default_rng(0)
     trials = [(SMALL.sample(rng), 0.3), (SMALL.sample(rng), 0.7)]
     obs = layout.observe(np.zeros(2), 0, {}, trials)
-    offset, n, width = layout.tokens
+    offset, _n, width = layout.tokens
     junk = obs.copy()
     junk[offset + 2 * width : offset + 3 * width - 1] = 1.5  # an empty slot, present flag 0
     junk[offset + 2 * width + SMALL.dim + TOKEN_PRESENT] = 0.0

@@ -95,7 +95,8 @@ def test_load_errors(trained, tmp_path, small_space):
     edited["meta_sha256"] = meta_sha256(edited)
     (tmp_path / "policy.json").write_text(json.dumps(edited))
     with pytest.raises(
-        PolicyError, match=r"policy\.json is incomplete or edited: history extractor: .* does not match"
+        PolicyError,
+        match=r"policy\.json is incomplete or edited: history extractor: .* does not match",
     ):
         Policy.load(tmp_path)
     # a network edited consistently (checksum redone): the weights no longer fit it

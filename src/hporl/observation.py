@@ -332,9 +332,7 @@ class ObservationLayout:
         if n <= self.history:
             return list(range(n))
         n_best = self.history // 2
-        ranked = sorted(
-            range(n), key=lambda i: (trials[i][1] is None, -(trials[i][1] or 0.0), -i)
-        )
+        ranked = sorted(range(n), key=lambda i: (trials[i][1] is None, -(trials[i][1] or 0.0), -i))
         best = set(ranked[:n_best])
         recent = [i for i in range(n - 1, -1, -1) if i not in best][: self.history - n_best]
         return sorted(best | set(recent))

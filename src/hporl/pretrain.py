@@ -237,7 +237,9 @@ class Portfolio:
         regret = _regret(self.values)
         k = len(self.order)
         return [
-            float(np.mean([regret[t, self.order_for(t)[: i + 1]].min() for t in range(len(regret))]))
+            float(
+                np.mean([regret[t, self.order_for(t)[: i + 1]].min() for t in range(len(regret))])
+            )
             for i in range(k)
         ]
 

@@ -506,10 +506,10 @@ def _final_record(
 
 def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path) -> Any:
     from hporl.agents import AgentConfig
+    from hporl.env import TaskAugmentation
     from hporl.experiment import meta_train
     from hporl.policy import Policy
     from hporl.pretrain import PretrainConfig
-    from hporl.env import TaskAugmentation
     from hporl.recipes import REAL_AGENT, SURROGATE_AGENT, SURROGATE_AUGMENT, SURROGATE_PRETRAIN
 
     if config.policy_path:
