@@ -85,6 +85,8 @@ class HPOEnv(gym.Env):
             :meth:`ObservationLayout.normalisation`).
         extra_bins: more action values per numeric parameter (see :attr:`ObservationLayout.bins`).
         augment: task augmentation drawn per episode (see :class:`TaskAugmentation`).
+        layout_version: 2 (the whole history as tokens), or 1 (the last ``history`` trials in
+            a flat block, as policies made before version 2 read it).
 
     ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
     finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
@@ -111,6 +113,7 @@ class HPOEnv(gym.Env):
         feature_norm: tuple[Sequence[float], Sequence[float]] | None = None,
         extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = (),
         augment: TaskAugmentation | None = None,
+        layout_version: int = 2,
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
@@ -147,6 +150,7 @@ class HPOEnv(gym.Env):
             mean,
             scale,
             tuple(extra_bins),
+            layout_version,
         )
         self.epochs = epochs
         self.trial_seed = trial_seed

@@ -309,6 +309,7 @@ def meta_train(
     n_bins: int = 64,
     history: int | None = None,
     augment: TaskAugmentation | None = None,
+    layout_version: int = 2,
     epochs: int | None = None,
     trial_seed: int = 0,
     resume: bool = False,
@@ -339,6 +340,7 @@ def meta_train(
             feature_norm=feature_norm,
             extra_bins=extra_bins,
             augment=augment,
+            layout_version=layout_version,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts

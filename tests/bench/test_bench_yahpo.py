@@ -105,3 +105,31 @@ def test_example_split_covers_the_scenario() -> None:
 
         tasks = YahpoBackend("rbv2_rpart", data_dir=RPART).task_ids
         assert sorted(config.train_tasks + config.test_tasks) == sorted(tasks)
+
+
+@needs_rpart
+def test_named_policies_are_methods_beside_the_default_one(tmp_path: Path) -> None:
+    # the default recipe and an old one (layout version 1, flat MLP) side by side, each
+    # meta-trained on the fold's train tasks
+    tiny_agent = {"total_timesteps": 256, "n_envs": 4, "params": {"n_steps": 32}}
+    config = {
+        **TINY,
+        "methods": ["policy", "policy_v1", "portfolio"],
+        "policy": {"agent": tiny_agent, "pretrain": {"candidates": 30, "epochs": 5}},
+        "policies": {
+            "policy_v1": {
+                "layout_version": 1,
+                "history": 3,
+                "agent": {**tiny_agent, "extractor": "mlp"},
+                "pretrain": {"candidates": 30, "epochs": 5},
+            }
+        },
+    }
+    summary = run(config, out=tmp_path)
+    assert {"policy", "policy_v1", "portfolio"} <= set(summary["methods"])
+    old = json.loads((tmp_path / "policy_policy_v1_fold0" / "policy" / "policy.json").read_text())
+    new = json.loads((tmp_path / "policy_fold0" / "policy" / "policy.json").read_text())
+    assert old["layout"]["version"] == 1 and "extractor" not in old["policy_kwargs"]
+    assert new["layout"]["version"] == 2 and new["policy_kwargs"]["extractor"]["name"] == "history"
+    with pytest.raises(ConfigError, match="policy 'random' has the name of a built-in method"):
+        BenchConfig.load({**config, "policies": {"random": {}}})

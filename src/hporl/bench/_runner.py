@@ -47,6 +47,11 @@ class BenchConfig(BaseModel):
     seeds: int = Field(3, gt=0)
     policy: dict[str, Any] = Field(default_factory=dict)
     policy_path: str | None = None
+    policies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="more policies as methods, by name: each is meta-trained per fold with its "
+        "own settings (the keys of `policy`), or loaded from `path:`; e.g. an older recipe",
+    )
     folds: int | None = Field(
         None, ge=2, description="cross-validation over all tasks instead of one split"
     )
@@ -113,12 +118,16 @@ class BenchConfig(BaseModel):
             raise ConfigError(
                 "test_tasks is empty (or give folds: N for cross-validation over all tasks)"
             )
-        clash = sorted(set(self.fixed) & set(METHODS))
-        if clash:
-            raise ConfigError(f"fixed configuration {clash[0]!r} has the name of a built-in method")
+        for kind, names in (("fixed configuration", self.fixed), ("policy", self.policies)):
+            clash = sorted(set(names) & set(METHODS))
+            if clash:
+                raise ConfigError(f"{kind} {clash[0]!r} has the name of a built-in method")
+        both = sorted(set(self.fixed) & set(self.policies))
+        if both:
+            raise ConfigError(f"{both[0]!r} is both a fixed configuration and a policy")
         for m in self.methods:
-            if m not in METHODS and m not in self.fixed:
-                options = [*METHODS, *self.fixed]
+            if m not in METHODS and m not in self.fixed and m not in self.policies:
+                options = [*METHODS, *self.fixed, *self.policies]
                 raise ConfigError(
                     f"unknown method {m!r}; methods: {', '.join(options)}."
                     + did_you_mean(m, options)
@@ -141,7 +150,7 @@ class BenchConfig(BaseModel):
             )
         if any(b < 1 for b in self.budgets) or not self.budgets:
             raise ConfigError(f"budgets must be positive integers, got {self.budgets}")
-        transfer = {"policy", "best_average", "portfolio"} & set(self.methods)
+        transfer = {"policy", "best_average", "portfolio", *self.policies} & set(self.methods)
         if (
             transfer
             and self.folds is None
@@ -364,19 +373,25 @@ def _run(
             t0 = time.perf_counter()
             transfer = bench.transfer_candidates(train)
             timings[f"transfer_fold{f}"] = time.perf_counter() - t0
-        policy = None
-        if "policy" in config.methods:
+        policies: dict[str, Any] = {}
+        for method in [m for m in config.methods if m == "policy" or m in config.policies]:
             t0 = time.perf_counter()
-            policy = _policy(config, bench, train, out / f"policy_fold{f}")
-            timings[f"meta_train_fold{f}"] = time.perf_counter() - t0
-            say(
-                f"fold {f + 1}/{len(folds)}: policy ready in {timings[f'meta_train_fold{f}']:.0f} s"
+            settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
+            path = config.policy_path if method == "policy" else settings.pop("path", None)
+            suffix = "" if method == "policy" else f"_{method}"
+            policies[method] = _policy(
+                config, bench, train, out / f"policy{suffix}_fold{f}", settings, path
             )
+            key = f"meta_train{suffix}_fold{f}"
+            timings[key] = time.perf_counter() - t0
+            say(f"fold {f + 1}/{len(folds)}: {method} ready in {timings[key]:.0f} s")
         for name in test:
             task = bench.task(name)
             for method in config.methods:
                 for seed in range(config.seeds):
-                    rows = _one_run(bench, method, task, name, seed, transfer, policy, f)
+                    rows = _one_run(
+                        bench, method, task, name, seed, transfer, policies.get(method), f
+                    )
                     records += rows
                     if config.final_training:
                         finals.append(_final_record(bench, task, rows, seed))
@@ -504,7 +519,16 @@ def _final_record(
     }
 
 
-def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path) -> Any:
+def _policy(
+    config: BenchConfig,
+    bench: _Bench,
+    train: list[str],
+    run_dir: Path,
+    settings: Mapping[str, Any] | None = None,
+    path: str | None = None,
+) -> Any:
+    """A policy for a fold: loaded from ``path``, or meta-trained on ``train`` with
+    ``settings`` (default: the bench's ``policy``); keys left out take :mod:`hporl.recipes`."""
     from hporl.agents import AgentConfig
     from hporl.env import TaskAugmentation
     from hporl.experiment import meta_train
@@ -512,10 +536,21 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
     from hporl.pretrain import PretrainConfig
     from hporl.recipes import REAL_AGENT, SURROGATE_AGENT, SURROGATE_AUGMENT, SURROGATE_PRETRAIN
 
-    if config.policy_path:
-        return Policy.load(config.policy_path, space=bench.space)
-    settings = dict(config.policy)
-    allowed = {"agent", "pretrain", "budget", "n_bins", "history", "epochs", "augment"}
+    if settings is None:
+        settings, path = dict(config.policy), config.policy_path
+    if path:
+        return Policy.load(path, space=bench.space)
+    settings = dict(settings)
+    allowed = {
+        "agent",
+        "pretrain",
+        "budget",
+        "n_bins",
+        "history",
+        "epochs",
+        "augment",
+        "layout_version",
+    }
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise ConfigError(
@@ -555,6 +590,7 @@ def _policy(config: BenchConfig, bench: _Bench, train: list[str], run_dir: Path)
         n_bins=int(settings.get("n_bins", 64)),
         history=settings.get("history"),
         augment=augment,
+        layout_version=int(settings.get("layout_version", 2)),
         epochs=settings.get("epochs"),
         feature_names=_feature_names(config.benchmark),
         meta={"benchmark": config.benchmark},

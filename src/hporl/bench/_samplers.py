@@ -100,7 +100,7 @@ def make_sampler(
             else transfer.portfolio(n_trials)
         )
         return FixedSequenceSampler(space, configs, seed=seed)
-    if method == "policy":
+    if policy is not None:  # "policy", or a named one of the bench's ``policies``
         from hporl.sampler import PolicySampler
 
         return PolicySampler(policy, task=task, seed=seed)
