@@ -43,7 +43,7 @@ def test_adaptive_expert_reads_features_and_scores():
     b = [0.0, 0.1, 1.0, 0.9, 0.5]
     values = np.array([a, a, b, b, a, b])
     features = np.array([[0.0], [0.1], [5.0], [5.1], [2.5], [2.5]])
-    orders = adaptive_orders(values, features, 3, bandwidth=0.5, match=4.0)
+    orders = adaptive_orders(values, features, 3, bandwidth=0.5, match=4.0, min_seen=2)
     assert orders[0][0] in (0, 1) and orders[2][0] in (2, 3)  # the features pay at trial 1
     # tasks 4 and 5 (same features): their scores part them
     assert orders[4] != orders[5]
