@@ -569,12 +569,12 @@ def _policy(
             "params": {**agent_defaults.get("params", {}), **given.get("params", {})},
         }
     )
-    pretrain_cfg = settings.get(
-        "pretrain",
-        {**SURROGATE_PRETRAIN, "candidates": bench.n_transfer}
-        if surrogate
-        else {"candidates": 256},
+    pretrain_defaults = (
+        {**SURROGATE_PRETRAIN, "candidates": bench.n_transfer} if surrogate else {"candidates": 256}
     )
+    pretrain_cfg = settings.get("pretrain", {})
+    if pretrain_cfg is not None:  # keys left out take the recipe's (null: no warm start)
+        pretrain_cfg = {**pretrain_defaults, **pretrain_cfg}
     pretrain = PretrainConfig.model_validate(pretrain_cfg) if pretrain_cfg is not None else None
     augment_cfg = settings.get("augment", SURROGATE_AUGMENT if surrogate else None)
     augment = TaskAugmentation.model_validate(augment_cfg) if augment_cfg is not None else None

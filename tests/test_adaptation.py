@@ -1,0 +1,77 @@
+"""Adaptation is tested, not assumed: a policy meta-trained with hporl's defaults on LCBench
+(small: 12 tasks, K = 10, a short run) proposes differently when the scores differ, and
+differently on different held-out tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hporl.bench import BenchConfig
+from hporl.bench._runner import _Bench, _policy
+from hporl.space import config_key
+from tests.bench.test_bench import _lcbench_data
+
+TRAIN = ["3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167149"]
+TRAIN += ["167152", "167161", "167168"]
+HELD_OUT = ["168910", "189354", "189862", "189909"]
+
+
+@pytest.fixture(scope="module")
+def lcbench_policy(tmp_path_factory):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    out = tmp_path_factory.mktemp("adaptation")
+    config = BenchConfig.load(
+        {
+            "benchmark": "lcbench",
+            "data_dir": str(data),
+            "train_tasks": TRAIN,
+            "test_tasks": HELD_OUT,
+            "methods": ["policy"],
+            "normalisation_samples": 500,
+            "transfer_candidates": 500,
+            # the defaults (whole history, 64 bins, adaptive warm start), a short RL run
+            "policy": {"budget": 10, "agent": {"total_timesteps": 2048, "n_envs": 8}},
+        }
+    )
+    bench = _Bench(config, out)
+    policy = _policy(config, bench, TRAIN, out / "run")
+    return policy, bench
+
+
+@pytest.mark.slow
+def test_different_scores_on_the_first_trials_change_the_next_proposal(lcbench_policy):
+    policy, bench = lcbench_policy
+    task = bench.task(HELD_OUT[0])
+    configs: list[dict] = []
+    for _ in range(3):
+        configs.append(policy.suggest(task, [(c, 50.0) for c in configs]))
+    rising = policy.suggest(task, list(zip(configs, [60.0, 75.0, 90.0], strict=True)))
+    falling = policy.suggest(task, list(zip(configs, [90.0, 75.0, 60.0], strict=True)))
+    assert rising != falling
+
+
+@pytest.mark.slow
+def test_first_proposals_differ_across_held_out_tasks(lcbench_policy):
+    policy, bench = lcbench_policy
+    lists = set()
+    for name in HELD_OUT:
+        task = bench.task(name)
+        history: list = []
+        for _ in range(5):
+            config = policy.suggest(task, history)
+            history.append((config, bench.evaluator.evaluate(task, config)))
+        lists.add(tuple(config_key(c) for c, _ in history))
+    assert len(lists) >= len(HELD_OUT) // 2 + 1
+    # and the whole history is read: the observation has a slot for every trial of the budget
+    assert policy.layout.history == policy.budget == 10
+    assert policy.layout.n_bins == 64
+    assert np.all(
+        [
+            len(b) >= 64
+            for b, p in zip(policy.layout.bins, policy.layout.params, strict=True)
+            if p.kind == "float"
+        ]
+    )
