@@ -238,7 +238,10 @@ def test_trainings_of_one_step_run_at_once_on_workers_and_a_dead_worker_is_retri
         Sleepy(SPACE, tmp_path, kill=[picks[2]]), store=store, run="r", space=SPACE, n_workers=2
     )
     fan = FanOutVecEnv(
-        [lambda i=i: HPOEnv(SPACE, evaluator, tasks[i : i + 1], budget=2) for i in range(2)]
+        [
+            lambda i=i: HPOEnv(SPACE, evaluator, tasks[i : i + 1], budget=2, n_bins=8)
+            for i in range(2)
+        ]
     )
     try:
         # Both workers up (each imports torch first), so neither takes both of the next two.
