@@ -447,3 +447,34 @@ def test_preprocessor_round_trips_through_json():
         ConfigError, match=re.escape("samples of shape (2, 4); the model takes (2, 4, 4)")
     ):
         prep.transform(images[:, :, 0])
+
+
+def test_an_image_model_and_its_pipeline(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.normal(loc=3.0, size=(40, 2, 8, 8))
+    task = Task.from_arrays(images, rng.integers(0, 3, 40), epochs=1)
+    p = _untrained(task)
+    p.save(tmp_path)
+    loaded = load_model(tmp_path)
+    new = rng.normal(loc=3.0, size=(5, 2, 8, 8)).astype(np.float32)
+    assert loaded.factories == [{"factory": "make_cnn", "kwargs": {}}]
+    assert np.array_equal(loaded.predict_proba(new), p.predict_proba(new))
+    with pytest.raises(ConfigError, match=re.escape("the model takes (2, 8, 8)")):
+        loaded.predict(new[:, :1])
+    ort = pytest.importorskip("onnxruntime")
+    if not (tmp_path / "pipeline.onnx").exists():
+        pytest.skip("onnx is not installed")
+    session = ort.InferenceSession(
+        str(tmp_path / "pipeline.onnx"), providers=["CPUExecutionProvider"]
+    )
+    np.testing.assert_allclose(
+        session.run(None, {"x": new})[0], loaded.predict_proba(new), atol=1e-5
+    )
+
+
+def test_a_pandas_dataframe_by_column_name(clf_task):
+    pd = pytest.importorskip("pandas")
+    p = _untrained(clf_task)
+    new = _rows(8, 5)
+    frame = pd.DataFrame(new[:, ::-1], columns=COLUMNS[::-1])
+    assert np.array_equal(p.predict_proba(frame), p.predict_proba(new))
