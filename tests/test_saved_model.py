@@ -248,7 +248,6 @@ def test_tune_a_csv_then_predict_in_a_new_process(tmp_path):
     )
 
 
-@pytest.mark.slow
 def test_cli_tune_out_then_predict(tmp_path, capsys):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(120, 2))

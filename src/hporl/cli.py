@@ -331,7 +331,8 @@ def tune(
     console.print(f"best configuration: {json.dumps(result.config)}")
     console.print(
         f"model, config and report written to {out}; predict on new rows with "
-        f"`hporl predict --model {out} --data NEW.csv`"
+        f"`hporl predict --model {out} --data NEW.csv`",
+        soft_wrap=True,  # a command to copy: never broken across lines
     )
 
 
@@ -373,7 +374,7 @@ def predict(
         sys.stdout.write(buf.getvalue())
         return
     atomic_write(out, lambda p: p.write_text(buf.getvalue()))
-    console.print(f"{len(labels)} predictions written to {out}")
+    console.print(f"{len(labels)} predictions written to {out}", soft_wrap=True)
 
 
 def _cell(value: Any) -> str:

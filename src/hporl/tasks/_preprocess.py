@@ -41,6 +41,8 @@ class Preprocessor:
     channel is standardised with its train mean and standard deviation; missing values are
     refused.
 
+    Make one with :meth:`fit` or :meth:`from_dict` (the constructor takes the fitted state).
+
     Attributes:
         kind: ``"table"`` or ``"array"``.
         columns: the table's column names, in the order a numpy array must follow.
