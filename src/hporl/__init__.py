@@ -9,6 +9,7 @@ from hporl.evaluation import Evaluator
 from hporl.exceptions import (
     ConfigError,
     HporlError,
+    ModelError,
     PolicyError,
     SearchSpaceError,
     StoreError,
@@ -17,6 +18,7 @@ from hporl.exceptions import (
 from hporl.experiment import ExperimentConfig, run_experiment
 from hporl.policy import Policy
 from hporl.sampler import PolicySampler
+from hporl.saved_model import Predictor, load_model
 from hporl.space import SearchSpace
 from hporl.store import TrialStore
 from hporl.tasks import Task
@@ -29,9 +31,11 @@ __all__ = [
     "ExperimentConfig",
     "HPOEnv",
     "HporlError",
+    "ModelError",
     "Policy",
     "PolicyError",
     "PolicySampler",
+    "Predictor",
     "SearchSpace",
     "SearchSpaceError",
     "StoreError",
@@ -45,6 +49,7 @@ __all__ = [
     "TuneResult",
     "__version__",
     "agents",
+    "load_model",
     "rewards",
     "run_experiment",
     "tasks",

@@ -329,7 +329,61 @@ def tune(
     )
     console.print(table)
     console.print(f"best configuration: {json.dumps(result.config)}")
-    console.print(f"model, config and report written to {out}")
+    console.print(
+        f"model, config and report written to {out}; predict on new rows with "
+        f"`hporl predict --model {out} --data NEW.csv`",
+        soft_wrap=True,  # a command to copy: never broken across lines
+    )
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="a saved model: the --out directory of `hporl tune`")],
+    data: Annotated[Path, typer.Option(help="CSV file with a header row: the model's columns")],
+    out: Annotated[
+        Path | None, typer.Option(help="CSV file for the predictions (default: print them)")
+    ] = None,
+    index: Annotated[
+        int | None, typer.Option(help="which network predicts, when the task had several")
+    ] = None,
+) -> None:
+    """Predict with a saved tuned model on new rows: a `prediction` column, and for
+    classification one `proba_<class>` column per class."""
+    import csv
+    import io
+
+    import torch
+
+    from hporl._io import atomic_write
+    from hporl.saved_model import load_model
+
+    torch.set_num_threads(1)
+    predictor = load_model(model, index=index)
+    labels = predictor.predict(data)
+    header = ["prediction"]
+    columns = [[_cell(v) for v in labels]]
+    if predictor.task_type == "classification":
+        proba = predictor.predict_proba(data)
+        header += [f"proba_{_cell(c)}" for c in predictor.classes or []]
+        columns += [[repr(float(p)) for p in proba[:, k]] for k in range(proba.shape[1])]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(zip(*columns, strict=True))
+    if out is None:
+        sys.stdout.write(buf.getvalue())
+        return
+    atomic_write(out, lambda p: p.write_text(buf.getvalue()))
+    console.print(f"{len(labels)} predictions written to {out}", soft_wrap=True)
+
+
+def _cell(value: Any) -> str:
+    """A label or number as a CSV cell (whole floats without ``.0``: labels read from CSV)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
 
 
 @app.command()

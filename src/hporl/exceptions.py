@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "HporlError",
+    "ModelError",
     "PolicyError",
     "SearchSpaceError",
     "StoreError",
@@ -30,6 +31,10 @@ class ConfigError(HporlError, ValueError):
 
 class PolicyError(HporlError, ValueError):
     """A saved policy is missing, edited, or does not fit the space or task it is used with."""
+
+
+class ModelError(HporlError, ValueError):
+    """A saved model is missing, edited, cannot be rebuilt, or is used in a way it does not allow."""
 
 
 class StoreError(HporlError, RuntimeError):

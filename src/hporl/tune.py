@@ -27,6 +27,7 @@ from hporl.exceptions import ConfigError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
 from hporl.sampler import PolicySampler
+from hporl.saved_model import Predictor
 from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
 
@@ -49,6 +50,9 @@ class TuneResult:
             wall time, reason).
         test_metric: the final model's metric on the held-out test split.
         default_test_metric: the same final training with the space's default configuration.
+        predictor: the final model with the task's preprocessing and class labels: it predicts
+            on raw rows (``predictor.predict(X)``), and :meth:`save` writes it so that
+            :func:`hporl.load_model` reads it back without the training data.
     """
 
     model: nn.Module | list[nn.Module]
@@ -64,6 +68,7 @@ class TuneResult:
     final_result: TrialResult | None = None
     default_result: TrialResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    predictor: Predictor | None = None
 
     def report(self) -> dict[str, Any]:
         """The JSON report (its first six keys are a contract other tools read)."""
@@ -84,10 +89,15 @@ class TuneResult:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.pt`` (or ``model_<i>.pt``; ``torch.load(weights_only=True)``),
-        ``config.json`` and ``report.json``; each file to a temporary name, then renamed."""
+        """Write the model that predicts on its own (``model.json``, ``model.safetensors``,
+        ``model.onnx``, ...: see :mod:`hporl.saved_model`; read it with
+        :func:`hporl.load_model`), the bare weights ``model.pt`` (or ``model_<i>.pt``;
+        ``torch.load(weights_only=True)``), ``config.json`` and ``report.json``; each file to
+        a temporary name, then renamed."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.predictor is not None:
+            self.predictor.save(directory)
         models = self.model if isinstance(self.model, list) else [self.model]
         for i, m in enumerate(models):
             name = "model.pt" if len(models) == 1 else f"model_{i}.pt"
@@ -517,6 +527,14 @@ def _tune_result(
     extra: dict[str, Any],
 ) -> TuneResult:
     models = final.models
+    per_model = final.result.per_model or [final.result]
+    predictor = Predictor.from_task(
+        task,
+        models,
+        final.config,
+        test_metric=final.result.test_metric,
+        network_metrics=[r.test_metric for r in per_model],
+    )
     return TuneResult(
         model=models[0] if len(models) == 1 else models,
         config=final.config,
@@ -531,4 +549,5 @@ def _tune_result(
         final_result=final.result,
         default_result=default.result if default else None,
         extra=extra,
+        predictor=predictor,
     )

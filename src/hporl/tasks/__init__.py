@@ -11,6 +11,7 @@ from hporl.tasks._features import (
     size_features,
     task_size_features,
 )
+from hporl.tasks._preprocess import Preprocessor
 from hporl.tasks._task import FEATURE_NAMES, ModelSpec, Task
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "SIZE_FEATURE_NAMES",
     "FeatureSet",
     "ModelSpec",
+    "Preprocessor",
     "Task",
     "available",
     "builtin",

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import inspect
-import io
 import logging
 import math
 import warnings
@@ -23,6 +21,13 @@ from torch import nn
 from hporl._io import did_you_mean
 from hporl.exceptions import TaskError
 from hporl.tasks import models as _models
+from hporl.tasks._preprocess import (
+    Preprocessor,
+    _as_float,
+    _missing_mask,
+    check_field_counts,
+    read_csv,
+)
 
 __all__ = ["FEATURE_NAMES", "ModelSpec", "Task"]
 
@@ -30,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 TASK_TYPES = ("classification", "regression")
 INPUT_KINDS = ("tabular", "image", "sequence")
-_MISSING_STRINGS = {"", "na", "nan", "null", "none", "?"}
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_n_train",
@@ -116,6 +120,10 @@ class Task:
         input_shape: shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
         n_outputs: number of classes, or 1.
         epochs: the default training budget of one trial.
+        preprocessor: the :class:`Preprocessor` fitted on the train split that made the
+            tensors from raw rows (``None`` when the task was built from tensors); it prepares
+            new rows the same way.
+        classes: the original class labels, in the order of the network's outputs.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class Task:
         n_outputs: int | None = None,
         classes: Sequence[Any] | None = None,
         info: Mapping[str, Any] | None = None,
+        preprocessor: Preprocessor | None = None,
     ) -> None:
         if task_type not in TASK_TYPES:
             raise TaskError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
@@ -184,6 +193,7 @@ class Task:
         self.classes = list(classes) if classes is not None else None
         self.epochs = epochs
         self.info: dict[str, Any] = dict(info or {})
+        self.preprocessor = preprocessor
         if model is None:
             model = _models.make_cnn if input_kind == "image" else _models.make_mlp
         raw = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -285,8 +295,8 @@ class Task:
         )
         info: dict[str, Any] = {"n_rows": len(y_arr), "task_type_reason": why}
         if X.ndim == 2:
-            prep = _TabularPreprocessor(columns)
-            X_train = prep.fit_transform(X[train_idx])
+            prep = Preprocessor.fit(X[train_idx], columns)
+            X_train = prep.transform(X[train_idx])
             X_val, X_test = prep.transform(X[val_idx]), prep.transform(X[test_idx])
             info.update(
                 frac_categorical=prep.frac_categorical,
@@ -304,10 +314,8 @@ class Task:
             if bad.any():
                 row = int(np.argwhere(bad)[0][0])
                 raise TaskError(f"X contains NaN or inf (first at row {row})")
-            axes = (0, *range(2, Xf.ndim))
-            mean = Xf[train_idx].mean(axis=axes, keepdims=True)
-            std = Xf[train_idx].std(axis=axes, keepdims=True) + 1e-8
-            X_train, X_val, X_test = ((Xf[i] - mean) / std for i in (train_idx, val_idx, test_idx))
+            prep = Preprocessor.fit(Xf[train_idx])
+            X_train, X_val, X_test = (prep.transform(Xf[i]) for i in (train_idx, val_idx, test_idx))
             info.update(
                 frac_categorical=0.0, frac_missing=0.0, n_raw_features=int(np.prod(X.shape[1:]))
             )
@@ -334,6 +342,7 @@ class Task:
             if classes is not None
             else None,
             info=info,
+            preprocessor=prep,
         )
 
     @classmethod
@@ -351,34 +360,7 @@ class Task:
         Other keyword arguments go to :meth:`from_arrays`. Without ``model``, the default MLP.
         """
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            raise TaskError(f"cannot read CSV file {str(path)!r}: {err.strerror}") from None
-        if b"\x00" in raw:
-            raise TaskError(f"{path} is not a CSV file (it holds binary data)")
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise TaskError(f"{path} is not a UTF-8 text CSV file") from None
-        if delimiter is None:
-            try:
-                delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|").delimiter
-            except csv.Error:
-                delimiter = ","
-        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-        rows: list[list[str]] = []
-        lines: list[int] = []  # the file line each row ends on, for messages
-        try:
-            for r in reader:
-                if any(cell.strip() for cell in r):
-                    rows.append(r)
-                    lines.append(reader.line_num)
-        except csv.Error as err:
-            raise TaskError(f"{path}, line {reader.line_num}: not valid CSV: {err}") from None
-        if not rows:
-            raise TaskError(f"{path} is empty")
-        header = [h.strip() for h in rows[0]]
+        header, body, lines = read_csv(path, delimiter)
         if target not in header:
             raise TaskError(
                 f"{path}: no target column {target!r}; " + _columns_hint(target, header)
@@ -387,13 +369,7 @@ class Task:
             raise TaskError(f"{path}: the header names {target!r} {header.count(target)} times")
         if len(header) < 2:
             raise TaskError(f"{path}: no feature columns besides the target {target!r}")
-        body, lines = rows[1:], lines[1:]
-        for line, r in zip(lines, body, strict=True):
-            if len(r) != len(header):
-                raise TaskError(
-                    f"{path}, line {line}: {len(r)} fields where the header has {len(header)}; "
-                    "is this a CSV file with the right delimiter?"
-                )
+        check_field_counts(path, header, body, lines)
         if len(body) < 5:
             raise TaskError(
                 f"{path}: {len(body)} data rows are too few for train/val/test splits "
@@ -593,26 +569,6 @@ def _describe(name: str, module: nn.Module) -> dict[str, Any]:
     }
 
 
-def _missing_mask(a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind == "f":
-        return np.isnan(a)
-    if a.dtype == object:
-        return np.array(
-            [
-                v is None
-                or (isinstance(v, float) and math.isnan(v))
-                or (isinstance(v, str) and v.strip().lower() in _MISSING_STRINGS)
-                for v in a.reshape(-1)
-            ],
-            dtype=bool,
-        ).reshape(a.shape)
-    if a.dtype.kind in "US":
-        return (
-            np.char.lower(np.char.strip(a.astype(str))) == "" if a.size else np.zeros(a.shape, bool)
-        )
-    return np.zeros(a.shape, dtype=bool)
-
-
 def _columns_hint(name: str, header: Sequence[str]) -> str:
     """The columns there are, and the nearest one to ``name`` (case-insensitive first)."""
     if len(header) == 1:
@@ -642,22 +598,6 @@ def _check_columns(
                 f"{prefix}feature column {name!r} contains inf ({col[i]!r} on {row(i)}); "
                 "replace it or drop the row"
             )
-
-
-def _as_float(col: np.ndarray) -> np.ndarray | None:
-    """The column as floats (missing -> NaN) if every present value is a number, else None."""
-    if col.dtype.kind in "fiub":
-        return col.astype(np.float64)
-    missing = _missing_mask(col)
-    out = np.full(col.shape, np.nan)
-    for i, v in enumerate(col):
-        if missing[i]:
-            continue
-        try:
-            out[i] = float(v)
-        except (TypeError, ValueError):
-            return None
-    return out
 
 
 def _infer_task_type(y: np.ndarray) -> tuple[str, str]:
@@ -706,84 +646,3 @@ def _split(
     rest, test = cut(idx, n_test, y)
     train, val = cut(rest, n_val, y[rest] if y is not None else None)
     return np.sort(train), np.sort(val), np.sort(test)
-
-
-class _TabularPreprocessor:
-    """Median-impute + standardise numeric columns, impute + one-hot the others (sklearn)."""
-
-    def __init__(self, columns: Sequence[str] | None) -> None:
-        self.columns = list(columns) if columns is not None else None
-
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        from sklearn.impute import SimpleImputer
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-        n_cols = X.shape[1]
-        if self.columns is None:
-            self.columns = [f"x{j}" for j in range(n_cols)]
-        if len(self.columns) != n_cols:
-            raise TaskError(f"{len(self.columns)} column names for {n_cols} columns")
-        if n_cols == 0:
-            raise TaskError("X has no feature columns")
-        self.numeric, self.categorical = [], []
-        missing_total = 0
-        for j, name in enumerate(self.columns):
-            col = X[:, j]
-            miss = _missing_mask(col)
-            if miss.all():
-                raise TaskError(f"column {name!r} is entirely empty in the train split; drop it")
-            missing_total += int(miss.sum())
-            num = _as_float(col)
-            if num is not None:
-                if np.isinf(num).any():
-                    row = int(np.flatnonzero(np.isinf(num))[0])
-                    raise TaskError(f"feature column {name!r} contains inf (train row {row})")
-                self.numeric.append(j)
-            else:
-                self.categorical.append(j)
-        self.frac_missing = missing_total / max(X.size, 1)
-        if missing_total:
-            msg = f"{missing_total} missing feature value(s) in the train split were imputed"
-            warnings.warn(msg, UserWarning, stacklevel=3)
-            logger.info(msg)
-        self.num_pipe = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
-        self.cat_pipe = make_pipeline(
-            SimpleImputer(strategy="most_frequent"),
-            OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-        )
-        num, cat = self._clean(X)
-        blocks = []
-        if self.numeric:
-            blocks.append(self.num_pipe.fit_transform(num))
-        if self.categorical:
-            blocks.append(self.cat_pipe.fit_transform(cat))
-        out = np.hstack(blocks)
-        n_out = out.shape[1]
-        self.frac_categorical = (n_out - len(self.numeric)) / max(n_out, 1)
-        return out
-
-    def _clean(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        num = np.empty((len(X), len(self.numeric)), dtype=np.float64)
-        for k, j in enumerate(self.numeric):
-            col = _as_float(X[:, j])
-            if col is None:
-                raise TaskError(f"feature column {self.columns[j]!r} holds text in val/test rows")
-            if np.isinf(col).any():
-                raise TaskError(f"feature column {self.columns[j]!r} contains inf")
-            num[:, k] = col
-        cat = np.empty((len(X), len(self.categorical)), dtype=object)
-        for k, j in enumerate(self.categorical):
-            col = X[:, j]
-            miss = _missing_mask(col)
-            cat[:, k] = [np.nan if m else str(v) for v, m in zip(col, miss, strict=True)]
-        return num, cat
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        num, cat = self._clean(X)
-        blocks = []
-        if self.numeric:
-            blocks.append(self.num_pipe.transform(num))
-        if self.categorical:
-            blocks.append(self.cat_pipe.transform(cat))
-        return np.hstack(blocks)

@@ -14,6 +14,8 @@ __all__ = [
     "MLP",
     "LeNet",
     "SmallCNN",
+    "factory_spec",
+    "from_factory_spec",
     "lcbench_mlp",
     "linear",
     "make_cnn",
@@ -103,6 +105,10 @@ def mlp(hidden: Sequence[int] = (128, 64), dropout: float = 0.0) -> Any:
 
     factory.__name__ = f"mlp_{'x'.join(map(str, hidden)) or 'linear'}"
     factory.__qualname__ = factory.__name__
+    factory.hporl_spec = {  # type: ignore[attr-defined]
+        "factory": "mlp",
+        "kwargs": {"hidden": [int(h) for h in hidden], "dropout": float(dropout)},
+    }
     return factory
 
 
@@ -140,3 +146,43 @@ def lcbench_mlp(
     ]
     drops = [max_dropout * i / max(num_layers - 1, 1) for i in range(num_layers)]
     return MLP(_flat(input_shape), n_outputs, hidden=widths, dropout=drops)
+
+
+def _named() -> dict[str, Any]:
+    return {
+        "make_mlp": make_mlp,
+        "linear": linear,
+        "make_cnn": make_cnn,
+        "make_lenet": make_lenet,
+        "lcbench_mlp": lcbench_mlp,
+    }
+
+
+def factory_spec(factory: Any) -> dict[str, Any] | None:
+    """How to rebuild a built-in factory from JSON (``{"factory": name, "kwargs": {...}}``), or
+    ``None`` for anything else (a user's factory or module, which JSON cannot describe)."""
+    spec = getattr(factory, "hporl_spec", None)
+    if isinstance(spec, dict):
+        return {"factory": spec["factory"], "kwargs": dict(spec["kwargs"])}
+    for name, f in _named().items():
+        if factory is f:
+            return {"factory": name, "kwargs": {}}
+    return None
+
+
+def from_factory_spec(spec: Mapping[str, Any]) -> Any:
+    """The factory that :func:`factory_spec` described.
+
+    Raises:
+        KeyError: the spec names no built-in factory (or gives keyword arguments it does not take).
+    """
+    name, kwargs = spec["factory"], dict(spec.get("kwargs") or {})
+    if name == "mlp":
+        unknown = set(kwargs) - {"hidden", "dropout"}
+        if unknown:
+            raise KeyError(f"mlp takes hidden and dropout, not {sorted(unknown)}")
+        return mlp(**kwargs)
+    named = _named()
+    if name not in named or kwargs:
+        raise KeyError(f"no built-in model factory {name!r} with arguments {kwargs}")
+    return named[name]
