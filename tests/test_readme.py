@@ -32,7 +32,7 @@ def test_the_readme_has_examples():
 def test_python_example_runs(line, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever it writes (runs/...) stays in this test's folder
     namespace: dict = {"__name__": f"readme_line_{line}"}
-    exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, f"README.md:{line}", "exec"), namespace)  # our own README
 
 
 @pytest.mark.parametrize(
