@@ -133,6 +133,45 @@ def test_yaml_tags_are_never_run(tmp_path, capsys):
     assert not marker.exists()
 
 
+def _alias_bomb(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "name: bomb\ntasks: [iris]\nagent:\n  params:\n" + "".join(f"    {x}\n" for x in lines)
+
+
+@pytest.mark.parametrize("where", ["experiment", "bench", "space"])
+def test_yaml_alias_bombs_and_huge_files_are_refused_before_they_expand(tmp_path, capsys, where):
+    from hporl._io import YAML_MAX_BYTES
+
+    out = ["--out", str(tmp_path / "run")] if where != "space" else []
+    command = {"experiment": ["meta-train"], "bench": ["bench"], "space": ["spaces"]}[where]
+
+    def refused(path: Path, message: str) -> None:
+        if where == "space":
+            with pytest.raises(SearchSpaceError, match=re.escape(f"{path}: {message}")):
+                SearchSpace.from_yaml(path)
+            return
+        code, err = hporl(*command, path, *out, capsys=capsys)
+        assert code == 2 and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert err.startswith(f"hporl: error: {path}: {message}"), err
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(8))  # about 550 bytes that expand to 9^9 values
+    assert bomb.stat().st_size < 1000
+    refused(bomb, "its aliases (*name) expand to more than 100,000 values")
+    big = tmp_path / "big.yaml"
+    big.write_text("x: [" + ", ".join(["1"] * (YAML_MAX_BYTES // 3 + 10)) + "]\n")
+    refused(big, f"larger than {YAML_MAX_BYTES:,} bytes")
+    assert not (tmp_path / "run").exists()
+    # small aliases are fine: YAML's anchors have their uses
+    from hporl._io import read_yaml
+
+    small = tmp_path / "small.yaml"
+    small.write_text(_alias_bomb(2))
+    assert len(read_yaml(small, what="test", error=ConfigError)["agent"]["params"]["a2"]) == 9
+
+
 def test_missing_and_unreadable_yaml_files(tmp_path, capsys):
     absent = tmp_path / "absent.yaml"
     code, err = hporl("meta-train", absent, capsys=capsys)

@@ -211,3 +211,31 @@ def test_several_envs_fan_their_trainings_out_to_a_process_pool(small_space):
     vec = agent.get_env()
     assert isinstance(vec, FanOutVecEnv) and vec.evaluator is evaluator
     assert evaluator.n_trained > 0 and evaluator.n_workers == 2
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["layout"].update(n_bins=10**12), r"n_bins must be an integer in \[2, 4096\]"),
+        (
+            lambda m: m["layout"].update(history=10**12),
+            r"history must be an integer in \[0, 100000\]",
+        ),
+        (lambda m: m["layout"].update(n_features=10**12), r"n_features must be an integer"),
+        (lambda m: m["layout"].update(budget=-3), r"budget must be an integer in \[1, 100000\]"),
+        (lambda m: m["policy_kwargs"].update(net_arch=[10**12]), r"net_arch must be a list"),
+        (lambda m: m["policy_kwargs"]["extractor"].update(d_model=10**12), r"extractor\.d_model"),
+    ],
+    ids=["n_bins", "history", "n_features", "budget", "net_arch", "d_model"],
+)
+def test_unbounded_sizes_in_policy_json_are_refused_before_allocating(
+    trained, tmp_path, edit, message
+):
+    # as anyone could: the edit, then the checksum redone
+    trained.save(tmp_path)
+    meta = json.loads((tmp_path / "policy.json").read_text())
+    edit(meta)
+    meta["meta_sha256"] = meta_sha256(meta)
+    (tmp_path / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match=message):
+        Policy.load(tmp_path)

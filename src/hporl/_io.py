@@ -78,19 +78,63 @@ _StrictSafeLoader.add_constructor(
 )
 
 
+YAML_MAX_BYTES = 1_000_000
+"""The largest YAML file hporl reads (experiments, benches and spaces are a few KB)."""
+
+YAML_MAX_NODES = 100_000
+"""The most values a YAML document may hold once its aliases are expanded (an "alias bomb" of
+a few hundred bytes can otherwise expand to gigabytes)."""
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many nodes ``node`` stands for with every alias expanded, counted without expanding
+    (a node met again through an alias counts its whole size again); stops past ``limit``."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        current, children_done = stack.pop()
+        key = id(current)
+        if key in sizes and not children_done:
+            continue
+        if isinstance(current, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children = (
+            [n for pair in current.value for n in pair]
+            if isinstance(current, yaml.MappingNode)
+            else list(current.value)
+        )
+        if children_done:
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), limit + 1)
+            continue
+        if key in sizes:
+            continue
+        sizes[key] = 0  # a cycle (an alias inside its own anchor) counts nothing more
+        stack.append((current, True))
+        stack += [(c, False) for c in children if id(c) not in sizes]
+    return sizes[id(node)]
+
+
 def read_yaml(path: str | Path, *, what: str, error: type[HporlError]) -> Any:
-    """Read a YAML file with a safe loader (no Python tags, no repeated keys).
+    """Read a YAML file with a safe loader (no Python tags, no repeated keys), bounded in size.
 
     Raises:
         error: naming the file, and the line and column of the problem: an unreadable or binary
-            file, invalid YAML, a tag such as ``!!python/object`` (refused, never constructed),
-            a key given twice.
+            file, one over :data:`YAML_MAX_BYTES`, invalid YAML, a tag such as
+            ``!!python/object`` (refused, never constructed), a key given twice, aliases that
+            expand to more than :data:`YAML_MAX_NODES` values (checked before anything expands).
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(YAML_MAX_BYTES + 1)  # never more, whatever the file is
     except OSError as err:
         raise error(f"cannot read {what} file {str(path)!r}: {err.strerror}") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise error(
+            f"{path}: larger than {YAML_MAX_BYTES:,} bytes; hporl reads {what} files of up to "
+            f"{YAML_MAX_BYTES:,} bytes"
+        )
     if b"\x00" in raw[:4096]:
         raise error(f"{path}: not a YAML text file (it holds binary data)")
     try:
@@ -98,7 +142,19 @@ def read_yaml(path: str | Path, *, what: str, error: type[HporlError]) -> Any:
     except UnicodeDecodeError:
         raise error(f"{path}: not a UTF-8 text file") from None
     try:
-        return yaml.load(text, Loader=_StrictSafeLoader)  # a SafeLoader: no Python tags
+        loader = _StrictSafeLoader(text)  # a SafeLoader: no Python tags
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if _expanded_size(node, YAML_MAX_NODES) > YAML_MAX_NODES:
+                raise error(
+                    f"{path}: its aliases (*name) expand to more than {YAML_MAX_NODES:,} values; "
+                    "refused before expanding them"
+                )
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,7 +9,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import torch
@@ -72,7 +72,9 @@ class AgentConfig(BaseModel):
     total_timesteps: int = Field(20_000, gt=0)
     n_envs: int = Field(1, gt=0)
     seed: int = 0
-    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    net_arch: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [64, 64], max_length=16
+    )
     activation: Literal["tanh", "relu"] = "tanh"
     learning_rate: float = Field(3e-4, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -164,7 +166,25 @@ def state_values(network: nn.Module, algorithm: str, obs: torch.Tensor) -> torch
 
 
 def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """SB3's policy keyword arguments from hporl's JSON network description."""
+    """SB3's policy keyword arguments from hporl's JSON network description (bounded: it may
+    come from a policy.json on disk).
+
+    Raises:
+        ConfigError: layers or widths out of bounds, an unknown activation or extractor.
+    """
+    arch = policy_kwargs.get("net_arch")
+    if (
+        not isinstance(arch, list)
+        or len(arch) > 16
+        or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 4096 for w in arch)
+    ):
+        raise ConfigError(
+            f"net_arch must be a list of at most 16 layer widths in [1, 4096], got {arch!r}"
+        )
+    if policy_kwargs.get("activation") not in ACTIVATIONS:
+        raise ConfigError(
+            f"activation must be one of {', '.join(ACTIVATIONS)}, got {policy_kwargs.get('activation')!r}"
+        )
     out: dict[str, Any] = {
         "net_arch": list(policy_kwargs["net_arch"]),
         "activation_fn": ACTIVATIONS[policy_kwargs["activation"]],
@@ -173,11 +193,20 @@ def sb3_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
     if extractor is not None:
         if extractor.get("name") != "history":
             raise ConfigError(f"unknown features extractor {extractor.get('name')!r}")
+        kwargs = {}
+        for k, high in (
+            ("d_model", 1024),
+            ("head_dim", 1_000_000),
+            ("n_tokens", 100_000),
+            ("token_width", 100_000),
+            ("present", 100_000),
+        ):
+            value = extractor.get(k)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise ConfigError(f"extractor.{k} must be an integer in [0, {high}], got {value!r}")
+            kwargs[k] = value
         out["features_extractor_class"] = HistoryExtractor
-        out["features_extractor_kwargs"] = {
-            k: int(extractor[k])
-            for k in ("d_model", "head_dim", "n_tokens", "token_width", "present")
-        }
+        out["features_extractor_kwargs"] = kwargs
     return out
 
 

@@ -104,7 +104,7 @@ class ExperimentConfig(BaseModel):
     space: str | dict[str, Any] = "optimizer"
     backend: BackendConfig = Field(default_factory=BackendConfig)
     reward: str = "best_metric"
-    budget: int = Field(3, gt=0, description="K: trials per episode")
+    budget: int = Field(3, gt=0, le=10_000, description="K: trials per episode")
     n_bins: int = Field(64, ge=3, le=4096, description="bins per numeric parameter")
     history: int | None = Field(
         None, ge=0, le=10_000, description="trial slots in the observation (default: the budget)"

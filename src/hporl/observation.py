@@ -83,6 +83,26 @@ class ObservationLayout:
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
             raise ConfigError(f"observation layout version must be 1 or 2, got {self.version!r}")
+        # Bounded before anything is allocated (a policy.json is read from disk).
+        for name, value, low, high in (
+            ("n_features", self.n_features, 0, 100_000),
+            ("budget", self.budget, 1, 100_000),
+            ("n_bins", self.n_bins, 2, 4096),
+            ("history", self.history, 0, 100_000),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(
+                    f"observation layout: {name} must be an integer in [{low}, {high}], got {value!r}"
+                )
+        for name, values in self.extra_bins:
+            if len(values) > 4096:
+                raise ConfigError(f"observation layout: more than 4096 extra bins for {name!r}")
+        for key in ("feature_mean", "feature_scale"):
+            given = getattr(self, key)
+            if given is not None and len(given) != self.n_features:
+                raise ConfigError(
+                    f"observation layout: {key} has {len(given)} values for {self.n_features} features"
+                )
 
     @cached_property
     def _encoded(self) -> dict[str, np.ndarray]:
