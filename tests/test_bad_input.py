@@ -609,3 +609,36 @@ def test_checksum_missing_ok_tolerates_only_an_absent_sidecar(checked):
     _flip(checked, 0)
     with pytest.raises(CheckpointError, match="is corrupted or was changed"):
         verify_checksum(checked, error=CheckpointError, missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+        (["--seed", str(2**32)], f"--seed must be an integer in [0, 2**32), got {2**32}"),
+    ],
+    ids=["epochs0", "seed-1", "seed2^32"],
+)
+def test_tune_refuses_epochs_and_seeds_out_of_range(tmp_path, capsys, args, message):
+    data = tmp_path / "data.csv"
+    data.write_text(_csv(_table()))
+    code, err = hporl("tune", "--data", data, "--target", "y", *args, "--out", tmp_path / "o", capsys=capsys)  # fmt: skip
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="must be"):
+        from hporl import tune_model
+
+        kwargs = {"epochs": 0} if "epochs" in args[0] else {"seed": int(args[1])}
+        tune_model(data=data, target="y", **kwargs)
+
+
+def test_json_reports_are_strict_json(tmp_path):
+    from hporl._io import write_json
+
+    write_json(
+        tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(2)}
+    )
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": 2.0}

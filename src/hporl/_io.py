@@ -22,6 +22,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -223,8 +224,24 @@ def writable_dir(path: str | Path, what: str = "output directory") -> Path:
     return path
 
 
+def strict_json(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, infinities) as ``None``: strict JSON, which
+    ``json.dumps`` would otherwise write as bare ``NaN`` / ``Infinity``."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    if hasattr(data, "item") and getattr(data, "shape", None) == ():  # a numpy scalar
+        return strict_json(data.item())
+    return data
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)))
+    """Write ``data`` as strict JSON (non-finite numbers as ``null``), atomically."""
+    text = json.dumps(strict_json(data), indent=2, default=str, allow_nan=False)
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 # -- checksums ------------------------------------------------------------------------------

@@ -291,6 +291,10 @@ def tune(
         raise HporlError(f"--model {model!r}: choose one of mlp, linear, lcbench_mlp")
     if task_type is not None and task_type not in TASK_TYPES:
         raise HporlError(f"--task-type {task_type!r}: choose one of {', '.join(TASK_TYPES)}")
+    if epochs is not None and epochs < 1:
+        raise HporlError(f"--epochs must be a positive integer, got {epochs}")
+    if not 0 <= seed < 2**32:
+        raise HporlError(f"--seed must be an integer in [0, 2**32), got {seed}")
     out = out or Path("runs") / f"tune-{data.stem}"
     task = Task.from_csv(
         data,
@@ -298,7 +302,7 @@ def tune(
         model=MODELS[model],
         task_type=task_type,
         seed=seed,
-        **({"epochs": epochs} if epochs else {}),
+        **({"epochs": epochs} if epochs is not None else {}),
     )
     console.print(f"task: {task.task_type} ({task.info['task_type_reason']})")
     if policy is None:

@@ -248,6 +248,12 @@ def tune_model(
         raise TaskError("tune_model needs data: a Task, an (X, y) pair, or a CSV path")
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if epochs is not None and (
+        not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 100_000
+    ):
+        raise ConfigError(f"epochs must be a positive integer (at most 100000), got {epochs!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if not isinstance(executor, Executor) and executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
