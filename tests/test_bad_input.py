@@ -642,3 +642,63 @@ def test_json_reports_are_strict_json(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": 2.0}
+
+
+def test_decimal_commas_are_read_as_numbers(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=120)
+    rows = ["x;z;y"] + [f"{v:.3f};{i % 7};{int(v > 0)}".replace(".", ",") for i, v in enumerate(x)]
+    path = tmp_path / "semi.csv"
+    path.write_text("\n".join(rows) + "\n")
+    task = Task.from_csv(path, target="y", epochs=1)
+    assert task.info["frac_categorical"] == 0.0  # numbers, not 120 categories
+    assert task.X_train.shape[1] == 2
+    assert "decimal commas" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,a,y\n1,2,3\n4,5,6\n", "column names appear more than once: 'a'"),
+    ],
+)
+def test_duplicate_columns_are_refused(tmp_path, text, message):
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with pytest.raises(TaskError, match=re.escape(message)):
+        Task.from_csv(path, target="y")
+
+
+def test_constant_or_absurd_regression_targets_are_refused():
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    with pytest.raises(TaskError, match="the regression target is constant"):
+        Task.from_arrays(X, np.full(60, 2.5), task_type="regression")
+    with pytest.raises(TaskError, match="too large to learn from"):
+        Task.from_arrays(X, np.linspace(1, 2, 60) * 1e300, task_type="regression")
+
+
+def test_a_csv_from_dev_zero_is_refused_at_once(capsys):
+    with pytest.raises(TaskError, match="is not a CSV file"):
+        Task.from_csv("/dev/zero", target="y")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda:7", "device 'cuda:7': this machine (or torch build) has no CUDA"),
+        ("banana", "device 'banana' is not a device name torch knows"),
+    ],
+)
+def test_devices_that_are_not_there_are_refused_before_training(tmp_path, capsys, device, message):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    path = tmp_path / "experiment.yaml"
+    path.write_text(f"tasks: [iris]\nbackend: {{device: '{device}'}}\n")
+    code, err = hporl("meta-train", path, "--out", tmp_path / "run", capsys=capsys)
+    assert code == 2 and "Traceback" not in err and message in err, err
+    path.write_text(f"tasks: [iris]\nagent: {{device: '{device}'}}\n")
+    code, err = hporl("meta-train", path, "--out", tmp_path / "run", capsys=capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -104,6 +104,14 @@ class AgentConfig(BaseModel):
         "mlp: the flat observation straight into the MLP",
     )
     d_model: int = Field(64, gt=0, le=1024, description="width of the history encoder")
+
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value: str) -> str:
+        from hporl.backends.torch_backend import usable_device
+
+        usable_device(value)
+        return value
 
     def policy_kwargs(self, layout: Any = None) -> dict[str, Any]:
         """JSON-ready network description (also stored with a saved Policy). ``layout`` (an

@@ -82,7 +82,15 @@ class BackendConfig(BaseModel):
     )
     num_threads: int | None = Field(1, gt=0)
     device: str = "cpu"
-    trial_seed: int = 0
+    trial_seed: int = Field(0, ge=0, lt=2**32)
+
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value: str) -> str:
+        from hporl.backends.torch_backend import usable_device
+
+        usable_device(value)
+        return value
 
 
 class ExperimentConfig(BaseModel):

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from hporl._io import atomic_write, write_json
 from hporl.augment import Augmenter
 from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
-from hporl.exceptions import HporlError
+from hporl.exceptions import ConfigError, HporlError
 
 if TYPE_CHECKING:
     from hporl.tasks import Task
@@ -167,6 +167,32 @@ def _scheduler(
     )
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, checked to exist on this machine.
+
+    Raises:
+        ConfigError: not a device name torch knows, or a CUDA / MPS device this machine (or
+            this build of torch) does not have: every trial would fail on it.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"device {str(device)!r} is not a device name torch knows (cpu, cuda, cuda:0, mps)"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {str(device)!r}: this machine (or torch build) has no CUDA")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r}: MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {str(device)!r}: hporl trains on cpu, cuda or mps")
+    return dev
+
+
 class TorchBackend(Backend):
     """Real PyTorch training from in-memory tensors (batches by index, no DataLoader).
 
@@ -204,7 +230,7 @@ class TorchBackend(Backend):
         num_threads: int | None = None,
         eval_batch_size: int = 4096,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         self.num_threads = num_threads
         self.eval_batch_size = eval_batch_size
 

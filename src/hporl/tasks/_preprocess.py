@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -380,6 +381,10 @@ def _as_float(col: np.ndarray) -> np.ndarray | None:
 
 
 # -- CSV ------------------------------------------------------------------------------------
+MAX_CSV_BYTES = 2**30
+"""The largest CSV file hporl reads (it is read into memory)."""
+
+
 def read_csv(
     path: str | Path, delimiter: str | None = None
 ) -> tuple[list[str], list[list[str]], list[int]]:
@@ -390,9 +395,18 @@ def read_csv(
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16)
+            if b"\x00" in head:  # /dev/zero, an image, a zip: refused before reading on
+                raise TaskError(f"{path} is not a CSV file (it holds binary data)")
+            raw = head + handle.read(MAX_CSV_BYTES + 1 - len(head))
     except OSError as err:
         raise TaskError(f"cannot read CSV file {str(path)!r}: {err.strerror}") from None
+    if len(raw) > MAX_CSV_BYTES:
+        raise TaskError(
+            f"{path} is larger than {MAX_CSV_BYTES // 2**20:,} MiB; hporl reads CSV files up to that "
+            "size into memory (sample it, or pass arrays to Task.from_arrays)"
+        )
     if b"\x00" in raw:
         raise TaskError(f"{path} is not a CSV file (it holds binary data)")
     try:
@@ -417,7 +431,34 @@ def read_csv(
     if not rows:
         raise TaskError(f"{path} is empty")
     header = [h.strip() for h in rows[0]]
-    return header, rows[1:], lines[1:]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise TaskError(
+            f"{path}: column names appear more than once: {', '.join(map(repr, twice))}"
+        )
+    body = rows[1:]
+    if delimiter != ",":
+        _decimal_commas(path, header, body)
+    return header, body, lines[1:]
+
+
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+([eE][+-]?\d+)?$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+def _decimal_commas(path: Path, header: Sequence[str], body: list[list[str]]) -> None:
+    """Columns whose numbers are written with a decimal comma (``3,14``; files separated by
+    ``;`` usually are) are read as numbers, in place, and said in the log: read as text they
+    would silently become categories."""
+    for j, name in enumerate(header):
+        cells = [r[j].strip() for r in body if j < len(r) and r[j].strip()]
+        if not cells or not any(_DECIMAL_COMMA.match(c) for c in cells):
+            continue
+        if all(_DECIMAL_COMMA.match(c) or _INTEGER.match(c) for c in cells):
+            for r in body:
+                if j < len(r):
+                    r[j] = r[j].replace(",", ".")
+            logger.warning("%s: column %r has decimal commas; read as numbers", path, name)
 
 
 def check_field_counts(

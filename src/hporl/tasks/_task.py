@@ -321,7 +321,18 @@ class Task:
             )
             input_kind = input_kind or ("sequence" if X.ndim == 3 else "image")
         if task_type == "regression":
-            mu, sd = float(y_arr[train_idx].mean()), float(y_arr[train_idx].std()) or 1.0
+            y_train = np.asarray(y_arr[train_idx], dtype=np.float64)
+            if not np.isfinite(y_train).all() or np.abs(y_train).max(initial=0.0) > 1e150:
+                raise TaskError(
+                    "the regression target has values too large to learn from "
+                    f"(|y| up to {np.abs(y_train).max():.3g}); rescale it"
+                )
+            if np.ptp(y_train) == 0:
+                raise TaskError(
+                    f"the regression target is constant ({y_train[0]:g} on every training row): "
+                    "there is nothing to learn"
+                )
+            mu, sd = float(y_train.mean()), float(y_train.std()) or 1.0
             y_arr = (y_arr - mu) / sd
             info.update(y_mean=mu, y_std=sd)
         t = torch.from_numpy
