@@ -135,3 +135,46 @@ def test_tune_says_the_task_type_and_takes_another(tmp_path, capsys):
     assert json.loads((tmp_path / "b" / "report.json").read_text())["metric_name"] == "r2"
     code, _, err = run(*args, "--task-type", "regr", capsys=capsys)
     assert code == 2 and "--task-type 'regr': choose one of classification, regression" in err
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_tune_run_cleanly(tmp_path):
+    """SIGTERM (a scheduler's stop) ends `hporl tune` as Ctrl-C does: one "aborted" line, exit
+    130, and no trial left RUNNING in the store."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    data = tmp_path / "digits.csv"
+    header = ",".join(f"p{i}" for i in range(X.shape[1])) + ",label"
+    data.write_text(
+        header + "\n" + "\n".join(",".join(map(str, [*r, t])) for r, t in zip(X, y, strict=True))
+    )
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hporl.cli", "tune", "--data", str(data), "--target", "label",
+         "--trials", "50", "--epochs", "40", "--out", str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "trials.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(4)  # inside a trial
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert err.strip().splitlines()[-1] == "hporl: aborted"
+    assert "Traceback" not in err
+    url = f"sqlite:///{out / 'trials.db'}"
+    states = [
+        t.state
+        for name in optuna.get_all_study_names(url)
+        for t in optuna.load_study(study_name=name, storage=url).trials
+    ]
+    assert TrialState.RUNNING not in states

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -221,6 +222,11 @@ def writable_dir(path: str | Path, what: str = "output directory") -> Path:
         raise StoreError(f"cannot create {what} {str(path)!r}: {err.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise StoreError(f"{what} {str(path)!r} is not writable")
+    try:  # the permission bits do not tell for root, a read-only mount or a full disk
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".hporl-probe-"):
+            pass
+    except OSError as err:
+        raise StoreError(f"{what} {str(path)!r} is not writable: {err.strerror}") from None
     return path
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -485,6 +487,10 @@ def tasks() -> None:
     console.print(table)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -492,8 +498,19 @@ def main(argv: list[str] | None = None) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="rich is experimental/alpha")  # SB3's progress bar
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if main_thread:
+        # SIGTERM ends a run as Ctrl-C does: trials under way are failed and marked, the store
+        # is left consistent, and the last line says "aborted".
+        signal.signal(signal.SIGTERM, _terminate)
     try:
-        return app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns 130 on Ctrl-C in this mode
+            if code == 130:
+                print("hporl: aborted", file=sys.stderr)
+            sys.exit(code)
+        return code
     except HporlError as err:
         print(f"hporl: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -508,6 +525,9 @@ def main(argv: list[str] | None = None) -> Any:
             err.show()
             sys.exit(2)
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
