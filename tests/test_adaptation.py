@@ -1,6 +1,6 @@
-"""Adaptation is tested, not assumed: a policy meta-trained with hporl's defaults on LCBench
-(small: 12 tasks, K = 10, a short run) proposes differently when the scores differ, and
-differently on different held-out tasks."""
+"""Adaptation is tested, not assumed: a policy meta-trained on LCBench with the whole-history
+encoder and the adaptive warm start (small: 12 tasks, K = 10, a short run) proposes differently
+when the scores differ, and differently on different held-out tasks."""
 
 from __future__ import annotations
 
@@ -32,8 +32,12 @@ def lcbench_policy(tmp_path_factory):
             "methods": ["policy"],
             "normalisation_samples": 500,
             "transfer_candidates": 500,
-            # the defaults (whole history, 64 bins, adaptive warm start), a short RL run
-            "policy": {"budget": 10, "agent": {"total_timesteps": 2048, "n_envs": 8}},
+            # the defaults (whole history, 64 bins), the adaptive warm start, a short RL run
+            "policy": {
+                "budget": 10,
+                "agent": {"total_timesteps": 2048, "n_envs": 8},
+                "pretrain": {"expert": "adaptive", "candidate_sampling": "snapped"},
+            },
         }
     )
     bench = _Bench(config, out)

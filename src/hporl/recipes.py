@@ -2,9 +2,9 @@
 on held-out tasks (see the README's benchmark section for the figures).
 
 A surrogate benchmark (cheap steps, evaluated in this process) gets a million PPO steps on 32
-envs at once, after a behaviour-cloning warm start that imitates
-the adaptive transfer expert (:func:`hporl.pretrain.adaptive_orders`) on the transfer baselines'
-own sample, with the first trial anchored to the expert's. Real training, where every step is a
+envs at once, after a behaviour-cloning warm start that imitates the greedy portfolio of the
+transfer baselines' own sample (its values played exactly), with the first trial anchored to
+it. Real training, where every step is a
 training run, keeps a short run.
 """
 
