@@ -150,3 +150,23 @@ def test_task_augmentation_moves_the_landscape_not_what_the_policy_sees():
     # an episode on a named task is the task as it is
     env.reset(seed=3, options={"task": tasks[0]})
     assert env._shift == {} and env._moved(chosen) == chosen
+
+
+def test_proposals_encode_the_history_once_and_propose_the_same(trained, monkeypatch):
+    from hporl import policy as policy_module
+
+    assert isinstance(trained.network.pi_features_extractor, HistoryExtractor)
+    rng = np.random.default_rng(0)
+    task = SyntheticTask.sample(3, 1)[0]
+    histories = [[]]
+    for k in range(1, 4):
+        histories.append([(trained.space.sample(rng), float(rng.random())) for _ in range(k)])
+    fast = [trained.suggest(task, h) for h in histories]
+    sampled = [trained.suggest(task, h, deterministic=False, rng=7) for h in histories]
+
+    class Never:  # no extractor is one: every step runs the whole network
+        pass
+
+    monkeypatch.setattr(policy_module, "HistoryExtractor", Never)
+    assert [trained.suggest(task, h) for h in histories] == fast
+    assert [trained.suggest(task, h, deterministic=False, rng=7) for h in histories] == sampled

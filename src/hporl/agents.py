@@ -256,14 +256,28 @@ class HistoryExtractor(BaseFeaturesExtractor):
         self.scale = d_model**-0.5
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        head = self.head(obs[:, : self.head_dim])
+        return self.combine(obs, self.encode_tokens(obs))
+
+    def encode_tokens(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The encoded trial tokens and their presence mask (``None`` without tokens). They do
+        not change while one configuration is chosen, so a caller proposing one may encode them
+        once and :meth:`combine` them with each step's observation."""
         if self.n_tokens == 0:
-            zeros = head.new_zeros(head.shape[0], 3 * head.shape[1])
-            return torch.cat([head, zeros], dim=1)
+            return None
         tokens = obs[:, self.head_dim :].reshape(-1, self.n_tokens, self.token_width)
         present = tokens[:, :, self.present : self.present + 1] > 0.5  # [B, T, 1]
         h = self.phi(self.token(tokens) + self.slot.weight[None, : self.n_tokens])
-        h = h * present
+        return h * present, present
+
+    def combine(
+        self, obs: torch.Tensor, encoded: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The features of ``obs`` given its :meth:`encode_tokens`."""
+        head = self.head(obs[:, : self.head_dim])
+        if encoded is None:
+            zeros = head.new_zeros(head.shape[0], 3 * head.shape[1])
+            return torch.cat([head, zeros], dim=1)
+        h, present = encoded
         count = present.sum(1).clamp(min=1)
         mean = h.sum(1) / count
         peak = h.masked_fill(~present, -1e4).amax(1) * present.any(1)

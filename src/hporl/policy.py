@@ -20,7 +20,13 @@ import torch
 
 from hporl import _policy_files
 from hporl._policy_files import META, WEIGHTS
-from hporl.agents import ALGORITHMS, action_logits, policy_class, sb3_policy_kwargs
+from hporl.agents import (
+    ALGORITHMS,
+    HistoryExtractor,
+    action_logits,
+    policy_class,
+    sb3_policy_kwargs,
+)
 from hporl.backends import TrialResult
 from hporl.exceptions import HporlError, PolicyError
 from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
@@ -285,10 +291,19 @@ class Policy:
         position = self.layout.advance(partial, 0)
         feature_block = self.layout.features_block(features)
         trials_block = self.layout.trials_block(trials)
+        extractor = getattr(self.network, "pi_features_extractor", None)
+        fast = isinstance(extractor, HistoryExtractor) and self.algorithm != "dqn"
+        encoded: Any = None
         while position is not None:
             obs = self.layout.compose(feature_block, position, partial, trials_block)
             batch = torch.from_numpy(obs)[None]
-            logits = action_logits(self.network, self.algorithm, batch)[0].double().numpy()
+            if fast:  # the trial tokens are encoded once per configuration, not per parameter
+                if encoded is None:
+                    encoded = extractor.encode_tokens(batch)
+                latent = self.network.mlp_extractor.forward_actor(extractor.combine(batch, encoded))
+                logits = self.network.action_net(latent)[0].double().numpy()
+            else:
+                logits = action_logits(self.network, self.algorithm, batch)[0].double().numpy()
             mask = self.layout.mask(position)
             logits = np.where(mask, logits, -np.inf)
             if deterministic:
