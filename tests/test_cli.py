@@ -74,6 +74,10 @@ def test_demo_runs(tmp_path):
     proc = cli("demo", "--timesteps", "64", "--trials", "2", "--epochs", "1", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "hporl policy" in proc.stdout and "random search" in proc.stdout
+    assert "packaged default policy" in proc.stdout and "shipped" in proc.stdout
+    assert "meta-training" in proc.stdout
+    packaged = json.loads((tmp_path / "tuned-packaged" / "report.json").read_text())
+    assert len(packaged["trials"]) == 2
     report = json.loads((tmp_path / "tuned" / "report.json").read_text())
     config = report["config"]
     assert len(report["trials"]) == 2 and report["task"] == "digits"
