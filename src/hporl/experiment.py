@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -304,6 +305,33 @@ def run_experiment(
     )
 
 
+@contextlib.contextmanager
+def _progress(show: bool, what: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar over ``total`` tasks with an estimate of the time left (or nothing)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(what + " on training tasks"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as bar:
+        job = bar.add_task("", total=total)
+        yield lambda done: bar.update(job, completed=done)
+
+
 def meta_train(
     space: SearchSpace,
     evaluator: Evaluator,
@@ -357,7 +385,12 @@ def meta_train(
     portfolio = None
     if pretrain is not None:
         # Chosen before the agent exists: its values may widen the action space (exact play).
-        portfolio = build_portfolio(env, tasks, pretrain, values_fn=candidate_values)
+        with _progress(
+            progress_bar, f"warm start: {pretrain.candidates} candidates", len(tasks)
+        ) as bar:
+            portfolio = build_portfolio(
+                env, tasks, pretrain, values_fn=candidate_values, progress=bar
+            )
         if pretrain.candidate_sampling == "space":
             extra = ObservationLayout.extra_bins_of(space, portfolio.configs)
             make_env = functools.partial(make_env, extra)

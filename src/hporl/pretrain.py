@@ -262,9 +262,10 @@ def build_portfolio(
     config: PretrainConfig,
     *,
     values_fn: CandidateValues | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Portfolio:
     """Evaluate the candidates on every task, all of a task's at once (through the env's
-    evaluator: cached there, and on its workers together)."""
+    evaluator: cached there, and on its workers together); ``progress(tasks_done)`` after each."""
     rng = np.random.default_rng(config.seed)
     if config.candidate_sampling == "space":
         # The transfer baselines' own draws, kept exact: the meta-training run adds the chosen
@@ -282,11 +283,15 @@ def build_portfolio(
     for t, task in enumerate(tasks):
         if values_fn is not None:
             values[t] = values_fn(task, scored)
-            continue
-        reference = env.reference(task)
-        results = env.evaluator.evaluate_many(task, scored, seed=env.trial_seed, epochs=env.epochs)
-        for c, result in enumerate(results):
-            values[t, c] = approach(result, reference=reference, task=task)
+        else:
+            reference = env.reference(task)
+            results = env.evaluator.evaluate_many(
+                task, scored, seed=env.trial_seed, epochs=env.epochs
+            )
+            for c, result in enumerate(results):
+                values[t, c] = approach(result, reference=reference, task=task)
+        if progress is not None:
+            progress(t + 1)
     order = greedy_portfolio(values, env.layout.budget)
     per_task = None
     if config.expert == "adaptive":
