@@ -702,3 +702,48 @@ def test_devices_that_are_not_there_are_refused_before_training(tmp_path, capsys
     code, err = hporl("meta-train", path, "--out", tmp_path / "run", capsys=capsys)
     assert code == 2 and message in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "tasks: [iris]\nagent: {learning_rate: .inf}\n",
+            "agent.learning_rate: Input should be less than or equal to 1",
+        ),
+        (
+            "tasks: [iris]\nagent: {params: {n_steps: 0}}\n",
+            "params.n_steps must be an integer in [1, 10**8], got 0",
+        ),
+        ("tasks: [iris]\nagent: {params: {gamma: .nan}}\n", "params.gamma must be a finite number"),
+        (
+            "tasks: [iris]\nagent: {net_arch: [1000000000000]}\n",
+            "agent.net_arch.0: Input should be less than or equal to 4096",
+        ),
+        (
+            "tasks: [iris]\nn_bins: 1000000000000\n",
+            "n_bins: Input should be less than or equal to 4096",
+        ),
+    ],
+    ids=["lr-inf", "n_steps0", "gamma-nan", "net_arch", "n_bins"],
+)
+def test_agent_settings_that_would_fail_mid_training_are_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    code, err = hporl("meta-train", path, "--out", tmp_path / "run", capsys=capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_storage_that_is_a_directory_is_refused(tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    data.write_text(_csv(_table()))
+    (tmp_path / "db").mkdir()
+    code, err = hporl("tune", "--data", data, "--target", "y", "--storage", tmp_path / "db", "--out", tmp_path / "o", capsys=capsys)  # fmt: skip
+    assert_one_line(
+        code,
+        err,
+        f"storage {str(tmp_path / 'db')!r} is a directory; give a SQLite file in it "
+        f"(e.g. {str(tmp_path / 'db' / 'trials.db')!r}) or a database URL",
+    )

@@ -76,7 +76,7 @@ class AgentConfig(BaseModel):
         default_factory=lambda: [64, 64], max_length=16
     )
     activation: Literal["tanh", "relu"] = "tanh"
-    learning_rate: float = Field(3e-4, gt=0)
+    learning_rate: float = Field(3e-4, gt=0, le=1.0)
     params: dict[str, Any] = Field(default_factory=dict)
     checkpoint_every: int = Field(5_000, gt=0)
     device: str = "cpu"
@@ -104,6 +104,34 @@ class AgentConfig(BaseModel):
         "mlp: the flat observation straight into the MLP",
     )
     d_model: int = Field(64, gt=0, le=1024, description="width of the history encoder")
+
+    @field_validator("params")
+    @classmethod
+    def _sane_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The counts SB3 would only trip over mid-training: positive integers, bounded."""
+        minimum = {"learning_starts": 0}
+        for key in (
+            "n_steps",
+            "batch_size",
+            "n_epochs",
+            "buffer_size",
+            "learning_starts",
+            "train_freq",
+            "target_update_interval",
+            "gradient_steps",
+        ):
+            if key in value:
+                v, low = value[key], minimum.get(key, 1)
+                if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 10**8:
+                    raise ValueError(
+                        f"params.{key} must be an integer in [{low}, 10**8], got {v!r}"
+                    )
+        for key in ("gamma", "gae_lambda", "ent_coef", "vf_coef", "clip_range", "max_grad_norm"):
+            if key in value:
+                v = value[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e6:
+                    raise ValueError(f"params.{key} must be a finite number >= 0, got {v!r}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -322,8 +350,9 @@ def build_agent(
             verbose=0,
             **kwargs,
         )
-    except TypeError as err:
-        raise ConfigError(f"agent {config.algorithm!r}: {err}") from None
+    except (TypeError, ValueError, AssertionError) as err:  # SB3 checks its settings with asserts
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"agent {config.algorithm!r}: {first}") from None
     if log_dir is not None:
         agent.set_logger(_logger(log_dir))
     return agent

@@ -60,7 +60,7 @@ class PretrainConfig(BaseModel):
     epochs: int = Field(
         300, ge=1, description="passes of supervised training over the expert steps"
     )
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
     seed: int = 0
     anchor_trials: int = Field(
         0,

@@ -93,7 +93,13 @@ def storage_url(storage: str | Path | None, run_dir: str | Path | None) -> str |
 
 
 def _sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path.expanduser().resolve()}"
+    path = path.expanduser()
+    if path.is_dir():
+        raise StoreError(
+            f"storage {str(path)!r} is a directory; give a SQLite file in it (e.g. "
+            f"{str(path / 'trials.db')!r}) or a database URL"
+        )
+    return f"sqlite:///{path.resolve()}"
 
 
 def _first_line(err: BaseException) -> str:
