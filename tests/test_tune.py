@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from hporl import ConfigError, PolicyError, StoreError, TaskError, TuneOptions, tune_model
+from hporl import (
+    ConfigError,
+    Policy,
+    PolicyError,
+    StoreError,
+    TaskError,
+    TuneOptions,
+    tune_model,
+)
 from hporl.tasks import builtin, models
 
 REPORT_KEYS = {"config", "metric_name", "test_metric", "default_test_metric", "trials", "seconds"}
@@ -149,3 +157,20 @@ def test_an_interrupted_trial_is_failed_stale_and_the_run_resumes(tiny_policy, t
     )
     assert [t["status"] for t in result.trials] == ["ok"] * 3
     assert [t["resumed"] for t in result.trials] == [True, False, False]
+
+
+def test_a_regression_task_is_offered_no_classification_knob(tmp_path):
+    from hporl.tune import random_search
+
+    task = builtin("diabetes", epochs=1)
+    assert task.task_type == "regression"
+    result = tune_model(
+        data=task, n_trials=3, out=tmp_path, options=TuneOptions(compare_default=False)
+    )
+    assert all(t["config"].get("label_smoothing", 0.0) == 0.0 for t in result.trials)
+    assert result.config.get("label_smoothing", 0.0) == 0.0
+    randoms = random_search(task, Policy.default().space, 4, seed=1)
+    assert all(t["config"].get("label_smoothing", 0.0) == 0.0 for t in randoms.trials)
+    space = Policy.default().space
+    assert "label_smoothing" in [p.name for p in space.chosen]  # classification still has it
+    assert "label_smoothing" not in [p.name for p in space.fixing(["label_smoothing"]).chosen]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -489,6 +489,30 @@ class SearchSpace:
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def fixing(self, names: Iterable[str], why: str = "") -> SearchSpace:
+        """This space with the named parameters fixed at their defaults (names it lacks are
+        ignored): e.g. the classification-only knobs of a regression task."""
+        names = set(names)
+        data = self.to_dict()
+        for name, spec in data["parameters"].items():
+            if name in names and spec["type"] != "fixed":
+                fixed = {"type": "fixed", "value": spec["default"]}
+                if "when" in spec:
+                    fixed["when"] = spec["when"]
+                if why:
+                    fixed["description"] = why
+                data["parameters"][name] = fixed
+        return SearchSpace.from_dict(data)
+
+    def conform(self, config: Mapping[str, Any]) -> Config:
+        """``config`` with this space's fixed parameters at their values (one proposed for a
+        space that still varied them), validated."""
+        out = dict(config)
+        for p in self.parameters:
+            if p.kind == "fixed" and p.name in out:
+                out[p.name] = p.default
+        return self.validate(out)
 
     def __add__(self, other: SearchSpace) -> SearchSpace:
         """Compose two spaces; a name present in both is an error."""

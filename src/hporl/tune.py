@@ -22,6 +22,7 @@ from torch import nn
 from hporl._io import atomic_write, writable_dir
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
+from hporl.backends.torch_backend import CLASSIFICATION_ONLY
 from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator, FinalFit
 from hporl.exceptions import ConfigError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
@@ -277,6 +278,8 @@ def tune_model(
         if out is not None:
             writable_dir(out)
         space = policy.space
+        if task.task_type != "classification":  # no classification-only knob is offered
+            space = space.fixing(CLASSIFICATION_ONLY, why="classification only: fixed here")
         store = TrialStore(storage_url(storage, out))
         worker = options.worker or (str(Path(out).resolve()) if out is not None else "main")
         sampler = PolicySampler(policy, task=task, deterministic=options.deterministic, seed=seed)
@@ -479,7 +482,7 @@ class _Trials:
             trial = study.ask()
             self.store.claim(trial)
             return trial
-        return self.store.open_trial(study, self.space, sampler.propose(study))
+        return self.store.open_trial(study, self.space, self.space.conform(sampler.propose(study)))
 
     def _tell(self, item: _Running) -> TrialResult:
         item.stop_heartbeat()
@@ -513,6 +516,8 @@ def random_search(
     """The same procedure as :func:`tune_model` with uniformly random configurations (a baseline)."""
     start = time.perf_counter()
     evaluator = evaluator or Evaluator(TorchBackend(num_threads=1))
+    if task.task_type != "classification":
+        space = space.fixing(CLASSIFICATION_ONLY, why="classification only: fixed here")
     rng = np.random.default_rng(seed)
     configs = [space.sample(rng) for _ in range(n_trials)]
     results = evaluator.evaluate_many(task, configs, seed=seed)

@@ -167,6 +167,10 @@ def _scheduler(
     )
 
 
+CLASSIFICATION_ONLY = ("label_smoothing",)
+"""Parameters that mean something only for classification (a regression task fixes them)."""
+
+
 def usable_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device``, checked to exist on this machine.
 
