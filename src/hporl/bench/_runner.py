@@ -379,6 +379,10 @@ def _run(
             settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
             path = config.policy_path if method == "policy" else settings.pop("path", None)
             suffix = "" if method == "policy" else f"_{method}"
+            say(
+                f"fold {f + 1}/{len(folds)}: meta-training {method} on {len(train)} tasks "
+                f"(logs in {out / f'policy{suffix}_fold{f}' / 'logs'})"
+            )
             policies[method] = _policy(
                 config, bench, train, out / f"policy{suffix}_fold{f}", settings, path
             )
