@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     bench = _Bench(config, args.out)
     start = time.perf_counter()
-    policy = _policy(config, bench, tasks[1:], args.out / "run")
+    policy = _policy(config, bench, tasks[1:], args.out / "run", progress_bar=True)
     policy.save(args.out)
     note = {
         "space": "lcbench",

@@ -440,16 +440,16 @@ def bench(
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    with console.status("benchmarking") as status:
-        summary = run(
-            config,
-            out=out,
-            progress=lambda msg: status.update(msg),
-            storage=storage,
-            parallel=parallel,
-            executor=executor,
-            ray_address=ray_address,
-        )
+    summary = run(  # messages between parts; progress bars with the time left inside them
+        config,
+        out=out,
+        progress=console.print,
+        progress_bar=True,
+        storage=storage,
+        parallel=parallel,
+        executor=executor,
+        ray_address=ray_address,
+    )
     console.print((out / "report.md").read_text())
     console.print(
         f"{len(summary['methods'])} methods in {time.perf_counter() - t0:.0f} s; files in {out}"

@@ -321,6 +321,7 @@ def run(
     *,
     out: str | Path = "runs/bench",
     progress: Callable[[str], None] | None = None,
+    progress_bar: bool = False,
     storage: str | Path | None = None,
     parallel: int | None = None,
     executor: str | None = None,
@@ -346,13 +347,17 @@ def run(
     out = writable_dir(out)
     bench = _Bench(config, out, storage)
     try:
-        return _run(bench, config, out, progress)
+        return _run(bench, config, out, progress, progress_bar)
     finally:
         bench.close()
 
 
 def _run(
-    bench: _Bench, config: BenchConfig, out: Path, progress: Callable[[str], None] | None
+    bench: _Bench,
+    config: BenchConfig,
+    out: Path,
+    progress: Callable[[str], None] | None,
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
     from hporl.bench._report import summarise, summarise_finals, write_report
 
@@ -384,7 +389,13 @@ def _run(
                 f"(logs in {out / f'policy{suffix}_fold{f}' / 'logs'})"
             )
             policies[method] = _policy(
-                config, bench, train, out / f"policy{suffix}_fold{f}", settings, path
+                config,
+                bench,
+                train,
+                out / f"policy{suffix}_fold{f}",
+                settings,
+                path,
+                progress_bar=progress_bar,
             )
             key = f"meta_train{suffix}_fold{f}"
             timings[key] = time.perf_counter() - t0
@@ -530,6 +541,8 @@ def _policy(
     run_dir: Path,
     settings: Mapping[str, Any] | None = None,
     path: str | None = None,
+    *,
+    progress_bar: bool = False,
 ) -> Any:
     """A policy for a fold: loaded from ``path``, or meta-trained on ``train`` with
     ``settings`` (default: the bench's ``policy``); keys left out take :mod:`hporl.recipes`."""
@@ -598,6 +611,7 @@ def _policy(
         epochs=settings.get("epochs"),
         feature_names=_feature_names(config.benchmark),
         meta={"benchmark": config.benchmark},
+        progress_bar=progress_bar,
         candidate_values=lambda task, configs: reward.normalise(
             task.name, bench.scores(task, configs)
         ),
