@@ -28,8 +28,8 @@ from hporl import (
     Task,
     TaskError,
 )
-from hporl._io import checksum_path, sha256_file, verify_checksum, write_checksum
-from hporl._policy_files import FORMAT_VERSION, meta_sha256
+from hporl._io import checksum_path, meta_sha256, sha256_file, verify_checksum, write_checksum
+from hporl._policy_files import FORMAT_VERSION
 from hporl.cli import main
 
 TAG_LINE = "YAML tag '!!python/object/apply:os.system' at line 1, column {col} is not allowed; hporl reads plain YAML (mappings, lists, strings, numbers, booleans)"

@@ -8,7 +8,7 @@ import pytest
 from safetensors import safe_open
 
 from hporl import Evaluator, HPOEnv, Policy, PolicyError, SearchSpace, SyntheticBackend
-from hporl._policy_files import meta_sha256
+from hporl._io import meta_sha256
 from hporl.agents import ALGORITHMS, AgentConfig, action_logits, latest_checkpoint, train_agent
 from hporl.backends import SyntheticTask
 from hporl.vec_env import FanOutVecEnv

@@ -28,7 +28,7 @@ import re
 import tempfile
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,58 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 # -- checksums ------------------------------------------------------------------------------
+def meta_sha256(meta: Mapping[str, Any]) -> str:
+    """The sha256 of a description's canonical JSON without the ``meta_sha256`` key itself."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_checked_json(path: Path, meta: dict[str, Any]) -> None:
+    """Write a description (``policy.json``, ``model.json``) with its own checksum."""
+    meta = json.loads(json.dumps(meta, default=str))  # exactly what load will read back
+    meta["meta_sha256"] = meta_sha256(meta)
+    write_json(path, meta)
+
+
+def read_checked_json(
+    path: Path,
+    *,
+    error: type[HporlError],
+    version: int,
+    kind: str,
+    remake: str,
+    redo: str,
+) -> dict[str, Any]:
+    """A description of a ``kind`` ("policy") written by :func:`write_checked_json`, checked:
+    valid JSON, an object, format ``version``, its own checksum.
+
+    Raises:
+        error: naming the file and what to do: ``remake`` (another format), ``redo`` (edited).
+    """
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror}") from None
+    if not isinstance(meta, dict):
+        raise error(f"{path} is not a {kind} description: expected a JSON object")
+    found = meta.get("format_version")
+    if found != version:
+        raise error(
+            f"{path}: the {kind} was saved in format_version {found!r} and this hporl reads "
+            f"format {version}; {remake}"
+        )
+    stored = meta.get("meta_sha256")
+    if stored != meta_sha256(meta):
+        why = "it has no meta_sha256" if stored is None else "meta_sha256 differs from its content"
+        raise error(
+            f"{path} was edited by hand: its checksum does not match ({why}); restore the "
+            f"saved file or {redo}"
+        )
+    return meta
+
+
 def sha256_file(path: str | Path) -> str:
     """The sha256 of a file's bytes, as 64 hex digits (read in chunks: any size)."""
     h = hashlib.sha256()

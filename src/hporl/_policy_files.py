@@ -10,7 +10,6 @@ unpickled.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hporl._io import atomic_write, sha256_file, write_json
+from hporl._io import atomic_write, read_checked_json, sha256_file, write_checked_json
 from hporl.exceptions import PolicyError
 
 FORMAT_VERSION = 2
@@ -49,9 +48,7 @@ def write(directory: Path, state: dict[str, torch.Tensor], content: Mapping[str,
     }
     atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     meta["checksums"] = {WEIGHTS: sha256_file(directory / WEIGHTS)}
-    meta = json.loads(json.dumps(meta, default=str))  # exactly what load will read back
-    meta["meta_sha256"] = meta_sha256(meta)
-    write_json(directory / META, meta)
+    write_checked_json(directory / META, meta)
     return directory
 
 
@@ -69,12 +66,6 @@ def locate(directory: Path) -> Path:
     return directory
 
 
-def meta_sha256(meta: Mapping[str, Any]) -> str:
-    """The sha256 of ``policy.json``'s canonical JSON without the ``meta_sha256`` key itself."""
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def read_meta(directory: Path) -> dict[str, Any]:
     """``policy.json``, checked: valid JSON, this format version, its own checksum, and a
     checksum for the weights (compared by :func:`read_weights`).
@@ -83,27 +74,14 @@ def read_meta(directory: Path) -> dict[str, Any]:
         PolicyError: naming the file and what to do.
     """
     path = directory / META
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PolicyError(f"{path} is not valid JSON: {err}") from None
-    except OSError as err:
-        raise PolicyError(f"cannot read {path}: {err.strerror}") from None
-    if not isinstance(meta, dict):
-        raise PolicyError(f"{path} is not a policy description: expected a JSON object")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise PolicyError(
-            f"{path}: the policy was saved in format_version {version!r} and this hporl reads "
-            f"format {FORMAT_VERSION}; re-run `hporl meta-train` to make a new policy"
-        )
-    stored = meta.get("meta_sha256")
-    if stored != meta_sha256(meta):
-        what = "it has no meta_sha256" if stored is None else "meta_sha256 differs from its content"
-        raise PolicyError(
-            f"{path} was edited by hand: its checksum does not match ({what}); "
-            "restore the saved file or re-run `hporl meta-train`"
-        )
+    meta = read_checked_json(
+        path,
+        error=PolicyError,
+        version=FORMAT_VERSION,
+        kind="policy",
+        remake="re-run `hporl meta-train` to make a new policy",
+        redo="re-run `hporl meta-train`",
+    )
     checksums = meta.get("checksums")
     if not isinstance(checksums, dict) or not isinstance(checksums.get(WEIGHTS), str):
         raise PolicyError(f"{path} is incomplete: it holds no checksum for {WEIGHTS}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import time
 import warnings
@@ -39,8 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hporl._io import atomic_write, write_json
-from hporl._policy_files import meta_sha256
+from hporl._io import atomic_write, read_checked_json, write_checked_json
 from hporl.exceptions import ConfigError, HporlError, ModelError, StoreError
 from hporl.tasks import models as _models
 from hporl.tasks._preprocess import Preprocessor, check_field_counts, read_csv
@@ -283,9 +281,7 @@ class Predictor:
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "checksums": checksums,
         }
-        meta = json.loads(json.dumps(meta, default=str))  # exactly what load will read back
-        meta["meta_sha256"] = meta_sha256(meta)
-        write_json(directory / META, meta)
+        write_checked_json(directory / META, meta)
         return directory
 
     def _pipeline(self, net: nn.Module) -> tuple[nn.Module | None, str | None]:
@@ -483,27 +479,16 @@ def _read_meta(directory: Path) -> dict[str, Any]:
                 "(weights only, no preprocessing); tune again to save a model that predicts"
             )
         raise ModelError(f"{directory} is not a saved model: {META} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"{path} is not valid JSON: {err}") from None
-    except OSError as err:
-        raise ModelError(f"cannot read {path}: {err.strerror}") from None
-    if not isinstance(meta, dict) or "networks" not in meta:
+    meta = read_checked_json(
+        path,
+        error=ModelError,
+        version=FORMAT_VERSION,
+        kind="model",
+        remake="save it again with this version",
+        redo="save the model again",
+    )
+    if "networks" not in meta:
         raise ModelError(f"{path} is not a saved model's description")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelError(
-            f"{path}: the model was saved in format_version {version!r} and this hporl reads "
-            f"format {FORMAT_VERSION}; save it again with this version"
-        )
-    stored = meta.get("meta_sha256")
-    if stored != meta_sha256(meta):
-        what = "it has no meta_sha256" if stored is None else "meta_sha256 differs from its content"
-        raise ModelError(
-            f"{path} was edited by hand: its checksum does not match ({what}); restore the "
-            "saved file or save the model again"
-        )
     checksums = meta.get("checksums")
     if not isinstance(checksums, dict):
         raise ModelError(f"{path} is incomplete: it holds no checksums")
