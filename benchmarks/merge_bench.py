@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from hporl._io import write_json
 from hporl.bench import BenchConfig
 from hporl.bench._report import summarise, write_report
 
@@ -43,8 +44,8 @@ def main() -> None:
     merged = summarise(records, config, train_tasks=sorted(train), test_tasks=sorted(test))
     merged["timings_seconds"] = timings
     merged["folds"] = folds
-    (args.out / "results.json").write_text(json.dumps(records, indent=2))
-    (args.out / "summary.json").write_text(json.dumps(merged, indent=2))
+    write_json(args.out / "results.json", records)
+    write_json(args.out / "summary.json", merged)
     write_report(records, merged, config, args.out)
     print((args.out / "report.md").read_text())
 

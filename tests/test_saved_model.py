@@ -77,17 +77,18 @@ def clf_task():
     return Task.from_arrays(X, _labels(X), columns=COLUMNS, epochs=2)
 
 
-@pytest.fixture(scope="module")
-def tuned_clf(clf_task, tmp_path_factory):
+def _tuned_and_saved(task, out):
+    """Two trials of the packaged policy on ``task``, saved to ``out``."""
     res = hporl.tune_model(
-        data=clf_task,
-        policy=Policy.default(),
-        n_trials=2,
-        options=TuneOptions(compare_default=False),
+        data=task, policy=Policy.default(), n_trials=2, options=TuneOptions(compare_default=False)
     )
-    out = tmp_path_factory.mktemp("tuned_clf")
     res.save(out)
     return res, out
+
+
+@pytest.fixture(scope="module")
+def tuned_clf(clf_task, tmp_path_factory):
+    return _tuned_and_saved(clf_task, tmp_path_factory.mktemp("tuned_clf"))
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +98,7 @@ def tuned_reg(tmp_path_factory):
     X[rng.random(X.shape) < 0.03] = np.nan
     y = 50 + 10 * np.nan_to_num(X[:, 0]) - 3 * np.nan_to_num(X[:, 1])
     task = Task.from_arrays(X, y, task_type="regression", epochs=2, model=models.mlp((16,)))
-    res = hporl.tune_model(
-        data=task,
-        policy=Policy.default(),
-        n_trials=2,
-        options=TuneOptions(compare_default=False),
-    )
-    out = tmp_path_factory.mktemp("tuned_reg")
-    res.save(out)
+    res, out = _tuned_and_saved(task, tmp_path_factory.mktemp("tuned_reg"))
     return res, task, out
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch import nn
 
 from hporl._io import verify_checksum, write_checksum
+from hporl.backends.torch_backend import checked_device
 from hporl.exceptions import ConfigError
 from hporl.observation import TOKEN_PRESENT
 
@@ -79,7 +80,7 @@ class AgentConfig(BaseModel):
     learning_rate: float = Field(3e-4, gt=0, le=1.0)
     params: dict[str, Any] = Field(default_factory=dict)
     checkpoint_every: int = Field(5_000, gt=0)
-    device: str = "cpu"
+    device: Annotated[str, AfterValidator(checked_device)] = "cpu"
     executor: Literal["local", "ray"] = Field(
         "local",
         description="where the trainings of n_envs > 1 environments run: a local process pool "
@@ -131,14 +132,6 @@ class AgentConfig(BaseModel):
                 v = value[key]
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e6:
                     raise ValueError(f"params.{key} must be a finite number >= 0, got {v!r}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _usable_device(cls, value: str) -> str:
-        from hporl.backends.torch_backend import usable_device
-
-        usable_device(value)
         return value
 
     def policy_kwargs(self, layout: Any = None) -> dict[str, Any]:

@@ -8,14 +8,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.agents import AgentConfig, train_agent
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
+from hporl.backends.torch_backend import checked_device
 from hporl.env import HPOEnv, TaskAugmentation
 from hporl.evaluation import Evaluator
 from hporl.exceptions import ConfigError
@@ -82,16 +83,8 @@ class BackendConfig(BaseModel):
         None, gt=0, description="epochs per trial (default: each task's own)"
     )
     num_threads: int | None = Field(1, gt=0)
-    device: str = "cpu"
+    device: Annotated[str, AfterValidator(checked_device)] = "cpu"
     trial_seed: int = Field(0, ge=0, lt=2**32)
-
-    @field_validator("device")
-    @classmethod
-    def _usable_device(cls, value: str) -> str:
-        from hporl.backends.torch_backend import usable_device
-
-        usable_device(value)
-        return value
 
 
 class ExperimentConfig(BaseModel):

@@ -205,9 +205,7 @@ def greedy_portfolio(values: np.ndarray, k: int) -> list[int]:
     """Indices of ``k`` candidates chosen greedily to minimise the mean normalised regret of the
     best-so-far over tasks. ``values[t, c]`` is candidate ``c``'s value on task ``t`` (higher is
     better); regret on a task is normalised by that task's range over the candidates."""
-    lo = values.min(axis=1, keepdims=True)
-    hi = values.max(axis=1, keepdims=True)
-    regret = (hi - values) / np.maximum(hi - lo, 1e-12)
+    regret = _regret(values)
     chosen: list[int] = []
     best = np.full(values.shape[0], np.inf)
     for _ in range(min(k, values.shape[1])):

@@ -22,7 +22,7 @@ from torch import nn
 from hporl._io import atomic_write, writable_dir
 from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
-from hporl.backends.torch_backend import CLASSIFICATION_ONLY
+from hporl.backends.torch_backend import space_for
 from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator, FinalFit
 from hporl.exceptions import ConfigError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
@@ -277,9 +277,7 @@ def tune_model(
         )  # augmentation only for image tasks, before any file
         if out is not None:
             writable_dir(out)
-        space = policy.space
-        if task.task_type != "classification":  # no classification-only knob is offered
-            space = space.fixing(CLASSIFICATION_ONLY, why="classification only: fixed here")
+        space = space_for(policy.space, task)
         store = TrialStore(storage_url(storage, out))
         worker = options.worker or (str(Path(out).resolve()) if out is not None else "main")
         sampler = PolicySampler(policy, task=task, deterministic=options.deterministic, seed=seed)
@@ -516,8 +514,7 @@ def random_search(
     """The same procedure as :func:`tune_model` with uniformly random configurations (a baseline)."""
     start = time.perf_counter()
     evaluator = evaluator or Evaluator(TorchBackend(num_threads=1))
-    if task.task_type != "classification":
-        space = space.fixing(CLASSIFICATION_ONLY, why="classification only: fixed here")
+    space = space_for(space, task)
     rng = np.random.default_rng(seed)
     configs = [space.sample(rng) for _ in range(n_trials)]
     results = evaluator.evaluate_many(task, configs, seed=seed)

@@ -21,6 +21,7 @@ from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
 from hporl.exceptions import ConfigError, HporlError
 
 if TYPE_CHECKING:
+    from hporl.space import SearchSpace
     from hporl.tasks import Task
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TorchBackend"]
@@ -171,6 +172,13 @@ CLASSIFICATION_ONLY = ("label_smoothing",)
 """Parameters that mean something only for classification (a regression task fixes them)."""
 
 
+def space_for(space: SearchSpace, task: Any) -> SearchSpace:
+    """``space`` as offered to ``task``: a regression task gets no classification-only knob."""
+    if getattr(task, "task_type", "classification") == "classification":
+        return space
+    return space.fixing(CLASSIFICATION_ONLY, why="classification only: fixed here")
+
+
 def usable_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device``, checked to exist on this machine.
 
@@ -195,6 +203,12 @@ def usable_device(device: str | torch.device) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {str(device)!r}: hporl trains on cpu, cuda or mps")
     return dev
+
+
+def checked_device(name: str) -> str:
+    """A pydantic validator: ``name`` if :func:`usable_device` accepts it."""
+    usable_device(name)
+    return name
 
 
 class TorchBackend(Backend):
