@@ -540,6 +540,68 @@ def test_policy_for_another_space(tiny_policy, policy_dir):
     assert Policy.load(policy_dir, space=policy.space).space == policy.space
 
 
+def _rename(params: dict, old: str, new: str) -> None:
+    params[new] = params.pop(old)
+    for spec in params.values():  # conditions on the renamed parameter follow it
+        if old in spec.get("when", {}):
+            spec["when"][new] = spec["when"].pop(old)
+
+
+def _rename_choice(params: dict, name: str, old: str, new: str) -> None:
+    params[name]["choices"] = [new if c == old else c for c in params[name]["choices"]]
+    for spec in params.values():
+        values = spec.get("when", {}).get(name)
+        if values is not None:
+            spec["when"][name] = [new if v == old else v for v in values]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["lr"].update(high=1e6),
+            "search space parameter 'lr': high 1000000.0 is outside what training accepts, (0, 1000]",
+        ),
+        (
+            lambda p: _rename(p, "lr", "lrx"),
+            re.compile(
+                r"search space parameter 'lrx' is not a training hyperparameter \(.+\), an augmentation key, nor read by the model \(its factory takes no 'config'\): it would change nothing"
+            ),
+        ),
+        (
+            lambda p: _rename_choice(p, "optimizer", "radam", "lion"),
+            re.compile(
+                r"search space parameter 'optimizer': training knows no 'lion' \(one of sgd, .+\)"
+            ),
+        ),
+        (
+            lambda p: p["batch_size"].update(low=0, log=False),
+            re.compile(
+                r"search space parameter 'batch_size': low 0 is outside what training accepts, \[1, 1e\+06\]"
+            ),
+        ),
+    ],
+    ids=["lr-1e6", "renamed", "unknown-choice", "batch-0"],
+)
+def test_a_resigned_policy_whose_space_training_would_misread(
+    policy_dir, tmp_path, stored, capsys, edit, message
+):
+    """Anyone can recompute the checksum of an edited policy.json; what training would ignore or
+    cannot train is refused before any trial, instead of being reported in the best config."""
+    _resigned(lambda m: edit(m["space"]["parameters"]))(policy_dir)
+    Policy.load(policy_dir)  # a policy is backend-agnostic: the space is checked where it trains
+    data = tmp_path / "data.csv"
+    data.write_text(_csv(_table()))
+    before = snapshot(stored)
+    code, err = hporl(
+        "tune", "--data", data, "--target", "y", "--policy", policy_dir, "--out", stored,
+        capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert _matches(err.strip().removeprefix("hporl: error: "), message), err
+    assert snapshot(stored) == before
+
+
 def test_save_writes_both_checksums(policy_dir):
     meta = json.loads((policy_dir / "policy.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION == 2

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hporl import Evaluator, SearchSpace, StoreError, TorchBackend, TrialStore
+from hporl import Evaluator, SearchSpace, StoreError, TorchBackend, TrialStore, TuneOptions
 from hporl.store import evaluation_key, mask_url, storage_url
 from hporl.tasks import builtin
 
@@ -319,3 +319,42 @@ def test_a_trial_killed_between_its_result_and_its_tell_is_finished_not_run_agai
     (only,) = study.trials  # nothing queued again
     assert only.state == TrialState.COMPLETE and only.value == pytest.approx(result.best_metric)
     assert len(store.results(study)) == 1
+
+
+@pytest.mark.parametrize("n_trials", [2, 3])
+def test_a_dead_trial_of_a_run_already_complete_is_not_queued_to_wait_for_ever(
+    tiny_policy, tmp_path, n_trials
+):
+    """Two processes on one ``--out`` count one worker's trials: when one has finished the run's
+    trials and the other died mid-trial, a restart has nothing left to run, so a retry queued then
+    would stay WAITING for ever. It is queued only when the run will take it."""
+    import socket
+
+    from hporl import tune_model
+
+    policy, _ = tiny_policy
+    task = builtin("iris", epochs=1)
+    out = tmp_path / "run"
+    tune_model(
+        data=task, policy=policy, n_trials=2, out=out, options=TuneOptions(compare_default=False)
+    )
+    store = TrialStore(out / "trials.db")
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(store.storage)]
+    study = optuna.load_study(study_name=name, storage=store.storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = store.open_trial(study, policy.space, policy.space.sample(7))  # the other process's
+    orphan.set_user_attr("hporl_owner", f"{socket.gethostname()}:{dead.pid}")
+    orphan.set_user_attr("hporl_worker", str(out.resolve()))
+
+    result = tune_model(
+        data=task, policy=policy, n_trials=n_trials, out=out,
+        options=TuneOptions(compare_default=False),
+    )  # fmt: skip
+    trials = optuna.load_study(study_name=name, storage=store.storage).get_trials()
+    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    assert trials[orphan.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retries) == n_trials - 2  # run only when the run had a trial left to give it
+    assert [t.params for t in retries] == [trials[orphan.number].params] * (n_trials - 2)
+    assert len(result.trials) == n_trials

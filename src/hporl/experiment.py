@@ -14,7 +14,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.agents import AgentConfig, train_agent
-from hporl.augment import check_space as check_augment_space
 from hporl.backends import Backend, SyntheticBackend, SyntheticTask, TorchBackend
 from hporl.backends.torch_backend import checked_device
 from hporl.env import HPOEnv, TaskAugmentation
@@ -259,9 +258,8 @@ def run_experiment(
         )
     if not is_synthetic and any(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError("synthetic tasks ({synthetic: N}) need backend: {name: synthetic}")
-    if not is_synthetic:
-        for task in tasks:  # an augmentation space needs image tasks only
-            check_augment_space(space, task)
+    for task in tasks:  # what training would misread, before anything is written
+        backend.check_space(space, task)
     write_json(
         run_dir / "experiment.json",
         config.model_dump(mode="json", exclude={"tasks"}) | {"tasks": [t.name for t in tasks]},

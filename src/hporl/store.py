@@ -506,12 +506,12 @@ class TrialStore:
         the next run on this host fails and retries it at once."""
         trial.set_user_attr(OWNER, _owner())
 
-    def fail_orphans(self, study: optuna.Study) -> list[int]:
+    def fail_orphans(self, study: optuna.Study, *, retry: bool = True) -> list[int]:
         """Fail the RUNNING trials of ``study`` whose process is gone (on this host; trials of
-        other hosts wait for optuna's heartbeat), and queue each again once. Returns their
-        numbers. A trial whose process died after its result was written, before it was told,
-        is finished from that result instead (run again, it would be served from the store and
-        counted twice)."""
+        other hosts wait for optuna's heartbeat), and with ``retry`` queue each again once
+        (else see :meth:`queue_retries`). Returns their numbers. A trial whose process died
+        after its result was written, before it was told, is finished from that result instead
+        (run again, it would be served from the store and counted twice)."""
         host = socket.gethostname()
         failed = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -535,8 +535,17 @@ class TrialStore:
                 continue  # another process got there first
             logger.warning("trial %d was running in a process that died: failed, retried", t.number)
             failed.append(t.number)
-            self.retry(study, study._storage.get_trial(t._trial_id))
+            if retry:
+                self.queue_retries(study, [t.number])
         return failed
+
+    def queue_retries(self, study: optuna.Study, numbers: list[int]) -> None:
+        """Queue a retry (WAITING, ``study.ask`` takes it first) of each FAIL trial in
+        ``numbers``, within ``max_retry``. Queue only what a run will take: nothing else runs a
+        WAITING trial, so one queued past a run's last trial would wait for ever."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number in numbers:
+                self.retry(study, study._storage.get_trial(t._trial_id))
 
     def results(self, study: optuna.Study) -> list[tuple[FrozenTrial, TrialResult]]:
         """The finished trials of ``study`` that hold an hporl result, oldest first."""

@@ -20,7 +20,6 @@ from optuna.trial import TrialState
 from torch import nn
 
 from hporl._io import atomic_write, writable_dir
-from hporl.augment import check_space as check_augment_space
 from hporl.backends import TorchBackend, TrialResult
 from hporl.backends.torch_backend import space_for
 from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator, FinalFit
@@ -272,9 +271,7 @@ def tune_model(
                 "this policy was meta-trained on synthetic tasks without hporl's meta-features; it cannot read a real task's features"
             )
         policy.task_features(task)  # checks the feature count before any training
-        check_augment_space(
-            policy.space, task
-        )  # augmentation only for image tasks, before any file
+        backend.check_space(policy.space, task)  # what training would misread, before any file
         if out is not None:
             writable_dir(out)
         space = space_for(policy.space, task)
@@ -287,10 +284,11 @@ def tune_model(
             sampler=sampler,
             name=options.study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
         )
-        store.fail_orphans(study)
+        orphans = store.fail_orphans(study, retry=False)
         before = store.results(study)
         earlier = {t.number for t, _ in before}
         done = sum(1 for t, _ in before if t.user_attrs.get(WORKER) == worker)
+        store.queue_retries(study, orphans[: max(n_trials - done, 0)])  # what this run takes
         current = policy
 
         def after_trial() -> None:
@@ -514,6 +512,7 @@ def random_search(
     """The same procedure as :func:`tune_model` with uniformly random configurations (a baseline)."""
     start = time.perf_counter()
     evaluator = evaluator or Evaluator(TorchBackend(num_threads=1))
+    evaluator.backend.check_space(space, task)
     space = space_for(space, task)
     rng = np.random.default_rng(seed)
     configs = [space.sample(rng) for _ in range(n_trials)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hporl.space import SearchSpace
     from hporl.tasks import Task
 
 __all__ = ["STATUSES", "Backend", "EpochCallback", "TrialResult"]
@@ -173,6 +174,11 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+
+    def check_space(self, space: SearchSpace, task: Task) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~hporl.exceptions.HporlError` naming a parameter of ``space`` that this
+        backend would misread on ``task`` (unknown to it, or a range it cannot train), before
+        any evaluation. The default accepts every space."""
 
     @abc.abstractmethod
     def evaluate(

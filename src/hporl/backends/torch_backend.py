@@ -63,7 +63,8 @@ class _Hyper:
 
     @classmethod
     def read(cls, config: Mapping[str, Any]) -> _Hyper:
-        def num(key: str, default: float, lo: float, hi: float, *, lo_open: bool = False) -> float:
+        def num(key: str) -> float:
+            default = NUMERIC[key][0]
             value = config.get(key, default)
             if key == "lr" and "lr" not in config and "learning_rate" in config:
                 value = config["learning_rate"]
@@ -72,43 +73,122 @@ class _Hyper:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _BadConfig(f"{key} must be a number, got {value!r}")
             value = float(value)
-            if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
-                bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-                raise _BadConfig(f"{key} must lie in {bound}, got {value!r}")
+            if not _within(value, key):
+                raise _BadConfig(f"{key} must lie in {_bounds(key)}, got {value!r}")
             return value
 
-        def choice(key: str, default: str, options: tuple[str, ...]) -> str:
+        def choice(key: str) -> str:
+            default, options = CHOICES[key]
             value = config.get(key, default)
             if value not in options:
                 raise _BadConfig(f"{key} must be one of {', '.join(options)}, got {value!r}")
             return str(value)
 
         batch = config.get("batch_size", 64)
-        if (
-            isinstance(batch, bool)
-            or not isinstance(batch, (int, float))
-            or batch < 1
-            or batch != int(batch)
-        ):
-            raise _BadConfig(f"batch_size must be a positive integer, got {batch!r}")
+        if not _within(batch, "batch_size") or batch != int(batch):
+            raise _BadConfig(
+                f"batch_size must be an integer in {_bounds('batch_size')}, got {batch!r}"
+            )
         return cls(
-            optimizer=choice("optimizer", "adam", OPTIMIZERS),
-            lr=num("lr", 1e-3, 0.0, math.inf, lo_open=True),
-            momentum=num("momentum", 0.9, 0.0, 1.0),
-            beta1=num("beta1", 0.9, 0.0, 1.0),
-            beta2=num("beta2", 0.999, 0.0, 1.0),
-            weight_decay=num("weight_decay", 0.0, 0.0, math.inf),
-            lr_schedule=choice("lr_schedule", "constant", SCHEDULES),
-            warmup_fraction=num("warmup_fraction", 0.1, 0.0, 1.0),
-            step_gamma=num("step_gamma", 0.5, 0.0, 1.0, lo_open=True),
-            exp_gamma=num("exp_gamma", 0.95, 0.0, 1.0, lo_open=True),
+            optimizer=choice("optimizer"),
+            lr=num("lr"),
+            momentum=num("momentum"),
+            beta1=num("beta1"),
+            beta2=num("beta2"),
+            weight_decay=num("weight_decay"),
+            lr_schedule=choice("lr_schedule"),
+            warmup_fraction=num("warmup_fraction"),
+            step_gamma=num("step_gamma"),
+            exp_gamma=num("exp_gamma"),
             batch_size=int(batch),
-            grad_clip_norm=num("grad_clip_norm", 0.0, 0.0, math.inf),
-            label_smoothing=num("label_smoothing", 0.0, 0.0, 1.0),
-            weight_averaging=choice("weight_averaging", "off", AVERAGING),
-            ema_decay=num("ema_decay", 0.99, 0.0, 1.0),
-            swa_start=num("swa_start", 0.75, 0.0, 1.0),
+            grad_clip_norm=num("grad_clip_norm"),
+            label_smoothing=num("label_smoothing"),
+            weight_averaging=choice("weight_averaging"),
+            ema_decay=num("ema_decay"),
+            swa_start=num("swa_start"),
         )
+
+
+NUMERIC: dict[str, tuple[float, float, float, bool]] = {
+    "lr": (1e-3, 0.0, 1000.0, True),
+    "momentum": (0.9, 0.0, 1.0, False),
+    "beta1": (0.9, 0.0, 1.0, False),
+    "beta2": (0.999, 0.0, 1.0, False),
+    "weight_decay": (0.0, 0.0, 10.0, False),
+    "warmup_fraction": (0.1, 0.0, 1.0, False),
+    "step_gamma": (0.5, 0.0, 1.0, True),
+    "exp_gamma": (0.95, 0.0, 1.0, True),
+    "batch_size": (64, 1, 1_000_000, False),
+    "grad_clip_norm": (0.0, 0.0, 1e6, False),
+    "label_smoothing": (0.0, 0.0, 1.0, False),
+    "ema_decay": (0.99, 0.0, 1.0, False),
+    "swa_start": (0.75, 0.0, 1.0, False),
+}
+"""The numeric hyperparameters training reads: ``name: (default, low, high, low_open)``. A
+value outside is a ``failed`` trial, and a search space reaching outside is refused up front."""
+NUMERIC["learning_rate"] = NUMERIC["lr"]
+
+CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "optimizer": ("adam", OPTIMIZERS),
+    "lr_schedule": ("constant", SCHEDULES),
+    "weight_averaging": ("off", AVERAGING),
+}
+"""The categorical hyperparameters training reads: ``name: (default, options)``."""
+
+
+def _within(value: Any, key: str) -> bool:
+    _, lo, hi, lo_open = NUMERIC[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and lo <= value <= hi and not (lo_open and value == lo)
+
+
+def _bounds(key: str) -> str:
+    _, lo, hi, lo_open = NUMERIC[key]
+    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+
+def check_space(space: SearchSpace, task: Task) -> None:
+    """Refuse, before any training, a space that training would misread: a parameter that
+    neither training, augmentation nor the task's model factory (one taking ``config``) reads,
+    which would be reported in the best configuration yet change nothing; a range, fixed value
+    or ``off_value`` outside what training accepts; a choice training does not know.
+
+    Raises:
+        ConfigError: naming the parameter and what is wrong.
+        TaskError: augmentation parameters on a non-image task.
+    """
+    from hporl.augment import check_space as check_augment_space
+    from hporl.augment import is_augment_key
+
+    check_augment_space(space, task)
+    for_model = any(m.takes_config for m in task.models)
+    for p in space:
+        where = f"search space parameter {p.name!r}"
+        if p.name in CHOICES:
+            options = CHOICES[p.name][1]
+            bad = [c for c in p.choices if c not in options]
+            if bad:
+                raise ConfigError(
+                    f"{where}: training knows no {bad[0]!r} (one of {', '.join(options)})"
+                )
+        elif p.name in NUMERIC:
+            values = {"low": p.low, "high": p.high} if p.is_numeric else {"value": p.choices}
+            if p.has_off:
+                values["off_value"] = p.off
+            for field_name, value in values.items():
+                for v in value if isinstance(value, tuple) else (value,):
+                    if v is not None and not _within(v, p.name):  # None: the default
+                        raise ConfigError(
+                            f"{where}: {field_name} {v!r} is outside what training accepts, "
+                            f"{_bounds(p.name)}"
+                        )
+        elif not is_augment_key(p.name) and not for_model:
+            raise ConfigError(
+                f"{where} is not a training hyperparameter ({', '.join(sorted(set(NUMERIC) | set(CHOICES)))}), "
+                f"an augmentation key, nor read by the model (its factory takes no 'config'): "
+                f"it would change nothing"
+            )
 
 
 def _optimizer(h: _Hyper, params: Any) -> torch.optim.Optimizer:
@@ -251,6 +331,9 @@ class TorchBackend(Backend):
         self.device = usable_device(device)
         self.num_threads = num_threads
         self.eval_batch_size = eval_batch_size
+
+    def check_space(self, space: SearchSpace, task: Task) -> None:
+        check_space(space, task)
 
     def evaluate(
         self,

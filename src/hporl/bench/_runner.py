@@ -250,9 +250,7 @@ class _Bench:
                 self._tasks[name] = self.backend.task(name)  # type: ignore[attr-defined]
             else:
                 task = self._builtin(name, epochs=self.config.epochs)
-                from hporl.augment import check_space
-
-                check_space(self.space, task)  # augmentation only for image tasks
+                self.backend.check_space(self.space, task)  # what training would misread
                 self._tasks[name] = task
         return self._tasks[name]
 
