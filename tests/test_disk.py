@@ -105,3 +105,56 @@ def test_disk_full_in_the_middle_of_a_run(tiny_policy, mount):
     study_name = optuna.get_all_study_names(storage_url(out / "trials.db", None))[0]
     study = optuna.load_study(study_name=study_name, storage=storage_url(out / "trials.db", None))
     assert len([t for t in study.trials if "hporl_result" in t.user_attrs]) == 6
+
+
+def _fill(disk: Path, leave_kb: int) -> None:
+    """Fill ``disk`` up to ``leave_kb`` KiB free."""
+    (disk / "filler").unlink(missing_ok=True)
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(free - leave_kb * 1024, 0))
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_at_any_point_of_a_cli_run_is_one_line(mount, tmp_path, capsys):
+    """Wherever the disk runs out (the trial store, a checkpoint, the policy's weights, the saved
+    model, its ONNX copy), the command ends with one "hporl: error: ... No space left" or "disk
+    is full" line and exit 2: no traceback. Free space is swept so that each part is hit."""
+    from sklearn.datasets import load_digits
+
+    from hporl.cli import main
+
+    X, y = load_digits(return_X_y=True)
+    data = tmp_path / "digits.csv"
+    header = ",".join(f"p{i}" for i in range(X.shape[1])) + ",label"
+    rows = (",".join(map(str, [*r, t])) for r, t in zip(X, y, strict=True))
+    data.write_text(header + "\n" + "\n".join(rows))
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(
+        "name: tiny\ntasks: [iris, wine]\nbackend: {epochs: 1}\nbudget: 2\n"
+        "agent: {total_timesteps: 128, net_arch: [16], params: {n_steps: 64, batch_size: 32}}\n"
+    )
+    disk = mount("full", "size=4m")
+    commands = {
+        "meta-train": ["meta-train", experiment, "--out"],
+        "tune": ["tune", "--data", data, "--target", "label", "--trials", "3", "--epochs", "1", "--out"],
+    }  # fmt: skip
+    errors = set()
+    for name, args in commands.items():
+        for i, leave in enumerate((200, 400, 600, 800, 1000, 1200)):
+            _fill(disk, leave)
+            try:
+                main([str(a) for a in [*args, disk / f"{name}{i}"]])
+                code = 0
+            except SystemExit as exited:
+                code = exited.code
+            err = capsys.readouterr().err
+            assert "Traceback" not in err, err
+            if code != 0:
+                assert code == 2, err
+                (line,) = err.strip().splitlines()
+                assert line.startswith("hporl: error: "), err
+                assert "No space left" in line or "disk is full" in line, err
+                errors.add(line.split(":")[2])  # what could not be written
+            subprocess.run(["rm", "-rf", str(disk / f"{name}{i}")], check=True)
+    assert len(errors) >= 3, errors  # several parts were hit, not only the first

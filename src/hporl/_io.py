@@ -193,8 +193,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     except OSError as err:
         raise StoreError(_not_written(path, err.strerror or str(err))) from None
-    except RuntimeError as err:  # torch.save and safetensors report a failed write this way
-        if "writ" not in str(err).lower():
+    except Exception as err:  # torch.save and safetensors report a failed write their own way
+        text = str(err).lower()
+        if not any(word in text for word in ("writ", "i/o error", "os error", "no space left")):
             raise
         raise StoreError(_not_written(path, str(err).splitlines()[0])) from None
     finally:

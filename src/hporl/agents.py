@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import zipfile
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from torch import nn
 
-from hporl._io import verify_checksum, write_checksum
+from hporl._io import atomic_write, verify_checksum, write_checksum
 from hporl.backends.torch_backend import checked_device
 from hporl.exceptions import ConfigError
 from hporl.observation import TOKEN_PRESENT
@@ -460,14 +459,8 @@ def load_checkpoint(path: str | Path, config: AgentConfig, env: VecEnv) -> BaseA
 def save_checkpoint(agent: BaseAlgorithm, folder: Path) -> Path:
     """Save ``agent`` as ``folder/agent_<timesteps>_steps.zip``: to a temporary name, renamed,
     then its checksum sidecar (a checkpoint without one is never resumed from)."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"agent_{agent.num_timesteps}_steps.zip"
-    tmp = folder / f".agent_{agent.num_timesteps}.{os.getpid()}.tmp.zip"
-    try:
-        agent.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, agent.save)  # a temporary name has a suffix: SB3 adds no ".zip"
     write_checksum(path)
     return path
 

@@ -519,9 +519,6 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="rich is experimental/alpha")  # SB3's progress bar
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
@@ -530,6 +527,9 @@ def main(argv: list[str] | None = None) -> Any:
         # is left consistent, and the last line says "aborted".
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        import optuna  # inside: a Ctrl-C while it loads is "aborted" too
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:  # click returns 130 on Ctrl-C in this mode
             if code == 130:
@@ -544,6 +544,13 @@ def main(argv: list[str] | None = None) -> Any:
     except (typer.Abort, KeyboardInterrupt):
         print("hporl: aborted", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:
+        if err.errno is None:  # not the system's: a bug, shown in full
+            raise
+        # Disk full, read-only, permissions... where no part wrapped it: still one line.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"hporl: error: {where}{err.strerror or err}", file=sys.stderr)
+        sys.exit(2)
     except Exception as err:
         # Usage errors of typer's (vendored) click: wrong command or option.
         if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):

@@ -8,6 +8,7 @@ trials run on it so far, their scores chance-adjusted (``(metric - chance) / (1 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -43,7 +44,7 @@ def trial_score(result: TrialResult | float | None, chance: float = 0.0) -> floa
             return None
         return normalized_score(result.best_metric, result.chance_metric)
     value = float(result)
-    return normalized_score(value, chance) if np.isfinite(value) else None
+    return normalized_score(value, chance) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

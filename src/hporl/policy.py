@@ -263,9 +263,31 @@ class Policy:
         A configuration whose key is in ``avoid`` (see :func:`config_key`) is redrawn by
         sampling, and after ``max_retries`` draws a uniformly random configuration is returned.
         """
+        return self.suggest_scored(
+            task,
+            self._trials(task, history),
+            deterministic=deterministic,
+            rng=rng,
+            avoid=avoid,
+            max_retries=max_retries,
+        )
+
+    def suggest_scored(
+        self,
+        task: Any,
+        trials: list[tuple[dict[str, Any], float | None]],
+        *,
+        deterministic: bool = True,
+        rng: np.random.Generator | int | None = None,
+        avoid: set[str] | None = None,
+        max_retries: int = 20,
+    ) -> dict[str, Any]:
+        """:meth:`suggest` from ``trials`` already scored: (config, chance-adjusted score from
+        :func:`~hporl.observation.trial_score`, ``None`` for failed), oldest first. For callers
+        that keep the scores as trials arrive (:class:`~hporl.PolicySampler`) instead of
+        scoring the whole history at every proposal."""
         rng = np.random.default_rng(rng)
         features = self.task_features(task)
-        trials = self._trials(task, history)
         for attempt in range(max_retries + 1):
             config = self._act(
                 features, trials, deterministic=deterministic and attempt == 0, rng=rng

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,76 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hporl.augment import check_space
 from hporl.exceptions import HporlError
+from hporl.observation import trial_score
 from hporl.policy import Policy
 from hporl.space import config_key
 
 __all__ = ["PolicySampler"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    config: dict[str, Any]
+    value: float | None
+    key: str
+    score: float | None  # chance-adjusted (what the policy reads)
+
+
+@dataclass
+class _History:
+    """One study's finished trials as read so far, by trial number; ``pending``: numbers seen
+    unfinished (read again next time), ``seen``: how many trials were looked at. ``storage``:
+    the study's, since study ids repeat across storages."""
+
+    storage: Any
+    by_number: dict[int, _Entry] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
+    retried: set[int] = field(default_factory=set)
+    seen: int = 0
+    _order: list[int] | None = None
+    _scored: list[tuple[dict[str, Any], float | None]] = field(default_factory=list)
+
+    def add(self, number: int, entry: _Entry) -> None:
+        self.by_number[number] = entry
+        self.keys.add(entry.key)
+        if self._order is not None and (not self._order or self._order[-1] < number):
+            self._order.append(number)
+        else:
+            self._order = None  # finished out of order: sort again once
+
+    def forget(self, numbers: set[int]) -> None:
+        gone = numbers & self.by_number.keys()
+        for number in gone:
+            del self.by_number[number]
+        if gone:
+            self.keys = {e.key for e in self.by_number.values()}
+            self._order = None
+
+    def entries(self) -> list[_Entry]:
+        if self._order is None:
+            self._order = sorted(self.by_number)
+            self._scored = [
+                (self.by_number[n].config, self.by_number[n].score) for n in self._order
+            ]
+        return [self.by_number[n] for n in self._order]
+
+    def scored(self) -> list[tuple[dict[str, Any], float | None]]:
+        """(config, chance-adjusted score), oldest first; appended to, not rebuilt."""
+        if self._order is None:
+            self.entries()
+        while len(self._scored) < len(self._order):
+            e = self.by_number[self._order[len(self._scored)]]
+            self._scored.append((e.config, e.score))
+        return self._scored
+
+
+def _retried(t: FrozenTrial) -> set[int]:
+    """The FAIL trials that ``t`` is a retry of (optuna's retry callback marks them)."""
+    out = set(t.system_attrs.get("retry_history") or ())
+    if t.system_attrs.get("failed_trial") is not None:
+        out.add(t.system_attrs["failed_trial"])
+    return out
 
 
 class PolicySampler(BaseSampler):
@@ -56,9 +123,8 @@ class PolicySampler(BaseSampler):
         self._rng = np.random.default_rng(seed)
         self._independent = independent_sampler or RandomSampler(seed=seed)
         self._search_space = policy.space.to_optuna()
-        # Configurations of finished trials, parsed once: (study id, trial id) -> (config, its
-        # key), or None for a trial of other parameters. A finished trial never changes.
-        self._finished: dict[tuple[int, int], tuple[dict[str, Any], str] | None] = {}
+        self._chance = float(getattr(task, "chance_metric", 0.0))
+        self._read_by_study: dict[int, _History] = {}
 
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
@@ -76,66 +142,60 @@ class PolicySampler(BaseSampler):
         retry with ``system_attrs["failed_trial"]`` and ``"retry_history"``) is left out, since
         its retry stands for it; so is a FAIL trial with the user attribute ``hporl_stale``.
         """
-        return [(config, value) for config, value, _ in self._read(study)]
+        read = self._read(study, study.get_trials(deepcopy=False))
+        return [(e.config, e.value) for e in read.entries()]
 
-    def _read(self, study: optuna.Study) -> list[tuple[dict[str, Any], float | None, str]]:
-        """:meth:`history`, each trial with its :func:`config_key`."""
+    def _read(self, study: optuna.Study, trials: list[FrozenTrial]) -> _History:
+        """The study's history, brought up to date with ``trials`` (all of them, by number):
+        only trials not seen finished before are parsed, so a proposal's cost stays flat as
+        trials pile up (a finished trial never changes)."""
+        read = self._read_by_study.get(study._study_id)
+        if read is None or read.storage is not study._storage:  # ids repeat across storages
+            read = self._read_by_study[study._study_id] = _History(study._storage)
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
-        out: list[tuple[dict[str, Any], float | None, str]] = []
-        trials = study.get_trials(deepcopy=False)
-        retried: set[int] = set()
-        for t in trials:
-            if t.system_attrs.get("failed_trial") is not None:
-                retried.add(t.system_attrs["failed_trial"])
-            retried.update(t.system_attrs.get("retry_history") or ())
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        for t in trials:
-            if t.state not in states:
+        fresh = [trials[n] for n in sorted(read.pending) if n < len(trials)]
+        fresh += trials[read.seen :]
+        read.seen = max(read.seen, len(trials))
+        for t in fresh:
+            read.pending.discard(t.number)
+            read.retried.update(_retried(t))
+            if not t.state.is_finished():
+                read.pending.add(t.number)
                 continue
             if t.state == TrialState.FAIL and (
-                t.number in retried or t.user_attrs.get("hporl_stale") is True
+                t.number in read.retried or t.user_attrs.get("hporl_stale") is True
             ):
                 continue
-            parsed = self._config_of(study, t)
-            if parsed is None:
+            try:
+                config = self.policy.space.from_optuna_params(t.params)
+            except HporlError:
                 continue  # the objective asked other parameters: not a trial of this space
-            config, key = parsed
             if t.state == TrialState.COMPLETE and t.value is not None:
                 value: float | None = sign * t.value
             elif t.state == TrialState.PRUNED and t.intermediate_values:
                 value = sign * t.intermediate_values[max(t.intermediate_values)]
             else:
                 value = None
-            out.append((config, value, key))
-        return out
-
-    def _config_of(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> tuple[dict[str, Any], str] | None:
-        """``trial``'s configuration in the policy's space and its key (``None``: other
-        parameters), parsed once per finished trial: the history is read before every proposal."""
-        key = (study._study_id, trial._trial_id)
-        if key not in self._finished:
-            try:
-                config = self.policy.space.from_optuna_params(trial.params)
-                self._finished[key] = (config, config_key(config))
-            except HporlError:
-                self._finished[key] = None
-        return self._finished[key]
+            read.add(
+                t.number,
+                _Entry(config, value, config_key(config), trial_score(value, self._chance)),
+            )
+        read.forget(read.retried)
+        return read
 
     def propose(self, study: optuna.Study, *, exclude: int | None = None) -> dict[str, Any]:
         """The policy's next configuration for ``study``, given its :meth:`history`: never one
         tried already or under way (RUNNING or WAITING, trial number ``exclude`` aside)."""
-        read = self._read(study)
-        history = [(config, value) for config, value, _ in read]
-        avoid = {key for _, _, key in read}
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        for t in running:
-            if t.number != exclude and t.params:
+        trials = study.get_trials(deepcopy=False)
+        read = self._read(study, trials)
+        avoid = set(read.keys)
+        for number in read.pending:
+            t = trials[number]
+            if number != exclude and t.params:
                 with contextlib.suppress(HporlError):
                     avoid.add(config_key(self.policy.space.from_optuna_params(t.params)))
-        return self.policy.suggest(
-            self.task, history, deterministic=self.deterministic, rng=self._rng, avoid=avoid
+        return self.policy.suggest_scored(
+            self.task, read.scored(), deterministic=self.deterministic, rng=self._rng, avoid=avoid
         )
 
     def sample_relative(

@@ -293,11 +293,15 @@ class TrialStore:
                 ),
                 "cannot be read",
             )
-            for t in trials:
+            new = len(trials) - len(seen)
+            for t in reversed(trials):  # the newest first: one trial each time in a tune run
+                if new <= 0:
+                    break
                 if t._trial_id in seen:
                     continue
                 seen.add(t._trial_id)
                 self._remember(t)
+                new -= 1
 
     def _retrying(self, call: Any, what: str, attempts: int = 5) -> Any:
         """``call()``, tried again after a short wait when the database fails it (several
