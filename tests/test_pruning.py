@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import optuna
@@ -169,3 +170,13 @@ def test_cli_tune_with_a_pruner(tmp_path, csv_file, capsys):
     assert err.strip() == "hporl: error: --pruner 'foo': choose one of median, asha, hyperband"
     code, _, err = run_cli(*args, "--pruner", "asha", "--parallel", "2", capsys=capsys)
     assert code == 2 and "--pruner asha reads every epoch" in err and len(err.splitlines()) == 1
+
+
+def test_pruning_with_an_in_memory_store_reports_each_epoch_once():
+    """Without ``out`` the trials live in optuna's in-memory storage: the result is written
+    into the trial without reporting its epochs again (optuna warns for each one)."""
+    task = builtin("iris", epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        res = tune_model(data=task, n_trials=2, pruner=_PruneTrialAt(1, 1), options=QUICK)
+    assert [t["status"] for t in res.trials] == ["ok", "pruned"]

@@ -439,8 +439,10 @@ class TrialStore:
         if not self._write_at_once(trial._trial_id, attrs, result.curve):
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            reported = trial.study._storage.get_trial(trial._trial_id).intermediate_values
             for step, value in enumerate(result.curve, start=1):
-                trial.report(value, step)
+                if step not in reported:  # a pruner's trial reported each epoch already
+                    trial.report(value, step)
         if KEY in attrs and attrs[KEY] not in self._index:
             self._index[attrs[KEY]] = TrialResult.from_dict(result.to_dict())
 
