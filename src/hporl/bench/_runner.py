@@ -155,7 +155,8 @@ class BenchConfig(BaseModel):
                         f"parallel must be 1, got {self.parallel}"
                     )
             elif m not in METHODS:
-                options = [*METHODS, *PRUNED_METHODS, *self.fixed, *self.policies]
+                pruned = PRUNED_METHODS if self.budget_unit == "epochs" else ()
+                options = [*METHODS, *pruned, *self.fixed, *self.policies]
                 raise ConfigError(
                     f"unknown method {m!r}; methods: {', '.join(options)}."
                     + did_you_mean(m, options)
