@@ -296,6 +296,13 @@ def tune(
     trial_timeout: Annotated[
         float | None, typer.Option(help="seconds a trial may take (stopped after that epoch)")
     ] = None,
+    pruner: Annotated[
+        str | None,
+        typer.Option(
+            help="stop unpromising trials early: median, asha or hyperband (optuna's pruners; "
+            "trials in this process: not with --parallel > 1 or --executor ray)"
+        ),
+    ] = None,
     task_type: Annotated[
         str | None,
         typer.Option(
@@ -307,6 +314,7 @@ def tune(
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
     import torch
 
+    from hporl.evaluation import PRUNERS
     from hporl.executors import make_executor
     from hporl.experiment import MODELS
     from hporl.tasks import Task
@@ -322,6 +330,13 @@ def tune(
         raise HporlError(f"--epochs must be a positive integer, got {epochs}")
     if not 0 <= seed < 2**32:
         raise HporlError(f"--seed must be an integer in [0, 2**32), got {seed}")
+    if pruner is not None and pruner not in PRUNERS:
+        raise HporlError(f"--pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
+    if pruner is not None and (parallel > 1 or executor != "local"):
+        raise HporlError(
+            f"--pruner {pruner} reads every epoch as it is trained, in this process: it cannot "
+            "be combined with --parallel > 1 or --executor ray"
+        )
     out = out or Path("runs") / f"tune-{data.stem}"
     task = Task.from_csv(
         data,
@@ -345,6 +360,7 @@ def tune(
             seed=seed,
             callback=show,
             executor=make_executor(executor, parallel, ray_address=ray_address),
+            pruner=pruner,
             options=TuneOptions(worker=worker, trial_timeout=trial_timeout),
         )
     table = Table(title=f"{result.task}: test {result.metric_name}")
@@ -354,8 +370,9 @@ def tune(
         "default",
         "n/a" if result.default_test_metric is None else f"{result.default_test_metric:.4f}",
     )
+    pruned = result.extra.get("n_pruned", 0)
     table.add_row(
-        f"tuned ({trials} trials)",
+        f"tuned ({trials} trials" + (f", {pruned} pruned)" if pruner else ")"),
         "n/a" if result.test_metric is None else f"{result.test_metric:.4f}",
     )
     console.print(table)

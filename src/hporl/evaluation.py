@@ -10,6 +10,9 @@ vectorised env of meta-training, the warm start, ``tune_model`` and ``hporl benc
 - **dispatch** to an :class:`~hporl.executors.Executor` (in this process, a local process pool,
   or Ray); the calling process stays the store's only writer;
 - **one retry** of an evaluation whose worker died (its second result counts, whatever it is);
+- **budgets in epochs**: an evaluation can be stopped after any epoch by an ``on_epoch``
+  callback, e.g. an optuna pruner (:func:`make_pruner`, :func:`pruning_callback`); such a
+  partial result is no evaluation of the full budget, so it is never cached;
 - the **final fit** on train + validation, checked like a trial: a training that diverges, whose
   loss explodes, or whose validation metric falls far below the chosen trial's is not shipped;
   the best trial's own weights are (:meth:`Evaluator.final_fit`).
@@ -29,14 +32,22 @@ from typing import Any
 
 import optuna
 
-from hporl.backends._base import Backend, TrialResult
+from hporl.backends._base import Backend, EpochCallback, TrialResult
 from hporl.exceptions import ConfigError, HporlError
 from hporl.executors import Executor, make_executor, worker_died
 from hporl.rewards import normalized_score
 from hporl.space import SearchSpace, config_key
 from hporl.store import TrialStore
 
-__all__ = ["Evaluation", "Evaluator", "FinalFit", "final_fit_problem"]
+__all__ = [
+    "PRUNERS",
+    "Evaluation",
+    "Evaluator",
+    "FinalFit",
+    "final_fit_problem",
+    "make_pruner",
+    "pruning_callback",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +60,51 @@ highest has exploded."""
 SCORE_DROP = 0.25
 """A final training whose chance-adjusted validation score falls below the trial's by more than
 this fraction of the trial's (and at least 0.1) has collapsed (see :func:`final_fit_problem`)."""
+PRUNERS = ("median", "asha", "hyperband")
+"""The pruners known by name (:func:`make_pruner`)."""
+
+
+def make_pruner(
+    pruner: str | optuna.pruners.BasePruner | None, *, max_epochs: int
+) -> optuna.pruners.BasePruner | None:
+    """An optuna pruner by name, for trials of up to ``max_epochs`` epochs (one step per epoch).
+
+    ``"median"``: ``MedianPruner()`` (optuna's defaults: a trial below the median of the
+    earlier trials at the same epoch stops, after 5 trials); ``"asha"``:
+    ``SuccessiveHalvingPruner(min_resource=1)`` (rungs at 1, 4, 16... epochs, the top quarter
+    goes on); ``"hyperband"``: ``HyperbandPruner(min_resource=1, max_resource=max_epochs)``
+    (reduction factor 3). A pruner instance is used as it is; ``None`` prunes nothing.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    if pruner is None or isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    if pruner == "median":
+        return optuna.pruners.MedianPruner()
+    if pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(int(max_epochs), 1))
+    raise ConfigError(
+        f"pruner must be one of {', '.join(PRUNERS)}, None or an optuna BasePruner, got {pruner!r}"
+    )
+
+
+def pruning_callback(trial: optuna.Trial, stopped: list[int] | None = None) -> EpochCallback:
+    """An ``on_epoch`` callback that reports each epoch's validation value to ``trial``
+    (``trial.report(value, epoch)``) and stops the evaluation when its study's pruner says so
+    (``trial.should_prune()``); the epoch it stopped at is appended to ``stopped``."""
+
+    def on_epoch(epoch: int, value: float) -> bool:
+        trial.report(float(value), epoch)
+        if trial.should_prune():
+            if stopped is not None:
+                stopped.append(epoch)
+            return True
+        return False
+
+    return on_epoch
 
 
 @dataclass(eq=False)
@@ -68,6 +124,7 @@ class Evaluation:
     epochs: int | None
     time_limit: float | None = None
     record: bool = True
+    on_epoch: EpochCallback | None = field(default=None, repr=False)
     source: str = "trained"
     result: TrialResult | None = None
     retried_after: str | None = None
@@ -273,17 +330,30 @@ class Evaluator:
         epochs: int | None = None,
         time_limit: float | None = None,
         record: bool = True,
+        on_epoch: EpochCallback | None = None,
     ) -> Evaluation:
         """Start evaluating ``config`` on ``task`` unless its result is cached or under way.
 
         ``record``: keep a trained result in the store as a trial of its own (``False`` for a
         caller that writes it into a trial of its own, as ``tune_model`` does).
+        ``on_epoch(epoch, value)``: called after each epoch as it is trained; ``True`` stops the
+        evaluation there (a pruner, see :func:`pruning_callback`). A result it stopped is
+        neither cached nor recorded; a cached result is returned without calling it.
+
+        Raises:
+            ConfigError: ``on_epoch`` with an executor that runs evaluations in other
+                processes (a pool of several workers, Ray).
         """
+        if on_epoch is not None and not self.in_process:
+            raise ConfigError(
+                "pruning reads every epoch as it is trained, in this process: it cannot be "
+                f"combined with {self.n_workers} workers or the ray executor"
+            )
         key = self._key(task, config, seed=seed, epochs=epochs)
         if key in self._inflight:
             self.n_shared += 1
             return self._inflight[key]
-        ev = Evaluation(key, task, dict(config), int(seed), epochs, time_limit, record)
+        ev = Evaluation(key, task, dict(config), int(seed), epochs, time_limit, record, on_epoch)
         hit, ev.source = self._lookup(key, task, config, seed, epochs)
         if hit is not None:
             ev.result = hit
@@ -296,9 +366,24 @@ class Evaluator:
         return ev
 
     def _dispatch(self, ev: Evaluation) -> cf.Future:
+        extra = {} if ev.on_epoch is None else {"on_epoch": ev.on_epoch}
         return self.executor.submit(
-            ev.config, seed=ev.seed, epochs=ev.epochs, time_limit=ev.time_limit, task=ev.task
+            ev.config,
+            seed=ev.seed,
+            epochs=ev.epochs,
+            time_limit=ev.time_limit,
+            task=ev.task,
+            **extra,
         )
+
+    @property
+    def in_process(self) -> bool:
+        """Whether evaluations run in this process (so they take an ``on_epoch`` callback),
+        known before the executor starts."""
+        spec = self._executor or self._executor_spec
+        if isinstance(spec, Executor):
+            return spec.in_process
+        return spec == "local" and self.n_workers == 1
 
     def wait(
         self,
@@ -348,6 +433,8 @@ class Evaluator:
             del self._inflight[key]
             self.n_trained += 1
             ev.result = result
+            if ev.on_epoch is not None and result.stopped_early:
+                continue  # a partial evaluation: no result of the full budget to keep
             if self.memory:
                 self._cache[key] = result
             if ev.record:
@@ -373,10 +460,17 @@ class Evaluator:
         epochs: int | None = None,
         time_limit: float | None = None,
         record: bool = True,
+        on_epoch: EpochCallback | None = None,
     ) -> TrialResult:
         """:meth:`submit` and wait for the result."""
         ev = self.submit(
-            task, config, seed=seed, epochs=epochs, time_limit=time_limit, record=record
+            task,
+            config,
+            seed=seed,
+            epochs=epochs,
+            time_limit=time_limit,
+            record=record,
+            on_epoch=on_epoch,
         )
         self.wait([ev])
         assert ev.result is not None

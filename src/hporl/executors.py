@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from hporl.backends._base import Backend, TrialResult
+from hporl.backends._base import Backend, EpochCallback, TrialResult
 from hporl.exceptions import ConfigError
 
 __all__ = [
@@ -69,17 +69,26 @@ def _time_limited(
     seed: int,
     time_limit: float | None,
     epochs: int | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrialResult:
-    """``backend.evaluate`` that stops at the end of the epoch in which ``time_limit`` passes."""
+    """``backend.evaluate`` that stops at the end of the epoch in which ``time_limit`` passes,
+    or where ``on_epoch`` (e.g. a pruner) says so."""
     if not time_limit:
-        return backend.evaluate(task, config, seed=seed, epochs=epochs)
+        if on_epoch is None:
+            return backend.evaluate(task, config, seed=seed, epochs=epochs)
+        return backend.evaluate(task, config, seed=seed, epochs=epochs, on_epoch=on_epoch)
     start = time.perf_counter()
+    timed_out = False
 
-    def over(_epoch: int, _value: float) -> bool:
-        return time.perf_counter() - start > time_limit
+    def over(epoch: int, value: float) -> bool:
+        nonlocal timed_out
+        if on_epoch is not None and on_epoch(epoch, value):
+            return True
+        timed_out = time.perf_counter() - start > time_limit
+        return timed_out
 
     result = backend.evaluate(task, config, seed=seed, epochs=epochs, on_epoch=over)
-    if result.stopped_early:
+    if result.stopped_early and timed_out:
         result.reason = f"time limit of {time_limit:g} s reached after {result.epochs_done} epochs"
     return result
 
@@ -95,6 +104,12 @@ class Executor(abc.ABC):
 
     name = "executor"
     n_workers = 1
+
+    @property
+    def in_process(self) -> bool:
+        """Whether evaluations run in the calling process, so that :meth:`submit` takes an
+        ``on_epoch`` callback (a pruner reading every epoch as it is trained)."""
+        return False
 
     @abc.abstractmethod
     def start(self, backend: Backend, *tasks: Any) -> None:
@@ -115,10 +130,15 @@ class Executor(abc.ABC):
         time_limit: float | None = None,
         epochs: int | None = None,
         task: Any = None,
+        on_epoch: EpochCallback | None = None,
     ) -> cf.Future:
         """Start one evaluation of ``config`` on ``task`` (default: the first started); the
         future's result is its TrialResult (never an exception). A task not given to
-        :meth:`start` is shipped with this evaluation (by Ray: once, then reused)."""
+        :meth:`start` is shipped with this evaluation (by Ray: once, then reused).
+
+        ``on_epoch(epoch, value)`` is called after each epoch; ``True`` stops the evaluation
+        there. Only an executor :attr:`in_process` takes it (others raise ``ValueError``).
+        """
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -147,6 +167,10 @@ class LocalExecutor(Executor):
     @property
     def started(self) -> bool:
         return self._backend is not None
+
+    @property
+    def in_process(self) -> bool:
+        return self.n_workers == 1
 
     def start(self, backend: Backend, *tasks: Any) -> None:
         self._backend, self._tasks = backend, list(tasks)
@@ -177,14 +201,19 @@ class LocalExecutor(Executor):
         time_limit: float | None = None,
         epochs: int | None = None,
         task: Any = None,
+        on_epoch: EpochCallback | None = None,
     ) -> cf.Future:
         if self._backend is None:
             raise RuntimeError("call start(backend, task) first")
         task = _default_task(task, self._tasks[:1])
         if self._pool is None:
             future: cf.Future = cf.Future()
-            future.set_result(_time_limited(self._backend, task, config, seed, time_limit, epochs))
+            future.set_result(
+                _time_limited(self._backend, task, config, seed, time_limit, epochs, on_epoch)
+            )
             return future
+        if on_epoch is not None:
+            raise ValueError("on_epoch needs evaluations in this process (n_workers=1)")
         # A started task goes by its index; another one travels with the call.
         which = self._index.get(id(task), task)
         args = (_pool_evaluate, which, dict(config), seed, time_limit, epochs)
@@ -327,9 +356,12 @@ class RayExecutor(Executor):
         time_limit: float | None = None,
         epochs: int | None = None,
         task: Any = None,
+        on_epoch: EpochCallback | None = None,
     ) -> cf.Future:
         if self._backend_ref is None:
             raise RuntimeError("call start(backend, task) first")
+        if on_epoch is not None:
+            raise ValueError("on_epoch needs evaluations in this process; Ray runs them elsewhere")
         task = _default_task(task, self._default)
         ref = self._remote.remote(
             self._backend_ref, self._task_ref(task), dict(config), seed, time_limit, epochs

@@ -9,12 +9,13 @@ grouped in one optuna study per (run, task), named ``<run>/<task>``; each trial 
 - the :class:`~hporl.backends.TrialResult` as user attributes: ``hporl_result`` (everything),
   and flat ``status``, ``reason``, ``wall_time``, ``seed``, ``epochs``, ``hporl_version`` for
   reading at a glance; the validation curve as intermediate values,
-- the state: COMPLETE (value = best validation metric), PRUNED (stopped early by a pruner) or
-  FAIL (diverged or failed; the reason is kept).
+- the state: COMPLETE (value = best validation metric), PRUNED (stopped early: by a pruner,
+  with the user attribute ``pruned_epoch`` and the curve up to it, value = its last epoch's;
+  or by a time limit) or FAIL (diverged or failed; the reason is kept).
 
 The store is also the cache: :meth:`TrialStore.lookup` finds a finished trial with the same task
 fingerprint, configuration, seed and epochs in any study of the store, so nothing is trained
-twice. :class:`hporl.evaluation.Evaluator` puts that in front of every evaluation.
+twice (a trial stopped by a pruner is no such evaluation: it is never a hit). :class:`hporl.evaluation.Evaluator` puts that in front of every evaluation.
 
 Trials whose process died are failed and retried once: on the same host at once (the owning
 process is gone), elsewhere by optuna's heartbeat after its grace period.
@@ -46,6 +47,7 @@ from hporl.space import SearchSpace, config_key
 
 __all__ = [
     "DATABASE_ERRORS",
+    "PRUNED_EPOCH",
     "TrialStore",
     "evaluation_key",
     "mask_url",
@@ -59,6 +61,8 @@ RESULT = "hporl_result"
 KEY = "hporl_key"
 WORKER = "hporl_worker"
 OWNER = "hporl_owner"
+PRUNED_EPOCH = "pruned_epoch"
+"""The user attribute of a trial stopped by a pruner: the last epoch it trained."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
@@ -356,8 +360,10 @@ class TrialStore:
         seed: int,
         epochs: int | None,
         worker: str | None = None,
+        pruned_epoch: int | None = None,
     ) -> dict[str, Any]:
-        """The user attributes of a trial holding ``result``."""
+        """The user attributes of a trial holding ``result``; one stopped by a pruner after
+        ``pruned_epoch`` gets no cache key (its result is not the full evaluation's)."""
         from hporl import __version__
 
         fingerprint = _fingerprint(task)
@@ -373,7 +379,9 @@ class TrialStore:
             "hporl_version": __version__,
             "hporl_config": dict(config),
         }
-        if fingerprint is not None:
+        if pruned_epoch is not None:
+            attrs[PRUNED_EPOCH] = int(pruned_epoch)
+        elif fingerprint is not None:
             attrs[KEY] = evaluation_key(fingerprint, config, seed, epochs)
         if worker is not None:
             attrs[WORKER] = worker
@@ -418,15 +426,27 @@ class TrialStore:
         seed: int,
         epochs: int | None = None,
         worker: str | None = None,
+        pruned_epoch: int | None = None,
     ) -> None:
         """Write ``result`` into a running ``trial`` (its attributes and curve); the caller then
-        finishes it (``study.tell`` or by returning from the objective)."""
-        attrs = self.attributes(task, config, result, seed=seed, epochs=epochs, worker=worker)
+        finishes it (``study.tell`` or by returning from the objective). ``pruned_epoch``: the
+        epoch a pruner stopped it at (see :meth:`attributes`)."""
+        attrs = self.attributes(
+            task,
+            config,
+            result,
+            seed=seed,
+            epochs=epochs,
+            worker=worker,
+            pruned_epoch=pruned_epoch,
+        )
         if not self._write_at_once(trial._trial_id, attrs, result.curve):
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            reported = trial.study._storage.get_trial(trial._trial_id).intermediate_values
             for step, value in enumerate(result.curve, start=1):
-                trial.report(value, step)
+                if step not in reported:  # a pruner's trial reported each epoch already
+                    trial.report(value, step)
         if KEY in attrs and attrs[KEY] not in self._index:
             self._index[attrs[KEY]] = TrialResult.from_dict(result.to_dict())
 

@@ -22,13 +22,21 @@ from torch import nn
 from hporl._io import atomic_write, writable_dir
 from hporl.backends import TorchBackend, TrialResult
 from hporl.backends.torch_backend import space_for
-from hporl.evaluation import FIRST_COMPLETED, Evaluation, Evaluator, FinalFit
-from hporl.exceptions import ConfigError, TaskError
+from hporl.evaluation import (
+    FIRST_COMPLETED,
+    PRUNERS,
+    Evaluation,
+    Evaluator,
+    FinalFit,
+    make_pruner,
+    pruning_callback,
+)
+from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
 from hporl.sampler import PolicySampler
 from hporl.saved_model import Predictor
-from hporl.store import WORKER, TrialStore, mask_url, storage_url, trial_state
+from hporl.store import PRUNED_EPOCH, WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
 
 __all__ = ["TuneOptions", "TuneResult", "random_search", "tune_model"]
@@ -45,9 +53,11 @@ class TuneResult:
     Attributes:
         model: the final model (a list when the task has several), trained on train+val with
             ``config`` for the best trial's best epoch count.
-        config: the best configuration (highest best validation metric over the trials).
+        config: the best configuration (highest best validation metric over the trials trained
+            for their full epochs: a trial stopped by the pruner is never chosen).
         trials: one record per trial (number, config, status, best/final val metric, best epoch,
-            wall time, reason).
+            epochs trained, wall time, reason); a trial stopped by the pruner has status
+            ``"pruned"`` and ``pruned_epoch``, the last epoch it trained.
         test_metric: the final model's metric on the held-out test split.
         default_test_metric: the same final training with the space's default configuration.
         predictor: the final model with the task's preprocessing and class labels: it predicts
@@ -82,7 +92,11 @@ class TuneResult:
             "task": self.task,
             "final_epochs": self.final_epochs,
             "best_val_metric": max(
-                (t["best_val_metric"] for t in self.trials if t["best_val_metric"] is not None),
+                (
+                    t["best_val_metric"]
+                    for t in self.trials
+                    if t["best_val_metric"] is not None and t["status"] != "pruned"
+                ),
                 default=None,
             ),
             **self.extra,
@@ -134,12 +148,17 @@ def _build_task(
 
 
 def _record(
-    number: int, config: dict[str, Any], r: TrialResult, resumed: bool = False
+    number: int,
+    config: dict[str, Any],
+    r: TrialResult,
+    resumed: bool = False,
+    pruned_epoch: int | None = None,
 ) -> dict[str, Any]:
     return {
         "number": number,
         "config": config,
-        "status": r.status,
+        "status": "pruned" if pruned_epoch is not None else r.status,
+        "pruned_epoch": pruned_epoch,
         "best_val_metric": r.best_metric,
         "final_val_metric": r.final_metric,
         "best_epoch": r.best_epoch,
@@ -203,6 +222,7 @@ def tune_model(
     out: str | Path | None = None,
     storage: str | Path | None = None,
     executor: str | Executor = "local",
+    pruner: str | optuna.pruners.BasePruner | None = None,
     fine_tune: bool = False,
     callback: ProgressCallback | None = None,
     options: TuneOptions | None = None,
@@ -235,6 +255,12 @@ def tune_model(
             a local Ray for this run). With P > 1 the policy proposes a configuration for each
             free worker, never one already running, and reads every result as it arrives. A
             trial whose worker dies is run once more.
+        pruner: stop unpromising trials early: ``"median"``, ``"asha"``, ``"hyperband"`` (optuna's
+            pruners, see :func:`hporl.evaluation.make_pruner`) or an optuna ``BasePruner``. Each
+            trial reports its validation metric after every epoch (``trial.report``); a pruned
+            trial is PRUNED in the store with ``pruned_epoch`` and its curve so far, is never
+            chosen as the best, and a resumed run counts it as done. It needs the trials in
+            this process (one local worker) and a task with one model.
         fine_tune: after each trial, update (a copy of) the policy on this task's trials.
         callback: ``callback(done, n_trials, config, result)`` after each trial.
         options: the less common settings (:class:`TuneOptions`).
@@ -256,9 +282,26 @@ def tune_model(
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if not isinstance(executor, Executor) and executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if not (pruner is None or isinstance(pruner, optuna.pruners.BasePruner) or pruner in PRUNERS):
+        raise ConfigError(
+            f"pruner must be one of {', '.join(PRUNERS)}, None or an optuna BasePruner, "
+            f"got {pruner!r}"
+        )
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
     backend = options.backend or TorchBackend(num_threads=1)
     executor = make_executor(executor)
+    if pruner is not None:
+        if not executor.in_process:
+            raise ConfigError(
+                "a pruner reads every epoch as it is trained, in this process: it cannot be "
+                f"combined with {executor.n_workers} parallel workers or the ray executor"
+            )
+        if len(task.models) > 1:
+            raise ConfigError(
+                f"a pruner stops one training; this task trains {len(task.models)} models per "
+                "trial: tune them without a pruner, or one at a time"
+            )
+    pruner = make_pruner(pruner, max_epochs=task.epochs)
     if isinstance(executor, LocalExecutor) and executor.n_workers > 1:
         executor.start(backend, task)  # its workers start while the policy loads
     with executor:
@@ -282,6 +325,7 @@ def tune_model(
             "tune",
             task,
             sampler=sampler,
+            pruner=pruner,
             name=options.study_name or f"tune/{task.name}-{task.fingerprint[:12]}",
         )
         orphans = store.fail_orphans(study, retry=False)
@@ -316,16 +360,24 @@ def tune_model(
         )
         evaluator.start(task)
         with evaluator, store.errors():
-            trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker)
+            trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker, pruner=pruner)
             if n_trials > done:
                 trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
             t0 = time.perf_counter()
             finished = _finished(store, study)
-            final = evaluator.best_then_final_fit(task, finished, seed=seed)
+            pruned = _pruned_epochs(study)
+            complete = [t for t in finished if t[0] not in pruned]
+            if pruned and not any(r.ok for _, _, r in complete):
+                raise HporlError(
+                    f"all {len(finished)} trials were pruned, failed or diverged: no trial "
+                    "trained for its full epochs to choose; run more trials (the same --out "
+                    "resumes) or use a milder pruner"
+                )
+            final = evaluator.best_then_final_fit(task, complete, seed=seed)
             default_final = None
             if options.compare_default:
                 default = space.default()
-                same = [r for _, c, r in finished if c == default]
+                same = [r for _, c, r in complete if c == default]
                 probe = same[0] if same else evaluator.evaluate(task, default, seed=seed)
                 if probe.ok:
                     default_final = evaluator.final_fit(task, default, probe, seed=seed)
@@ -333,13 +385,18 @@ def tune_model(
         out_result = _tune_result(
             task,
             final,
-            [_record(n, c, r, resumed=n in earlier) for n, c, r in finished],
+            [
+                _record(n, c, r, resumed=n in earlier, pruned_epoch=pruned.get(n))
+                for n, c, r in finished
+            ],
             start,
             default=default_final,
             policy=current if fine_tune else policy,
             extra={
                 "final_fit": final.report(),
                 "fine_tune": fine_tune,
+                "pruner": None if pruner is None else type(pruner).__name__,
+                "n_pruned": len(pruned),
                 "n_trials": n_trials,
                 "storage": mask_url(store.url),
                 "study": study.study_name,
@@ -382,6 +439,7 @@ class _Running:
     config: dict[str, Any]
     evaluation: Evaluation | None = None
     beat: Any = None
+    pruned_at: list[int] = field(default_factory=list)  # the epoch a pruner stopped it at
 
     def stop_heartbeat(self) -> None:
         if self.beat is not None:
@@ -393,7 +451,8 @@ class _Trials:
     """Trials with optuna's ask/tell, as many at once as the evaluator has workers: a free
     worker gets the policy's next configuration (never one that is running), results are told
     as they arrive, and every running trial keeps its heartbeat. A trial interrupted (Ctrl-C,
-    an error) is failed and marked stale, so the policy's history leaves it out."""
+    an error) is failed and marked stale, so the policy's history leaves it out. With the
+    study's ``pruner``, each trial reports every epoch and stops where the pruner says."""
 
     def __init__(
         self,
@@ -404,9 +463,10 @@ class _Trials:
         *,
         seed: int,
         worker: str,
+        pruner: optuna.pruners.BasePruner | None = None,
     ) -> None:
         self.study, self.evaluator, self.task, self.space = study, evaluator, task, space
-        self.seed, self.worker = seed, worker
+        self.seed, self.worker, self.pruner = seed, worker, pruner
         self.store: TrialStore = evaluator.store  # type: ignore[assignment]
         # Where the driver's time goes (seconds): starting the executor, proposing (ask, the
         # policy), submitting, waiting for results, recording them (annotate, tell), and the
@@ -444,8 +504,16 @@ class _Trials:
                         item.beat = get_heartbeat_thread(trial._trial_id, study._storage)
                         item.beat.start()
                     clock.switch("submit")
+                    on_epoch = None
+                    if self.pruner is not None:
+                        on_epoch = pruning_callback(trial, item.pruned_at)
                     item.evaluation = self.evaluator.submit(
-                        self.task, item.config, seed=self.seed, time_limit=time_limit, record=False
+                        self.task,
+                        item.config,
+                        seed=self.seed,
+                        time_limit=time_limit,
+                        record=False,
+                        on_epoch=on_epoch,
                     )
                 clock.switch("wait")
                 self.evaluator.wait([r.evaluation for r in running], return_when=FIRST_COMPLETED)
@@ -484,8 +552,18 @@ class _Trials:
         item.stop_heartbeat()
         evaluation = item.evaluation
         result = evaluation.result
+        pruned_epoch = None
+        if item.pruned_at and result.stopped_early and result.epochs_done == item.pruned_at[-1]:
+            pruned_epoch = item.pruned_at[-1]
+            result.reason = f"pruned by {type(self.pruner).__name__} after epoch {pruned_epoch}"
         self.store.annotate(
-            item.trial, self.task, item.config, result, seed=self.seed, worker=self.worker
+            item.trial,
+            self.task,
+            item.config,
+            result,
+            seed=self.seed,
+            worker=self.worker,
+            pruned_epoch=pruned_epoch,
         )
         if evaluation.retried_after:
             item.trial.set_user_attr("retried_after", evaluation.retried_after)
@@ -504,6 +582,15 @@ def _finished(
         r.cached = bool(t.user_attrs.get("cached", r.cached))
         out.append((t.number, dict(config), r))
     return out
+
+
+def _pruned_epochs(study: optuna.Study) -> dict[int, int]:
+    """The study's trials stopped by a pruner: trial number -> the last epoch it trained."""
+    return {
+        t.number: int(t.user_attrs[PRUNED_EPOCH])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if PRUNED_EPOCH in t.user_attrs
+    }
 
 
 def random_search(

@@ -2,10 +2,17 @@
 
 from hporl.bench._report import normalised_regret, ranks
 from hporl.bench._runner import BenchConfig, run
-from hporl.bench._samplers import METHODS, FixedSequenceSampler, TransferCandidates, make_sampler
+from hporl.bench._samplers import (
+    METHODS,
+    PRUNED_METHODS,
+    FixedSequenceSampler,
+    TransferCandidates,
+    make_sampler,
+)
 
 __all__ = [
     "METHODS",
+    "PRUNED_METHODS",
     "BenchConfig",
     "FixedSequenceSampler",
     "TransferCandidates",

@@ -51,31 +51,72 @@ def _curves(
     return out
 
 
+def _epoch_curves(
+    records: list[dict[str, Any]], budgets: np.ndarray
+) -> dict[str, dict[tuple[str, int], list[float]]]:
+    """method -> (task, seed) -> regret after ``budgets`` full-training equivalents of epochs:
+    that of the last trial whose cumulative epochs (``epochs_spent``) fit in ``budget`` times
+    the task's full epochs (1 before any trial found something)."""
+    by_run: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_run[(r["method"], r["task"], r["seed"])].append(r)
+    out: dict[str, dict[tuple[str, int], list[float]]] = defaultdict(dict)
+    for (method, task, seed), rows in by_run.items():
+        rows = sorted(rows, key=lambda r: r["trial"])
+        spent = np.array([r["epochs_spent"] for r in rows], dtype=float)
+        regret = []
+        last = 1.0
+        for r in rows:
+            last = last if r["regret"] is None else r["regret"]
+            regret.append(last)
+        full = rows[0]["full_epochs"]
+        done = np.searchsorted(spent, np.asarray(budgets, dtype=float) * full, side="right")
+        out[method][(task, seed)] = [regret[d - 1] if d else 1.0 for d in done]
+    return out
+
+
+def _at_budgets(
+    records: list[dict[str, Any]], config: Any
+) -> dict[str, dict[tuple[str, int], list[float]]]:
+    """method -> (task, seed) -> regret at each of ``config.budgets`` (trials, or full-training
+    equivalents of epochs with ``budget_unit: epochs``)."""
+    if getattr(config, "budget_unit", "trials") == "epochs":
+        return _epoch_curves(records, np.asarray(config.budgets, dtype=float))
+    curves = _curves(records, config.n_trials)
+    return {
+        m: {key: [c[k - 1] for k in config.budgets] for key, c in runs.items()}
+        for m, runs in curves.items()
+    }
+
+
 def summarise(
     records: list[dict[str, Any]], config: Any, *, train_tasks: list[str], test_tasks: list[str]
 ) -> dict[str, Any]:
-    n = config.n_trials
-    curves = _curves(records, n)
+    """Per method and budget: mean normalised regret, its standard error and the mean rank over
+    tasks x seeds; with ``budget_unit: epochs`` also the trials per run and epochs per trial."""
+    curves = _at_budgets(records, config)
     methods = [m for m in config.methods if m in curves]
     keys = sorted(set().union(*(curves[m].keys() for m in methods))) if methods else []
+    epochs = getattr(config, "budget_unit", "trials") == "epochs"
     summary: dict[str, Any] = {
         "methods": {},
         "train_tasks": train_tasks,
         "test_tasks": test_tasks,
         "seeds": config.seeds,
+        "budget_unit": "epochs" if epochs else "trials",
     }
     rank_sums: dict[str, dict[int, list[float]]] = {m: defaultdict(list) for m in methods}
     for key in keys:
-        for k in config.budgets:
-            vals = {m: curves[m][key][k - 1] for m in methods if key in curves[m]}
+        for i, k in enumerate(config.budgets):
+            vals = {m: curves[m][key][i] for m in methods if key in curves[m]}
             for m, r in ranks(vals).items():
                 rank_sums[m][k].append(r)
     for m in methods:
         per_k: dict[str, float] = {}
         se: dict[str, float] = {}
         rank: dict[str, float] = {}
-        for k in config.budgets:
-            values = [c[k - 1] for c in curves[m].values()]
+        for i, k in enumerate(config.budgets):
+            values = [c[i] for c in curves[m].values()]
             per_k[str(k)] = float(np.mean(values))
             se[str(k)] = (
                 float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -88,6 +129,13 @@ def summarise(
             "rank": rank,
             "propose_seconds_median": float(statistics.median(propose)) if propose else None,
         }
+        if epochs:
+            rows = [r for r in records if r["method"] == m]
+            summary["methods"][m] |= {
+                "trials_per_run": len(rows) / len(curves[m]),
+                "epochs_per_trial": float(np.mean([r["epochs"] for r in rows])),
+                "pruned_fraction": float(np.mean([r["status"] == "pruned" for r in rows])),
+            }
     return summary
 
 
@@ -188,15 +236,37 @@ def write_report(
     finals: list[dict[str, Any]] | None = None,
 ) -> None:
     budgets = [str(k) for k in config.budgets]
+    epochs = summary.get("budget_unit") == "epochs"
+    if epochs:
+        full = sorted({r["full_epochs"] for r in records})
+        head = [
+            f"Held-out tasks: {len(summary['test_tasks'])}; seeds: {config.seeds}; budget per run: "
+            f"{config.n_trials} full trainings' epochs ({config.n_trials} x "
+            f"{'/'.join(map(str, full))} epochs).",
+            "B = epochs spent over all trials, in full-training equivalents (B x the task's "
+            "epochs); a trial costs the epochs it trained (a pruned one, those up to its "
+            "pruning). Found = the best final value of the trials trained to the end (as "
+            "optuna's best_trial); a pruned trial's last value is not counted.",
+        ]
+        extra = " trials per run | epochs per trial | pruned |"
+    else:
+        head = [
+            f"Held-out tasks: {len(summary['test_tasks'])}; seeds: {config.seeds}; trials per run: {config.n_trials}."
+        ]
+        extra = ""
+    letter = "B" if epochs else "K"
     lines = [
         f"# Benchmark: {config.benchmark}",
         "",
-        f"Held-out tasks: {len(summary['test_tasks'])}; seeds: {config.seeds}; trials per run: {config.n_trials}.",
+        *head,
         "Mean normalised regret (lower is better) ± standard error over tasks x seeds; "
         "mean rank among methods in brackets.",
         "",
-        "| method | " + " | ".join(f"K={k}" for k in budgets) + " | propose (ms, median) |",
-        "|---|" + "---|" * len(budgets) + "---|",
+        "| method | "
+        + " | ".join(f"{letter}={k}" for k in budgets)
+        + " | propose (ms, median) |"
+        + extra,
+        "|---|" + "---|" * len(budgets) + "---|" + ("---|" * 3 if epochs else ""),
     ]
     best = (
         {k: min(v["regret"][k] for v in summary["methods"].values()) for k in budgets}
@@ -209,11 +279,17 @@ def write_report(
             cell = f"{v['regret'][k]:.4f} ± {v['regret_se'][k]:.4f} ({v['rank'][k]:.2f})"
             cells.append(f"**{cell}**" if v["regret"][k] == best[k] else cell)
         ms = v["propose_seconds_median"]
-        lines.append(
-            f"| {m} | " + " | ".join(cells) + f" | {ms * 1e3:.2f} |"
-            if ms is not None
-            else " | n/a |"
+        row = (
+            f"| {m} | "
+            + " | ".join(cells)
+            + (f" | {ms * 1e3:.2f} |" if ms is not None else " | n/a |")
         )
+        if epochs:
+            row += (
+                f" {v['trials_per_run']:.1f} | {v['epochs_per_trial']:.1f} | "
+                f"{v['pruned_fraction']:.0%} |"
+            )
+        lines.append(row)
     lines += [
         "",
         "Train tasks: " + ", ".join(summary["train_tasks"]),
@@ -236,10 +312,18 @@ def _plots(
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    n = config.n_trials
-    curves = _curves(records, n)
+    epochs = summary.get("budget_unit") == "epochs"
+    if epochs:  # regret after x full-training equivalents of epochs, from one epoch on
+        full = max((r["full_epochs"] for r in records), default=1)
+        x = np.geomspace(1 / full, config.n_trials, 200)
+        curves = _epoch_curves(records, x)
+        xlabel = "epochs spent, in full trainings (B)"
+    else:
+        x = np.arange(1, config.n_trials + 1)
+        curves = _curves(records, config.n_trials)
+        xlabel = "trials (K)"
+    n = len(x)
     methods = [m for m in config.methods if m in curves]
-    x = np.arange(1, n + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in methods:
         arr = np.array(list(curves[m].values()))
@@ -248,7 +332,9 @@ def _plots(
         ax.plot(x, np.maximum(mean, 1e-4), label=m)
         ax.fill_between(x, np.maximum(mean - se, 1e-4), np.maximum(mean + se, 1e-4), alpha=0.2)
     ax.set_yscale("log")
-    ax.set_xlabel("trials (K)")
+    if epochs:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean normalised regret")
     ax.set_title(
         f"{config.benchmark}: {len(summary['test_tasks'])} held-out tasks, {config.seeds} seeds"
@@ -267,7 +353,9 @@ def _plots(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in methods:
         ax.plot(x, rank_curve[m], label=m)
-    ax.set_xlabel("trials (K)")
+    if epochs:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean rank (1 = best)")
     ax.set_title(f"{config.benchmark}: average rank")
     ax.legend()

@@ -16,8 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hporl._io import did_you_mean, explain_validation, read_yaml, writable_dir, write_json
 from hporl.backends import Backend, TorchBackend, TrialResult
-from hporl.bench._samplers import METHODS, TransferCandidates, make_sampler
-from hporl.evaluation import Evaluator
+from hporl.backends._base import EpochCallback
+from hporl.bench._samplers import (
+    METHODS,
+    PRUNED_METHODS,
+    TransferCandidates,
+    make_sampler,
+    split_method,
+)
+from hporl.evaluation import Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace
@@ -41,7 +48,9 @@ class BenchConfig(BaseModel):
     test_tasks: list[str] = Field(default_factory=list)
     methods: list[str] = Field(
         default_factory=lambda: list(METHODS),
-        description=f"{', '.join(METHODS)}, or a name from `fixed`",
+        description=f"{', '.join(METHODS)}, or a name from `fixed`; with budget_unit: epochs "
+        f"also a sampler with an optuna pruner: {', '.join(PRUNED_METHODS)} (random, tpe, gp or "
+        "cmaes + median, asha or hyperband)",
     )
     budgets: list[int] = Field(default_factory=lambda: [1, 3, 10, 30])
     seeds: int = Field(3, gt=0)
@@ -65,6 +74,12 @@ class BenchConfig(BaseModel):
     transfer_candidates: int | None = Field(None, gt=1)
     epochs: int | None = Field(None, gt=0, description="epochs per trial (real-training suites)")
     score: Literal["final", "best"] | None = None
+    budget_unit: Literal["trials", "epochs"] = Field(
+        "trials",
+        description="trials: budgets count full trainings (K); epochs: budgets count epochs "
+        "spent over all trials, in full-training equivalents (B x the task's epochs), so that "
+        "methods with a pruner (e.g. tpe+asha) stop trials early and spend less per trial",
+    )
     storage: str | None = Field(
         None, description="trial store of real-training suites (default OUT/trials.db)"
     )
@@ -126,8 +141,22 @@ class BenchConfig(BaseModel):
         if both:
             raise ConfigError(f"{both[0]!r} is both a fixed configuration and a policy")
         for m in self.methods:
-            if m not in METHODS and m not in self.fixed and m not in self.policies:
-                options = [*METHODS, *self.fixed, *self.policies]
+            if m in self.fixed or m in self.policies:
+                continue
+            if split_method(m)[1] is not None:
+                if self.budget_unit != "epochs":
+                    raise ConfigError(
+                        f"method {m!r} prunes trials: it needs budget_unit: epochs (budgets in "
+                        "full-training equivalents of epochs)"
+                    )
+                if self.parallel > 1:
+                    raise ConfigError(
+                        f"method {m!r} prunes trials, reading every epoch in this process: "
+                        f"parallel must be 1, got {self.parallel}"
+                    )
+            elif m not in METHODS:
+                pruned = PRUNED_METHODS if self.budget_unit == "epochs" else ()
+                options = [*METHODS, *pruned, *self.fixed, *self.policies]
                 raise ConfigError(
                     f"unknown method {m!r}; methods: {', '.join(options)}."
                     + did_you_mean(m, options)
@@ -234,6 +263,8 @@ class _Bench:
             n_workers=config.parallel,
             ray_address=config.ray_address,
         )
+        # Pruned trials on a surrogate: one at a time, nothing kept (thousands per run).
+        self.stepwise = Evaluator(self.backend, memory=False) if self.surrogate else self.evaluator
         unknown = sorted(set(config.train_tasks + config.test_tasks) - set(self.all_tasks))
         if unknown and self.surrogate:
             raise ConfigError(
@@ -269,8 +300,16 @@ class _Bench:
         seed = 0 if self.surrogate else seed
         return self.evaluator.evaluate_many(task, configs, seed=seed)
 
+    def evaluate(
+        self, task: Any, config: dict[str, Any], seed: int, on_epoch: EpochCallback
+    ) -> TrialResult:
+        """One trial that reports every epoch to ``on_epoch`` (a pruner) as it is trained."""
+        seed = 0 if self.surrogate else seed
+        return self.stepwise.evaluate(task, config, seed=seed, on_epoch=on_epoch)
+
     def close(self) -> None:
         self.evaluator.close()
+        self.stepwise.close()
 
     def scores(self, task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
         """Scores (seed 0) of many configurations, NaN where a trial failed; one batched call
@@ -456,39 +495,68 @@ def _one_run(
     policy: Any,
     fold: int,
 ) -> list[dict[str, Any]]:
-    n = bench.config.n_trials
+    """One run of ``method`` on a task: ``n_trials`` trials, or with ``budget_unit: epochs``
+    trials until ``max(budgets)`` full trainings' epochs are spent (a trial costs the epochs it
+    trained, at least one). A trial stopped by the method's pruner scores nothing: what a run
+    has found is the best final value of its fully trained trials, as optuna's ``best_trial``
+    (its last reported value is kept as ``value``)."""
+    config = bench.config
+    sampler_name, pruner_name = (
+        (method, None)
+        if method in bench.fixed or method in config.policies
+        else split_method(method)
+    )
+    full = int(task.epochs)
+    total = config.n_trials * full if config.budget_unit == "epochs" else None
+    n = config.n_trials if total is None else total
     sampler = make_sampler(
-        method,
+        sampler_name,
         space=bench.space,
         seed=seed,
-        n_trials=n,
+        n_trials=config.n_trials,
         transfer=transfer,
         policy=policy,
         task=task,
         fixed=bench.fixed,
-        parallel=bench.config.parallel > 1,
+        parallel=config.parallel > 1,
     )
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    rows = []
+    pruner = make_pruner(pruner_name, max_epochs=full)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    rows: list[dict[str, Any]] = []
     best: float | None = None
-    batch = bench.config.parallel
-    for start in range(0, n, batch):
+    spent = 0
+    batch = 1 if pruner is not None else config.parallel
+    while len(rows) < n and (total is None or spent < total):
         asked = []
-        for _ in range(min(batch, n - start)):
+        for _ in range(min(batch, n - len(rows))):
             t0 = time.perf_counter()
             trial = study.ask()
-            config = bench.space.suggest(trial)
-            asked.append((trial, config, time.perf_counter() - t0))
-        results = bench.evaluate_many(task, [c for _, c, _ in asked], seed)
-        for j, ((trial, config, propose), result) in enumerate(zip(asked, results, strict=True)):
-            i = start + j
-            y = bench.score(result)
-            if y is None or not math.isfinite(y):
+            asked.append((trial, bench.space.suggest(trial), time.perf_counter() - t0))
+        stops: list[int | None] = [None] * len(asked)
+        if pruner is None:
+            results = bench.evaluate_many(task, [c for _, c, _ in asked], seed)
+        else:
+            ((trial, trial_config, _),) = asked
+            stopped: list[int] = []
+            result = bench.evaluate(task, trial_config, seed, pruning_callback(trial, stopped))
+            results = [result]
+            if stopped and result.stopped_early:
+                stops = [stopped[-1]]
+        for (trial, trial_config, propose), result, pruned in zip(
+            asked, results, stops, strict=True
+        ):
+            i = len(rows)
+            y = None if pruned is not None else bench.score(result)
+            if pruned is not None:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif y is None or not math.isfinite(y):
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 y = None
             else:
                 study.tell(trial, y)
                 best = y if best is None else max(best, y)
+            cost = max(result.epochs_done, 1)
+            spent += cost
             bench.last_results[(method, name, seed, i + 1)] = result
             rows.append(
                 {
@@ -500,9 +568,13 @@ def _one_run(
                     "best_so_far": best,
                     "regret": None,
                     "propose_seconds": propose,
-                    "config": config,
+                    "config": trial_config,
                     "fold": fold,
-                    "status": result.status,
+                    "status": "pruned" if pruned is not None else result.status,
+                    "value": result.curve[-1] if result.curve else None,
+                    "epochs": cost,
+                    "epochs_spent": spent,
+                    "full_epochs": full,
                 }
             )
     return rows

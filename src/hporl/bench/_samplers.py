@@ -13,9 +13,32 @@ from optuna.trial import FrozenTrial
 from hporl.pretrain import greedy_portfolio
 from hporl.space import SearchSpace
 
-__all__ = ["METHODS", "FixedSequenceSampler", "TransferCandidates", "make_sampler"]
+__all__ = [
+    "METHODS",
+    "PRUNED_METHODS",
+    "FixedSequenceSampler",
+    "TransferCandidates",
+    "make_sampler",
+    "split_method",
+]
 
 METHODS = ("policy", "random", "tpe", "gp", "cmaes", "best_average", "portfolio")
+PRUNABLE = ("random", "tpe", "gp", "cmaes")
+"""Methods that can run with a pruner, as ``<method>+<pruner>`` (budgets in epochs only)."""
+PRUNED_METHODS = ("random+hyperband", "random+asha", "tpe+hyperband", "tpe+asha")
+"""The pruned peers of epoch budgets (DESIGN.md); any of :data:`PRUNABLE` with any pruner of
+:data:`hporl.evaluation.PRUNERS` works (e.g. ``tpe+median``)."""
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """``("tpe", "asha")`` for ``"tpe+asha"``, ``(method, None)`` for a method without a pruner;
+    ``None`` as the pruner when ``method`` is not of that form."""
+    from hporl.evaluation import PRUNERS
+
+    base, plus, pruner = method.partition("+")
+    if plus and base in PRUNABLE and pruner in PRUNERS:
+        return base, pruner
+    return method, None
 
 
 class FixedSequenceSampler(BaseSampler):

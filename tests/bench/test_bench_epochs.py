@@ -1,0 +1,113 @@
+"""`hporl bench` with ``budget_unit: epochs``: regret against epochs spent, pruned peers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from hporl import ConfigError
+from hporl.bench import PRUNED_METHODS, BenchConfig, run
+from hporl.bench._report import _epoch_curves
+from hporl.bench._samplers import split_method
+from tests.bench.test_bench import _lcbench_data
+
+BASE = {"benchmark": "lcbench", "test_tasks": ["34539"], "budgets": [1, 3]}
+
+
+def test_pruned_methods_need_epoch_budgets():
+    BenchConfig.load({**BASE, "methods": list(PRUNED_METHODS), "budget_unit": "epochs"})
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("method 'tpe+asha' prunes trials: it needs budget_unit: epochs"),
+    ):
+        BenchConfig.load({**BASE, "methods": ["tpe+asha"]})
+    with pytest.raises(ConfigError, match="parallel must be 1, got 2"):
+        BenchConfig.load(
+            {**BASE, "benchmark": "small", "methods": ["random+hyperband"], "parallel": 2}
+            | {"budget_unit": "epochs"}
+        )
+    with pytest.raises(ConfigError, match=r"unknown method 'tpe\+ash'.*Did you mean 'tpe\+asha'"):
+        BenchConfig.load({**BASE, "methods": ["tpe+ash"], "budget_unit": "epochs"})
+    with pytest.raises(ConfigError, match="budget_unit"):
+        BenchConfig.load({**BASE, "methods": ["random"], "budget_unit": "epoch"})
+    assert split_method("tpe+asha") == ("tpe", "asha")
+    assert split_method("random+median") == ("random", "median")
+    assert split_method("portfolio+asha") == ("portfolio+asha", None)
+
+
+def _row(trial, cost, spent, regret, status="ok"):
+    return {
+        "method": "m",
+        "task": "t",
+        "seed": 0,
+        "trial": trial,
+        "regret": regret,
+        "epochs": cost,
+        "epochs_spent": spent,
+        "full_epochs": 10,
+        "status": status,
+    }
+
+
+def test_regret_at_an_epoch_budget_counts_the_trials_that_fit_in_it():
+    rows = [
+        _row(1, 10, 10, 0.5),
+        _row(2, 1, 11, 0.5, "pruned"),  # found nothing: the best so far stays
+        _row(3, 10, 21, 0.2),
+        _row(4, 10, 31, 0.1),
+    ]
+    curves = _epoch_curves(rows, [0.5, 1, 2, 2.1, 3, 3.1])
+    assert curves["m"][("t", 0)] == [1.0, 0.5, 0.5, 0.2, 0.2, 0.1]
+
+
+def test_lcbench_in_epoch_budgets(tmp_path):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    methods = ["random", "tpe", "random+hyperband", "tpe+asha"]
+    summary = run(
+        {
+            "benchmark": "lcbench",
+            "data_dir": str(data),
+            "test_tasks": ["34539", "167152"],
+            "methods": methods,
+            "budgets": [1, 3, 10],
+            "budget_unit": "epochs",
+            "seeds": 1,
+            "normalisation_samples": 200,
+        },
+        out=tmp_path,
+    )
+    assert summary["budget_unit"] == "epochs"
+    for name in ("results.json", "summary.json", "report.md", "plots/regret.png"):
+        assert (tmp_path / name).exists(), name
+    report = (tmp_path / "report.md").read_text()
+    assert "| method | B=1 | B=3 | B=10 |" in report and "epochs per trial" in report
+    m = summary["methods"]
+    for method in methods:
+        regret = [m[method]["regret"][b] for b in ("1", "3", "10")]
+        assert regret == sorted(regret, reverse=True) and 0 <= regret[-1] <= 1
+    # Full fidelity: every trial costs LCBench's 52 epochs, ten of them in B = 10.
+    assert m["random"]["epochs_per_trial"] == m["tpe"]["epochs_per_trial"] == 52
+    assert m["random"]["trials_per_run"] == 10 and m["random"]["pruned_fraction"] == 0
+    # The pruners stop most trials early: more trials for the same epochs.
+    for method in ("random+hyperband", "tpe+asha"):
+        assert m[method]["epochs_per_trial"] < 26 and m[method]["pruned_fraction"] > 0.5
+        assert m[method]["trials_per_run"] > 20
+    records = json.loads((tmp_path / "results.json").read_text())
+    for r in records:
+        if r["status"] == "pruned":
+            assert r["score"] is None and 1 <= r["epochs"] < 52 and r["value"] is not None
+        else:
+            assert r["epochs"] == 52 and r["score"] == pytest.approx(r["value"])
+    runs = {(r["method"], r["task"]) for r in records}
+    for method, task in runs:
+        rows = sorted(
+            (r for r in records if (r["method"], r["task"]) == (method, task)),
+            key=lambda r: r["trial"],
+        )
+        spent = [r["epochs_spent"] for r in rows]
+        assert spent == [sum(r["epochs"] for r in rows[: i + 1]) for i in range(len(rows))]
+        assert spent[-2] < 10 * 52 <= spent[-1]  # trials until the largest budget is spent
