@@ -316,7 +316,8 @@ class TrialStore:
             try:
                 return call()
             except DATABASE_ERRORS as err:
-                if attempt == attempts - 1:
+                lasting = any(word in _first_line(err).lower() for word in _LASTING)
+                if attempt == attempts - 1 or lasting:  # a full disk stays full: no retries
                     raise StoreError(
                         f"storage {mask_url(self.url)!r} {what}: {_first_line(err)}"
                     ) from None
@@ -581,6 +582,10 @@ class TrialStore:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+_LASTING = ("disk is full", "no space left", "readonly database", "disk i/o error")
+"""Database errors that waiting does not mend (their message holds one of these)."""
+
+
 def _owner() -> str:
     """Who runs a trial: this host and process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
