@@ -126,3 +126,42 @@ def test_each_finished_trial_is_parsed_once(trained, monkeypatch):
     assert sorted(parsed) == sorted(finished[:-1])  # the last one was never read back
     expected = [original(trained.space, t.params) for t in study.trials]
     assert [c for c, _ in sampler.history(study)] == expected
+
+
+def test_each_trial_is_read_once_however_many_proposals(trained, monkeypatch):
+    """Trial cost stays flat as trials pile up: a proposal parses and scores only the trials that
+    finished since the last one (a finished trial never changes), not the whole history again;
+    the history it hands the policy is the one read from scratch."""
+    import hporl.policy
+    import hporl.sampler
+    from hporl.observation import trial_score
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    task = SyntheticTask("t", [0.2, 0.4, 0.6, 0.8])
+    backend = SyntheticBackend(trained.space)
+    sampler = PolicySampler(trained, task=task, seed=0)
+    parsed, scored = [], []
+    real = type(trained.space).from_optuna_params
+    monkeypatch.setattr(
+        type(trained.space),
+        "from_optuna_params",
+        lambda space, params: parsed.append(1) or real(space, params),
+    )
+    for module in (hporl.sampler, hporl.policy):
+        monkeypatch.setattr(module, "trial_score", lambda *a: scored.append(1) or trial_score(*a))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+    def objective(trial):
+        config = trained.space.suggest(trial)
+        if trial.number == 3:
+            raise RuntimeError("a failed trial counts as failed")
+        return backend.evaluate(task, config, epochs=2).best_metric
+
+    n = 40
+    study.optimize(objective, n_trials=n, catch=(RuntimeError,))
+    # read from scratch at every proposal, it would be n * (n - 1) / 2 = 780 of each
+    assert len(scored) <= n and len(parsed) <= 2 * n
+    fresh = PolicySampler(trained, task=task, seed=0)
+    assert sampler.history(study) == fresh.history(study)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [v for _, v in sampler.history(study)].count(None) == len(failed) >= 1
