@@ -13,7 +13,8 @@ space on every task, behaviour-clones their greedy portfolio, then MaskablePPO r
 Every evaluation goes through the trial store (``OUT/trials.db`` or ``--storage``): stopped and
 started again, the script trains no evaluation twice (``summary.json``: ``trained``,
 ``store_hits``). The held-out data sets of ``benchmarks/default_policy.py`` (the ``heldout``
-suite) are kept out of the training tasks by name; the script refuses to run otherwise.
+and ``heldout_hard`` suites) are kept out of the training tasks by name; the script refuses to
+run otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hporl.tasks import models as M
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "src" / "hporl" / "policies" / "default"
-HELD_OUT = set(suites()["heldout"])
+HELD_OUT = set(suites()["heldout"]) | set(suites()["heldout_hard"])
 
 
 def training_tasks(quick: bool = False) -> list[Task]:
