@@ -213,11 +213,7 @@ class ObservationLayout:
     def best_at(self, trials: Sequence[tuple[Any, ...]], level: int) -> int | None:
         """The trial to continue from ``fidelities[level]``: the best-scoring one there (the
         earliest on ties), ``None`` when no successful trial is at that level."""
-        found = [
-            i
-            for i, t in enumerate(trials)
-            if t[1] is not None and self.level(t[2]) == level
-        ]
+        found = [i for i, t in enumerate(trials) if t[1] is not None and self.level(t[2]) == level]
         return max(found, key=lambda i: (trials[i][1], -i)) if found else None
 
     def decision_mask(
@@ -266,13 +262,7 @@ class ObservationLayout:
         n = len(self.params)
         extra = 2 if self.fidelities else 0  # the decision's slot in block 2, epochs spent
         return (
-            self.n_features
-            + n
-            + self.space.dim
-            + n
-            + 4
-            + extra
-            + self.history * self.trial_width
+            self.n_features + n + self.space.dim + n + 4 + extra + self.history * self.trial_width
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -396,9 +386,7 @@ class ObservationLayout:
             features = (features - mean) / np.asarray(self.feature_scale, dtype=np.float32)
         return features
 
-    def trials_block(
-        self, trials: Sequence[tuple[Any, ...]], spent: float = 0.0
-    ) -> np.ndarray:
+    def trials_block(self, trials: Sequence[tuple[Any, ...]], spent: float = 0.0) -> np.ndarray:
         """Blocks 5 and 6: the summary and the trials (constant within a trial). Budget-aware:
         ``spent`` is the fraction of the episode's epochs spent, trials carry their fidelity."""
         scores = [t[1] for t in trials if t[1] is not None]
