@@ -8,7 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from hporl import ConfigError, HPOEnv, Policy, PolicyError, SyntheticBackend, TuneOptions, tune_model
+from hporl import (
+    ConfigError,
+    HPOEnv,
+    Policy,
+    PolicyError,
+    SyntheticBackend,
+    TuneOptions,
+    tune_model,
+)
 from hporl.backends import SyntheticTask
 from hporl.observation import DECIDE, FIDELITIES, ObservationLayout, epochs_at
 from hporl.tasks import builtin
@@ -49,7 +57,7 @@ def _play(env, decision, rng):
     assert env.action_masks()[decision], (decision, env.action_masks())
     obs, reward, done, _, info = env.step(decision)
     while not info:
-        obs, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+        _obs, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
     return reward, done, info
 
 
@@ -86,7 +94,7 @@ def test_env_reward_is_the_best_full_fidelity_value_over_the_epoch_budget(small_
     env = _env(small_space, SyntheticBackend(small_space), budget=2)
     rng = np.random.default_rng(1)
     env.reset(seed=0)
-    r_low, _, low = _play(env, 0, rng)  # no full trial yet: the floor, for 1 of 18 epochs
+    r_low, _, _low = _play(env, 0, rng)  # no full trial yet: the floor, for 1 of 18 epochs
     assert r_low == pytest.approx(env.reward_approach.floor / 18)
     r_full, done, full = _play(env, 2, rng)
     assert r_full == pytest.approx(9 / 18 * full["value"])
@@ -122,7 +130,7 @@ def test_tokens_carry_each_trials_fidelity_and_old_layouts_load(small_space):
     config = small_space.default()
     block = aware.trials_block([(config, 0.5, 1 / 3), (config, 0.7, 1.0)], spent=0.25)
     assert block[4] == pytest.approx(0.25)
-    offset, n, width = aware.tokens
+    _offset, n, width = aware.tokens
     tokens = block[5:].reshape(n, width)
     assert tokens[:2, -1].tolist() == pytest.approx([1 / 3, 1.0])
     assert ObservationLayout.from_dict(small_space, aware.to_dict()) == aware
@@ -239,7 +247,15 @@ def test_budget_epochs_with_a_trial_count_policy_runs_full_trials(tiny_policy, t
 
 def test_cli_budget_epochs_errors_are_one_line(csv_file, capsys):
     code, _, err = run_cli(
-        "tune", "--data", csv_file, "--target", "y", "--trials", "2", "--budget-epochs", "9",
+        "tune",
+        "--data",
+        csv_file,
+        "--target",
+        "y",
+        "--trials",
+        "2",
+        "--budget-epochs",
+        "9",
         capsys=capsys,
     )
     assert code == 2 and err.strip().count("\n") == 0

@@ -602,6 +602,7 @@ def _budgeted_run(
     total = bench.config.n_trials * full
     resumable = bool(getattr(bench.backend, "resumable", False))
     history: list[tuple[dict[str, Any], TrialResult, float]] = []
+    row_of: list[int] = []  # the row (1-based trial) behind each history entry
     tried: set[str] = set()
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
@@ -623,11 +624,14 @@ def _budgeted_run(
         if choice is None:
             break
         result = bench.evaluate(task, choice.config, seed, epochs=choice.epochs)
+        continues = None if choice.continues is None else row_of[choice.continues]
         if choice.continues is None:
             history.append((choice.config, result, choice.fidelity))
+            row_of.append(len(rows) + 1)
             tried.add(config_key(choice.config))
         else:
             history[choice.continues] = (choice.config, result, choice.fidelity)
+            row_of[choice.continues] = len(rows) + 1
         complete = choice.epochs >= full
         y = bench.score(result) if complete else None
         if y is not None and not math.isfinite(y):
@@ -655,7 +659,7 @@ def _budgeted_run(
                 "epochs_spent": spent,
                 "full_epochs": full,
                 "fidelity": choice.fidelity,
-                "continues": None if choice.continues is None else choice.continues + 1,
+                "continues": continues,
             }
         )
     return rows
