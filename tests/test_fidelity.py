@@ -55,9 +55,9 @@ def _env(space, backend, *, budget=2, epochs=9):
 def _play(env, decision, rng):
     """One trial: ``decision`` (an index into layout.decisions), then random masked bins."""
     assert env.action_masks()[decision], (decision, env.action_masks())
-    obs, reward, done, _, info = env.step(decision)
+    _, reward, done, _, info = env.step(decision)
     while not info:
-        _obs, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+        _, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
     return reward, done, info
 
 
