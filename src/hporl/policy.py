@@ -506,7 +506,12 @@ class Policy:
     def __repr__(self) -> str:
         return (
             f"Policy({self.algorithm}, space={self.space.name or 'custom'} ({len(self.space.chosen)} parameters), "
-            f"K={self.budget}, reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
+            + (
+                f"B={self.budget} full trainings of epochs (budget-aware), "
+                if self.budget_aware
+                else f"K={self.budget}, "
+            )
+            + f"reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
         )
 
 
