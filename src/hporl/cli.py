@@ -185,7 +185,7 @@ def demo(
 
 
 @contextlib.contextmanager
-def _tune_progress(n_trials: int, title: str = "tuning") -> Iterator[Any]:
+def _tune_progress(n_trials: int | None, title: str = "tuning") -> Iterator[Any]:
     """A rich progress bar over trials; yields the ``callback`` for :func:`hporl.tune_model`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -202,7 +202,8 @@ def _tune_progress(n_trials: int, title: str = "tuning") -> Iterator[Any]:
             short = ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
             )
-            progress.console.print(f"  trial {i}/{n}: {result.summary()}  [dim]{short}[/dim]")
+            of = f"/{n}" if n else ""
+            progress.console.print(f"  trial {i}{of}: {result.summary()}  [dim]{short}[/dim]")
             progress.update(bar, completed=i)
 
         yield show
@@ -273,7 +274,14 @@ def tune(
         ),
     ] = None,
     model: Annotated[str, typer.Option(help="mlp, linear or lcbench_mlp")] = "mlp",
-    trials: Annotated[int, typer.Option(help="number of trials")] = 10,
+    trials: Annotated[int | None, typer.Option(help="number of trials (default 10)")] = None,
+    budget_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="a budget in epochs over all trials instead of --trials: a budget-aware policy "
+            "chooses each trial's epochs; another runs BUDGET // epochs full trials"
+        ),
+    ] = None,
     fine_tune: Annotated[
         bool, typer.Option(help="update the policy on this task between trials")
     ] = False,
@@ -332,6 +340,12 @@ def tune(
         raise HporlError(f"--seed must be an integer in [0, 2**32), got {seed}")
     if pruner is not None and pruner not in PRUNERS:
         raise HporlError(f"--pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
+    if budget_epochs is not None and trials is not None:
+        raise HporlError("give --trials or --budget-epochs, not both")
+    if budget_epochs is not None and budget_epochs < 1:
+        raise HporlError(f"--budget-epochs must be a positive integer, got {budget_epochs}")
+    if trials is None and budget_epochs is None:
+        trials = 10
     if pruner is not None and (parallel > 1 or executor != "local"):
         raise HporlError(
             f"--pruner {pruner} reads every epoch as it is trained, in this process: it cannot "
@@ -354,6 +368,7 @@ def tune(
             data=task,
             policy=policy,
             n_trials=trials,
+            budget_epochs=budget_epochs,
             fine_tune=fine_tune,
             out=out,
             storage=storage,
@@ -371,8 +386,13 @@ def tune(
         "n/a" if result.default_test_metric is None else f"{result.default_test_metric:.4f}",
     )
     pruned = result.extra.get("n_pruned", 0)
+    done = trials if budget_epochs is None else len(result.trials)
+    spent = result.extra.get("epochs_spent")
     table.add_row(
-        f"tuned ({trials} trials" + (f", {pruned} pruned)" if pruner else ")"),
+        f"tuned ({done} trials"
+        + (f", {pruned} pruned" if pruner else "")
+        + (f", {spent} of {budget_epochs} epochs" if spent is not None else "")
+        + ")",
         "n/a" if result.test_metric is None else f"{result.test_metric:.4f}",
     )
     console.print(table)

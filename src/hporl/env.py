@@ -6,6 +6,18 @@ reward is the improvement of the best reward-approach value so far on this task,
 episode's return is the best value it found (the first trial's value counts whole, a diverged or
 failed trial gets the approach's floor).
 
+With ``fidelities`` (budget-aware, budgets in epochs), an episode spends ``budget`` full-training
+equivalents of epochs (B x the task's epochs) and each trial starts with a fidelity decision: a
+new configuration trained for a fraction of the full epochs, or the best trial of a lower
+fidelity continued to the next (freeze-thaw). A continuation costs only the extra epochs when
+the backend's curves are prefixes of longer ones (``Backend.resumable``: a surrogate that
+predicts every epoch), else a whole new training. The episode ends when no decision fits in the
+epochs left. Only full-fidelity trials count as found (as in ``hporl bench`` with
+``budget_unit: epochs``): the reward of a trial that spends ``c`` epochs is
+``c / (B x epochs)`` times the best full-fidelity value so far (the approach's floor before the
+first), and the epochs left at the end count at the last best, so an episode's return is the
+mean over its epoch budget of the best full-fidelity value found: anytime, in epochs.
+
 The observation (see :class:`~hporl.observation.ObservationLayout`) shows only what a user would have on a new
 task: its meta-features and the trials run on it so far, their scores chance-adjusted
 (``(metric - chance) / (1 - chance)``, see :mod:`hporl.rewards`). Per-task normalisation
@@ -26,7 +38,7 @@ from hporl import rewards as _rewards
 from hporl.backends import Backend, TrialResult
 from hporl.evaluation import Evaluation, Evaluator
 from hporl.exceptions import ConfigError
-from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
+from hporl.observation import DECIDE, OBS_BOUND, ObservationLayout, epochs_at, trial_score
 from hporl.space import SearchSpace
 
 __all__ = ["HPOEnv", "TaskAugmentation", "TaskLike"]
@@ -87,10 +99,15 @@ class HPOEnv(gym.Env):
         augment: task augmentation drawn per episode (see :class:`TaskAugmentation`).
         layout_version: 2 (the whole history as tokens), or 1 (the last ``history`` trials in
             a flat block, as policies made before version 2 read it).
+        fidelities: budget-aware episodes (see the module docstring): the fractions of the full
+            epochs a trial may train for, increasing, the last 1 (e.g.
+            :data:`~hporl.observation.FIDELITIES`); ``budget`` then counts full-training
+            equivalents of epochs. ``None``: K trials at full fidelity.
 
     ``reset(options={"task": t})`` runs an episode on a given task. ``info`` of the step that
     finishes a trial holds ``config``, ``result`` (the TrialResult), ``value`` (the reward
-    approach's value), ``trial`` (its 0-based index) and ``task`` (the task's name).
+    approach's value), ``trial`` (its 0-based index) and ``task`` (the task's name); budget-aware,
+    also ``fidelity``, ``epochs`` (what it cost), ``epochs_spent`` and ``continued``.
     Agents that ignore ``action_masks()`` are served too: out-of-range actions wrap around.
     """
 
@@ -114,6 +131,7 @@ class HPOEnv(gym.Env):
         extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = (),
         augment: TaskAugmentation | None = None,
         layout_version: int = 2,
+        fidelities: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(budget, int) or budget < 1:
@@ -151,6 +169,7 @@ class HPOEnv(gym.Env):
             scale,
             tuple(extra_bins),
             layout_version,
+            tuple(float(f) for f in fidelities or ()),
         )
         self.epochs = epochs
         self.trial_seed = trial_seed
@@ -164,13 +183,19 @@ class HPOEnv(gym.Env):
         self._position: int | None = None
         self._pending: dict[str, Any] | None = None  # chosen, its result not yet in
         self._evaluations: list[Evaluation] = []  # the pending configuration's (and reference)
-        self._trials: list[tuple[dict[str, Any], float | None]] = []
+        self._trials: list[tuple[Any, ...]] = []
         self._trials_block = self.layout.trials_block([])
         self._best_value: float | None = None
         self.augment = augment
         self._shift: dict[str, float] = {}
         self._warp = 1.0
         self._augmented = False
+        # Budget-aware episodes: epochs spent, the trial's fidelity, the trial it continues.
+        self.resumable = bool(getattr(self.evaluator.backend, "resumable", False))
+        self._spent = 0
+        self._fidelity = 1.0
+        self._continuing: int | None = None
+        self._best_full: float | None = None
 
     @property
     def backend(self) -> Backend:
@@ -191,6 +216,9 @@ class HPOEnv(gym.Env):
         self._trials = []
         self._trials_block = self.layout.trials_block([])
         self._best_value = None
+        self._best_full = None
+        self._spent = 0
+        self._continuing = None
         self._pending = None
         self._augmented = self.augment is not None and "task" not in options
         if self._augmented:
@@ -226,6 +254,8 @@ class HPOEnv(gym.Env):
             raise RuntimeError("the episode is over; call reset()")
         if self._pending is not None:
             raise RuntimeError("the configuration is chosen; call finish() with its result")
+        if self._position == DECIDE:
+            return self._decide(int(action))
         p = self.space.parameters[self._position]
         self._partial[p.name] = self.layout.value_of(self._position, int(action))
         self._position = self.layout.advance(self._partial, self._position + 1)
@@ -243,8 +273,11 @@ class HPOEnv(gym.Env):
             wanted = [self._moved(self._pending)]
             if self.reward_approach.needs_reference:
                 wanted.append(self.space.default())
+            epochs = self.epochs
+            if self.layout.budget_aware:
+                epochs = epochs_at(self._fidelity, self.full_epochs)
             self._evaluations = [
-                self.evaluator.submit(self.task, c, seed=self.trial_seed, epochs=self.epochs)
+                self.evaluator.submit(self.task, c, seed=self.trial_seed, epochs=epochs)
                 for c in wanted
             ]
         return self._evaluations
@@ -259,6 +292,8 @@ class HPOEnv(gym.Env):
         result = evaluations[0].result
         reference = evaluations[1].result if len(evaluations) > 1 else None
         value = float(self.reward_approach(result, reference=reference, task=self.task))
+        if self.layout.budget_aware:
+            return self._finish_budgeted(config, result, value)
         reward = value if self._best_value is None else max(0.0, value - self._best_value)
         self._best_value = value if self._best_value is None else max(self._best_value, value)
         self._trials.append((config, self._observed(trial_score(result))))
@@ -295,13 +330,32 @@ class HPOEnv(gym.Env):
         return self.evaluate(task, self.space.default())
 
     def action_masks(self) -> np.ndarray:
-        """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention);
-        while a chosen configuration waits for its result, only action 0 (which does nothing)."""
+        """Allowed actions: the bins of the parameter being chosen (sb3-contrib's convention),
+        or the fidelity decisions that fit in the epochs left; while a chosen configuration
+        waits for its result, only action 0 (which does nothing)."""
         if self._pending is not None:
             mask = np.zeros(self.layout.n_actions, dtype=bool)
             mask[0] = True
             return mask
+        if self._position == DECIDE:
+            return self._decision_mask()
         return self.layout.mask(self._position)
+
+    @property
+    def full_epochs(self) -> int:
+        """The epochs of a full-fidelity trial on the current task."""
+        if self.task is None:
+            raise RuntimeError("call reset() first")
+        return int(self.epochs or self.task.epochs)
+
+    @property
+    def budget_epochs(self) -> int:
+        """A budget-aware episode's epochs: ``budget`` full trainings of the current task."""
+        return self.layout.budget * self.full_epochs
+
+    @property
+    def epochs_spent(self) -> int:
+        return self._spent
 
     @property
     def waiting(self) -> bool:
@@ -330,7 +384,80 @@ class HPOEnv(gym.Env):
 
     def _new_config(self) -> None:
         self._partial = {}
+        if self.layout.budget_aware:
+            self._position = DECIDE
+            self._continuing = None
+            return
         self._position = self.layout.advance(self._partial, 0)
+
+    def _decision_mask(self) -> np.ndarray:
+        return self.layout.decision_mask(
+            self._trials,
+            self.budget_epochs - self._spent,
+            self.full_epochs,
+            resumable=self.resumable,
+        )
+
+    def _decide(self, action: int) -> dict[str, Any] | None:
+        """The fidelity decision: a new configuration (its parameters come next), or a trial
+        continued (its configuration, evaluated at once). A masked action (from an agent that
+        ignores masks) takes the first allowed one."""
+        allowed = np.flatnonzero(self._decision_mask())
+        if action not in allowed:
+            action = int(allowed[0])
+        kind, level = self.layout.decisions[action]
+        if kind == "new":
+            self._fidelity = self.layout.fidelities[level]
+            self._position = self.layout.advance(self._partial, 0)
+            return None
+        self._continuing = self.layout.best_at(self._trials, level)
+        self._fidelity = self.layout.fidelities[level + 1]
+        self._pending = dict(self._trials[self._continuing][0])
+        return self._pending
+
+    def _finish_budgeted(
+        self, config: dict[str, Any], result: TrialResult, value: float
+    ) -> tuple[np.ndarray, float, bool, bool, dict]:
+        full = self.full_epochs
+        epochs = epochs_at(self._fidelity, full)
+        continued = self._continuing
+        if continued is not None and self.resumable:
+            cost = epochs - epochs_at(self._trials[continued][2], full)
+        else:
+            cost = epochs
+        self._spent += cost
+        observed = (config, self._observed(trial_score(result)), self._fidelity)
+        if continued is None:
+            self._trials.append(observed)
+            index = len(self._trials) - 1
+        else:
+            self._trials[continued] = observed
+            index = continued
+        if self._fidelity == self.layout.fidelities[-1] and result.ok:
+            self._best_full = value if self._best_full is None else max(self._best_full, value)
+        current = self.reward_approach.floor if self._best_full is None else self._best_full
+        reward = cost / self.budget_epochs * current
+        self._trials_block = self.layout.trials_block(
+            self._trials, self._spent / self.budget_epochs
+        )
+        info = {
+            "config": config,
+            "result": result,
+            "value": value,
+            "trial": index,
+            "task": self.task.name,
+            "fidelity": self._fidelity,
+            "epochs": cost,
+            "epochs_spent": self._spent,
+            "continued": continued is not None,
+        }
+        self._new_config()
+        terminated = not self._decision_mask().any()
+        if terminated:  # the epochs left count at the best found
+            reward += (self.budget_epochs - self._spent) / self.budget_epochs * current
+            self._partial = {}
+            self._position = None
+        return self.observe(), float(reward), terminated, False, info
 
     def _features_block(self, task: TaskLike) -> np.ndarray:
         """The task's normalised features, computed once per task."""

@@ -19,7 +19,7 @@ from hporl.backends.torch_backend import checked_device
 from hporl.env import HPOEnv, TaskAugmentation
 from hporl.evaluation import Evaluator
 from hporl.exceptions import ConfigError
-from hporl.observation import ObservationLayout
+from hporl.observation import FIDELITIES, ObservationLayout
 from hporl.policy import Policy
 from hporl.pretrain import (
     CandidateValues,
@@ -105,7 +105,24 @@ class ExperimentConfig(BaseModel):
     space: str | dict[str, Any] = "optimizer"
     backend: BackendConfig = Field(default_factory=BackendConfig)
     reward: str = "best_metric"
-    budget: int = Field(3, gt=0, le=10_000, description="K: trials per episode")
+    budget: int = Field(
+        3,
+        gt=0,
+        le=10_000,
+        description="K: trials per episode (budget_unit: epochs: full-training equivalents)",
+    )
+    budget_unit: Literal["trials", "epochs"] = Field(
+        "trials",
+        description="trials: each episode runs K full trials; epochs: a budget-aware policy, "
+        "which chooses each trial's fidelity (or continues a trial) and spends budget x the "
+        "task's epochs per episode (see hporl.env)",
+    )
+    fidelities: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: list(FIDELITIES),
+        max_length=16,
+        description="with budget_unit: epochs, the fractions of the full epochs a trial may "
+        "train for (increasing, the last 1)",
+    )
     n_bins: int = Field(64, ge=3, le=4096, description="bins per numeric parameter")
     history: int | None = Field(
         None, ge=0, le=10_000, description="trial slots in the observation (default: the budget)"
@@ -289,6 +306,7 @@ def run_experiment(
         augment=config.augment,
         epochs=config.backend.epochs,
         trial_seed=config.backend.trial_seed,
+        fidelities=config.fidelities if config.budget_unit == "epochs" else None,
         resume=resume,
         progress_bar=progress_bar,
         feature_names=None if is_synthetic else list(FEATURE_NAMES),
@@ -344,11 +362,14 @@ def meta_train(
     feature_names: list[str] | None = None,
     meta: Mapping[str, Any] | None = None,
     candidate_values: CandidateValues | None = None,
+    fidelities: Sequence[float] | None = None,
 ) -> Policy:
     """Meta-train on already built parts (what :func:`run_experiment` and ``hporl bench`` share).
 
     Every env shares ``evaluator`` (its cache, store and workers); ``candidate_values(task,
-    configs)`` lets a caller score the warm start's candidates in bulk.
+    configs)`` lets a caller score the warm start's candidates in bulk. ``fidelities``: a
+    budget-aware policy (``budget`` in full-training equivalents of epochs, see
+    :class:`~hporl.env.HPOEnv`).
     """
     feature_norm = ObservationLayout.normalisation([t.features() for t in tasks])
     evaluator.start(*tasks)
@@ -368,6 +389,7 @@ def meta_train(
             extra_bins=extra_bins,
             augment=augment,
             layout_version=layout_version,
+            fidelities=fidelities,
         )
 
     env = make_env()  # fails early on bad parts, before any subprocess starts
@@ -433,7 +455,11 @@ def meta_train(
         reward=reward if isinstance(reward, str) else reward.name,
         feature_names=feature_names,
         training_tasks=[t.name for t in tasks],
-        meta={**(meta or {}), "timesteps": int(trained.num_timesteps)},
+        meta={
+            **(meta or {}),
+            "timesteps": int(trained.num_timesteps),
+            "budget_unit": "epochs" if env.layout.budget_aware else "trials",
+        },
     )
     policy.save(run_dir / "policy")
     vec_env = trained.get_env()

@@ -21,14 +21,33 @@ from hporl.exceptions import ConfigError
 from hporl.rewards import normalized_score
 from hporl.space import Parameter, SearchSpace, _same, config_key
 
-__all__ = ["OBS_BOUND", "TOKEN_PRESENT", "ObservationLayout", "trial_score"]
+__all__ = [
+    "DECIDE",
+    "FIDELITIES",
+    "OBS_BOUND",
+    "TOKEN_PRESENT",
+    "ObservationLayout",
+    "epochs_at",
+    "trial_score",
+]
 
 OBS_BOUND = 2.0
 
 _TOKEN_FIELDS = ("score", "z", "rank", "is_best", "gap", "failed", "present", "index")
 TOKEN_FAILED = _TOKEN_FIELDS.index("failed")
 TOKEN_PRESENT = _TOKEN_FIELDS.index("present")
-"""Offsets, after the encoded configuration, of a version-2 token's fields."""
+"""Offsets, after the encoded configuration, of a version-2 token's fields (a budget-aware
+layout adds one more, the trial's fidelity, after them)."""
+
+FIDELITIES = (1 / 9, 1 / 3, 1.0)
+"""The default fidelities of a budget-aware layout: fractions of a task's full epochs."""
+DECIDE = -1
+"""The position of a trial's fidelity decision (before its parameters), in a budget-aware layout."""
+
+
+def epochs_at(fidelity: float, full: int) -> int:
+    """The epochs of a trial at ``fidelity`` (a fraction of ``full`` epochs): at least one."""
+    return max(1, min(int(full), round(fidelity * int(full))))
 
 
 def trial_score(result: TrialResult | float | None, chance: float = 0.0) -> float | None:
@@ -69,6 +88,14 @@ class ObservationLayout:
        the best half of the slots keep the best trials and the rest the most recent ones.
        :attr:`tokens` says where they are, for a set encoder
        (:class:`hporl.agents.HistoryExtractor`).
+
+    Budget-aware (``fidelities`` given, version 2 only): ``budget`` counts full-training
+    equivalents of epochs (B: an episode spends B x the task's epochs), and each trial starts
+    with a *fidelity decision* (position :data:`DECIDE`; block 2 has one more slot for it) among
+    :attr:`decisions`: a new configuration trained for ``fidelities[i]`` of the full epochs, or
+    the continuation of the best trial at ``fidelities[i]`` to ``fidelities[i + 1]`` (freeze-thaw,
+    rung by rung as in successive halving). Block 5 adds the fraction of the epoch budget spent,
+    and every token its trial's fidelity. Trials are then (config, score, fidelity).
     """
 
     space: SearchSpace
@@ -80,10 +107,25 @@ class ObservationLayout:
     feature_scale: tuple[float, ...] | None = None
     extra_bins: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     version: int = 2
+    fidelities: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
             raise ConfigError(f"observation layout version must be 1 or 2, got {self.version!r}")
+        if self.fidelities:
+            f = self.fidelities
+            if self.version != 2:
+                raise ConfigError("a budget-aware observation layout (fidelities) needs version 2")
+            if (
+                len(f) > 16
+                or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in f)
+                or list(f) != sorted(set(f))
+                or f[-1] != 1.0
+            ):
+                raise ConfigError(
+                    "fidelities must be increasing fractions in (0, 1] ending with 1 (the full "
+                    f"epochs), at most 16, got {list(f)}"
+                )
         # Bounded before anything is allocated (a policy.json is read from disk).
         for name, value, low, high in (
             ("n_features", self.n_features, 0, 100_000),
@@ -149,11 +191,65 @@ class ObservationLayout:
 
     @property
     def n_actions(self) -> int:
-        return max(len(b) for b in self.bins)
+        return max(len(self.decisions), *(len(b) for b in self.bins))
+
+    @property
+    def budget_aware(self) -> bool:
+        """Whether trials choose their fidelity (budgets in epochs)."""
+        return bool(self.fidelities)
+
+    @cached_property
+    def decisions(self) -> list[tuple[str, int]]:
+        """The fidelity decision's actions, in order: ``("new", i)``, a new configuration at
+        ``fidelities[i]``; ``("continue", i)``, the best trial at ``fidelities[i]`` continued to
+        ``fidelities[i + 1]``. Empty for a layout that is not budget-aware."""
+        n = len(self.fidelities)
+        return [("new", i) for i in range(n)] + [("continue", i) for i in range(n - 1)]
+
+    def level(self, fidelity: float) -> int:
+        """The index in :attr:`fidelities` nearest to ``fidelity``."""
+        return int(np.argmin([abs(f - fidelity) for f in self.fidelities]))
+
+    def best_at(self, trials: Sequence[tuple[Any, ...]], level: int) -> int | None:
+        """The trial to continue from ``fidelities[level]``: the best-scoring one there (the
+        earliest on ties), ``None`` when no successful trial is at that level."""
+        found = [i for i, t in enumerate(trials) if t[1] is not None and self.level(t[2]) == level]
+        return max(found, key=lambda i: (trials[i][1], -i)) if found else None
+
+    def decision_mask(
+        self,
+        trials: Sequence[tuple[Any, ...]],
+        remaining: int,
+        full: int,
+        *,
+        resumable: bool,
+    ) -> np.ndarray:
+        """Allowed fidelity decisions with ``remaining`` epochs left, for a task of ``full``
+        epochs: those whose cost fits (a continuation costs the extra epochs when the backend
+        is ``resumable``, else a whole new training). All false: the budget is spent."""
+        mask = np.zeros(self.n_actions, dtype=bool)
+        for a in range(len(self.decisions)):
+            cost = self.decision_cost(trials, a, full, resumable=resumable)
+            mask[a] = cost is not None and cost <= remaining
+        return mask
+
+    def decision_cost(
+        self, trials: Sequence[tuple[Any, ...]], action: int, full: int, *, resumable: bool
+    ) -> int | None:
+        """The epochs decision ``action`` costs (``None``: nothing to continue)."""
+        kind, i = self.decisions[action]
+        if kind == "new":
+            return epochs_at(self.fidelities[i], full)
+        if self.best_at(trials, i) is None:
+            return None
+        target = epochs_at(self.fidelities[i + 1], full)
+        return target - epochs_at(self.fidelities[i], full) if resumable else target
 
     @property
     def trial_width(self) -> int:
-        return self.space.dim + (4 if self.version == 1 else len(_TOKEN_FIELDS))
+        if self.version == 1:
+            return self.space.dim + 4
+        return self.space.dim + len(_TOKEN_FIELDS) + (1 if self.fidelities else 0)
 
     @property
     def tokens(self) -> tuple[int, int, int]:
@@ -164,7 +260,10 @@ class ObservationLayout:
     @property
     def dim(self) -> int:
         n = len(self.params)
-        return self.n_features + n + self.space.dim + n + 4 + self.history * self.trial_width
+        extra = 2 if self.fidelities else 0  # the decision's slot in block 2, epochs spent
+        return (
+            self.n_features + n + self.space.dim + n + 4 + extra + self.history * self.trial_width
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +275,7 @@ class ObservationLayout:
             "feature_scale": list(self.feature_scale) if self.feature_scale is not None else None,
             "extra_bins": {name: list(values) for name, values in self.extra_bins},
             "version": self.version,
+            "fidelities": list(self.fidelities),
         }
 
     @classmethod
@@ -186,6 +286,7 @@ class ObservationLayout:
                 data[key] = tuple(float(v) for v in data[key])
         data["extra_bins"] = tuple((k, tuple(v)) for k, v in (data.get("extra_bins") or {}).items())
         data.setdefault("version", 1)  # policies saved before version 2 carry no version
+        data["fidelities"] = tuple(float(v) for v in data.get("fidelities") or ())
         return cls(space, **data)
 
     @staticmethod
@@ -235,6 +336,8 @@ class ObservationLayout:
         if position is None:
             mask[0] = True  # no choice pending (episode over): any action is a no-op
             return mask
+        if position == DECIDE:
+            raise ValueError("the fidelity decision's mask depends on the budget: decision_mask")
         k = self._param_index[self.space.parameters[position].name]
         mask[: len(self.bins[k])] = True
         return mask
@@ -283,9 +386,10 @@ class ObservationLayout:
             features = (features - mean) / np.asarray(self.feature_scale, dtype=np.float32)
         return features
 
-    def trials_block(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> np.ndarray:
-        """Blocks 5 and 6: the summary and the trials (constant within a trial)."""
-        scores = [s for _, s in trials if s is not None]
+    def trials_block(self, trials: Sequence[tuple[Any, ...]], spent: float = 0.0) -> np.ndarray:
+        """Blocks 5 and 6: the summary and the trials (constant within a trial). Budget-aware:
+        ``spent`` is the fraction of the episode's epochs spent, trials carry their fidelity."""
+        scores = [t[1] for t in trials if t[1] is not None]
         best = max(scores) if scores else 0.0
         summary = np.array(
             [
@@ -296,6 +400,8 @@ class ObservationLayout:
             ],
             dtype=np.float32,
         )
+        if self.fidelities:
+            summary = np.append(summary, np.float32(spent))
         if self.version == 1:
             recent = self._recent_v1(trials, best)
         else:
@@ -306,7 +412,7 @@ class ObservationLayout:
         self, trials: Sequence[tuple[Mapping[str, Any], float | None]], best: float
     ) -> np.ndarray:
         recent = np.zeros((self.history, self.trial_width), dtype=np.float32)
-        for row, (config, score) in enumerate(
+        for row, (config, score, *_) in enumerate(
             reversed(trials[-self.history :] if self.history else [])
         ):
             recent[row, : self.space.dim] = self.space.encode(config)
@@ -320,7 +426,7 @@ class ObservationLayout:
 
     def _tokens(
         self,
-        trials: Sequence[tuple[Mapping[str, Any], float | None]],
+        trials: Sequence[tuple[Any, ...]],
         scores: list[float],
         best: float,
     ) -> np.ndarray:
@@ -331,7 +437,7 @@ class ObservationLayout:
         mean = ok.mean() if len(ok) else 0.0
         d = self.space.dim
         for row, i in enumerate(kept):
-            config, score = trials[i]
+            config, score = trials[i][0], trials[i][1]
             tokens[row, :d] = self.encode(config)
             token = tokens[row, d:]
             if score is None:
@@ -344,9 +450,11 @@ class ObservationLayout:
                 token[4] = score - best
             token[TOKEN_PRESENT] = 1.0
             token[7] = i / self.budget
+            if self.fidelities:
+                token[8] = trials[i][2] if len(trials[i]) > 2 else 1.0
         return tokens
 
-    def kept(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> list[int]:
+    def kept(self, trials: Sequence[tuple[Any, ...]]) -> list[int]:
         """Indices of the trials the version-2 slots show, in order: all of them while they fit;
         beyond, the best ``history // 2`` and the most recent others."""
         n = len(trials)
@@ -365,6 +473,12 @@ class ObservationLayout:
         :meth:`features_block` and a :meth:`trials_block`: the steps an expert would take."""
         obs, masks, actions = [], [], []
         partial: dict[str, Any] = {}
+        if self.fidelities:  # a new configuration at full fidelity
+            obs.append(self.compose(features, DECIDE, partial, trials))
+            mask = np.zeros(self.n_actions, dtype=bool)
+            mask[: len(self.decisions)] = True
+            masks.append(mask)
+            actions.append(self.decisions.index(("new", len(self.fidelities) - 1)))
         position = self.advance(partial, 0)
         while position is not None:
             name = self.space.parameters[position].name
@@ -385,8 +499,10 @@ class ObservationLayout:
     ) -> np.ndarray:
         """An observation from a :meth:`features_block` and a :meth:`trials_block` (the per-step
         part, the current parameter and the partial configuration, is built here)."""
-        current = np.zeros(len(self.params), dtype=np.float32)
-        if position is not None:
+        current = np.zeros(len(self.params) + (1 if self.fidelities else 0), dtype=np.float32)
+        if position == DECIDE:
+            current[-1] = 1.0
+        elif position is not None:
             current[self._param_index[self.space.parameters[position].name]] = 1.0
         unset = np.array([0.0 if p.name in partial else 1.0 for p in self.params], dtype=np.float32)
         obs = np.concatenate([features, current, self.space.encode(partial), unset, trials])

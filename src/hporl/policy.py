@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,40 @@ from hporl.agents import (
 )
 from hporl.backends import TrialResult
 from hporl.exceptions import HporlError, PolicyError
-from hporl.observation import OBS_BOUND, ObservationLayout, trial_score
+from hporl.observation import DECIDE, OBS_BOUND, ObservationLayout, epochs_at, trial_score
 from hporl.space import SearchSpace, config_key
 from hporl.tasks import Task, feature_set, feature_sets
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "TrialChoice"]
 
 History = Sequence[tuple[Mapping[str, Any], "TrialResult | float | None"]]
 """Trials on a task so far, oldest first: (config, TrialResult, or raw metric value (higher is
 better), or ``None`` for a failed trial)."""
 
 
+@dataclass(frozen=True)
+class TrialChoice:
+    """A budget-aware policy's next trial (see :meth:`Policy.suggest_trial`).
+
+    Attributes:
+        config: the configuration to train.
+        fidelity: the fraction of the full epochs to train it for.
+        epochs: those epochs.
+        continues: the index (in the history given) of the trial this one continues to a
+            higher fidelity, ``None`` for a new configuration.
+        cost: the epochs it spends (a continuation on a resumable backend: the extra ones).
+    """
+
+    config: dict[str, Any]
+    fidelity: float
+    epochs: int
+    continues: int | None
+    cost: int
+
+
 class Policy:
-    """A trained policy: ``suggest(task, history)`` proposes the next configuration."""
+    """A trained policy: ``suggest(task, history)`` proposes the next configuration; a
+    budget-aware one (:attr:`budget_aware`) also how long to train it, ``suggest_trial``."""
 
     def __init__(
         self,
@@ -73,6 +95,16 @@ class Policy:
     @property
     def budget(self) -> int:
         return self.layout.budget
+
+    @property
+    def budget_aware(self) -> bool:
+        """Whether the policy chooses each trial's fidelity (meta-trained with budgets in
+        epochs); :attr:`fidelities` are the fractions of the full epochs it may choose."""
+        return self.layout.budget_aware
+
+    @property
+    def fidelities(self) -> tuple[float, ...]:
+        return self.layout.fidelities
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -289,7 +321,7 @@ class Policy:
         rng = np.random.default_rng(rng)
         features = self.task_features(task)
         for attempt in range(max_retries + 1):
-            config = self._act(
+            config, _ = self._act(
                 features, trials, deterministic=deterministic and attempt == 0, rng=rng
             )
             if not avoid or config_key(config) not in avoid:
@@ -300,19 +332,95 @@ class Policy:
                 return config
         return config
 
+    def suggest_trial(
+        self,
+        task: Any,
+        history: Sequence[tuple[Mapping[str, Any], TrialResult | float | None, float]] = (),
+        *,
+        epochs_left: int,
+        full_epochs: int,
+        resumable: bool = False,
+        budget_epochs: int | None = None,
+        deterministic: bool = True,
+        rng: np.random.Generator | int | None = None,
+        avoid: set[str] | None = None,
+        max_retries: int = 20,
+    ) -> TrialChoice | None:
+        """A budget-aware policy's next trial: a new configuration and its fidelity, or a
+        trial of ``history`` continued to the next fidelity; ``None`` when nothing fits in
+        ``epochs_left``.
+
+        Args:
+            history: trials so far, oldest first: (config, result or metric or ``None``,
+                fidelity); a continued trial appears once, at its latest fidelity.
+            full_epochs: the epochs of a full training on ``task``.
+            resumable: a continuation costs only the extra epochs (the backend resumes, see
+                :attr:`hporl.backends.Backend.resumable`); else a whole training.
+            budget_epochs: the run's epoch budget (for the fraction spent the policy reads;
+                default: ``epochs_left`` plus what the history cost).
+            avoid: keys of configurations a new trial must not repeat (redrawn by sampling).
+
+        Raises:
+            PolicyError: the policy is not budget-aware.
+        """
+        if not self.budget_aware:
+            raise PolicyError(
+                "this policy was meta-trained with budgets in trials, not epochs: it does not "
+                "choose fidelities (meta-train with budget_unit: epochs)"
+            )
+        rng = np.random.default_rng(rng)
+        chance = float(getattr(task, "chance_metric", 0.0))
+        trials = [(dict(c), trial_score(r, chance), float(f)) for c, r, f in history]
+        mask = self.layout.decision_mask(trials, epochs_left, full_epochs, resumable=resumable)
+        if not mask.any():
+            return None
+        if budget_epochs is None:
+            spent = sum(epochs_at(t[2], full_epochs) for t in trials)
+            budget_epochs = spent + epochs_left
+        spent_fraction = 1.0 - epochs_left / max(budget_epochs, 1)
+        features = self.task_features(task)
+        for attempt in range(max_retries + 1):
+            config, action = self._act(
+                features,
+                trials,
+                deterministic=deterministic and attempt == 0,
+                rng=rng,
+                decision_mask=mask,
+                spent=spent_fraction,
+            )
+            kind, level = self.layout.decisions[action]
+            if kind == "continue":
+                j = self.layout.best_at(trials, level)
+                target = self.fidelities[level + 1]
+                epochs = epochs_at(target, full_epochs)
+                cost = self.layout.decision_cost(trials, action, full_epochs, resumable=resumable)
+                return TrialChoice(dict(trials[j][0]), target, epochs, j, int(cost))
+            if not avoid or config_key(config) not in avoid or attempt == max_retries:
+                epochs = epochs_at(self.fidelities[level], full_epochs)
+                return TrialChoice(config, self.fidelities[level], epochs, None, epochs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @torch.no_grad()
     def _act(
         self,
         features: np.ndarray,
-        trials: list[tuple[dict[str, Any], float | None]],
+        trials: list[tuple[Any, ...]],
         *,
         deterministic: bool,
         rng: np.random.Generator,
-    ) -> dict[str, Any]:
+        decision_mask: np.ndarray | None = None,
+        spent: float = 0.0,
+    ) -> tuple[dict[str, Any], int | None]:
+        """A configuration from the network, one parameter at a time; budget-aware (with
+        ``decision_mask``), first the fidelity decision, returned with it (a continuation
+        returns no configuration: ``{}``)."""
         partial: dict[str, Any] = {}
         position = self.layout.advance(partial, 0)
+        if decision_mask is not None:
+            position = DECIDE
+        decision: int | None = None
         feature_block = self.layout.features_block(features)
-        trials_block = self.layout.trials_block(trials)
+        trials_block = self.layout.trials_block(trials, spent)
         extractor = getattr(self.network, "pi_features_extractor", None)
         fast = isinstance(extractor, HistoryExtractor) and self.algorithm != "dqn"
         encoded: Any = None
@@ -326,17 +434,23 @@ class Policy:
                 logits = self.network.action_net(latent)[0].double().numpy()
             else:
                 logits = action_logits(self.network, self.algorithm, batch)[0].double().numpy()
-            mask = self.layout.mask(position)
+            mask = decision_mask if position == DECIDE else self.layout.mask(position)
             logits = np.where(mask, logits, -np.inf)
             if deterministic:
                 action = int(np.argmax(logits))
             else:
                 p = np.exp(logits - logits.max())
                 action = int(rng.choice(len(p), p=p / p.sum()))
+            if position == DECIDE:
+                decision = action
+                if self.layout.decisions[action][0] == "continue":
+                    return {}, decision
+                position = self.layout.advance(partial, 0)
+                continue
             name = self.space.parameters[position].name
             partial[name] = self.layout.value_of(position, action)
             position = self.layout.advance(partial, position + 1)
-        return self.space.validate(partial)
+        return self.space.validate(partial), decision
 
     def fine_tune(
         self, task: Any, history: History, *, steps: int = 10, lr: float = 1e-3
@@ -392,7 +506,12 @@ class Policy:
     def __repr__(self) -> str:
         return (
             f"Policy({self.algorithm}, space={self.space.name or 'custom'} ({len(self.space.chosen)} parameters), "
-            f"K={self.budget}, reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
+            + (
+                f"B={self.budget} full trainings of epochs (budget-aware), "
+                if self.budget_aware
+                else f"K={self.budget}, "
+            )
+            + f"reward={self.reward}, trained on {len(self.training_tasks)} tasks)"
         )
 
 

@@ -316,15 +316,21 @@ def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[st
         values = [portfolio.values[t, i] for i in order]
         best_so_far = np.maximum.accumulate(values)
         episode_return = best_so_far[-1]
+        # Budget-aware: the portfolio at full fidelity, each trial a full-training equivalent,
+        # its reward the best so far over the budget (the env's anytime reward).
+        aware = layout.budget_aware
+        to_go = np.cumsum(best_so_far[::-1])[::-1] / layout.budget
         for k, config in enumerate(portfolio.candidates[i] for i in order):
-            o, m, a = layout.replay(features, layout.trials_block(trials), config)
+            spent = k / layout.budget
+            o, m, a = layout.replay(features, layout.trials_block(trials, spent), config)
             already = best_so_far[k - 1] if k > 0 else 0.0
             obs += o
             masks += m
             actions += a
-            returns += [episode_return - already] * len(a)
+            returns += [to_go[k] if aware else episode_return - already] * len(a)
             trial_index += [k] * len(a)
-            trials.append((config, trial_score(env.evaluate(task, config))))
+            score = trial_score(env.evaluate(task, config))
+            trials.append((config, score, 1.0) if aware else (config, score))
     return {
         "obs": np.stack(obs).astype(np.float32),
         "masks": np.stack(masks),

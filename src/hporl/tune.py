@@ -36,6 +36,7 @@ from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
 from hporl.sampler import PolicySampler
 from hporl.saved_model import Predictor
+from hporl.space import config_key
 from hporl.store import PRUNED_EPOCH, WORKER, TrialStore, mask_url, storage_url, trial_state
 from hporl.tasks import Task
 
@@ -215,7 +216,8 @@ def tune_model(
     data: Any = None,
     *,
     policy: Policy | str | Path | None = None,
-    n_trials: int = 10,
+    n_trials: int | None = None,
+    budget_epochs: int | None = None,
     epochs: int | None = None,
     target: str | None = None,
     seed: int = 0,
@@ -228,7 +230,8 @@ def tune_model(
     options: TuneOptions | None = None,
 ) -> TuneResult:
     """Tune ``model`` (a module, a factory, or a list of them; ``None`` for the default MLP/CNN)
-    on ``data`` with ``policy`` for ``n_trials`` trials, then train the final model.
+    on ``data`` with ``policy`` for ``n_trials`` trials (default 10), or until ``budget_epochs``
+    epochs are spent, then train the final model.
 
     Every trial is an optuna trial in the trial store (:mod:`hporl.store`), so a run started
     again with the same ``out`` / ``storage`` continues where it stopped: finished trials are
@@ -261,8 +264,17 @@ def tune_model(
             trial is PRUNED in the store with ``pruned_epoch`` and its curve so far, is never
             chosen as the best, and a resumed run counts it as done. It needs the trials in
             this process (one local worker) and a task with one model.
+        budget_epochs: a budget in epochs over all trials, instead of ``n_trials`` (the final
+            training is not counted). A budget-aware policy (:attr:`Policy.budget_aware`,
+            meta-trained with ``budget_unit: epochs``) chooses each trial's fidelity, a fraction
+            of the task's epochs, or retrains a promising trial for more epochs (real training
+            does not resume a trial: a continuation trains again and costs all its epochs); the
+            final model comes from the best trial trained for the full epochs (the best trial
+            of any fidelity when none was). Trials run one at a time, in this process. Any
+            other policy runs ``budget_epochs // epochs`` full trials.
         fine_tune: after each trial, update (a copy of) the policy on this task's trials.
-        callback: ``callback(done, n_trials, config, result)`` after each trial.
+        callback: ``callback(done, n_trials, config, result)`` after each trial (``n_trials``
+            is 0 under ``budget_epochs`` with a budget-aware policy: the total is not known).
         options: the less common settings (:class:`TuneOptions`).
 
     Raises:
@@ -272,7 +284,24 @@ def tune_model(
     options = options or TuneOptions()
     if data is None:
         raise TaskError("tune_model needs data: a Task, an (X, y) pair, or a CSV path")
-    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+    if n_trials is not None and budget_epochs is not None:
+        raise ConfigError(
+            "give n_trials (a budget in trials) or budget_epochs (a budget in epochs), not both"
+        )
+    if budget_epochs is not None and (
+        not isinstance(budget_epochs, int) or isinstance(budget_epochs, bool) or budget_epochs < 1
+    ):
+        raise ConfigError(f"budget_epochs must be a positive integer, got {budget_epochs!r}")
+    if budget_epochs is not None and (pruner is not None or fine_tune):
+        what = "a pruner" if pruner is not None else "fine_tune"
+        raise ConfigError(
+            f"budget_epochs cannot be combined with {what}: the policy chooses how long each "
+            "trial trains"
+        )
+    n_trials = 10 if n_trials is None and budget_epochs is None else n_trials
+    if n_trials is not None and (
+        not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1
+    ):
         raise ConfigError(f"n_trials must be a positive integer, got {n_trials!r}")
     if epochs is not None and (
         not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= 100_000
@@ -315,6 +344,26 @@ def tune_model(
             )
         policy.task_features(task)  # checks the feature count before any training
         backend.check_space(policy.space, task)  # what training would misread, before any file
+        budgeted = budget_epochs is not None and policy.budget_aware
+        if budget_epochs is not None and not budgeted:
+            n_trials = budget_epochs // task.epochs
+            if n_trials < 1:
+                raise ConfigError(
+                    f"budget_epochs {budget_epochs} is less than one full training of "
+                    f"{task.epochs} epochs, and this policy is not budget-aware (it trains every "
+                    "trial for the full epochs): raise budget_epochs or use a budget-aware policy"
+                )
+            logger.info(
+                "the policy is not budget-aware: %d full trials of %d epochs",
+                n_trials,
+                task.epochs,
+            )
+        if budgeted and not executor.in_process:
+            raise ConfigError(
+                "budget_epochs with a budget-aware policy runs one trial at a time, in this "
+                f"process: it cannot be combined with {executor.n_workers} parallel workers or "
+                "the ray executor"
+            )
         if out is not None:
             writable_dir(out)
         space = space_for(policy.space, task)
@@ -332,7 +381,8 @@ def tune_model(
         before = store.results(study)
         earlier = {t.number for t, _ in before}
         done = sum(1 for t, _ in before if t.user_attrs.get(WORKER) == worker)
-        store.queue_retries(study, orphans[: max(n_trials - done, 0)])  # what this run takes
+        retries = 0 if budgeted else max(n_trials - done, 0)
+        store.queue_retries(study, orphans[:retries])  # what this run takes
         current = policy
 
         def after_trial() -> None:
@@ -361,12 +411,28 @@ def tune_model(
         evaluator.start(task)
         with evaluator, store.errors():
             trials = _Trials(study, evaluator, task, space, seed=seed, worker=worker, pruner=pruner)
-            if n_trials > done:
+            fidelity: dict[int, float] = {}
+            if budgeted:
+                spent, fidelity = _budgeted_trials(
+                    policy,
+                    study,
+                    evaluator,
+                    task,
+                    space,
+                    budget_epochs=budget_epochs,
+                    seed=seed,
+                    worker=worker,
+                    deterministic=options.deterministic,
+                    callback=callback,
+                )
+            elif n_trials > done:
                 trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
             t0 = time.perf_counter()
             finished = _finished(store, study)
             pruned = _pruned_epochs(study)
             complete = [t for t in finished if t[0] not in pruned]
+            if budgeted and any(fidelity.get(n, 1.0) >= 1.0 for n, _, r in complete if r.ok):
+                complete = [t for t in complete if fidelity.get(t[0], 1.0) >= 1.0]
             if pruned and not any(r.ok for _, _, r in complete):
                 raise HporlError(
                     f"all {len(finished)} trials were pruned, failed or diverged: no trial "
@@ -387,6 +453,7 @@ def tune_model(
             final,
             [
                 _record(n, c, r, resumed=n in earlier, pruned_epoch=pruned.get(n))
+                | ({"fidelity": fidelity.get(n, 1.0)} if budgeted else {})
                 for n, c, r in finished
             ],
             start,
@@ -397,7 +464,10 @@ def tune_model(
                 "fine_tune": fine_tune,
                 "pruner": None if pruner is None else type(pruner).__name__,
                 "n_pruned": len(pruned),
-                "n_trials": n_trials,
+                "n_trials": n_trials if not budgeted else len(finished),
+                "budget_epochs": budget_epochs,
+                "epochs_spent": spent if budgeted else None,
+                "budget_aware": budgeted,
                 "storage": mask_url(store.url),
                 "study": study.study_name,
                 "worker": worker,
@@ -570,6 +640,101 @@ class _Trials:
         state, value = trial_state(result)
         self.study.tell(item.trial, value, state=state)
         return result
+
+
+FIDELITY = "hporl_fidelity"
+COST = "hporl_epochs_cost"
+CONTINUES = "hporl_continues"
+"""User attributes of a trial of a budget-aware run: its fidelity (a fraction of the task's
+epochs), the epochs it cost, and the number of the trial it continued (to a higher fidelity)."""
+
+
+def _budgeted_trials(
+    policy: Policy,
+    study: optuna.Study,
+    evaluator: Evaluator,
+    task: Task,
+    space: Any,
+    *,
+    budget_epochs: int,
+    seed: int,
+    worker: str,
+    deterministic: bool,
+    callback: ProgressCallback | None,
+) -> tuple[int, dict[int, float]]:
+    """A budget-aware policy's trials, one at a time, until no choice fits in the epochs left;
+    a resumed run rebuilds the history and the epochs spent from the study. Returns the epochs
+    spent and each trial's fidelity (by trial number)."""
+    store: TrialStore = evaluator.store  # type: ignore[assignment]
+    resumable = bool(getattr(evaluator.backend, "resumable", False))
+    full = int(task.epochs)
+    history: list[tuple[dict[str, Any], TrialResult, float]] = []
+    numbers: list[int] = []  # the trial number behind each history entry
+    fidelity: dict[int, float] = {}
+    spent = 0
+    for t, r in store.results(study):
+        if FIDELITY not in t.user_attrs:
+            continue
+        config = dict(t.user_attrs.get("hporl_config") or r.config)
+        fidelity[t.number] = float(t.user_attrs[FIDELITY])
+        spent += int(t.user_attrs.get(COST, r.epochs))
+        entry = (config, r, fidelity[t.number])
+        continued = t.user_attrs.get(CONTINUES)
+        if continued is not None and continued in numbers:
+            history[numbers.index(continued)] = entry
+            numbers[numbers.index(continued)] = t.number
+        else:
+            history.append(entry)
+            numbers.append(t.number)
+    tried = {config_key(c) for c, _, _ in history}
+    rng = np.random.default_rng(seed)
+    done = 0
+    while spent < budget_epochs:
+        choice = policy.suggest_trial(
+            task,
+            history,
+            epochs_left=budget_epochs - spent,
+            full_epochs=full,
+            resumable=resumable,
+            budget_epochs=budget_epochs,
+            deterministic=deterministic,
+            rng=rng,
+            avoid=tried,
+        )
+        if choice is None:
+            break
+        config = space.conform(choice.config)
+        trial = store.open_trial(study, space, config)
+        try:
+            result = evaluator.evaluate(task, config, seed=seed, epochs=choice.epochs, record=False)
+            store.annotate(
+                trial, task, config, result, seed=seed, epochs=choice.epochs, worker=worker
+            )
+            trial.set_user_attr(FIDELITY, choice.fidelity)
+            trial.set_user_attr(COST, choice.cost)
+            if choice.continues is not None:
+                trial.set_user_attr(CONTINUES, numbers[choice.continues])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("hporl_stale", True)
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        state, value = trial_state(result)
+        study.tell(trial, value, state=state)
+        spent += choice.cost
+        fidelity[trial.number] = choice.fidelity
+        entry = (config, result, choice.fidelity)
+        if choice.continues is None:
+            history.append(entry)
+            numbers.append(trial.number)
+            tried.add(config_key(config))
+        else:
+            history[choice.continues] = entry
+            numbers[choice.continues] = trial.number
+        done += 1
+        if callback is not None:
+            callback(done, 0, config, result)
+    return spent, fidelity
 
 
 def _finished(

@@ -174,6 +174,11 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+    resumable: bool = False
+    """Whether a trial can be continued to more epochs at the cost of the extra epochs only:
+    the curve of an evaluation for ``e`` epochs is the first ``e`` points of a longer one's (a
+    surrogate that predicts every epoch). A budget-aware policy then continues a trial for the
+    extra epochs; otherwise continuing it means training it again, and costs every epoch."""
 
     def check_space(self, space: SearchSpace, task: Task) -> None:  # noqa: B027 - optional hook
         """Raise :class:`~hporl.exceptions.HporlError` naming a parameter of ``space`` that this

@@ -566,6 +566,10 @@ class YahpoBackend(Backend):
             incomplete or unreadable folder, or an unknown target (naming the targets).
     """
 
+    resumable = True
+    """Every epoch is predicted on its own: the curve of ``e`` epochs is a longer curve's first
+    ``e`` points, so a trial continued to more epochs costs only the extra ones."""
+
     def __init__(
         self,
         scenario: str | Path | None = None,

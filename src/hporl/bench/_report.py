@@ -134,7 +134,9 @@ def summarise(
             summary["methods"][m] |= {
                 "trials_per_run": len(rows) / len(curves[m]),
                 "epochs_per_trial": float(np.mean([r["epochs"] for r in rows])),
-                "pruned_fraction": float(np.mean([r["status"] == "pruned" for r in rows])),
+                "pruned_fraction": float(
+                    np.mean([r["status"] in ("pruned", "partial") for r in rows])
+                ),
             }
     return summary
 

@@ -27,7 +27,7 @@ from hporl.bench._samplers import (
 from hporl.evaluation import Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
 from hporl.rewards import RewardApproach
-from hporl.space import SearchSpace
+from hporl.space import SearchSpace, config_key
 from hporl.store import TrialStore, storage_url
 
 __all__ = ["BenchConfig", "run"]
@@ -301,11 +301,18 @@ class _Bench:
         return self.evaluator.evaluate_many(task, configs, seed=seed)
 
     def evaluate(
-        self, task: Any, config: dict[str, Any], seed: int, on_epoch: EpochCallback
+        self,
+        task: Any,
+        config: dict[str, Any],
+        seed: int,
+        on_epoch: EpochCallback | None = None,
+        *,
+        epochs: int | None = None,
     ) -> TrialResult:
-        """One trial that reports every epoch to ``on_epoch`` (a pruner) as it is trained."""
+        """One trial (for ``epochs``, default the task's) that reports every epoch to
+        ``on_epoch`` (a pruner) as it is trained."""
         seed = 0 if self.surrogate else seed
-        return self.stepwise.evaluate(task, config, seed=seed, on_epoch=on_epoch)
+        return self.stepwise.evaluate(task, config, seed=seed, epochs=epochs, on_epoch=on_epoch)
 
     def close(self) -> None:
         self.evaluator.close()
@@ -507,6 +514,8 @@ def _one_run(
         else split_method(method)
     )
     full = int(task.epochs)
+    if config.budget_unit == "epochs" and getattr(policy, "budget_aware", False):
+        return _budgeted_run(bench, method, task, name, seed, policy, fold)
     total = config.n_trials * full if config.budget_unit == "epochs" else None
     n = config.n_trials if total is None else total
     sampler = make_sampler(
@@ -580,6 +589,82 @@ def _one_run(
     return rows
 
 
+def _budgeted_run(
+    bench: _Bench, method: str, task: Any, name: str, seed: int, policy: Any, fold: int
+) -> list[dict[str, Any]]:
+    """A budget-aware policy's run with ``budget_unit: epochs``: each trial at the fidelity the
+    policy chooses, or a trial continued to the next fidelity (costing the extra epochs when
+    the backend resumes, see :attr:`~hporl.backends.Backend.resumable`), until ``max(budgets)``
+    full trainings' epochs are spent or no choice fits. As for a pruned trial, only a trial
+    trained for the full epochs scores (a run finds what it trained fully); the others are
+    ``partial``."""
+    full = int(task.epochs)
+    total = bench.config.n_trials * full
+    resumable = bool(getattr(bench.backend, "resumable", False))
+    history: list[tuple[dict[str, Any], TrialResult, float]] = []
+    row_of: list[int] = []  # the row (1-based trial) behind each history entry
+    tried: set[str] = set()
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    best: float | None = None
+    spent = 0
+    while spent < total:
+        t0 = time.perf_counter()
+        choice = policy.suggest_trial(
+            task,
+            history,
+            epochs_left=total - spent,
+            full_epochs=full,
+            resumable=resumable,
+            budget_epochs=total,
+            rng=rng,
+            avoid=tried,
+        )
+        propose = time.perf_counter() - t0
+        if choice is None:
+            break
+        result = bench.evaluate(task, choice.config, seed, epochs=choice.epochs)
+        continues = None if choice.continues is None else row_of[choice.continues]
+        if choice.continues is None:
+            history.append((choice.config, result, choice.fidelity))
+            row_of.append(len(rows) + 1)
+            tried.add(config_key(choice.config))
+        else:
+            history[choice.continues] = (choice.config, result, choice.fidelity)
+            row_of[choice.continues] = len(rows) + 1
+        complete = choice.epochs >= full
+        y = bench.score(result) if complete else None
+        if y is not None and not math.isfinite(y):
+            y = None
+        if y is not None:
+            best = y if best is None else max(best, y)
+        spent += choice.cost
+        i = len(rows)
+        bench.last_results[(method, name, seed, i + 1)] = result
+        rows.append(
+            {
+                "method": method,
+                "task": name,
+                "seed": seed,
+                "trial": i + 1,
+                "score": y,
+                "best_so_far": best,
+                "regret": None,
+                "propose_seconds": propose,
+                "config": choice.config,
+                "fold": fold,
+                "status": result.status if complete or not result.ok else "partial",
+                "value": result.curve[-1] if result.curve else None,
+                "epochs": choice.cost,
+                "epochs_spent": spent,
+                "full_epochs": full,
+                "fidelity": choice.fidelity,
+                "continues": continues,
+            }
+        )
+    return rows
+
+
 def _final_record(
     bench: _Bench, task: Any, rows: list[dict[str, Any]], seed: int
 ) -> dict[str, Any]:
@@ -619,6 +704,7 @@ def _policy(
     from hporl.agents import AgentConfig
     from hporl.env import TaskAugmentation
     from hporl.experiment import meta_train
+    from hporl.observation import FIDELITIES
     from hporl.policy import Policy
     from hporl.pretrain import PretrainConfig
     from hporl.recipes import REAL_AGENT, SURROGATE_AGENT, SURROGATE_AUGMENT, SURROGATE_PRETRAIN
@@ -637,6 +723,8 @@ def _policy(
         "epochs",
         "augment",
         "layout_version",
+        "budget_unit",
+        "fidelities",
     }
     unknown = sorted(set(settings) - allowed)
     if unknown:
@@ -665,6 +753,17 @@ def _policy(
     pretrain = PretrainConfig.model_validate(pretrain_cfg) if pretrain_cfg is not None else None
     augment_cfg = settings.get("augment", SURROGATE_AUGMENT if surrogate else None)
     augment = TaskAugmentation.model_validate(augment_cfg) if augment_cfg is not None else None
+    unit = settings.get("budget_unit", "trials")
+    if unit not in ("trials", "epochs"):
+        raise ConfigError(f"policy.budget_unit must be trials or epochs, got {unit!r}")
+    if unit == "epochs" and config.budget_unit != "epochs":
+        raise ConfigError(
+            "policy.budget_unit: epochs (a budget-aware policy) needs the bench's "
+            "budget_unit: epochs"
+        )
+    fidelities = None
+    if unit == "epochs":
+        fidelities = [float(f) for f in settings.get("fidelities") or FIDELITIES]
     return meta_train(
         bench.space,
         bench.evaluator,
@@ -685,6 +784,7 @@ def _policy(
         candidate_values=lambda task, configs: reward.normalise(
             task.name, bench.scores(task, configs)
         ),
+        fidelities=fidelities,
     )
 
 

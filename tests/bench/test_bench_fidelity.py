@@ -1,0 +1,122 @@
+"""`hporl bench` with a budget-aware policy (``policy.budget_unit: epochs``) on LCBench."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hporl import ConfigError
+from hporl.bench import run
+from hporl.observation import FIDELITIES
+from tests.bench.test_bench import _lcbench_data
+
+TINY = {
+    "budget": 3,
+    "pretrain": {"candidates": 10, "epochs": 5},
+    "agent": {"total_timesteps": 128, "params": {"n_steps": 64, "batch_size": 32}},
+}
+
+
+def test_a_budget_aware_policy_needs_epoch_budgets(tmp_path):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    with pytest.raises(ConfigError, match="needs the bench's budget_unit: epochs"):
+        run(
+            {
+                "benchmark": "lcbench",
+                "data_dir": str(data),
+                "train_tasks": ["3945"],
+                "test_tasks": ["34539"],
+                "methods": ["policy"],
+                "budgets": [1],
+                "seeds": 1,
+                "normalisation_samples": 50,
+                "policy": {**TINY, "budget_unit": "epochs"},
+            },
+            out=tmp_path,
+        )
+
+
+def test_lcbench_bench_with_a_budget_aware_policy(tmp_path):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    summary = run(
+        {
+            "benchmark": "lcbench",
+            "data_dir": str(data),
+            "train_tasks": ["3945", "7593"],
+            "test_tasks": ["34539"],
+            "methods": ["policy", "aware", "random+hyperband"],
+            "budgets": [1, 3],
+            "budget_unit": "epochs",
+            "seeds": 1,
+            "normalisation_samples": 200,
+            "transfer_candidates": 20,
+            "policy": TINY,
+            # Sampled decisions are not needed: an untrained head still has to spend epochs.
+            "policies": {"aware": {**TINY, "budget_unit": "epochs", "pretrain": None}},
+        },
+        out=tmp_path,
+    )
+    m = summary["methods"]
+    assert set(m) == {"policy", "aware", "random+hyperband"}
+    for b in ("1", "3"):
+        assert 0 <= m["aware"]["regret"][b] <= 1
+    assert "aware" in (tmp_path / "report.md").read_text()
+    meta = json.loads((tmp_path / "policy_aware_fold0" / "policy" / "policy.json").read_text())
+    assert meta["layout"]["fidelities"] == list(FIDELITIES)
+    records = json.loads((tmp_path / "results.json").read_text())
+    rows = sorted((r for r in records if r["method"] == "aware"), key=lambda r: r["trial"])
+    assert rows and rows[-1]["epochs_spent"] <= 3 * 52
+    assert [r["epochs_spent"] for r in rows] == [
+        sum(r["epochs"] for r in rows[: i + 1]) for i in range(len(rows))
+    ]
+    for r in rows:
+        assert r["fidelity"] in FIDELITIES
+        if r["continues"] is None:
+            assert r["epochs"] == round(r["fidelity"] * 52)
+        else:  # the surrogate resumes: a continuation costs the extra epochs only
+            before = rows[r["continues"] - 1]
+            assert before["config"] == r["config"] and before["fidelity"] < r["fidelity"]
+            assert r["epochs"] == round(r["fidelity"] * 52) - round(before["fidelity"] * 52)
+        # only a full-fidelity trial scores (what a run found), as a pruned one
+        assert (r["score"] is not None) == (r["fidelity"] == 1.0 and r["status"] == "ok")
+    # the full-fidelity policy spends whole trainings
+    assert all(r["epochs"] == 52 for r in records if r["method"] == "policy")
+
+
+def test_lcbench_continuation_costs_the_extra_epochs_and_is_the_surrogates_curve():
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    import numpy as np
+
+    from hporl import HPOEnv, SearchSpace
+    from hporl.backends.lcbench import LCBenchBackend
+
+    backend = LCBenchBackend(data_dir=data)
+    env = HPOEnv(
+        SearchSpace.builtin("lcbench"),
+        backend,
+        backend.tasks()[:2],
+        budget=1,
+        fidelities=FIDELITIES,
+    )
+    assert env.resumable
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    info: dict = {}
+    env.step(0)  # a new configuration at 1/9: 6 of 52 epochs
+    while not info:
+        _, _, _, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+    assert (info["epochs"], info["result"].epochs_done) == (6, 6)
+    _, _, done, _, more = env.step(env.layout.decisions.index(("continue", 0)))
+    assert more["continued"] and (more["epochs"], more["epochs_spent"]) == (11, 17)
+    whole = backend.evaluate(env.task, info["config"], epochs=52)
+    assert more["result"].curve == pytest.approx(whole.curve[:17])
+    _, _, done, _, last = env.step(env.layout.decisions.index(("continue", 1)))
+    assert (last["epochs"], last["epochs_spent"], done) == (35, 52, True)
+    assert last["result"].curve == pytest.approx(whole.curve)

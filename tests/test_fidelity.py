@@ -1,0 +1,262 @@
+"""Budget-aware episodes and policies: each trial's fidelity is a decision (issue 16, part 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from hporl import (
+    ConfigError,
+    HPOEnv,
+    Policy,
+    PolicyError,
+    SyntheticBackend,
+    TuneOptions,
+    tune_model,
+)
+from hporl.backends import SyntheticTask
+from hporl.observation import DECIDE, FIDELITIES, ObservationLayout, epochs_at
+from hporl.tasks import builtin
+from tests._helpers import run_cli
+
+
+class PrefixBackend(SyntheticBackend):
+    """A synthetic backend whose curve of ``e`` epochs is the first ``e`` points of the full
+    one (as a surrogate that predicts every epoch): trials can be continued."""
+
+    resumable = True
+
+    def evaluate(self, task, config, *, seed=0, epochs=None, checkpoint_dir=None, on_epoch=None):
+        whole = super().evaluate(task, config, seed=seed, epochs=task.epochs)
+        e = int(epochs or task.epochs)
+        if not whole.ok:
+            return whole
+        from hporl.backends import TrialResult
+
+        return TrialResult.from_curves(
+            metric_name="accuracy",
+            curve=whole.curve[:e],
+            loss_curve=whole.loss_curve[:e],
+            train_loss_curve=whole.train_loss_curve[:e],
+            status="ok",
+            epochs=e,
+            config=dict(config),
+        )
+
+
+def _env(space, backend, *, budget=2, epochs=9):
+    tasks = [SyntheticTask(f"t{i}", np.full(3, 0.2 * i + 0.1), epochs=epochs) for i in range(3)]
+    return HPOEnv(space, backend, tasks, budget=budget, n_bins=8, fidelities=FIDELITIES)
+
+
+def _play(env, decision, rng):
+    """One trial: ``decision`` (an index into layout.decisions), then random masked bins."""
+    assert env.action_masks()[decision], (decision, env.action_masks())
+    _, reward, done, _, info = env.step(decision)
+    while not info:
+        _, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+    return reward, done, info
+
+
+def test_env_in_epoch_mode_spends_epochs_as_chosen_and_ends_when_spent(small_space):
+    env = _env(small_space, SyntheticBackend(small_space))  # 9 epochs a task, 18 per episode
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    decisions = env.layout.decisions
+    assert decisions == [("new", 0), ("new", 1), ("new", 2), ("continue", 0), ("continue", 1)]
+    assert env.budget_epochs == 18 and env._position == DECIDE
+    # Nothing to continue yet; every new trial fits.
+    assert env.action_masks()[:5].tolist() == [True, True, True, False, False]
+    _, done, info = _play(env, 0, rng)
+    assert (info["fidelity"], info["epochs"], info["epochs_spent"]) == (1 / 9, 1, 1)
+    assert info["result"].epochs_done == 1 and not done
+    _, done, info = _play(env, 2, rng)
+    assert (info["epochs"], info["epochs_spent"]) == (9, 10)
+    # 8 epochs left: no full trial; not resumable, so continuing 1/9 -> 1/3 costs 3 epochs.
+    assert env.action_masks()[:5].tolist() == [True, True, False, True, False]
+    _, done, info = _play(env, 3, rng)
+    assert info["continued"] and info["trial"] == 0 and info["epochs"] == 3
+    assert len(env._trials) == 2 and env._trials[0][2] == pytest.approx(1 / 3)
+    spent, total = info["epochs_spent"], 0.0
+    while not done:
+        reward, done, info = _play(env, 0, rng)  # one epoch at a time, to the last
+        total += reward
+    assert info["epochs_spent"] == env.epochs_spent == 18
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step(0)
+    assert spent == 13
+
+
+def test_env_reward_is_the_best_full_fidelity_value_over_the_epoch_budget(small_space):
+    env = _env(small_space, SyntheticBackend(small_space), budget=2)
+    rng = np.random.default_rng(1)
+    env.reset(seed=0)
+    r_low, _, _low = _play(env, 0, rng)  # no full trial yet: the floor, for 1 of 18 epochs
+    assert r_low == pytest.approx(env.reward_approach.floor / 18)
+    r_full, done, full = _play(env, 2, rng)
+    assert r_full == pytest.approx(9 / 18 * full["value"])
+    returns = r_low + r_full
+    while not done:
+        r, done, _ = _play(env, 0, rng)
+        returns += r
+    # The mean over the 18 epochs of the best full-fidelity value found so far.
+    assert returns == pytest.approx((env.reward_approach.floor + 17 * full["value"]) / 18)
+
+
+def test_a_continued_trial_costs_the_extra_epochs_and_reads_the_longer_curve(small_space):
+    backend = PrefixBackend(small_space)
+    env = _env(small_space, backend, budget=1)
+    rng = np.random.default_rng(2)
+    env.reset(seed=0)
+    _, _, first = _play(env, 0, rng)
+    _, _, more = _play(env, 3, rng)  # the best 1/9 trial to 1/3
+    assert more["continued"] and more["config"] == first["config"]
+    assert (first["epochs"], more["epochs"], more["epochs_spent"]) == (1, 2, 3)
+    whole = backend.evaluate(env.task, first["config"])
+    assert more["result"].curve == whole.curve[:3]
+    _, done, last = _play(env, 4, rng)  # 1/3 -> full: 6 more epochs
+    assert (last["epochs"], last["epochs_spent"], last["fidelity"]) == (6, 9, 1.0)
+    assert last["result"].curve == whole.curve and done  # 9 of 9 epochs spent
+    assert len(env._trials) == 1
+
+
+def test_tokens_carry_each_trials_fidelity_and_old_layouts_load(small_space):
+    plain = ObservationLayout(small_space, 3, 4, 8, 4)
+    aware = ObservationLayout(small_space, 3, 4, 8, 4, fidelities=FIDELITIES)
+    assert aware.dim == plain.dim + 2 + 4  # decision slot, epochs spent, one field per token
+    config = small_space.default()
+    block = aware.trials_block([(config, 0.5, 1 / 3), (config, 0.7, 1.0)], spent=0.25)
+    assert block[4] == pytest.approx(0.25)
+    _offset, n, width = aware.tokens
+    tokens = block[5:].reshape(n, width)
+    assert tokens[:2, -1].tolist() == pytest.approx([1 / 3, 1.0])
+    assert ObservationLayout.from_dict(small_space, aware.to_dict()) == aware
+    old = plain.to_dict()
+    del old["fidelities"]  # a policy.json saved before budget-aware layouts
+    assert ObservationLayout.from_dict(small_space, old) == plain
+    assert not plain.budget_aware and plain.trial_width == aware.trial_width - 1
+    with pytest.raises(ConfigError, match="fidelities must be increasing fractions"):
+        ObservationLayout(small_space, 3, 4, 8, 4, fidelities=(0.5, 0.2, 1.0))
+    assert [epochs_at(f, 52) for f in FIDELITIES] == [6, 17, 52]
+
+
+@pytest.fixture(scope="module")
+def aware_policy(tmp_path_factory):
+    from hporl import run_experiment
+
+    out = tmp_path_factory.mktemp("aware")
+    policy = run_experiment(
+        {
+            "name": "aware",
+            "tasks": ["iris", "wine"],
+            "backend": {"epochs": 9},
+            "budget": 2,
+            "budget_unit": "epochs",
+            "agent": {
+                "total_timesteps": 128,
+                "net_arch": [16],
+                "params": {"n_steps": 64, "batch_size": 32},
+            },
+        },
+        out=out,
+    )
+    return policy, out
+
+
+def test_budget_aware_policy_saves_loads_and_proposes_a_fidelity(aware_policy, tmp_path):
+    policy, out = aware_policy
+    assert policy.budget_aware and policy.fidelities == FIDELITIES
+    loaded = Policy.load(out)
+    assert loaded.budget_aware and loaded.layout == policy.layout
+    meta = json.loads((out / "policy" / "policy.json").read_text())
+    assert meta["layout"]["fidelities"] == list(FIDELITIES)
+    assert meta["meta"]["budget_unit"] == "epochs"
+    task = builtin("iris", epochs=9)
+    choice = loaded.suggest_trial(task, [], epochs_left=18, full_epochs=9)
+    assert choice == policy.suggest_trial(task, [], epochs_left=18, full_epochs=9)
+    assert choice.continues is None and choice.fidelity in FIDELITIES
+    assert choice.epochs == choice.cost == epochs_at(choice.fidelity, 9)
+    assert policy.space.validate(choice.config) == choice.config
+    # Only what fits: with 2 epochs left, a full trial is out.
+    low = loaded.suggest_trial(task, [], epochs_left=2, full_epochs=9, rng=0, deterministic=False)
+    assert low.epochs <= 2
+    assert loaded.suggest_trial(task, [], epochs_left=0, full_epochs=9) is None
+    # A continuation names the trial it continues.
+    history = [(choice.config, 0.8, 1 / 9)]
+    seen = set()
+    for seed in range(40):
+        c = loaded.suggest_trial(
+            task, history, epochs_left=18, full_epochs=9, deterministic=False, rng=seed
+        )
+        seen.add(c.continues)
+        if c.continues is not None:
+            assert c.config == choice.config and c.fidelity == pytest.approx(1 / 3)
+    assert 0 in seen
+
+
+def test_a_trial_count_policy_does_not_choose_fidelities(tiny_policy):
+    policy, _ = tiny_policy
+    assert not policy.budget_aware
+    with pytest.raises(PolicyError, match="budgets in trials, not epochs"):
+        policy.suggest_trial(builtin("iris"), [], epochs_left=10, full_epochs=5)
+
+
+def test_tune_model_with_budget_epochs_never_exceeds_the_budget(aware_policy, tmp_path):
+    policy, _ = aware_policy
+    task = builtin("wine", epochs=9)
+    res = tune_model(
+        data=task,
+        policy=policy,
+        budget_epochs=20,
+        out=tmp_path,
+        options=TuneOptions(compare_default=False),
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["budget_aware"] and report["budget_epochs"] == 20
+    assert report["epochs_spent"] <= 20 and res.trials
+    assert report["epochs_spent"] == sum(
+        t["epochs"] for t in res.trials
+    )  # not resumable: every trial (a continuation too) trains all its epochs
+    assert all(t["fidelity"] in FIDELITIES for t in res.trials)
+    assert all(t["epochs"] == epochs_at(t["fidelity"], 9) for t in res.trials)
+    full = [t for t in res.trials if t["fidelity"] == 1.0 and t["status"] == "ok"]
+    if full:  # the final model comes from a full-fidelity trial
+        assert res.config in [t["config"] for t in full]
+    # Resumed with the same budget: nothing more to spend.
+    again = tune_model(data=task, policy=policy, budget_epochs=20, out=tmp_path)
+    assert len(again.trials) == len(res.trials)
+
+
+def test_budget_epochs_with_a_trial_count_policy_runs_full_trials(tiny_policy, tmp_path):
+    policy, _ = tiny_policy
+    task = builtin("iris", epochs=2)
+    options = TuneOptions(compare_default=False)
+    res = tune_model(data=task, policy=policy, budget_epochs=5, out=tmp_path, options=options)
+    assert len(res.trials) == 2 and all(t["epochs"] == 2 for t in res.trials)
+    assert not res.extra["budget_aware"]
+    with pytest.raises(ConfigError, match="less than one full training of 2 epochs"):
+        tune_model(data=task, policy=policy, budget_epochs=1, options=options)
+    with pytest.raises(ConfigError, match="not both"):
+        tune_model(data=task, policy=policy, budget_epochs=4, n_trials=2, options=options)
+    with pytest.raises(ConfigError, match="cannot be combined with a pruner"):
+        tune_model(data=task, policy=policy, budget_epochs=4, pruner="asha", options=options)
+
+
+def test_cli_budget_epochs_errors_are_one_line(csv_file, capsys):
+    code, _, err = run_cli(
+        "tune",
+        "--data",
+        csv_file,
+        "--target",
+        "y",
+        "--trials",
+        "2",
+        "--budget-epochs",
+        "9",
+        capsys=capsys,
+    )
+    assert code == 2 and err.strip().count("\n") == 0
+    assert re.search("--trials or --budget-epochs, not both", err)
