@@ -180,3 +180,34 @@ def test_pruning_with_an_in_memory_store_reports_each_epoch_once():
         warnings.simplefilter("error", UserWarning)
         res = tune_model(data=task, n_trials=2, pruner=_PruneTrialAt(1, 1), options=QUICK)
     assert [t["status"] for t in res.trials] == ["ok", "pruned"]
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_a_cached_trial_is_pruned_where_a_trained_one_would_be(tmp_path, stored):
+    """A full result from the cache (memory or store) is replayed through the pruner: it stops
+    at the same epoch as the training would have, and costs the epochs up to there; a bench's
+    pruned method on a real suite (whose configurations the plain method trained) depends on it."""
+    task = builtin("iris", epochs=5)
+    config = {"optimizer": "adam", "lr": 0.01}
+    evaluator = Evaluator(
+        TorchBackend(num_threads=1), store=TrialStore(tmp_path / "t.db") if stored else None
+    )
+    full = evaluator.evaluate(task, config)
+    assert full.epochs_done == 5 and not full.stopped_early
+    if stored:  # a fresh process: the store is the only cache
+        evaluator = Evaluator(TorchBackend(num_threads=1), store=TrialStore(tmp_path / "t.db"))
+    seen = []
+
+    def stop_after_two(epoch, value):
+        seen.append((epoch, value))
+        return epoch == 2
+
+    trained = TorchBackend(num_threads=1).evaluate(task, config, on_epoch=lambda e, v: e == 2)
+    replayed = evaluator.evaluate(task, config, on_epoch=stop_after_two)
+    assert replayed.cached and replayed.stopped_early
+    assert seen == list(enumerate(full.curve[:2], start=1))
+    assert replayed.curve == trained.curve == full.curve[:2]
+    assert replayed.epochs_done == trained.epochs_done == 2
+    assert replayed.best_metric == trained.best_metric
+    untouched = evaluator.evaluate(task, config)  # without a pruner: the full result again
+    assert untouched.curve == full.curve

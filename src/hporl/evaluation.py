@@ -32,7 +32,7 @@ from typing import Any
 
 import optuna
 
-from hporl.backends._base import Backend, EpochCallback, TrialResult
+from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
 from hporl.exceptions import ConfigError, HporlError
 from hporl.executors import Executor, make_executor, worker_died
 from hporl.rewards import normalized_score
@@ -105,6 +105,41 @@ def pruning_callback(trial: optuna.Trial, stopped: list[int] | None = None) -> E
         return False
 
     return on_epoch
+
+
+def _replayed(result: TrialResult, on_epoch: EpochCallback) -> TrialResult:
+    """``result`` as if ``on_epoch`` had watched it being trained: each epoch's value reported;
+    where it says stop, the curves cut there (``stopped_early``; the test metric kept only if
+    its best epoch is before the cut), the wall time in proportion."""
+    for epoch, value in enumerate(result.curve, start=1):
+        if on_epoch(epoch, value):
+            break
+    else:
+        return result
+    if result.per_model:
+        return aggregate([_cut(r, epoch) for r in result.per_model])
+    return _cut(result, epoch)
+
+
+def _cut(result: TrialResult, epochs: int) -> TrialResult:
+    kept = result.best_epoch is not None and result.best_epoch <= epochs
+    share = epochs / max(len(result.curve), 1)
+    return TrialResult.from_curves(
+        metric_name=result.metric_name,
+        curve=result.curve[:epochs],
+        loss_curve=result.loss_curve[:epochs],
+        train_loss_curve=result.train_loss_curve[:epochs],
+        test_metric=result.test_metric if kept else None,
+        status=result.status,
+        reason=result.reason,
+        chance_metric=result.chance_metric,
+        epochs=result.epochs,
+        wall_time=result.wall_time * share,
+        stopped_early=True,
+        seed=result.seed,
+        config=result.config,
+        cached=result.cached,
+    )
 
 
 @dataclass(eq=False)
@@ -356,7 +391,10 @@ class Evaluator:
         ev = Evaluation(key, task, dict(config), int(seed), epochs, time_limit, record, on_epoch)
         hit, ev.source = self._lookup(key, task, config, seed, epochs)
         if hit is not None:
-            ev.result = hit
+            # The pruner reads the stored curve as it would the training's (same task, config,
+            # seed and epochs: the same curve), so a cached trial is pruned where a trained one
+            # would be, and costs the epochs up to there.
+            ev.result = hit if on_epoch is None else _replayed(hit, on_epoch)
             return ev
         ev.source = "trained"
         ev.future = self._dispatch(ev)
