@@ -29,7 +29,7 @@ from store_overhead import InstantBackend
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--marks", type=int, nargs="+", default=[10, 1000, 5000])
-    parser.add_argument("--window", type=int, default=50, help="trials per measured window")
+    parser.add_argument("--window", type=int, default=100, help="trials per measured window")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,7 +311,7 @@ class Policy:
         *,
         deterministic: bool = True,
         rng: np.random.Generator | int | None = None,
-        avoid: set[str] | None = None,
+        avoid: Collection[str] | None = None,
         max_retries: int = 20,
     ) -> dict[str, Any]:
         """:meth:`suggest` from ``trials`` already scored: (config, chance-adjusted score from

@@ -77,6 +77,20 @@ class _History:
         return self._scored
 
 
+class _Either:
+    """Membership in either of two sets, without copying them (the tried keys grow with the
+    study; the ones under way are few)."""
+
+    def __init__(self, a: set[str], b: set[str]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.a or key in self.b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+
 def _retried(t: FrozenTrial) -> set[int]:
     """The FAIL trials that ``t`` is a retry of (optuna's retry callback marks them)."""
     out = set(t.system_attrs.get("retry_history") or ())
@@ -183,20 +197,37 @@ class PolicySampler(BaseSampler):
         read.forget(read.retried)
         return read
 
-    def propose(self, study: optuna.Study, *, exclude: int | None = None) -> dict[str, Any]:
+    def propose(
+        self,
+        study: optuna.Study,
+        *,
+        exclude: int | None = None,
+        trials: list[FrozenTrial] | None = None,
+    ) -> dict[str, Any]:
         """The policy's next configuration for ``study``, given its :meth:`history`: never one
-        tried already or under way (RUNNING or WAITING, trial number ``exclude`` aside)."""
-        trials = study.get_trials(deepcopy=False)
+        tried already or under way (RUNNING or WAITING, trial number ``exclude`` aside).
+        ``trials``: the study's trials, when the caller has just read them."""
+        if trials is None:
+            trials = study.get_trials(deepcopy=False)
         read = self._read(study, trials)
-        avoid = set(read.keys)
+        under_way = set()
         for number in read.pending:
             t = trials[number]
             if number != exclude and t.params:
                 with contextlib.suppress(HporlError):
-                    avoid.add(config_key(self.policy.space.from_optuna_params(t.params)))
+                    under_way.add(config_key(self.policy.space.from_optuna_params(t.params)))
         return self.policy.suggest_scored(
-            self.task, read.scored(), deterministic=self.deterministic, rng=self._rng, avoid=avoid
+            self.task,
+            read.scored(),
+            deterministic=self.deterministic,
+            rng=self._rng,
+            avoid=_Either(read.keys, under_way),
         )
+
+    def waiting(self, study: optuna.Study, trials: list[FrozenTrial]) -> bool:
+        """Whether ``study`` (whose trials are ``trials``) has a queued trial (a retry)."""
+        read = self._read(study, trials)
+        return any(trials[n].state == TrialState.WAITING for n in read.pending)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]

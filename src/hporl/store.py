@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -64,6 +65,9 @@ OWNER = "hporl_owner"
 PRUNED_EPOCH = "pruned_epoch"
 """The user attribute of a trial stopped by a pruner: the last epoch it trained."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+REFRESH_SECONDS = 1.0
+"""How often :meth:`TrialStore.lookup` re-reads the store for results of other processes."""
+
 DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
@@ -152,6 +156,7 @@ class TrialStore:
         self.misses = 0
         self._index: dict[str, TrialResult] = {}
         self._indexed: dict[int, set[int]] = {}  # study id -> trial ids already in the index
+        self._refreshed: dict[str, float] = {}  # task fingerprint -> when last re-read
 
     # -- opening ----------------------------------------------------------------------------
     def _open(self) -> BaseStorage:
@@ -274,7 +279,14 @@ class TrialStore:
             return None
         key = evaluation_key(fingerprint, config, seed, epochs or task.epochs)
         if key not in self._index:
-            self._refresh(fingerprint)
+            # Re-read the store at most once a second: a tune run asks for every new
+            # configuration (each a miss), and re-reading its growing study each time made a
+            # trial's cost grow with the trials. This process's own records are indexed as they
+            # are written; another process's, within a second.
+            now = time.monotonic()
+            if now - self._refreshed.get(fingerprint, -math.inf) >= REFRESH_SECONDS:
+                self._refresh(fingerprint)
+                self._refreshed[fingerprint] = now
         found = self._index.get(key)
         if found is None:
             self.misses += 1

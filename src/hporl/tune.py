@@ -610,13 +610,13 @@ class _Trials:
         trial in one transaction."""
         study = self.study
         sampler = study.sampler
-        if not isinstance(sampler, PolicySampler) or study.get_trials(
-            deepcopy=False, states=(TrialState.WAITING,)
-        ):
+        trials = study.get_trials(deepcopy=False)  # read once for the queue and the proposal
+        if not isinstance(sampler, PolicySampler) or sampler.waiting(study, trials):
             trial = study.ask()
             self.store.claim(trial)
             return trial
-        return self.store.open_trial(study, self.space, self.space.conform(sampler.propose(study)))
+        config = sampler.propose(study, trials=trials)
+        return self.store.open_trial(study, self.space, self.space.conform(config))
 
     def _tell(self, item: _Running) -> TrialResult:
         item.stop_heartbeat()
