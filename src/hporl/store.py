@@ -264,10 +264,9 @@ class TrialStore:
                 study.set_user_attr("hporl_fingerprint", _fingerprint(task))
                 study.set_user_attr("hporl_run", run)
                 study.set_user_attr("hporl_version", __version__)
-            if (
-                TASK_FEATURES not in study.user_attrs
-                and study.user_attrs.get("hporl_fingerprint") == _fingerprint(task)
-            ):
+            if TASK_FEATURES not in study.user_attrs and study.user_attrs.get(
+                "hporl_fingerprint"
+            ) == _fingerprint(task):
                 for key, value in _task_description(task).items():
                     study.set_user_attr(key, value)
         except optuna.exceptions.StorageInternalError as err:

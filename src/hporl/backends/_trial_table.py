@@ -28,9 +28,21 @@ from hporl.exceptions import ConfigError, SearchSpaceError
 from hporl.rewards import normalized_score
 from hporl.space import SearchSpace
 
-__all__ = ["TrialTable", "complete_config", "read_trials"]
+__all__ = ["TrialTable", "complete_config", "data_group", "read_trials"]
 
 logger = logging.getLogger(__name__)
+
+
+_SAME_DATA = {"digits_linear": "digits", "digits_image": "digits"}
+"""Built-in tasks that train on another one's data set (the held-out folds keep them together)."""
+
+
+def data_group(label: str) -> str:
+    """The data set of a task label: ``digits+mlp64`` (a model variant), ``digits#2`` (another
+    fingerprint of the same name) and ``digits_linear`` are all ``digits``, so tasks held out from
+    a fit share no data with the tasks it was fitted on."""
+    base = label.split("#", 1)[0].split("+", 1)[0]
+    return _SAME_DATA.get(base, base)
 
 
 def complete_config(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from torch import nn
 
 from hporl._io import atomic_write, read_checked_json, sha256_file, write_checked_json, write_json
 from hporl.backends._base import Backend, EpochCallback, TrialResult
-from hporl.backends._trial_table import TrialTable, complete_config, read_trials
+from hporl.backends._trial_table import TrialTable, complete_config, data_group, read_trials
 from hporl.exceptions import ConfigError, HporlError, ModelError, SearchSpaceError
 from hporl.space import SearchSpace, config_key
 
@@ -138,7 +138,7 @@ class FitSettings:
 
     members: int = 5
     hidden: tuple[int, ...] = (128, 128)
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 256
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
@@ -395,6 +395,8 @@ class SurrogateBackend(Backend):
         from safetensors import SafetensorError
         from safetensors.torch import load
 
+        if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+            raise ConfigError(f"noise must be a number >= 0, got {noise!r}")
         directory = Path(directory)
         for name in (META, WEIGHTS):
             if not (directory / name).is_file():
@@ -687,7 +689,8 @@ def _nothing_usable(table: TrialTable) -> str:
 
 # -- quality on held-out tasks -----------------------------------------------------------------
 def _folds(tasks: Sequence[str], folds: int, seed: int) -> list[list[str]]:
-    names = sorted(set(tasks))
+    """``folds`` groups of data sets (:func:`data_group`), drawn with ``seed``."""
+    names = sorted({data_group(t) for t in tasks})
     order = np.random.default_rng(seed).permutation(len(names))
     return [sorted(names[i] for i in order[k::folds]) for k in range(folds)]
 
@@ -703,6 +706,15 @@ def _rank_scores(raw: Mapping[str, np.ndarray]) -> tuple[float, float, bool]:
     return (-1.0 if diverges else seen), expected, diverges
 
 
+def _spearman(predicted: np.ndarray, real: np.ndarray) -> float:
+    """Spearman's rank correlation; 0 when the prediction is constant (it ranks nothing)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(predicted) == 0:
+        return 0.0
+    return float(spearmanr(predicted, real).statistic)
+
+
 def held_out_report(
     table: TrialTable,
     *,
@@ -711,8 +723,8 @@ def held_out_report(
     min_trials: int = 5,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """The surrogate's quality on tasks held out from its fit (leave tasks out, ``folds``
-    groups of tasks): per task, the Spearman rank correlation between the predicted and the
+    """The surrogate's quality on tasks held out from its fit (leave tasks out: ``folds``
+    groups of data sets, a data set's model variants held out together): per task, the Spearman rank correlation between the predicted and the
     real score of its trials (the ``best_metric`` reward's score: best normalised validation
     metric, -1 for a diverged trial), and the real normalised regret of the configuration the
     surrogate ranks first, ``(best - chosen) / (best - worst)`` over the task's trials, next to
@@ -721,12 +733,12 @@ def held_out_report(
     Raises:
         ConfigError: fewer than two tasks.
     """
-    from scipy.stats import spearmanr
-
     settings = settings or FitSettings()
-    names = sorted(set(table.tasks))
+    names = sorted({data_group(t) for t in table.tasks})
     if len(names) < 2:
-        raise ConfigError(f"held-out quality needs trials of at least two tasks, got {len(names)}")
+        raise ConfigError(
+            f"held-out quality needs trials of at least two data sets, got {len(names)}"
+        )
     folds = max(2, min(folds, len(names)))
     groups = _folds(table.tasks, folds, settings.seed)
     per_task: list[dict[str, Any]] = []
@@ -734,9 +746,9 @@ def held_out_report(
     for k, held in enumerate(groups):
         if progress is not None:
             progress(k, folds)
-        train = table.subset(i for i, t in enumerate(table.tasks) if t not in held)
+        train = table.subset(i for i, t in enumerate(table.tasks) if data_group(t) not in held)
         net, norm, scales = _fit(train, settings)
-        for label in held:
+        for label in sorted({t for t in table.tasks if data_group(t) in held}):
             index = [i for i, t in enumerate(table.tasks) if t == label and not table.stopped[i]]
             if not index:
                 continue
@@ -760,10 +772,8 @@ def held_out_report(
             }
             spread = real.max() - real.min()
             if len(index) >= min_trials and spread > 0:
-                entry["spearman"] = (
-                    float(spearmanr(pred, real).statistic) if np.ptp(pred) > 0 else 0.0
-                )
-                entry["spearman_expected"] = float(spearmanr(expected, real).statistic)
+                entry["spearman"] = _spearman(pred, real)
+                entry["spearman_expected"] = _spearman(expected, real)
                 top = int(np.lexsort((-np.arange(len(index)), expected, pred))[-1])
                 entry["top_real_score"] = float(real[top])
                 entry["best_real_score"] = float(real.max())
