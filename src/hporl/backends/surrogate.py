@@ -137,7 +137,7 @@ class FitSettings:
     ``steps`` AdamW steps of ``batch_size`` rows (a bootstrap sample of the trials per member)."""
 
     members: int = 5
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] = (128, 128, 128)
     steps: int = 2000
     batch_size: int = 256
     learning_rate: float = 3e-3
