@@ -358,3 +358,33 @@ def test_meta_training_through_the_surrogate(fitted, tmp_path, space):
     assert not (tmp_path / "run" / "trials.db").exists()
     assert policy.meta["backend"] == "surrogate" and policy.meta["surrogate"] == str(directory)
     assert space.validate(policy.suggest(builtin("iris")))
+
+
+def test_a_loaded_surrogate_saves_again_unchanged(fitted, tmp_path, space):
+    loaded = SurrogateBackend.load(fitted[1])
+    again = SurrogateBackend.load(loaded.save(tmp_path / "again"))
+    task, configs = builtin("wine", epochs=EPOCHS), [space.sample(i) for i in range(3)]
+    assert np.array_equal(again.predict(task, configs).mean, loaded.predict(task, configs).mean)
+    first = json.loads((fitted[1] / META).read_text())
+    second = json.loads((tmp_path / "again" / META).read_text())
+    assert first.keys() == second.keys() and first["tasks"] == second["tasks"]
+
+
+@pytest.mark.slow
+def test_meta_training_through_the_surrogate_on_worker_processes(fitted, tmp_path):
+    """Two envs whose evaluations run in a pool of two processes: the surrogate travels there."""
+    policy = run_experiment(
+        {
+            "name": "pool",
+            "tasks": ["iris", "wine"],
+            "backend": {"surrogate": str(fitted[1]), "epochs": EPOCHS},
+            "agent": {
+                "n_envs": 2,
+                "total_timesteps": 128,
+                "params": {"n_steps": 32, "batch_size": 32},
+            },
+        },
+        out=tmp_path / "run",
+    )
+    assert policy.meta["timesteps"] >= 128
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["trained"] > 0

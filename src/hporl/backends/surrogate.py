@@ -59,6 +59,15 @@ META = "surrogate.json"
 HEADS = ("score", "diverged", "test", "log_seconds")
 SPEARMAN_TARGET = 0.7
 """The held-out median Spearman correlation a surrogate is meant to reach (issue 15)."""
+_FILE_KEYS = (
+    "format_version",
+    "kind",
+    "hporl_version",
+    "torch_version",
+    "checksums",
+    "meta_sha256",
+)
+"""Keys of ``surrogate.json`` that :meth:`SurrogateBackend.save` writes anew each time."""
 _REMAKE = "re-run `hporl surrogate fit` to make a new surrogate"
 _REDO = "re-run `hporl surrogate fit`"
 
@@ -304,6 +313,12 @@ class SurrogateBackend(Backend):
         self._features: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned: set[str] = set()
 
+    def __getstate__(self) -> dict[str, Any]:  # shipped to worker processes (never to files)
+        return {"net": self.net, "norm": self.norm, "meta": self.meta, "noise": self.noise}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["net"], state["norm"], state["meta"], noise=state["noise"])
+
     # -- making one --------------------------------------------------------------------------
     @classmethod
     def fit(
@@ -375,11 +390,7 @@ class SurrogateBackend(Backend):
             "kind": "surrogate",
             "hporl_version": __version__,
             "torch_version": torch.__version__,
-            **{
-                k: v
-                for k, v in self.meta.items()
-                if k not in ("format_version", "checksums", "meta_sha256")
-            },
+            **{k: v for k, v in self.meta.items() if k not in _FILE_KEYS},
             "checksums": {WEIGHTS: sha256_file(directory / WEIGHTS)},
         }
         write_checked_json(directory / META, meta)
