@@ -14,7 +14,7 @@ import pytest
 from hporl import Evaluator, SearchSpace, TorchBackend, TrialStore
 from hporl.backends import SurrogateBackend, SyntheticTask
 from hporl.backends._trial_table import read_trials
-from hporl.backends.surrogate import META, WEIGHTS, FitSettings, held_out_report
+from hporl.backends.surrogate import META, WEIGHTS, FitSettings, held_out_report, quality
 from hporl.exceptions import ConfigError, ModelError
 from hporl.experiment import run_experiment
 from hporl.tasks import builtin
@@ -388,3 +388,14 @@ def test_meta_training_through_the_surrogate_on_worker_processes(fitted, tmp_pat
     )
     assert policy.meta["timesteps"] >= 128
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["trained"] > 0
+
+
+def test_quality_of_a_fitted_surrogate_on_trials_read_for_it(fitted, store_path, space):
+    backend, _ = fitted
+    table = read_trials([store_path], space, feature_names=backend.feature_names)
+    report = quality(backend, table)
+    assert report["tasks"] == 6 and report["tasks_scored"] >= 1
+    assert report["spearman_median"] > 0.5  # on the trials it was fitted on
+    other = read_trials([store_path], space, feature_names=backend.feature_names[:-1])
+    with pytest.raises(ConfigError, match="other task features or another space"):
+        quality(backend, other)

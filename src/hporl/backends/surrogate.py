@@ -49,6 +49,7 @@ __all__ = [
     "SurrogatePrediction",
     "fit_surrogate",
     "held_out_report",
+    "quality",
 ]
 
 logger = logging.getLogger(__name__)
@@ -726,73 +727,54 @@ def _spearman(predicted: np.ndarray, real: np.ndarray) -> float:
     return float(spearmanr(predicted, real).statistic)
 
 
-def held_out_report(
+def _task_entries(
+    net: _Ensemble,
+    norm: Mapping[str, torch.Tensor],
+    scales: Mapping[str, float],
     table: TrialTable,
-    *,
-    folds: int = 5,
-    settings: FitSettings | None = None,
-    min_trials: int = 5,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """The surrogate's quality on tasks held out from its fit (leave tasks out: ``folds``
-    groups of data sets, a data set's model variants held out together): per task, the Spearman rank correlation between the predicted and the
-    real score of its trials (the ``best_metric`` reward's score: best normalised validation
-    metric, -1 for a diverged trial), and the real normalised regret of the configuration the
-    surrogate ranks first, ``(best - chosen) / (best - worst)`` over the task's trials, next to
-    that of a random pick (the mean regret).
+    labels: Sequence[str],
+    min_trials: int,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Score a fitted ensemble on the trials of ``labels``: one entry per task (see
+    :func:`held_out_report`), and the (right, total) counts of its divergence calls."""
+    entries: list[dict[str, Any]] = []
+    right = total = 0
+    for label in labels:
+        index = [i for i, t in enumerate(table.tasks) if t == label and not table.stopped[i]]
+        if not index:
+            continue
+        static = np.array([np.concatenate([table.features[i], table.configs[i]]) for i in index])
+        budgets = np.array([table.budgets[i] for i in index])
+        raw = _raw_predict(net, norm, scales, static, budgets)
+        real = np.array([table.score(i) for i in index], dtype=np.float64)
+        ranked = [
+            _rank_scores({"p": raw["p"][j], "mean": raw["mean"][j]}) for j in range(len(index))
+        ]
+        pred = np.array([r[0] for r in ranked])
+        expected = np.array([r[1] for r in ranked])
+        total += len(index)
+        right += sum(r[2] == table.diverged[i] for r, i in zip(ranked, index, strict=True))
+        entry: dict[str, Any] = {
+            "task": label,
+            "trials": len(index),
+            "diverged": int(sum(table.diverged[i] for i in index)),
+        }
+        spread = real.max() - real.min()
+        if len(index) >= min_trials and spread > 0:
+            entry["spearman"] = _spearman(pred, real)
+            entry["spearman_expected"] = _spearman(expected, real)
+            top = int(np.lexsort((-np.arange(len(index)), expected, pred))[-1])
+            entry["top_real_score"] = float(real[top])
+            entry["best_real_score"] = float(real.max())
+            entry["regret_top"] = float((real.max() - real[top]) / spread)
+            entry["regret_random"] = float(np.mean((real.max() - real) / spread))
+        entries.append(entry)
+    return entries, right, total
 
-    Raises:
-        ConfigError: fewer than two tasks.
-    """
-    settings = settings or FitSettings()
-    names = sorted({data_group(t) for t in table.tasks})
-    if len(names) < 2:
-        raise ConfigError(
-            f"held-out quality needs trials of at least two data sets, got {len(names)}"
-        )
-    folds = max(2, min(folds, len(names)))
-    groups = _folds(table.tasks, folds, settings.seed)
-    per_task: list[dict[str, Any]] = []
-    div_right = div_total = 0
-    for k, held in enumerate(groups):
-        if progress is not None:
-            progress(k, folds)
-        train = table.subset(i for i, t in enumerate(table.tasks) if data_group(t) not in held)
-        net, norm, scales = _fit(train, settings)
-        for label in sorted({t for t in table.tasks if data_group(t) in held}):
-            index = [i for i, t in enumerate(table.tasks) if t == label and not table.stopped[i]]
-            if not index:
-                continue
-            static = np.array(
-                [np.concatenate([table.features[i], table.configs[i]]) for i in index]
-            )
-            budgets = np.array([table.budgets[i] for i in index])
-            raw = _raw_predict(net, norm, scales, static, budgets)
-            real = np.array([table.score(i) for i in index], dtype=np.float64)
-            ranked = [
-                _rank_scores({"p": raw["p"][j], "mean": raw["mean"][j]}) for j in range(len(index))
-            ]
-            pred = np.array([r[0] for r in ranked])
-            expected = np.array([r[1] for r in ranked])
-            div_total += len(index)
-            div_right += sum(r[2] == table.diverged[i] for r, i in zip(ranked, index, strict=True))
-            entry: dict[str, Any] = {
-                "task": label,
-                "trials": len(index),
-                "diverged": int(sum(table.diverged[i] for i in index)),
-            }
-            spread = real.max() - real.min()
-            if len(index) >= min_trials and spread > 0:
-                entry["spearman"] = _spearman(pred, real)
-                entry["spearman_expected"] = _spearman(expected, real)
-                top = int(np.lexsort((-np.arange(len(index)), expected, pred))[-1])
-                entry["top_real_score"] = float(real[top])
-                entry["best_real_score"] = float(real.max())
-                entry["regret_top"] = float((real.max() - real[top]) / spread)
-                entry["regret_random"] = float(np.mean((real.max() - real) / spread))
-            per_task.append(entry)
-    if progress is not None:
-        progress(folds, folds)
+
+def _summary(
+    per_task: list[dict[str, Any]], right: int, total: int, min_trials: int
+) -> dict[str, Any]:
     scored = [e for e in per_task if "spearman" in e]
 
     def stat(key: str, fn: Callable[[np.ndarray], Any]) -> float | None:
@@ -801,7 +783,6 @@ def held_out_report(
 
     median = stat("spearman", np.median)
     return {
-        "folds": folds,
         "tasks": len(per_task),
         "tasks_scored": len(scored),
         "min_trials": min_trials,
@@ -812,11 +793,76 @@ def held_out_report(
         "regret_top_mean": stat("regret_top", np.mean),
         "regret_top_median": stat("regret_top", np.median),
         "regret_random_mean": stat("regret_random", np.mean),
-        "divergence_accuracy": div_right / div_total if div_total else None,
+        "divergence_accuracy": right / total if total else None,
         "spearman_target": SPEARMAN_TARGET,
         "meets_target": median is not None and median >= SPEARMAN_TARGET,
         "per_task": per_task,
     }
+
+
+def held_out_report(
+    table: TrialTable,
+    *,
+    folds: int = 5,
+    settings: FitSettings | None = None,
+    min_trials: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """The surrogate's quality on tasks held out from its fit (leave tasks out: ``folds``
+    groups of data sets, a data set's model variants held out together): per task, the
+    Spearman rank correlation between the predicted and the real score of its trials (the
+    ``best_metric`` reward's score: best normalised validation metric, -1 for a diverged
+    trial), and the real normalised regret of the configuration the surrogate ranks first,
+    ``(best - chosen) / (best - worst)`` over the task's trials, next to that of a random pick
+    (the mean regret). Tasks with fewer than ``min_trials`` trials, or all of one score, are
+    listed but not scored.
+
+    Raises:
+        ConfigError: fewer than two data sets.
+    """
+    settings = settings or FitSettings()
+    names = sorted({data_group(t) for t in table.tasks})
+    if len(names) < 2:
+        raise ConfigError(
+            f"held-out quality needs trials of at least two data sets, got {len(names)}"
+        )
+    folds = max(2, min(folds, len(names)))
+    groups = _folds(table.tasks, folds, settings.seed)
+    per_task: list[dict[str, Any]] = []
+    right = total = 0
+    for k, held in enumerate(groups):
+        if progress is not None:
+            progress(k, folds)
+        train = table.subset(i for i, t in enumerate(table.tasks) if data_group(t) not in held)
+        net, norm, scales = _fit(train, settings)
+        labels = sorted({t for t in table.tasks if data_group(t) in held})
+        entries, r, n = _task_entries(net, norm, scales, table, labels, min_trials)
+        per_task += entries
+        right, total = right + r, total + n
+    if progress is not None:
+        progress(folds, folds)
+    return {"folds": folds, **_summary(per_task, right, total, min_trials)}
+
+
+def quality(backend: SurrogateBackend, table: TrialTable, *, min_trials: int = 5) -> dict[str, Any]:
+    """:func:`held_out_report`'s figures for a fitted surrogate on the trials of ``table`` (read
+    with ``feature_names=backend.feature_names``), e.g. real trials of tasks it never saw.
+
+    Raises:
+        ConfigError: ``table`` was read with other task features or another space.
+    """
+    if (
+        list(table.feature_names) != backend.feature_names
+        or table.space.to_dict() != backend.space.to_dict()
+    ):
+        raise ConfigError(
+            "the trials were read with other task features or another space than the surrogate's"
+        )
+    labels = sorted(set(table.tasks))
+    entries, right, total = _task_entries(
+        backend.net, backend.norm, backend.meta["scales"], table, labels, min_trials
+    )
+    return _summary(entries, right, total, min_trials)
 
 
 def fit_surrogate(
