@@ -358,3 +358,27 @@ def test_a_dead_trial_of_a_run_already_complete_is_not_queued_to_wait_for_ever(
     assert len(retries) == n_trials - 2  # run only when the run had a trial left to give it
     assert [t.params for t in retries] == [trials[orphan.number].params] * (n_trials - 2)
     assert len(result.trials) == n_trials
+
+
+def test_a_study_records_its_task_features_and_an_older_study_gets_them(tmp_path):
+    from hporl.store import TASK_FEATURES
+    from hporl.tasks import FEATURE_NAMES
+
+    task = builtin("iris", epochs=2)
+    store = TrialStore(tmp_path / "t.db")
+    attrs = store.study("r", task).user_attrs
+    assert attrs[TASK_FEATURES] == [float(v) for v in task.features()]
+    assert attrs["hporl_feature_names"] == list(FEATURE_NAMES)
+    assert attrs["hporl_task_type"] == "classification" and attrs["hporl_task_epochs"] == 2
+    assert attrs["hporl_chance_metric"] == task.chance_metric
+    # A study written before features were kept gets them when its task opens it again.
+    old = optuna.create_study(storage=store.storage, study_name="old/iris", direction="maximize")
+    old.set_user_attr("hporl_task", "iris")
+    old.set_user_attr("hporl_fingerprint", task.fingerprint)
+    again = TrialStore(tmp_path / "t.db").study("old", task)
+    assert again.user_attrs[TASK_FEATURES] == attrs[TASK_FEATURES]
+    # Another task with that study's name does not write its features there.
+    other = optuna.create_study(storage=store.storage, study_name="x/iris", direction="maximize")
+    other.set_user_attr("hporl_task", "iris")
+    other.set_user_attr("hporl_fingerprint", "0" * 32)
+    assert TASK_FEATURES not in store.study("x", task).user_attrs

@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hporl._io import explain_validation, read_yaml, writable_dir, write_json
 from hporl.agents import AgentConfig, train_agent
@@ -76,14 +84,41 @@ class SyntheticTaskSpec(BaseModel):
 
 
 class BackendConfig(BaseModel):
+    """What evaluates configurations: ``torch`` (real training), ``synthetic`` (feature-vector
+    tasks), or ``surrogate`` (a :class:`~hporl.backends.SurrogateBackend` fitted on real trials
+    by ``hporl surrogate fit``; ``{surrogate: DIR}`` is enough)."""
+
     model_config = ConfigDict(extra="forbid")
-    name: Literal["torch", "synthetic"] = "torch"
+    name: Literal["torch", "synthetic", "surrogate"] = "torch"
+    surrogate: str | None = Field(
+        None, description="the directory of a surrogate made by `hporl surrogate fit`"
+    )
+    noise: float = Field(
+        0.0,
+        ge=0,
+        description="surrogate only: seeded noise on each result, in units of the spread of "
+        "the surrogate's ensemble (0: its mean)",
+    )
     epochs: int | None = Field(
         None, gt=0, description="epochs per trial (default: each task's own)"
     )
     num_threads: int | None = Field(1, gt=0)
     device: Annotated[str, AfterValidator(checked_device)] = "cpu"
     trial_seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _surrogate_directory(self) -> BackendConfig:
+        if self.surrogate is not None:
+            if "name" in self.model_fields_set and self.name != "surrogate":
+                raise ValueError(
+                    f"surrogate: a surrogate directory goes with name surrogate, not {self.name!r}"
+                )
+            self.name = "surrogate"
+        elif self.name == "surrogate":
+            raise ValueError("name surrogate needs the directory: {surrogate: DIR}")
+        if self.noise and self.name != "surrogate":
+            raise ValueError("noise: only a surrogate backend adds noise")
+        return self
 
 
 class ExperimentConfig(BaseModel):
@@ -232,6 +267,10 @@ def resolve_tasks(config: ExperimentConfig) -> list[Any]:
 def resolve_backend(config: BackendConfig, space: SearchSpace) -> Backend:
     if config.name == "synthetic":
         return SyntheticBackend(space)
+    if config.name == "surrogate":
+        from hporl.backends.surrogate import SurrogateBackend
+
+        return SurrogateBackend.load(config.surrogate, noise=config.noise)
     return TorchBackend(device=config.device, num_threads=config.num_threads)
 
 
@@ -267,7 +306,7 @@ def run_experiment(
     backend = resolve_backend(config.backend, space)
     is_synthetic = config.backend.name == "synthetic"
     store = None
-    if not is_synthetic:
+    if config.backend.name == "torch":  # predictions are never kept with real trials
         store = TrialStore(storage_url(storage or config.storage, run_dir))
     if is_synthetic and not all(isinstance(t, SyntheticTask) for t in tasks):
         raise ConfigError(
@@ -310,7 +349,8 @@ def run_experiment(
         resume=resume,
         progress_bar=progress_bar,
         feature_names=None if is_synthetic else list(FEATURE_NAMES),
-        meta={"experiment": config.name, "backend": config.backend.name},
+        meta={"experiment": config.name, "backend": config.backend.name}
+        | ({"surrogate": config.backend.surrogate} if config.backend.surrogate else {}),
     )
 
 

@@ -49,6 +49,7 @@ from hporl.space import SearchSpace, config_key
 __all__ = [
     "DATABASE_ERRORS",
     "PRUNED_EPOCH",
+    "TASK_FEATURES",
     "TrialStore",
     "evaluation_key",
     "mask_url",
@@ -62,6 +63,8 @@ RESULT = "hporl_result"
 KEY = "hporl_key"
 WORKER = "hporl_worker"
 OWNER = "hporl_owner"
+TASK_FEATURES = "hporl_features"
+"""The study user attribute holding its task's meta-features (``Task.features()``)."""
 PRUNED_EPOCH = "pruned_epoch"
 """The user attribute of a trial stopped by a pruner: the last epoch it trained."""
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -243,7 +246,11 @@ class TrialStore:
     ) -> optuna.Study:
         """The study of ``run`` on ``task`` (created on first use), direction maximize.
 
-        Its user attributes name the task, its fingerprint and the hporl version.
+        Its user attributes name the task, its fingerprint and the hporl version, and for a
+        :class:`~hporl.tasks.Task` its meta-features (``hporl_features``, named by
+        ``hporl_feature_names``) with its type, metric, chance metric and epoch budget, so a
+        surrogate can be fitted on the store later (:mod:`hporl.backends.surrogate`). A study
+        made before those were kept gets them the next time it is opened with its task.
         """
         from hporl import __version__
 
@@ -262,6 +269,11 @@ class TrialStore:
                 study.set_user_attr("hporl_fingerprint", _fingerprint(task))
                 study.set_user_attr("hporl_run", run)
                 study.set_user_attr("hporl_version", __version__)
+            if TASK_FEATURES not in study.user_attrs and study.user_attrs.get(
+                "hporl_fingerprint"
+            ) == _fingerprint(task):
+                for key, value in _task_description(task).items():
+                    study.set_user_attr(key, value)
         except optuna.exceptions.StorageInternalError as err:
             raise StoreError(
                 f"storage {mask_url(self.url)!r}: cannot open study {name!r}: {_first_line(err)}"
@@ -606,6 +618,28 @@ def _owner() -> str:
 def _fingerprint(task: Any) -> str | None:
     fingerprint = getattr(task, "fingerprint", None)
     return fingerprint if isinstance(fingerprint, str) else None
+
+
+def _task_description(task: Any) -> dict[str, Any]:
+    """What a surrogate needs to know of a real task's study: its meta-features and their
+    names, its type, metric, chance metric and epoch budget (empty for other tasks)."""
+    from hporl.tasks import FEATURE_NAMES, Task
+
+    if not isinstance(task, Task):
+        return {}
+    try:
+        features = [float(v) for v in task.features()]
+    except Exception as err:  # features are optional for recording: never fail a run for them
+        logger.warning("task %s: meta-features not recorded (%s)", task.name, err)
+        return {}
+    return {
+        TASK_FEATURES: features,
+        "hporl_feature_names": list(FEATURE_NAMES),
+        "hporl_task_type": task.task_type,
+        "hporl_metric": task.metric_name,
+        "hporl_chance_metric": float(task.chance_metric),
+        "hporl_task_epochs": int(task.epochs),
+    }
 
 
 def trial_state(result: TrialResult) -> tuple[TrialState, float | None]:

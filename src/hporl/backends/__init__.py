@@ -1,8 +1,9 @@
-"""Backends evaluate a configuration on a task: real training, or a published surrogate (any
-YAHPO Gym scenario; LCBench is one)."""
+"""Backends evaluate a configuration on a task: real training, a published surrogate (any
+YAHPO Gym scenario; LCBench is one), or a surrogate learned from the trial store."""
 
 from hporl.backends._base import STATUSES, Backend, EpochCallback, TrialResult
 from hporl.backends.lcbench import LCBenchBackend, LCBenchTask
+from hporl.backends.surrogate import SurrogateBackend
 from hporl.backends.synthetic import SyntheticBackend, SyntheticTask
 from hporl.backends.torch_backend import TorchBackend
 from hporl.backends.yahpo import YahpoBackend, YahpoTask
@@ -13,6 +14,7 @@ __all__ = [
     "EpochCallback",
     "LCBenchBackend",
     "LCBenchTask",
+    "SurrogateBackend",
     "SyntheticBackend",
     "SyntheticTask",
     "TorchBackend",
