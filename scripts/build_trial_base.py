@@ -42,7 +42,7 @@ from hporl.store import TrialStore, storage_url
 from hporl.tasks import Task, builtin, suites
 from hporl.tasks import models as M
 
-HELD_OUT = set(suites()["heldout"])
+HELD_OUT = set(suites()["heldout"]) | set(suites()["heldout_hard"])
 
 
 def base_tasks(epochs: int, quick: bool = False) -> list[Task]:

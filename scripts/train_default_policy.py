@@ -87,10 +87,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--storage", default=None, help="trial store (default OUT/trials.db)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per trial")
     parser.add_argument("--budget", type=int, default=10, help="K: trials per episode")
-    parser.add_argument("--candidates", type=int, default=40, help="warm-start candidates")
-    parser.add_argument("--timesteps", type=int, default=3000, help="MaskablePPO steps")
+    parser.add_argument("--candidates", type=int, help="warm-start candidates (default 40)")
+    parser.add_argument("--timesteps", type=int, help="MaskablePPO steps (default 3,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="three small tasks (smoke test)")
+    parser.add_argument(
+        "--surrogate",
+        type=Path,
+        help="meta-train through this surrogate (`hporl surrogate fit`) instead of real training: "
+        "the whole-history policy (layout version 2), the surrogate recipe of hporl.recipes "
+        "(warm start on --candidates surrogate-scored configurations, then --timesteps PPO steps "
+        "on 32 envs); defaults then 2,000 candidates and 1,000,000 steps",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -100,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert not leaked, f"held-out data sets in the training tasks: {leaked}"
     assert len(set(names)) == len(names), "task names must be unique"
 
+    surrogate = args.surrogate is not None
+    args.candidates = args.candidates or (2000 if surrogate else 40)
+    args.timesteps = args.timesteps or (1_000_000 if surrogate else 3000)
     experiment = {
         "name": "default-policy",
         "tasks": tasks,
@@ -117,8 +128,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "params": {"n_steps": 256, "batch_size": 64, "ent_coef": 0.0},
         },
     }
+    if surrogate:  # cheap steps: the recipe measured on LCBench's surrogate
+        from hporl.recipes import SURROGATE_AGENT, SURROGATE_PRETRAIN
+
+        experiment["backend"] = {"surrogate": str(args.surrogate), "epochs": args.epochs}
+        experiment["pretrain"] |= SURROGATE_PRETRAIN
+        experiment["agent"] = {
+            **SURROGATE_AGENT,
+            "algorithm": "maskable_ppo",
+            "total_timesteps": args.timesteps,
+            "seed": args.seed,
+        }
     start = time.perf_counter()
-    run_experiment(experiment, out=args.out, storage=args.storage)
+    run_experiment(experiment, out=args.out, storage=args.storage, progress_bar=surrogate)
     seconds = time.perf_counter() - start
     summary = json.loads((args.out / "summary.json").read_text())
     portfolio = json.loads((args.out / "portfolio.json").read_text())
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "script": "scripts/train_default_policy.py",
         "argv": sys.argv[1:] if argv is None else argv,
         "space": "optimizer",
+        "backend": "surrogate" if surrogate else "torch",
+        "surrogate": str(args.surrogate) if surrogate else None,
         "epochs_per_trial": args.epochs,
         "budget_K": args.budget,
         "candidates": args.candidates,

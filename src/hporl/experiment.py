@@ -328,7 +328,8 @@ def run_experiment(
         run=config.name,
         space=space,
         executor=agent.executor,
-        n_workers=agent.n_workers or agent.n_envs,
+        # A surrogate's evaluations take a millisecond: in this process, not one per env.
+        n_workers=agent.n_workers or (1 if config.backend.name == "surrogate" else agent.n_envs),
         ray_address=agent.ray_address,
     )
     return meta_train(
