@@ -320,9 +320,14 @@ class Policy:
         scoring the whole history at every proposal."""
         rng = np.random.default_rng(rng)
         features = self.task_features(task)
+        block = self.layout.trials_block(trials)  # once, not per redraw
         for attempt in range(max_retries + 1):
             config, _ = self._act(
-                features, trials, deterministic=deterministic and attempt == 0, rng=rng
+                features,
+                trials,
+                deterministic=deterministic and attempt == 0,
+                rng=rng,
+                trials_block=block,
             )
             if not avoid or config_key(config) not in avoid:
                 return config
@@ -410,17 +415,20 @@ class Policy:
         rng: np.random.Generator,
         decision_mask: np.ndarray | None = None,
         spent: float = 0.0,
+        trials_block: np.ndarray | None = None,
     ) -> tuple[dict[str, Any], int | None]:
         """A configuration from the network, one parameter at a time; budget-aware (with
         ``decision_mask``), first the fidelity decision, returned with it (a continuation
-        returns no configuration: ``{}``)."""
+        returns no configuration: ``{}``). ``trials_block``: ``trials``'s, when the caller has
+        it already."""
         partial: dict[str, Any] = {}
         position = self.layout.advance(partial, 0)
         if decision_mask is not None:
             position = DECIDE
         decision: int | None = None
         feature_block = self.layout.features_block(features)
-        trials_block = self.layout.trials_block(trials, spent)
+        if trials_block is None:
+            trials_block = self.layout.trials_block(trials, spent)
         extractor = getattr(self.network, "pi_features_extractor", None)
         fast = isinstance(extractor, HistoryExtractor) and self.algorithm != "dqn"
         encoded: Any = None
