@@ -32,11 +32,18 @@ import optuna
 import torch
 
 from hporl import Evaluator, Policy, SearchSpace, TorchBackend, TrialStore, TuneOptions, tune_model
+from hporl.space import config_key
 from hporl.store import storage_url
 from hporl.tasks import builtin, suites
 from hporl.tune import random_search
 
-BUDGETS = {"policy": (3, 10), "random": (3, 10, 30), "tpe": (3, 10, 30), "default": (1,)}
+BUDGETS = {
+    "policy": (3, 10),
+    "candidate": (5, 10),
+    "random": (3, 10, 30),
+    "tpe": (3, 10, 30),
+    "default": (1,),
+}
 
 
 def tpe_trials(backend: Evaluator, task: Any, space: SearchSpace, n: int, seed: int) -> list:
@@ -68,10 +75,10 @@ def run_cell(
         probe = backend.evaluate(task, config, seed=seed)
         final = backend.final_fit(task, config, probe, seed=seed)
         return {1: {"test": final.result.test_metric, "seconds": probe.wall_time}}
-    if method == "policy":
+    if method in ("policy", "candidate"):
         policy = policy or Policy.default()
         cells = {}
-        for k in BUDGETS["policy"]:
+        for k in BUDGETS[method]:
             r = tune_model(
                 data=task,
                 policy=policy,
@@ -79,12 +86,13 @@ def run_cell(
                 seed=seed,
                 storage=storage_url(None, out),
                 options=TuneOptions(
-                    study_name=f"policy{k}/{task.name}-{seed}",
+                    study_name=f"{method}{k}/{task.name}-{seed}",
                     backend=backend.backend,
                     compare_default=False,
                 ),
             )
-            cells[k] = {"test": r.test_metric, "seconds": r.seconds}
+            first = [config_key(t["config"]) for t in r.trials[:5]]
+            cells[k] = {"test": r.test_metric, "seconds": r.seconds, "first5": first}
         return cells
     if method == "random":
         return {
@@ -117,6 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="default,policy,random,tpe")
     parser.add_argument("--tasks", default=",".join(suites()["heldout"]))
     parser.add_argument("--policy", help="a policy directory (default: the packaged policy)")
+    parser.add_argument(
+        "--candidate",
+        help="a second policy directory, the method 'candidate' (e.g. a new default policy "
+        "against the packaged one): paired differences against the others are reported",
+    )
+    parser.add_argument(
+        "--budgets",
+        default="",
+        help="trials per method, e.g. 'policy=5,10 candidate=5,10 random=5,20 tpe=5,20'",
+    )
     parser.add_argument("--space", default="optimizer", help="the policy's space")
     parser.add_argument("--model", help="mlp, linear or lcbench_mlp (default: each task's own)")
     args = parser.parse_args(argv)
@@ -127,13 +145,19 @@ def main(argv: list[str] | None = None) -> None:
     methods = args.methods.split(",")
     space = SearchSpace.builtin(args.space)
     policy = Policy.load(args.policy, space=space) if args.policy else Policy.default()
+    candidate = Policy.load(args.candidate, space=space) if args.candidate else None
+    for item in args.budgets.split():
+        method, _, ks = item.partition("=")
+        BUDGETS[method] = tuple(int(k) for k in ks.split(","))
+    if candidate is not None and "candidate" not in methods:
+        methods.append("candidate")
     model = None
     if args.model:
         from hporl.experiment import MODELS
 
         model = MODELS[args.model]
-    if "policy" in methods:
-        trained_on = {t.split("+")[0] for t in policy.training_tasks}
+    for p in (policy, candidate) if "policy" in methods else (candidate,):
+        trained_on = {t.split("+")[0] for t in p.training_tasks} if p is not None else set()
         leaked = trained_on & set(names)
         assert not leaked, f"held-out tasks among the policy's training tasks: {leaked}"
     store = TrialStore(storage_url(None, args.out))
@@ -149,8 +173,12 @@ def main(argv: list[str] | None = None) -> None:
                 if key in cells:
                     continue
                 t0 = time.perf_counter()
-                cells[key] = run_cell(method, task, seed, backend, args.out, space, policy)
-                print(f"{key}: {cells[key]} ({time.perf_counter() - t0:.1f} s)", flush=True)
+                chosen = candidate if method == "candidate" else policy
+                cells[key] = run_cell(method, task, seed, backend, args.out, space, chosen)
+                shown = {
+                    k: {f: v for f, v in c.items() if f != "first5"} for k, c in cells[key].items()
+                }
+                print(f"{key}: {shown} ({time.perf_counter() - t0:.1f} s)", flush=True)
                 cells_path.write_text(json.dumps(cells, indent=1))
     report(cells, names, args.seeds, args.out, time.perf_counter() - start, backend)
 
@@ -158,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
 def report(
     cells: dict, names: list[str], seeds: int, out: Path, seconds: float, backend: Any
 ) -> None:
-    columns = [(m, k) for m in ("default", "policy", "random", "tpe") for k in BUDGETS[m]]
+    run = {key.split("/")[2] for key in cells}
+    order = ("default", "candidate", "policy", "random", "tpe")
+    columns = [(m, k) for m in order if m in run for k in BUDGETS[m]]
 
     def value(name: str, seed: int, m: str, k: int) -> float | None:
         cell = cells.get(f"{name}/{seed}/{m}", {})
@@ -207,6 +237,8 @@ def report(
         "data sets where the mean test accuracy beats the default configuration's: "
         + ", ".join(f"{c} {w}/{len(names)}" for c, w in wins.items())
     )
+    if "candidate" in run:
+        lines += ["", *_paired(cells, names, seeds, value)]
     text = "\n".join(lines)
     (out / "report.md").write_text(
         f"Held-out test accuracy, mean of {seeds} seeds ({seconds:.0f} s this run)\n\n{text}\n"
@@ -219,6 +251,46 @@ def report(
         f"{seconds:.0f} s; evaluations of default/random/TPE this run: trained "
         f"{backend.n_trained}, from the store {backend.n_store_hits} (tune_model keeps its own count)"
     )
+
+
+def _paired(cells: dict, names: list[str], seeds: int, value: Any) -> list[str]:
+    """The candidate policy against the others, paired over (data set, seed): mean difference of
+    test accuracy and its standard error; and how many distinct first-5 proposal lists it made."""
+    lines = ["| comparison | mean difference | paired s.e. | n |", "|---|---|---|---|"]
+    small, large = min(BUDGETS["candidate"]), max(BUDGETS["candidate"])
+    pairs = [(("candidate", large), ("candidate", small))]
+    pairs += [
+        (("candidate", small), (m, k)) for m in ("policy", "random", "tpe") for k in BUDGETS[m]
+    ]
+    pairs += [(("candidate", large), ("policy", max(BUDGETS["policy"])))]
+    for (m1, k1), (m2, k2) in pairs:
+        diffs = [
+            a - b
+            for name in names
+            for s in range(seeds)
+            if (a := value(name, s, m1, k1)) is not None
+            and (b := value(name, s, m2, k2)) is not None
+        ]
+        if len(diffs) < 2:
+            continue
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5
+        lines.append(
+            f"| {m1}@{k1} - {m2}@{k2} | {statistics.mean(diffs):+.4f} | {se:.4f} | {len(diffs)} |"
+        )
+    for m in ("candidate", "policy"):
+        lists = {
+            tuple(cell["first5"])
+            for name in names
+            for s in range(seeds)
+            if (row := cells.get(f"{name}/{s}/{m}", {}))
+            and (cell := row.get(str(max(BUDGETS[m])), row.get(max(BUDGETS[m]))))
+            and "first5" in cell
+        }
+        if lists:
+            lines.append(
+                f"\n{m}: {len(lists)} distinct first-5 proposal lists over {len(names)} data sets x {seeds} seeds"
+            )
+    return lines
 
 
 if __name__ == "__main__":
