@@ -118,7 +118,7 @@ def _tune_cmd(csv: Path, policy: Path, out: Path) -> list[str]:
         "--trials",
         "4",
         "--epochs",
-        "12",
+        "40",  # long enough that the poll below sees the third trial running
         "--out",
         str(out),
     ]
