@@ -17,6 +17,7 @@ _WHERE = {
     "SyntheticBackend": "hporl.backends",
     "TorchBackend": "hporl.backends",
     "TrialResult": "hporl.backends",
+    "SurrogateBackend": "hporl.backends",
     "HPOEnv": "hporl.env",
     "Evaluator": "hporl.evaluation",
     "ConfigError": "hporl.exceptions",
@@ -29,6 +30,7 @@ _WHERE = {
     "ExperimentConfig": "hporl.experiment",
     "run_experiment": "hporl.experiment",
     "Policy": "hporl.policy",
+    "TrialChoice": "hporl.policy",
     "PolicySampler": "hporl.sampler",
     "Predictor": "hporl.saved_model",
     "load_model": "hporl.saved_model",
@@ -56,10 +58,12 @@ __all__ = [
     "SearchSpace",
     "SearchSpaceError",
     "StoreError",
+    "SurrogateBackend",
     "SyntheticBackend",
     "Task",
     "TaskError",
     "TorchBackend",
+    "TrialChoice",
     "TrialResult",
     "TrialStore",
     "TuneOptions",
@@ -91,7 +95,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from hporl import agents, rewards, tasks
-    from hporl.backends import Backend, SyntheticBackend, TorchBackend, TrialResult
+    from hporl.backends import (
+        Backend,
+        SurrogateBackend,
+        SyntheticBackend,
+        TorchBackend,
+        TrialResult,
+    )
     from hporl.env import HPOEnv
     from hporl.evaluation import Evaluator
     from hporl.exceptions import (
@@ -104,7 +114,7 @@ if TYPE_CHECKING:
         TaskError,
     )
     from hporl.experiment import ExperimentConfig, run_experiment
-    from hporl.policy import Policy
+    from hporl.policy import Policy, TrialChoice
     from hporl.sampler import PolicySampler
     from hporl.saved_model import Predictor, load_model
     from hporl.space import SearchSpace
