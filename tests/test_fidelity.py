@@ -260,3 +260,27 @@ def test_cli_budget_epochs_errors_are_one_line(csv_file, capsys):
     )
     assert code == 2 and err.strip().count("\n") == 0
     assert re.search("--trials or --budget-epochs, not both", err)
+
+
+def test_the_halving_expert_probes_cheaply_and_promotes_the_best_rung_by_rung(small_space):
+    """``expert: halving``: the portfolio's first at full fidelity, then successive halving over
+    the next portfolio configurations (9 probes at 1/9, the best 3 continued to 1/3, the best
+    of those to full), played in the env itself; returns-to-go are the env's rewards."""
+    from hporl.pretrain import PretrainConfig, build_portfolio, halving_steps
+
+    tasks = [SyntheticTask(f"t{i}", np.full(3, 0.2 * i + 0.1), epochs=9) for i in range(3)]
+    env = HPOEnv(
+        small_space, PrefixBackend(small_space), tasks, budget=4, n_bins=8, fidelities=FIDELITIES
+    )
+    portfolio = build_portfolio(env, tasks, PretrainConfig(candidates=40, expert="halving"))
+    steps = halving_steps(env, tasks, portfolio)
+    layout = env.layout
+    decided = [layout.decisions[a] for a, o in zip(steps["actions"], steps["obs"], strict=True)
+               if o[layout.n_features + len(layout.params)] == 1.0]  # fmt: skip
+    per_task = len(decided) // len(tasks)
+    first = decided[:per_task]
+    assert first[0] == ("new", len(FIDELITIES) - 1)  # the anchor, at full fidelity
+    assert first[1:10] == [("new", 0)] * 9  # nine cheap probes
+    assert first[10:14] == [("continue", 0)] * 3 + [("continue", 1)]  # promoted rung by rung
+    # within the budget: 1 + 9/9 + 3 x 2/9 + 2/3 full trainings = 3.33 <= 4; the rest is cheap
+    assert steps["returns"][0] > 0 and np.all(np.diff(steps["returns"][:per_task]) <= 1e-6)

@@ -37,6 +37,7 @@ from hporl.pretrain import (
     behaviour_clone,
     build_portfolio,
     expert_steps,
+    halving_steps,
 )
 from hporl.rewards import RewardApproach
 from hporl.space import SearchSpace, builtin_spaces
@@ -453,7 +454,10 @@ def meta_train(
     def warm_start(new_agent: Any) -> None:
         if pretrain is None or portfolio is None:
             return
-        steps = expert_steps(env, tasks, portfolio)
+        if pretrain.expert == "halving":
+            steps = halving_steps(env, tasks, portfolio)
+        else:
+            steps = expert_steps(env, tasks, portfolio)
         stats = behaviour_clone(new_agent, agent.algorithm, steps, pretrain)
         if pretrain.anchor_trials:
             anchor["anchor"] = anchored(steps, pretrain.anchor_trials)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hporl.agents import action_logits, state_values
 from hporl.env import HPOEnv
-from hporl.observation import trial_score
+from hporl.observation import DECIDE, trial_score
 from hporl.space import config_key
 
 __all__ = [
@@ -76,14 +76,16 @@ class PretrainConfig(BaseModel):
         "space: the sample unmoved, the portfolio's values joining the action bins; grid: "
         "uniformly random bins",
     )
-    expert: Literal["portfolio", "adaptive"] = Field(
+    expert: Literal["portfolio", "adaptive", "halving"] = Field(
         "portfolio",
         description="what the warm start imitates: the greedy portfolio (one list for every "
         "task), or an adaptive transfer rule that weighs the other training tasks by their "
         "features and by how well their scores match the trials seen so far (see "
         "adaptive_orders; with candidate_sampling snapped, so that its many picks are played "
         "exactly). The portfolio is the default: after RL, the adaptive warm start lost to it on "
-        "held-out LCBench tasks although the rule alone had won offline (README)",
+        "held-out LCBench tasks although the rule alone had won offline (README). halving "
+        "(budget-aware layouts only): successive halving over the portfolio, cheap probes "
+        "continued rung by rung (see halving_steps)",
     )
     bandwidth: float = Field(
         2.0, gt=0, description="adaptive expert: kernel width on standardised task features"
@@ -336,6 +338,75 @@ def expert_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[st
         "masks": np.stack(masks),
         "actions": np.array(actions, dtype=np.int64),
         "returns": np.array(returns, dtype=np.float32),
+        "trial": np.array(trial_index, dtype=np.int64),
+    }
+
+
+HALVING_ETA = 3
+"""Successive halving's rate in the ``halving`` expert: of each fidelity's probes, one in three
+goes on to the next."""
+
+
+def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[str, np.ndarray]:
+    """The ``halving`` expert (budget-aware layouts): successive halving over the portfolio,
+    played in ``env`` itself on every training task. The first trial is the portfolio's first
+    at full fidelity (what transfer says is best on average); then brackets: the next
+    ``eta^(L-1)`` portfolio configurations at the lowest fidelity, the best continued rung by
+    rung (``eta^(L-1-i)`` continuations from fidelity ``i``) to full. When a decision does not
+    fit in the epochs left, the next that does is taken (a continuation first, then new
+    configurations from the cheapest fidelity). Returns-to-go are the env's own rewards summed
+    from each step on."""
+    layout = env.layout
+    levels = len(layout.fidelities)
+    order = greedy_portfolio(portfolio.values, len(portfolio.candidates))
+    bracket = [("new", 0)] * HALVING_ETA ** (levels - 1)
+    for i in range(levels - 1):
+        bracket += [("continue", i)] * HALVING_ETA ** (levels - 2 - i)
+    if levels == 1:
+        bracket = [("new", 0)]
+    obs, masks, actions, rewards, trial_index, episode = [], [], [], [], [], []
+    for t, task in enumerate(tasks):
+        env.reset(options={"task": task})
+        plan = [("new", levels - 1), *bracket * 1000]
+        queue = iter(order)
+        config: dict[str, Any] = {}
+        trials, done = 0, False
+        while not done:
+            mask = env.action_masks()
+            if env._position == DECIDE:
+                wanted = plan.pop(0)
+                allowed = [layout.decisions[a] for a in np.flatnonzero(mask)]
+                if wanted not in allowed:
+                    wanted = next(
+                        (d for d in allowed if d[0] == "continue"),
+                        min(allowed, key=lambda d: d[1]),
+                    )
+                action = layout.decisions.index(wanted)
+                if wanted[0] == "new":
+                    config = portfolio.candidates[next(queue)]
+            else:
+                name = env.space.parameters[env._position].name
+                action = layout.action_of(name, config.get(name, env.space[name].default))
+            obs.append(env.observe())
+            masks.append(mask)
+            actions.append(action)
+            trial_index.append(trials)
+            episode.append(t)
+            _, reward, done, _, info = env.step(action)
+            rewards.append(reward)
+            trials += 1 if "config" in info else 0
+    returns = np.zeros(len(rewards), dtype=np.float32)
+    to_go = 0.0
+    for i in range(len(rewards) - 1, -1, -1):
+        if i == len(rewards) - 1 or episode[i] != episode[i + 1]:
+            to_go = 0.0
+        to_go += rewards[i]
+        returns[i] = to_go
+    return {
+        "obs": np.stack(obs).astype(np.float32),
+        "masks": np.stack(masks),
+        "actions": np.array(actions, dtype=np.int64),
+        "returns": returns,
         "trial": np.array(trial_index, dtype=np.int64),
     }
 
