@@ -554,7 +554,6 @@ def _one_run(
         for (trial, trial_config, propose), result, pruned in zip(
             asked, results, stops, strict=True
         ):
-            i = len(rows)
             y = None if pruned is not None else bench.score(result)
             if pruned is not None:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -566,27 +565,55 @@ def _one_run(
                 best = y if best is None else max(best, y)
             cost = max(result.epochs_done, 1)
             spent += cost
-            bench.last_results[(method, name, seed, i + 1)] = result
-            rows.append(
-                {
-                    "method": method,
-                    "task": name,
-                    "seed": seed,
-                    "trial": i + 1,
-                    "score": y,
-                    "best_so_far": best,
-                    "regret": None,
-                    "propose_seconds": propose,
-                    "config": trial_config,
-                    "fold": fold,
-                    "status": "pruned" if pruned is not None else result.status,
-                    "value": result.curve[-1] if result.curve else None,
-                    "epochs": cost,
-                    "epochs_spent": spent,
-                    "full_epochs": full,
-                }
-            )
+            status = "pruned" if pruned is not None else result.status
+            row = (method, name, seed, fold, trial_config, result, status, y, best, propose)
+            _add_epoch_row(bench, rows, *row, cost=cost, spent=spent, full=full)
     return rows
+
+
+def _add_epoch_row(
+    bench: _Bench,
+    rows: list[dict[str, Any]],
+    method: str,
+    name: str,
+    seed: int,
+    fold: int,
+    config: dict[str, Any],
+    result: TrialResult,
+    status: str,
+    score: float | None,
+    best: float | None,
+    propose: float,
+    *,
+    cost: int,
+    spent: int,
+    full: int,
+    **extra: Any,
+) -> None:
+    """One trial of a run in epoch budgets, as a row of ``results.json`` (its result kept in
+    ``bench.last_results``)."""
+    trial = len(rows) + 1
+    bench.last_results[(method, name, seed, trial)] = result
+    rows.append(
+        {
+            "method": method,
+            "task": name,
+            "seed": seed,
+            "trial": trial,
+            "score": score,
+            "best_so_far": best,
+            "regret": None,
+            "propose_seconds": propose,
+            "config": config,
+            "fold": fold,
+            "status": status,
+            "value": result.curve[-1] if result.curve else None,
+            "epochs": cost,
+            "epochs_spent": spent,
+            "full_epochs": full,
+            **extra,
+        }
+    )
 
 
 def _budgeted_run(
@@ -639,29 +666,12 @@ def _budgeted_run(
         if y is not None:
             best = y if best is None else max(best, y)
         spent += choice.cost
-        i = len(rows)
-        bench.last_results[(method, name, seed, i + 1)] = result
-        rows.append(
-            {
-                "method": method,
-                "task": name,
-                "seed": seed,
-                "trial": i + 1,
-                "score": y,
-                "best_so_far": best,
-                "regret": None,
-                "propose_seconds": propose,
-                "config": choice.config,
-                "fold": fold,
-                "status": result.status if complete or not result.ok else "partial",
-                "value": result.curve[-1] if result.curve else None,
-                "epochs": choice.cost,
-                "epochs_spent": spent,
-                "full_epochs": full,
-                "fidelity": choice.fidelity,
-                "continues": continues,
-            }
-        )
+        status = result.status if complete or not result.ok else "partial"
+        row = (method, name, seed, fold, choice.config, result, status, y, best, propose)
+        _add_epoch_row(
+            bench, rows, *row, cost=choice.cost, spent=spent, full=full,
+            fidelity=choice.fidelity, continues=continues,
+        )  # fmt: skip
     return rows
 
 
