@@ -158,3 +158,24 @@ def test_a_disk_that_fills_at_any_point_of_a_cli_run_is_one_line(mount, tmp_path
                 errors.add(line.split(":")[2])  # what could not be written
             subprocess.run(["rm", "-rf", str(disk / f"{name}{i}")], check=True)
     assert len(errors) >= 3, errors  # several parts were hit, not only the first
+
+
+@pytest.mark.parametrize("leave_kb", [0, 16, 64, 200, 380])
+def test_weights_that_do_not_fit_are_a_store_error_wherever_the_disk_runs_out(mount, leave_kb):
+    """torch's own file writer reports a disk that fills in the middle of a file as an internal
+    assertion ("unexpected pos ..."); every weights file hporl writes fails as StoreError instead,
+    and the good file already there stays."""
+    import torch
+
+    from hporl._io import save_tensors, save_torch
+
+    disk = mount("weights", "size=1m")
+    state = {"w": torch.arange(100_000, dtype=torch.float32)}  # 400 KB
+    save_torch(disk / "model.pt", {"w": torch.zeros(4)})
+    save_tensors(disk / "model.safetensors", {"w": torch.zeros(4)})
+    _fill(disk, leave_kb)
+    for save, name in ((save_torch, "model.pt"), (save_tensors, "model.safetensors")):
+        with pytest.raises(StoreError, match=rf"cannot write .*{name}: .*No space left"):
+            save(disk / name, state)
+    assert torch.load(disk / "model.pt", weights_only=True)["w"].tolist() == [0.0] * 4
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.pt", "model.safetensors"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ from tests._helpers import make_env_fn, policy_from
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_algorithm_trains_and_gives_a_policy(algorithm, small_space):
+def test_every_algorithm_trains_and_gives_a_policy(algorithm, small_space, tmp_path, monkeypatch):
+    """... and writes nothing outside a run directory when it has none (SB3's default logger
+    would leave an empty ``SB3-<time>`` folder in the temporary directory at every run)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)  # the suite sets it (conftest); a user does not
     cfg = AgentConfig(
         algorithm=algorithm,
         total_timesteps=64,
@@ -31,6 +36,7 @@ def test_every_algorithm_trains_and_gives_a_policy(algorithm, small_space):
     policy = policy_from(agent, small_space, cfg)
     config = policy.suggest(SyntheticTask("t", [0.5] * 4))
     assert small_space.validate(config) == config
+    assert list(tmp_path.glob("SB3-*")) == []
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ Checksums: :func:`write_checksum` puts ``<name>.sha256`` next to a file (one lin
 ``sha256sum`` format, ``<hex>  <name>``, so ``sha256sum -c`` reads it too);
 :func:`verify_checksum` refuses a file that is truncated, altered or lacks its sidecar::
 
-    atomic_write(path, lambda p: torch.save(state, p))
+    save_torch(path, state)
     write_checksum(path)
     ...
     verify_checksum(path, error=ConfigError)  # raises ConfigError naming the file
@@ -201,6 +201,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`.
+
+    Serialised in memory first, then written as plain bytes: torch's own file writer reports a
+    disk that fills mid-way as an internal assertion (``unexpected pos ...``), a plain write as
+    the ``OSError`` it is.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda p: p.write_bytes(buffer.getbuffer()))
+
+
+def save_tensors(
+    path: str | Path, state: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """A safetensors file of ``state`` to ``path`` through :func:`atomic_write`, serialised in
+    memory first like :func:`save_torch`."""
+    from safetensors.torch import save
+
+    data = save(state, metadata=metadata)
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def _not_written(path: Path, reason: str) -> str:

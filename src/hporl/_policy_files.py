@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hporl._io import atomic_write, read_checked_json, sha256_file, write_checked_json
+from hporl._io import read_checked_json, save_tensors, sha256_file, write_checked_json
 from hporl.exceptions import PolicyError
 
 FORMAT_VERSION = 2
@@ -34,7 +34,6 @@ def default_policy_dir() -> Path:
 def write(directory: Path, state: dict[str, torch.Tensor], content: Mapping[str, Any]) -> Path:
     """Write the weights ``state``, then ``policy.json`` with ``content``, the versions and the
     checksums of both (each file to a temporary name, then renamed)."""
-    from safetensors.torch import save_file
 
     from hporl import __version__
 
@@ -46,7 +45,7 @@ def write(directory: Path, state: dict[str, torch.Tensor], content: Mapping[str,
         **content,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    save_tensors(directory / WEIGHTS, state, metadata={"format": "pt"})
     meta["checksums"] = {WEIGHTS: sha256_file(directory / WEIGHTS)}
     write_checked_json(directory / META, meta)
     return directory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -345,13 +346,18 @@ def build_agent(
     except (TypeError, ValueError, AssertionError) as err:  # SB3 checks its settings with asserts
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"agent {config.algorithm!r}: {first}") from None
-    if log_dir is not None:
-        agent.set_logger(_logger(log_dir))
+    agent.set_logger(_logger(log_dir))
     return agent
 
 
-def _logger(log_dir: str | Path) -> Any:
-    from stable_baselines3.common.logger import configure
+def _logger(log_dir: str | Path | None) -> Any:
+    """SB3's logger writing csv (and tensorboard, if installed) to ``log_dir``; with no
+    ``log_dir``, one that writes nothing (SB3's own default makes a ``SB3-<time>`` folder in the
+    system's temporary directory at every ``learn``)."""
+    from stable_baselines3.common.logger import Logger, configure
+
+    if log_dir is None:
+        return Logger(folder=None, output_formats=[])
 
     formats = ["csv"]
     try:
@@ -460,7 +466,9 @@ def save_checkpoint(agent: BaseAlgorithm, folder: Path) -> Path:
     """Save ``agent`` as ``folder/agent_<timesteps>_steps.zip``: to a temporary name, renamed,
     then its checksum sidecar (a checkpoint without one is never resumed from)."""
     path = folder / f"agent_{agent.num_timesteps}_steps.zip"
-    atomic_write(path, agent.save)  # a temporary name has a suffix: SB3 adds no ".zip"
+    buffer = io.BytesIO()  # in memory first: a full disk then fails as a plain OSError
+    agent.save(buffer)
+    atomic_write(path, lambda p: p.write_bytes(buffer.getbuffer()))
     write_checksum(path)
     return path
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hporl._io import atomic_write, read_checked_json, write_checked_json
+from hporl._io import atomic_write, read_checked_json, save_tensors, write_checked_json
 from hporl.exceptions import ConfigError, HporlError, ModelError, StoreError
 from hporl.tasks import models as _models
 from hporl.tasks._preprocess import Preprocessor, check_field_counts, read_csv
@@ -218,7 +218,6 @@ class Predictor:
     def save(self, directory: str | Path, *, onnx: bool = True) -> Path:
         """Write ``model.json``, the weights (safetensors) and, with ``onnx``, the ONNX graphs
         (see :mod:`hporl.saved_model`); each file to a temporary name, then renamed."""
-        from safetensors.torch import save_file
 
         from hporl import __version__
 
@@ -231,7 +230,7 @@ class Predictor:
             cpu = copy.deepcopy(net).cpu().eval()
             state = {k: v.detach().contiguous().clone() for k, v in cpu.state_dict().items()}
             weights = f"{stem}.safetensors"
-            atomic_write(directory / weights, lambda p, s=state: save_file(s, str(p)))
+            save_tensors(directory / weights, state)
             entry: dict[str, Any] = {
                 "name": self.names[i],
                 "factory": self.factories[i],

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 from torch import nn
 
-from hporl._io import atomic_write, writable_dir
+from hporl._io import atomic_write, save_torch, writable_dir
 from hporl.backends import TorchBackend, TrialResult
 from hporl.backends.torch_backend import space_for
 from hporl.evaluation import (
@@ -116,7 +115,7 @@ class TuneResult:
         models = self.model if isinstance(self.model, list) else [self.model]
         for i, m in enumerate(models):
             name = "model.pt" if len(models) == 1 else f"model_{i}.pt"
-            atomic_write(directory / name, lambda p, m=m: torch.save(m.state_dict(), p))
+            save_torch(directory / name, m.state_dict())
         atomic_write(
             directory / "config.json", lambda p: p.write_text(json.dumps(self.config, indent=2))
         )

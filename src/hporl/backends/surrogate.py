@@ -37,7 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hporl._io import atomic_write, read_checked_json, sha256_file, write_checked_json, write_json
+from hporl._io import (
+    read_checked_json,
+    save_tensors,
+    sha256_file,
+    write_checked_json,
+    write_json,
+)
 from hporl.backends._base import Backend, EpochCallback, TrialResult
 from hporl.backends._trial_table import TrialTable, complete_config, data_group, read_trials
 from hporl.exceptions import ConfigError, HporlError, ModelError, SearchSpaceError
@@ -374,7 +380,6 @@ class SurrogateBackend(Backend):
     # -- files -------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``surrogate.safetensors`` and ``surrogate.json`` (with checksums) to ``directory``."""
-        from safetensors.torch import save_file
 
         from hporl import __version__
 
@@ -383,9 +388,7 @@ class SurrogateBackend(Backend):
         state = {f"weight_{i}": w.detach().contiguous() for i, w in enumerate(self.net.weights)}
         state |= {f"bias_{i}": b.detach().contiguous() for i, b in enumerate(self.net.biases)}
         state |= {k: v.contiguous() for k, v in self.norm.items()}
-        atomic_write(
-            directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
-        )
+        save_tensors(directory / WEIGHTS, state, metadata={"format": "pt"})
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": "surrogate",

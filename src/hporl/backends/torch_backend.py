@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from hporl._io import atomic_write, write_json
+from hporl._io import save_torch, write_json
 from hporl.augment import Augmenter
 from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
 from hporl.exceptions import ConfigError, HporlError
@@ -560,8 +560,7 @@ class TorchBackend(Backend):
                 )
                 if checkpoint_dir is not None:
                     name = "model.pt" if len(task.models) == 1 else f"model_{index}.pt"
-                    state = best_state
-                    atomic_write(Path(checkpoint_dir) / name, lambda p: torch.save(state, p))
+                    save_torch(Path(checkpoint_dir) / name, best_state)
         except Exception as err:  # e.g. out of memory, a shape error in a user model mid-way
             logger.debug("trial failed in epoch %d", epoch, exc_info=True)
             return result("failed", f"{type(err).__name__} in epoch {epoch}: {err}")
