@@ -17,7 +17,7 @@ from hporl.observation import trial_score
 from hporl.policy import Policy
 from hporl.space import config_key
 
-__all__ = ["PolicySampler"]
+__all__ = ["HandoverSampler", "PolicySampler"]
 
 
 @dataclass(frozen=True)
@@ -242,3 +242,52 @@ class PolicySampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
     ) -> Any:
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
+
+
+class HandoverSampler(BaseSampler):
+    """Trials ``0 .. after - 1`` from ``first``, the rest from ``then``: for example a
+    :class:`PolicySampler` for the first trials, then optuna's GP, which fits its model on every
+    finished trial of the study, the policy's included (a warm-started Bayesian optimisation).
+
+    Which sampler a trial gets depends on its number only, so a resumed study hands over at the
+    same point. Both samplers see the whole study.
+    """
+
+    def __init__(self, first: BaseSampler, then: BaseSampler, *, after: int) -> None:
+        if after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+        self.first, self.then, self.after = first, then, int(after)
+
+    def _of(self, trial: FrozenTrial) -> BaseSampler:
+        return self.first if trial.number < self.after else self.then
+
+    def reseed_rng(self) -> None:
+        self.first.reseed_rng()
+        self.then.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, Any]:
+        return self._of(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._of(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._of(trial).before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Any,
+    ) -> None:
+        self._of(trial).after_trial(study, trial, state, values)

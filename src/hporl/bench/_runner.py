@@ -19,6 +19,7 @@ from hporl.backends import Backend, TorchBackend, TrialResult
 from hporl.backends._base import EpochCallback
 from hporl.bench._samplers import (
     METHODS,
+    PRUNABLE,
     PRUNED_METHODS,
     TransferCandidates,
     make_sampler,
@@ -137,6 +138,8 @@ class BenchConfig(BaseModel):
             clash = sorted(set(names) & set(METHODS))
             if clash:
                 raise ConfigError(f"{kind} {clash[0]!r} has the name of a built-in method")
+        for name, settings in (("policy", self.policy), *self.policies.items()):
+            self._check_handover(name, settings)
         both = sorted(set(self.fixed) & set(self.policies))
         if both:
             raise ConfigError(f"{both[0]!r} is both a fixed configuration and a policy")
@@ -187,6 +190,26 @@ class BenchConfig(BaseModel):
             and not (set(self.methods) & transfer == {"policy"} and self.policy_path)
         ):
             raise ConfigError(f"methods {sorted(transfer)} need train_tasks (meta-training tasks)")
+
+    def _check_handover(self, name: str, settings: Mapping[str, Any]) -> None:
+        """``then`` / ``after``: the policy proposes ``after`` trials, then ``then`` samples."""
+        where = "policy" if name == "policy" else f"policies.{name}"
+        then, after = settings.get("then"), settings.get("after")
+        if then is None:
+            if after is not None:
+                raise ConfigError(f"{where}.after needs {where}.then (the sampler handed over to)")
+            return
+        if then not in PRUNABLE:
+            raise ConfigError(
+                f"{where}.then must be one of {', '.join(PRUNABLE)}, got {then!r}."
+                + did_you_mean(str(then), list(PRUNABLE))
+            )
+        if after is not None and (
+            not isinstance(after, int) or isinstance(after, bool) or after < 1
+        ):
+            raise ConfigError(f"{where}.after must be a whole number >= 1, got {after!r}")
+        if settings.get("budget_unit") == "epochs":
+            raise ConfigError(f"{where}.then: a budget-aware policy decides every trial itself")
 
     @property
     def n_trials(self) -> int:
@@ -427,6 +450,7 @@ def _run(
             t0 = time.perf_counter()
             settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
             path = config.policy_path if method == "policy" else settings.pop("path", None)
+            settings.pop("then", None), settings.pop("after", None)  # how it is run, see _one_run
             suffix = "" if method == "policy" else f"_{method}"
             say(
                 f"fold {f + 1}/{len(folds)}: meta-training {method} on {len(train)} tasks "
@@ -518,6 +542,7 @@ def _one_run(
         return _budgeted_run(bench, method, task, name, seed, policy, fold)
     total = config.n_trials * full if config.budget_unit == "epochs" else None
     n = config.n_trials if total is None else total
+    settings = config.policy if method == "policy" else config.policies.get(method, {})
     sampler = make_sampler(
         sampler_name,
         space=bench.space,
@@ -528,6 +553,8 @@ def _one_run(
         task=task,
         fixed=bench.fixed,
         parallel=config.parallel > 1,
+        then=settings.get("then") if policy is not None else None,
+        after=int(settings.get("after", 10)),
     )
     pruner = make_pruner(pruner_name, max_epochs=full)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)

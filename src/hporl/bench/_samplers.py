@@ -15,6 +15,7 @@ from hporl.space import SearchSpace
 
 __all__ = [
     "METHODS",
+    "PRUNABLE",
     "PRUNED_METHODS",
     "FixedSequenceSampler",
     "TransferCandidates",
@@ -102,9 +103,12 @@ def make_sampler(
     task: Any = None,
     fixed: Mapping[str, Mapping[str, Any]] | None = None,
     parallel: bool = False,
+    then: str | None = None,
+    after: int = 10,
 ) -> BaseSampler:
     """The optuna sampler of a benchmark method; a name in ``fixed`` proposes that
-    configuration at every trial."""
+    configuration at every trial. A policy with ``then`` (one of :data:`PRUNABLE`) proposes
+    the first ``after`` trials, and that sampler the rest (:class:`~hporl.sampler.HandoverSampler`)."""
     if fixed and method in fixed:
         return FixedSequenceSampler(space, [fixed[method]] * n_trials, seed=seed)
     if method == "random":
@@ -124,7 +128,11 @@ def make_sampler(
         )
         return FixedSequenceSampler(space, configs, seed=seed)
     if policy is not None:  # "policy", or a named one of the bench's ``policies``
-        from hporl.sampler import PolicySampler
+        from hporl.sampler import HandoverSampler, PolicySampler
 
-        return PolicySampler(policy, task=task, seed=seed)
+        sampler = PolicySampler(policy, task=task, seed=seed)
+        if then is None:
+            return sampler
+        rest = make_sampler(then, space=space, seed=seed, n_trials=n_trials, parallel=parallel)
+        return HandoverSampler(sampler, rest, after=after)
     raise ValueError(f"unknown method {method!r}")

@@ -1,0 +1,100 @@
+"""``HandoverSampler``: a policy's first trials, then another optuna sampler on the same study;
+and a bench policy method with ``then`` / ``after``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from hporl import ConfigError, SearchSpace
+from hporl.bench import BenchConfig, run
+from hporl.bench._samplers import FixedSequenceSampler
+from hporl.sampler import HandoverSampler
+from tests.bench.test_bench_yahpo import TINY, needs_rpart
+
+
+def _objective(space: SearchSpace):
+    def objective(trial: optuna.Trial) -> float:
+        config = space.suggest(trial)
+        return float(config["lr"]) if "lr" in config else 0.0
+
+    return objective
+
+
+def test_trials_before_the_handover_come_from_the_first_sampler(small_space):
+    fixed = [small_space.sample(np.random.default_rng(i)) for i in range(3)]
+    first = FixedSequenceSampler(small_space, fixed * 10, seed=0)
+    seen: list[int] = []
+
+    class Counting(optuna.samplers.TPESampler):
+        def infer_relative_search_space(self, study, trial):  # called once per trial it samples
+            seen.append(trial.number)
+            return super().infer_relative_search_space(study, trial)
+
+    sampler = HandoverSampler(first, Counting(seed=0, n_startup_trials=2), after=3)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(_objective(small_space), n_trials=6)
+    got = [small_space.from_optuna_params(t.params) for t in study.trials]
+    assert got[:3] == [small_space.validate(c) for c in fixed]
+    assert seen == [3, 4, 5]  # the second sampler proposed no trial before the handover
+    assert got[3:] != got[:3]
+
+
+def test_after_zero_is_the_second_sampler_alone_and_negative_is_refused(small_space):
+    sampler = HandoverSampler(
+        FixedSequenceSampler(small_space, [small_space.default()] * 5),
+        optuna.samplers.RandomSampler(seed=1),
+        after=0,
+    )
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(_objective(small_space), n_trials=3)
+    alone = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    alone.optimize(_objective(small_space), n_trials=3)
+    assert [t.params for t in study.trials] == [t.params for t in alone.trials]
+    with pytest.raises(ValueError, match="after must be >= 0"):
+        HandoverSampler(sampler, sampler, after=-1)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"then": "gpp"}, r"policies.handed.then must be one of random, tpe, gp, cmaes, got 'gpp'.*gp"),
+        ({"after": 3}, r"policies.handed.after needs policies.handed.then"),
+        ({"then": "gp", "after": 0}, r"policies.handed.after must be a whole number >= 1, got 0"),
+        ({"then": "gp", "after": 2.5}, r"after must be a whole number >= 1, got 2.5"),
+        ({"then": "tpe", "budget_unit": "epochs"}, r"a budget-aware policy decides every trial"),
+    ],
+)  # fmt: skip
+def test_bad_handover_settings_are_named(settings, message):
+    config = {**TINY, "methods": ["handed"], "policies": {"handed": settings}}
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig.load(config)
+
+
+@needs_rpart
+def test_a_bench_policy_hands_over_after_its_trials(tmp_path: Path) -> None:
+    tiny_agent = {"total_timesteps": 256, "n_envs": 4, "params": {"n_steps": 32}}
+    policy = {"agent": tiny_agent, "pretrain": {"candidates": 30, "epochs": 5}}
+    run({**TINY, "methods": ["policy"], "budgets": [1, 5], "policy": policy}, out=tmp_path / "a")
+    path = str(tmp_path / "a" / "policy_fold0")
+    config = {
+        **TINY,
+        "methods": ["policy", "handed"],
+        "budgets": [1, 5],
+        "policy_path": path,
+        "policies": {"handed": {"path": path, "then": "random", "after": 2}},
+    }
+    run(config, out=tmp_path / "b")
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    for task in TINY["test_tasks"]:
+        by = {
+            m: [r["config"] for r in rows if r["method"] == m and r["task"] == task]
+            for m in ("policy", "handed")
+        }
+        assert len(by["handed"]) == 5
+        assert by["handed"][:2] == by["policy"][:2]  # the policy's own proposals
+        assert by["handed"][2:] != by["policy"][2:]  # then random search's
