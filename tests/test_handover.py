@@ -98,3 +98,68 @@ def test_a_bench_policy_hands_over_after_its_trials(tmp_path: Path) -> None:
         assert len(by["handed"]) == 5
         assert by["handed"][:2] == by["policy"][:2]  # the policy's own proposals
         assert by["handed"][2:] != by["policy"][2:]  # then random search's
+
+
+def test_tune_model_hands_over_after_the_policys_trials(tiny_policy, tmp_path):
+    from hporl import TuneOptions, tune_model
+    from hporl.tasks import builtin
+
+    policy, _ = tiny_policy
+    task = builtin("wine", epochs=2)
+    alone = tune_model(
+        data=task, policy=policy, n_trials=4, options=TuneOptions(compare_default=False)
+    )
+    handed = tune_model(
+        data=task,
+        policy=policy,
+        n_trials=4,
+        out=tmp_path / "run",
+        options=TuneOptions(compare_default=False, then="random"),  # after policy.budget = 2
+    )
+    assert policy.budget == 2
+    configs = [[t["config"] for t in r.trials] for r in (alone, handed)]
+    assert configs[1][:2] == configs[0][:2]
+    assert configs[1][2:] != configs[0][2:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["then"], report["handover"]) == ("random", 2)
+    again = tune_model(  # resumed: the same four, then random search's fifth
+        data=task,
+        policy=policy,
+        n_trials=5,
+        out=tmp_path / "run",
+        options=TuneOptions(compare_default=False, then="random"),
+    )
+    assert [t["config"] for t in again.trials[:4]] == configs[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"then": "bayes"}, r"then must be one of random, tpe, gp, cmaes .*got 'bayes'"),
+        ({"handover": 3}, r"handover needs then"),
+        ({"then": "gp", "handover": 0}, r"handover must be a positive integer, got 0"),
+    ],
+)
+def test_bad_handover_options_are_refused(options, message):
+    from hporl import TuneOptions
+
+    with pytest.raises(ConfigError, match=message):
+        TuneOptions(**options)
+
+
+def test_cli_tune_with_then(tiny_policy, csv_file, tmp_path, capsys):
+    from tests._helpers import run_cli
+
+    _, meta = tiny_policy
+    out = tmp_path / "tuned"
+    args = ["tune", "--data", csv_file, "--target", "y", "--policy", meta / "policy"]
+    code, _, err = run_cli(*args, "--trials", "3", "--epochs", "1", "--then", "tpe",
+                           "--handover", "1", "--out", out, capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert (report["then"], report["handover"], len(report["trials"])) == ("tpe", 1, 3)
+    code, _, err = run_cli(*args, "--then", "bo", "--out", tmp_path / "x", capsys=capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "hporl: error: then must be one of random, tpe, gp, cmaes (the sampler after the "
+        "policy's trials), got 'bo'"
+    ]

@@ -318,6 +318,20 @@ def tune(
             help="classification or regression (default: inferred from the target, and said)",
         ),
     ] = None,
+    then: Annotated[
+        str | None,
+        typer.Option(
+            help="an optuna sampler for the trials after the policy's: tpe, gp, random or cmaes "
+            "(it fits every trial, the policy's included)"
+        ),
+    ] = None,
+    handover: Annotated[
+        int | None,
+        typer.Option(
+            help="trials the policy proposes before --then takes over (default: the trials it "
+            "was meta-trained for)"
+        ),
+    ] = None,
 ) -> None:
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
     import torch
@@ -351,6 +365,7 @@ def tune(
             f"--pruner {pruner} reads every epoch as it is trained, in this process: it cannot "
             "be combined with --parallel > 1 or --executor ray"
         )
+    options = TuneOptions(worker=worker, trial_timeout=trial_timeout, then=then, handover=handover)
     out = out or Path("runs") / f"tune-{data.stem}"
     task = Task.from_csv(
         data,
@@ -376,7 +391,7 @@ def tune(
             callback=show,
             executor=make_executor(executor, parallel, ray_address=ray_address),
             pruner=pruner,
-            options=TuneOptions(worker=worker, trial_timeout=trial_timeout),
+            options=options,
         )
     table = Table(title=f"{result.task}: test {result.metric_name}")
     table.add_column("configuration")

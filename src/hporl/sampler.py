@@ -17,7 +17,7 @@ from hporl.observation import trial_score
 from hporl.policy import Policy
 from hporl.space import config_key
 
-__all__ = ["HandoverSampler", "PolicySampler"]
+__all__ = ["SAMPLERS", "HandoverSampler", "PolicySampler", "optuna_sampler"]
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,24 @@ class PolicySampler(BaseSampler):
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
 
 
+SAMPLERS = ("random", "tpe", "gp", "cmaes")
+"""optuna's samplers by name: what a policy can hand over to (:class:`HandoverSampler`)."""
+
+
+def optuna_sampler(name: str, *, seed: int | None = None, parallel: bool = False) -> BaseSampler:
+    """One of :data:`SAMPLERS`, seeded (TPE with its constant liar when trials run in
+    parallel)."""
+    if name == "random":
+        return RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
+
+
 class HandoverSampler(BaseSampler):
     """Trials ``0 .. after - 1`` from ``first``, the rest from ``then``: for example a
     :class:`PolicySampler` for the first trials, then optuna's GP, which fits its model on every
@@ -260,6 +278,10 @@ class HandoverSampler(BaseSampler):
 
     def _of(self, trial: FrozenTrial) -> BaseSampler:
         return self.first if trial.number < self.after else self.then
+
+    def sampler_of(self, number: int) -> BaseSampler:
+        """The sampler that proposes trial ``number``."""
+        return self.first if number < self.after else self.then
 
     def reseed_rng(self) -> None:
         self.first.reseed_rng()

@@ -18,7 +18,7 @@ from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, 
 from optuna.trial import TrialState
 from torch import nn
 
-from hporl._io import atomic_write, save_torch, writable_dir
+from hporl._io import atomic_write, did_you_mean, save_torch, writable_dir
 from hporl.backends import TorchBackend, TrialResult
 from hporl.backends.torch_backend import space_for
 from hporl.evaluation import (
@@ -33,7 +33,7 @@ from hporl.evaluation import (
 from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
-from hporl.sampler import PolicySampler
+from hporl.sampler import SAMPLERS, HandoverSampler, PolicySampler, optuna_sampler
 from hporl.saved_model import Predictor
 from hporl.space import config_key
 from hporl.store import PRUNED_EPOCH, WORKER, TrialStore, mask_url, storage_url, trial_state
@@ -188,6 +188,12 @@ class TuneOptions:
             (its epoch count from one trial of it) and report ``default_test_metric``.
         deterministic: the policy takes its most likely bins (else it samples them).
         fine_tune_steps: gradient steps of each fine-tuning (with ``fine_tune=True``).
+        then: an optuna sampler that proposes the trials after the policy's first ``handover``
+            (``"tpe"``, ``"gp"``, ``"random"`` or ``"cmaes"``; :class:`HandoverSampler`): it fits
+            its model on every trial of the study, the policy's included. ``None``: the policy
+            proposes every trial.
+        handover: how many trials the policy proposes before ``then`` takes over (default: the
+            trials per episode it was meta-trained for, :attr:`Policy.budget`).
         backend: the backend that trains (default ``TorchBackend(num_threads=1)``).
     """
 
@@ -197,6 +203,8 @@ class TuneOptions:
     compare_default: bool = True
     deterministic: bool = True
     fine_tune_steps: int = 10
+    then: str | None = None
+    handover: int | None = None
     backend: TorchBackend | None = None
 
     def __post_init__(self) -> None:
@@ -204,6 +212,16 @@ class TuneOptions:
             raise ConfigError(
                 f"trial_timeout must be a positive number of seconds, got {self.trial_timeout!r}"
             )
+        if self.then is not None and self.then not in SAMPLERS:
+            raise ConfigError(
+                f"then must be one of {', '.join(SAMPLERS)} (the sampler after the policy's "
+                f"trials), got {self.then!r}" + did_you_mean(str(self.then), list(SAMPLERS))
+            )
+        if self.handover is not None:
+            if self.then is None:
+                raise ConfigError("handover needs then (the sampler that takes over)")
+            if not isinstance(self.handover, int) or self.handover < 1:
+                raise ConfigError(f"handover must be a positive integer, got {self.handover!r}")
         if not isinstance(self.fine_tune_steps, int) or self.fine_tune_steps < 1:
             raise ConfigError(
                 f"fine_tune_steps must be a positive integer, got {self.fine_tune_steps!r}"
@@ -368,7 +386,18 @@ def tune_model(
         space = space_for(policy.space, task)
         store = TrialStore(storage_url(storage, out))
         worker = options.worker or (str(Path(out).resolve()) if out is not None else "main")
-        sampler = PolicySampler(policy, task=task, deterministic=options.deterministic, seed=seed)
+        policy_sampler = PolicySampler(
+            policy, task=task, deterministic=options.deterministic, seed=seed
+        )
+        sampler: optuna.samplers.BaseSampler = policy_sampler
+        if options.then is not None:
+            if budgeted:
+                raise ConfigError(
+                    "then: a budget-aware policy decides every trial of budget_epochs itself"
+                )
+            rest = optuna_sampler(options.then, seed=seed, parallel=executor.n_workers > 1)
+            after = options.handover or policy.budget
+            sampler = HandoverSampler(policy_sampler, rest, after=after)
         study = store.study(
             "tune",
             task,
@@ -391,7 +420,7 @@ def tune_model(
             history = [(c, r) for _, c, r in _finished(store, study)]
             if len(history) >= 2:
                 current = policy.fine_tune(task, history, steps=options.fine_tune_steps)
-                sampler.policy = current
+                policy_sampler.policy = current
 
         def progress(i: int, config: dict[str, Any], result: TrialResult) -> None:
             if callback is not None:
@@ -461,6 +490,8 @@ def tune_model(
             extra={
                 "final_fit": final.report(),
                 "fine_tune": fine_tune,
+                "then": options.then,
+                "handover": sampler.after if isinstance(sampler, HandoverSampler) else None,
                 "pruner": None if pruner is None else type(pruner).__name__,
                 "n_pruned": len(pruned),
                 "n_trials": n_trials if not budgeted else len(finished),
@@ -610,6 +641,8 @@ class _Trials:
         study = self.study
         sampler = study.sampler
         trials = study.get_trials(deepcopy=False)  # read once for the queue and the proposal
+        if isinstance(sampler, HandoverSampler):  # the policy's turn, or the other's
+            sampler = sampler.sampler_of(len(trials))
         if not isinstance(sampler, PolicySampler) or sampler.waiting(study, trials):
             trial = study.ask()
             self.store.claim(trial)

@@ -11,6 +11,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial
 
 from hporl.pretrain import greedy_portfolio
+from hporl.sampler import SAMPLERS, optuna_sampler
 from hporl.space import SearchSpace
 
 __all__ = [
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 METHODS = ("policy", "random", "tpe", "gp", "cmaes", "best_average", "portfolio")
-PRUNABLE = ("random", "tpe", "gp", "cmaes")
+PRUNABLE = SAMPLERS
 """Methods that can run with a pruner, as ``<method>+<pruner>`` (budgets in epochs only)."""
 PRUNED_METHODS = ("random+hyperband", "random+asha", "tpe+hyperband", "tpe+asha")
 """The pruned peers of epoch budgets (DESIGN.md); any of :data:`PRUNABLE` with any pruner of
@@ -111,14 +112,8 @@ def make_sampler(
     the first ``after`` trials, and that sampler the rest (:class:`~hporl.sampler.HandoverSampler`)."""
     if fixed and method in fixed:
         return FixedSequenceSampler(space, [fixed[method]] * n_trials, seed=seed)
-    if method == "random":
-        return RandomSampler(seed=seed)
-    if method == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
-    if method == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if method == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if method in PRUNABLE:
+        return optuna_sampler(method, seed=seed, parallel=parallel)
     if method in ("best_average", "portfolio"):
         assert transfer is not None
         configs = (
@@ -133,6 +128,6 @@ def make_sampler(
         sampler = PolicySampler(policy, task=task, seed=seed)
         if then is None:
             return sampler
-        rest = make_sampler(then, space=space, seed=seed, n_trials=n_trials, parallel=parallel)
+        rest = optuna_sampler(then, seed=seed, parallel=parallel)
         return HandoverSampler(sampler, rest, after=after)
     raise ValueError(f"unknown method {method!r}")
