@@ -43,7 +43,11 @@ BUDGETS = {
     "random": (3, 10, 30),
     "tpe": (3, 10, 30),
     "default": (1,),
+    "policy+tpe": (20,),
+    "policy+gp": (20,),
 }
+"""Trials per method; ``policy+<sampler>`` (or ``candidate+<sampler>``) is ``tune_model``
+with ``then=<sampler>``: the policy's trials (its meta-training budget), then that sampler's."""
 
 
 def tpe_trials(backend: Evaluator, task: Any, space: SearchSpace, n: int, seed: int) -> list:
@@ -75,10 +79,11 @@ def run_cell(
         probe = backend.evaluate(task, config, seed=seed)
         final = backend.final_fit(task, config, probe, seed=seed)
         return {1: {"test": final.result.test_metric, "seconds": probe.wall_time}}
-    if method in ("policy", "candidate"):
+    base, _, then = method.partition("+")
+    if base in ("policy", "candidate"):
         policy = policy or Policy.default()
         cells = {}
-        for k in BUDGETS[method]:
+        for k in BUDGETS.get(method, (20,)):
             r = tune_model(
                 data=task,
                 policy=policy,
@@ -89,6 +94,7 @@ def run_cell(
                     study_name=f"{method}{k}/{task.name}-{seed}",
                     backend=backend.backend,
                     compare_default=False,
+                    then=then or None,
                 ),
             )
             first = [config_key(t["config"]) for t in r.trials[:5]]
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                 if key in cells:
                     continue
                 t0 = time.perf_counter()
-                chosen = candidate if method == "candidate" else policy
+                chosen = candidate if method.startswith("candidate") else policy
                 cells[key] = run_cell(method, task, seed, backend, args.out, space, chosen)
                 shown = {
                     k: {f: v for f, v in c.items() if f != "first5"} for k, c in cells[key].items()
@@ -187,8 +193,8 @@ def report(
     cells: dict, names: list[str], seeds: int, out: Path, seconds: float, backend: Any
 ) -> None:
     run = {key.split("/")[2] for key in cells}
-    order = ("default", "candidate", "policy", "random", "tpe")
-    columns = [(m, k) for m in order if m in run for k in BUDGETS[m]]
+    order = ["default", "candidate", "policy", *sorted(m for m in run if "+" in m), "random", "tpe"]
+    columns = [(m, k) for m in order if m in run for k in BUDGETS.get(m, (20,))]
 
     def value(name: str, seed: int, m: str, k: int) -> float | None:
         cell = cells.get(f"{name}/{seed}/{m}", {})
@@ -237,8 +243,9 @@ def report(
         "data sets where the mean test accuracy beats the default configuration's: "
         + ", ".join(f"{c} {w}/{len(names)}" for c, w in wins.items())
     )
-    if "candidate" in run:
-        lines += ["", *_paired(cells, names, seeds, value)]
+    subjects = [m for m in order if m in run and (m == "candidate" or "+" in m)]
+    if subjects:
+        lines += ["", *_paired(cells, names, seeds, value, subjects, run)]
     text = "\n".join(lines)
     (out / "report.md").write_text(
         f"Held-out test accuracy, mean of {seeds} seeds ({seconds:.0f} s this run)\n\n{text}\n"
@@ -253,16 +260,27 @@ def report(
     )
 
 
-def _paired(cells: dict, names: list[str], seeds: int, value: Any) -> list[str]:
-    """The candidate policy against the others, paired over (data set, seed): mean difference of
-    test accuracy and its standard error; and how many distinct first-5 proposal lists it made."""
+def _paired(
+    cells: dict, names: list[str], seeds: int, value: Any, subjects: list[str], run: set[str]
+) -> list[str]:
+    """Each subject (the candidate policy, a policy handing over) against the others, paired
+    over (data set, seed): mean difference of test accuracy and its standard error; and how
+    many distinct first-5 proposal lists the policies made."""
     lines = ["| comparison | mean difference | paired s.e. | n |", "|---|---|---|---|"]
-    small, large = min(BUDGETS["candidate"]), max(BUDGETS["candidate"])
-    pairs = [(("candidate", large), ("candidate", small))]
-    pairs += [
-        (("candidate", small), (m, k)) for m in ("policy", "random", "tpe") for k in BUDGETS[m]
-    ]
-    pairs += [(("candidate", large), ("policy", max(BUDGETS["policy"])))]
+    pairs = []
+    for subject in subjects:
+        ks = BUDGETS.get(subject, (20,))
+        small, large = min(ks), max(ks)
+        if small != large:
+            pairs.append(((subject, large), (subject, small)))
+        pairs += [
+            ((subject, small), (m, k))
+            for m in ("policy", "random", "tpe")
+            if m in run
+            for k in BUDGETS[m]
+        ]
+        if subject == "candidate":
+            pairs += [((subject, large), ("policy", max(BUDGETS["policy"])))]
     for (m1, k1), (m2, k2) in pairs:
         diffs = [
             a - b

@@ -256,7 +256,7 @@ def optuna_sampler(name: str, *, seed: int | None = None, parallel: bool = False
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
