@@ -19,6 +19,7 @@ from hporl import (
     tune_model,
 )
 from hporl.backends import SyntheticTask
+from hporl.env import FIDELITY_DECISION
 from hporl.observation import DECIDE, FIDELITIES, ObservationLayout, epochs_at
 from hporl.tasks import builtin
 from tests._helpers import run_cli
@@ -69,6 +70,11 @@ def test_env_in_epoch_mode_spends_epochs_as_chosen_and_ends_when_spent(small_spa
     decisions = env.layout.decisions
     assert decisions == [("new", 0), ("new", 1), ("new", 2), ("continue", 0), ("continue", 1)]
     assert env.budget_epochs == 18 and env._position == DECIDE
+    assert env.choosing == FIDELITY_DECISION
+    env_copy = _env(small_space, SyntheticBackend(small_space))
+    env_copy.reset(seed=0)
+    env_copy.step(0)  # a new configuration: its parameters come next, in the space's order
+    assert env_copy.choosing == small_space.parameters[0].name
     # Nothing to continue yet; every new trial fits.
     assert env.action_masks()[:5].tolist() == [True, True, True, False, False]
     _, done, info = _play(env, 0, rng)

@@ -41,7 +41,10 @@ from hporl.exceptions import ConfigError
 from hporl.observation import DECIDE, OBS_BOUND, ObservationLayout, epochs_at, trial_score
 from hporl.space import SearchSpace
 
-__all__ = ["HPOEnv", "TaskAugmentation", "TaskLike"]
+__all__ = ["FIDELITY_DECISION", "HPOEnv", "TaskAugmentation", "TaskLike"]
+
+FIDELITY_DECISION = "<fidelity>"
+"""What :attr:`HPOEnv.choosing` says before a budget-aware trial (no parameter has that name)."""
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +359,17 @@ class HPOEnv(gym.Env):
     @property
     def epochs_spent(self) -> int:
         return self._spent
+
+    @property
+    def choosing(self) -> str | None:
+        """What the next action chooses: the name of a parameter, :data:`FIDELITY_DECISION` for
+        a budget-aware episode's decision before a trial, ``None`` while a configuration waits
+        for its result."""
+        if self._pending is not None:
+            return None
+        if self._position == DECIDE:
+            return FIDELITY_DECISION
+        return self.space.parameters[self._position].name
 
     @property
     def waiting(self) -> bool:

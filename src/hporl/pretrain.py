@@ -34,8 +34,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from hporl.agents import action_logits, state_values
-from hporl.env import HPOEnv
-from hporl.observation import DECIDE, trial_score
+from hporl.env import FIDELITY_DECISION, HPOEnv
+from hporl.observation import trial_score
 from hporl.space import config_key
 
 __all__ = [
@@ -373,7 +373,8 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
         trials, done = 0, False
         while not done:
             mask = env.action_masks()
-            if env._position == DECIDE:
+            choosing = env.choosing
+            if choosing == FIDELITY_DECISION:
                 wanted = plan.pop(0)
                 allowed = [layout.decisions[a] for a in np.flatnonzero(mask)]
                 if wanted not in allowed:
@@ -385,7 +386,7 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
                 if wanted[0] == "new":
                     config = portfolio.candidates[next(queue)]
             else:
-                name = env.space.parameters[env._position].name
+                name = choosing
                 action = layout.action_of(name, config.get(name, env.space[name].default))
             obs.append(env.observe())
             masks.append(mask)
