@@ -63,7 +63,7 @@ def test_after_zero_is_the_second_sampler_alone_and_negative_is_refused(small_sp
     ("settings", "message"),
     [
         ({"then": "gpp"}, r"policies.handed.then must be one of random, tpe, gp, cmaes, got 'gpp'.*gp"),
-        ({"after": 3}, r"policies.handed.after needs policies.handed.then"),
+        ({"then": None, "after": 3}, r"policies.handed.after needs policies.handed.then"),
         ({"then": "gp", "after": 0}, r"policies.handed.after must be a whole number >= 1, got 0"),
         ({"then": "gp", "after": 2.5}, r"after must be a whole number >= 1, got 2.5"),
         ({"then": "tpe", "budget_unit": "epochs"}, r"a budget-aware policy decides every trial"),
@@ -107,7 +107,7 @@ def test_tune_model_hands_over_after_the_policys_trials(tiny_policy, tmp_path):
     policy, _ = tiny_policy
     task = builtin("wine", epochs=2)
     alone = tune_model(
-        data=task, policy=policy, n_trials=4, options=TuneOptions(compare_default=False)
+        data=task, policy=policy, n_trials=4, options=TuneOptions(compare_default=False, then=None)
     )
     handed = tune_model(
         data=task,
@@ -136,7 +136,7 @@ def test_tune_model_hands_over_after_the_policys_trials(tiny_policy, tmp_path):
     ("options", "message"),
     [
         ({"then": "bayes"}, r"then must be one of random, tpe, gp, cmaes .*got 'bayes'"),
-        ({"handover": 3}, r"handover needs then"),
+        ({"then": None, "handover": 3}, r"handover needs then"),
         ({"then": "gp", "handover": 0}, r"handover must be a positive integer, got 0"),
     ],
 )
@@ -163,3 +163,23 @@ def test_cli_tune_with_then(tiny_policy, csv_file, tmp_path, capsys):
         "hporl: error: then must be one of random, tpe, gp, cmaes (the sampler after the "
         "policy's trials), got 'bo'"
     ]
+
+
+def test_by_default_gp_takes_over_after_the_policys_budget_and_models_at_once(tiny_policy):
+    from hporl import TuneOptions, tune_model
+    from hporl.sampler import HANDOVER, PolicySampler, handover_after
+    from hporl.tasks import builtin
+
+    policy, _ = tiny_policy
+    task = builtin("iris", epochs=1)
+    sampler = HandoverSampler.after_policy(PolicySampler(policy, task=task))
+    assert sampler.after == policy.budget == 2 and handover_after(policy, 7) == 7
+    assert isinstance(sampler.then, optuna.samplers.GPSampler)
+    assert sampler.then._n_startup_trials == 2  # its model starts on the policy's trials
+    big = type("P", (), {"budget": 30})()
+    assert handover_after(big) == HANDOVER == 10
+    result = tune_model(
+        data=task, policy=policy, n_trials=3, options=TuneOptions(compare_default=False)
+    )
+    assert (result.extra["then"], result.extra["handover"]) == ("gp", 2)
+    assert len({json.dumps(t["config"], sort_keys=True) for t in result.trials}) == 3

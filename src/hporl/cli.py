@@ -321,15 +321,16 @@ def tune(
     then: Annotated[
         str | None,
         typer.Option(
-            help="an optuna sampler for the trials after the policy's: tpe, gp, random or cmaes "
-            "(it fits every trial, the policy's included)"
+            help="the optuna sampler for the trials after the policy's: gp (default), tpe, "
+            "random or cmaes (its model starts on every trial, the policy's included); none: "
+            "the policy proposes every trial"
         ),
     ] = None,
     handover: Annotated[
         int | None,
         typer.Option(
             help="trials the policy proposes before --then takes over (default: the trials it "
-            "was meta-trained for)"
+            "was meta-trained for, at most 10)"
         ),
     ] = None,
 ) -> None:
@@ -365,7 +366,8 @@ def tune(
             f"--pruner {pruner} reads every epoch as it is trained, in this process: it cannot "
             "be combined with --parallel > 1 or --executor ray"
         )
-    options = TuneOptions(worker=worker, trial_timeout=trial_timeout, then=then, handover=handover)
+    handing = {} if then is None else {"then": None if then == "none" else then}
+    options = TuneOptions(worker=worker, trial_timeout=trial_timeout, handover=handover, **handing)
     out = out or Path("runs") / f"tune-{data.stem}"
     task = Task.from_csv(
         data,

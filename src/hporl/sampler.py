@@ -17,7 +17,15 @@ from hporl.observation import trial_score
 from hporl.policy import Policy
 from hporl.space import config_key
 
-__all__ = ["SAMPLERS", "HandoverSampler", "PolicySampler", "optuna_sampler"]
+__all__ = [
+    "HANDOVER",
+    "SAMPLERS",
+    "THEN",
+    "HandoverSampler",
+    "PolicySampler",
+    "handover_after",
+    "optuna_sampler",
+]
 
 
 @dataclass(frozen=True)
@@ -247,16 +255,35 @@ class PolicySampler(BaseSampler):
 SAMPLERS = ("random", "tpe", "gp", "cmaes")
 """optuna's samplers by name: what a policy can hand over to (:class:`HandoverSampler`)."""
 
+THEN = "gp"
+"""The sampler a policy hands over to by default (``tune_model``, ``hporl bench``): measured
+best of those tried after 10 policy trials, on LCBench and on real training (README)."""
 
-def optuna_sampler(name: str, *, seed: int | None = None, parallel: bool = False) -> BaseSampler:
+HANDOVER = 10
+"""The most trials a policy proposes by default before :data:`THEN` takes over (fewer when it
+was meta-trained for fewer: :func:`handover_after`)."""
+
+
+def handover_after(policy: Policy, after: int | None = None) -> int:
+    """``after``, or by default the trials ``policy`` was meta-trained for, at most
+    :data:`HANDOVER`."""
+    return int(after) if after is not None else min(policy.budget, HANDOVER)
+
+
+def optuna_sampler(
+    name: str, *, seed: int | None = None, parallel: bool = False, startup: int | None = None
+) -> BaseSampler:
     """One of :data:`SAMPLERS`, seeded (TPE with its constant liar when trials run in
-    parallel)."""
+    parallel). ``startup``: the trials TPE and GP sample at random before their model (optuna's
+    ``n_startup_trials``, default 10); a handover sets it to the policy's trials, so that the
+    model starts with them."""
+    kwargs = {} if startup is None else {"n_startup_trials": startup}
     if name == "random":
         return RandomSampler(seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel, **kwargs)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **kwargs)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
@@ -265,11 +292,28 @@ def optuna_sampler(name: str, *, seed: int | None = None, parallel: bool = False
 class HandoverSampler(BaseSampler):
     """Trials ``0 .. after - 1`` from ``first``, the rest from ``then``: for example a
     :class:`PolicySampler` for the first trials, then optuna's GP, which fits its model on every
-    finished trial of the study, the policy's included (a warm-started Bayesian optimisation).
+    finished trial of the study, the policy's included (a warm-started Bayesian optimisation;
+    :meth:`after_policy` builds that).
 
     Which sampler a trial gets depends on its number only, so a resumed study hands over at the
     same point. Both samplers see the whole study.
     """
+
+    @classmethod
+    def after_policy(
+        cls,
+        first: PolicySampler,
+        then: str = THEN,
+        *,
+        after: int | None = None,
+        seed: int | None = None,
+        parallel: bool = False,
+    ) -> HandoverSampler:
+        """``first``'s policy for :func:`handover_after` trials, then the sampler named ``then``
+        (one of :data:`SAMPLERS`), its model started at once on the policy's trials."""
+        after = handover_after(first.policy, after)
+        rest = optuna_sampler(then, seed=seed, parallel=parallel, startup=max(after, 1))
+        return cls(first, rest, after=after)
 
     def __init__(self, first: BaseSampler, then: BaseSampler, *, after: int) -> None:
         if after < 0:

@@ -33,7 +33,7 @@ from hporl.evaluation import (
 from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
-from hporl.sampler import SAMPLERS, HandoverSampler, PolicySampler, optuna_sampler
+from hporl.sampler import SAMPLERS, THEN, HandoverSampler, PolicySampler
 from hporl.saved_model import Predictor
 from hporl.space import config_key
 from hporl.store import PRUNED_EPOCH, WORKER, TrialStore, mask_url, storage_url, trial_state
@@ -188,12 +188,13 @@ class TuneOptions:
             (its epoch count from one trial of it) and report ``default_test_metric``.
         deterministic: the policy takes its most likely bins (else it samples them).
         fine_tune_steps: gradient steps of each fine-tuning (with ``fine_tune=True``).
-        then: an optuna sampler that proposes the trials after the policy's first ``handover``
-            (``"tpe"``, ``"gp"``, ``"random"`` or ``"cmaes"``; :class:`HandoverSampler`): it fits
-            its model on every trial of the study, the policy's included. ``None``: the policy
-            proposes every trial.
+        then: the optuna sampler that proposes the trials after the policy's first ``handover``
+            (``"gp"``, the default; ``"tpe"``, ``"random"`` or ``"cmaes"``;
+            :meth:`HandoverSampler.after_policy`): its model starts at once on every trial of
+            the study, the policy's included. ``None``: the policy proposes every trial. A
+            budget-aware policy with ``budget_epochs`` decides every trial itself.
         handover: how many trials the policy proposes before ``then`` takes over (default: the
-            trials per episode it was meta-trained for, :attr:`Policy.budget`).
+            trials per episode it was meta-trained for, :attr:`Policy.budget`, at most 10).
         backend: the backend that trains (default ``TorchBackend(num_threads=1)``).
     """
 
@@ -203,7 +204,7 @@ class TuneOptions:
     compare_default: bool = True
     deterministic: bool = True
     fine_tune_steps: int = 10
-    then: str | None = None
+    then: str | None = THEN
     handover: int | None = None
     backend: TorchBackend | None = None
 
@@ -390,14 +391,14 @@ def tune_model(
             policy, task=task, deterministic=options.deterministic, seed=seed
         )
         sampler: optuna.samplers.BaseSampler = policy_sampler
-        if options.then is not None:
-            if budgeted:
-                raise ConfigError(
-                    "then: a budget-aware policy decides every trial of budget_epochs itself"
-                )
-            rest = optuna_sampler(options.then, seed=seed, parallel=executor.n_workers > 1)
-            after = options.handover or policy.budget
-            sampler = HandoverSampler(policy_sampler, rest, after=after)
+        if options.then is not None and not budgeted:
+            sampler = HandoverSampler.after_policy(
+                policy_sampler,
+                options.then,
+                after=options.handover,
+                seed=seed,
+                parallel=executor.n_workers > 1,
+            )
         study = store.study(
             "tune",
             task,
@@ -490,7 +491,7 @@ def tune_model(
             extra={
                 "final_fit": final.report(),
                 "fine_tune": fine_tune,
-                "then": options.then,
+                "then": options.then if isinstance(sampler, HandoverSampler) else None,
                 "handover": sampler.after if isinstance(sampler, HandoverSampler) else None,
                 "pruner": None if pruner is None else type(pruner).__name__,
                 "n_pruned": len(pruned),

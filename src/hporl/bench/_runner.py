@@ -28,6 +28,7 @@ from hporl.bench._samplers import (
 from hporl.evaluation import Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
 from hporl.rewards import RewardApproach
+from hporl.sampler import THEN
 from hporl.space import SearchSpace, config_key
 from hporl.store import TrialStore, storage_url
 
@@ -194,7 +195,7 @@ class BenchConfig(BaseModel):
     def _check_handover(self, name: str, settings: Mapping[str, Any]) -> None:
         """``then`` / ``after``: the policy proposes ``after`` trials, then ``then`` samples."""
         where = "policy" if name == "policy" else f"policies.{name}"
-        then, after = settings.get("then"), settings.get("after")
+        then, after = settings.get("then", THEN), settings.get("after")
         if then is None:
             if after is not None:
                 raise ConfigError(f"{where}.after needs {where}.then (the sampler handed over to)")
@@ -208,7 +209,7 @@ class BenchConfig(BaseModel):
             not isinstance(after, int) or isinstance(after, bool) or after < 1
         ):
             raise ConfigError(f"{where}.after must be a whole number >= 1, got {after!r}")
-        if settings.get("budget_unit") == "epochs":
+        if settings.get("budget_unit") == "epochs" and "then" in settings:
             raise ConfigError(f"{where}.then: a budget-aware policy decides every trial itself")
 
     @property
@@ -553,8 +554,8 @@ def _one_run(
         task=task,
         fixed=bench.fixed,
         parallel=config.parallel > 1,
-        then=settings.get("then") if policy is not None else None,
-        after=int(settings.get("after", 10)),
+        then=settings.get("then", THEN) if policy is not None else None,
+        after=settings.get("after"),
     )
     pruner = make_pruner(pruner_name, max_epochs=full)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)

@@ -105,11 +105,12 @@ def make_sampler(
     fixed: Mapping[str, Mapping[str, Any]] | None = None,
     parallel: bool = False,
     then: str | None = None,
-    after: int = 10,
+    after: int | None = None,
 ) -> BaseSampler:
     """The optuna sampler of a benchmark method; a name in ``fixed`` proposes that
     configuration at every trial. A policy with ``then`` (one of :data:`PRUNABLE`) proposes
-    the first ``after`` trials, and that sampler the rest (:class:`~hporl.sampler.HandoverSampler`)."""
+    the first ``after`` trials (default :func:`~hporl.sampler.handover_after`), and that sampler
+    the rest (:meth:`~hporl.sampler.HandoverSampler.after_policy`)."""
     if fixed and method in fixed:
         return FixedSequenceSampler(space, [fixed[method]] * n_trials, seed=seed)
     if method in PRUNABLE:
@@ -128,6 +129,7 @@ def make_sampler(
         sampler = PolicySampler(policy, task=task, seed=seed)
         if then is None:
             return sampler
-        rest = optuna_sampler(then, seed=seed, parallel=parallel)
-        return HandoverSampler(sampler, rest, after=after)
+        return HandoverSampler.after_policy(
+            sampler, then, after=after, seed=seed, parallel=parallel
+        )
     raise ValueError(f"unknown method {method!r}")
