@@ -174,8 +174,10 @@ def test_by_default_gp_takes_over_after_the_policys_budget_and_models_at_once(ti
     task = builtin("iris", epochs=1)
     sampler = HandoverSampler.after_policy(PolicySampler(policy, task=task))
     assert sampler.after == policy.budget == 2 and handover_after(policy, 7) == 7
-    assert isinstance(sampler.then, optuna.samplers.GPSampler)
-    assert sampler.then._n_startup_trials == 2  # its model starts on the policy's trials
+    assert sampler.sampler_at(1) is sampler.first
+    gp = sampler.sampler_at(2)
+    assert isinstance(gp, optuna.samplers.GPSampler)
+    assert gp._n_startup_trials == 2  # its model starts on the policy's trials
     big = type("P", (), {"budget": 30})()
     assert handover_after(big) == HANDOVER == 10
     result = tune_model(

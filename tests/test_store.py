@@ -382,3 +382,39 @@ def test_a_study_records_its_task_features_and_an_older_study_gets_them(tmp_path
     other.set_user_attr("hporl_task", "iris")
     other.set_user_attr("hporl_fingerprint", "0" * 32)
     assert TASK_FEATURES not in store.study("x", task).user_attrs
+
+
+def test_a_trial_that_died_while_its_parameters_were_chosen_is_not_retried(tiny_policy, tmp_path):
+    """A sampler after the policy (GP) suggests a trial's parameters one write at a time: a
+    process killed in between leaves a trial with some of them. Nothing trained, so a resumed
+    run fails it without a retry (a retry would complete the parameters at random) and proposes
+    what an uninterrupted run does."""
+    import socket
+
+    from hporl import tune_model
+
+    policy, _ = tiny_policy
+    task = builtin("iris", epochs=1)
+    options = TuneOptions(compare_default=False)  # GP after the policy's 2 trials
+    out = tmp_path / "run"
+    tune_model(data=task, policy=policy, n_trials=2, out=out, options=options)
+    store = TrialStore(out / "trials.db")
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(store.storage)]
+    study = optuna.load_study(study_name=name, storage=store.storage)
+    half = study.ask()
+    store.claim(half, configuring=True)
+    choices = policy.space.to_optuna()["optimizer"].choices
+    half.suggest_categorical("optimizer", list(choices))  # then the process dies
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    half.set_user_attr("hporl_owner", f"{socket.gethostname()}:{dead.pid}")
+    half.set_user_attr("hporl_worker", str(out.resolve()))
+
+    resumed = tune_model(data=task, policy=policy, n_trials=4, out=out, options=options)
+    clean = tune_model(
+        data=task, policy=policy, n_trials=4, out=tmp_path / "clean", options=options
+    )
+    trials = optuna.load_study(study_name=name, storage=store.storage).get_trials()
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["hporl_stale"] is True
+    assert not [t for t in trials if t.system_attrs.get("failed_trial") == 2]
+    assert [t["config"] for t in resumed.trials] == [t["config"] for t in clean.trials]

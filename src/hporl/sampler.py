@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,13 +291,16 @@ def optuna_sampler(
 
 
 class HandoverSampler(BaseSampler):
-    """Trials ``0 .. after - 1`` from ``first``, the rest from ``then``: for example a
+    """The first ``after`` trials from ``first``, the rest from ``then``: for example a
     :class:`PolicySampler` for the first trials, then optuna's GP, which fits its model on every
     finished trial of the study, the policy's included (a warm-started Bayesian optimisation;
     :meth:`after_policy` builds that).
 
-    Which sampler a trial gets depends on its number only, so a resumed study hands over at the
-    same point. Both samplers see the whole study.
+    A trial's position is the number of trials before it that did not fail: a failed trial's
+    retry takes its place, so a run interrupted and resumed hands over where an uninterrupted
+    one does. ``then`` is a sampler, or a function of the position that makes a fresh one for
+    that trial (:meth:`after_policy` seeds it from the run's seed and the position, so that a
+    resumed run proposes what an uninterrupted one would). Both samplers see the whole study.
     """
 
     @classmethod
@@ -312,42 +316,74 @@ class HandoverSampler(BaseSampler):
         """``first``'s policy for :func:`handover_after` trials, then the sampler named ``then``
         (one of :data:`SAMPLERS`), its model started at once on the policy's trials."""
         after = handover_after(first.policy, after)
-        rest = optuna_sampler(then, seed=seed, parallel=parallel, startup=max(after, 1))
-        return cls(first, rest, after=after)
+        optuna_sampler(then)  # an unknown name fails here, not at the handover
 
-    def __init__(self, first: BaseSampler, then: BaseSampler, *, after: int) -> None:
+        def make(position: int) -> BaseSampler:
+            own = (
+                None
+                if seed is None
+                else int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
+            )
+            return optuna_sampler(then, seed=own, parallel=parallel, startup=max(after, 1))
+
+        return cls(first, make, after=after)
+
+    def __init__(
+        self,
+        first: BaseSampler,
+        then: BaseSampler | Callable[[int], BaseSampler],
+        *,
+        after: int,
+    ) -> None:
         if after < 0:
             raise ValueError(f"after must be >= 0, got {after}")
-        self.first, self.then, self.after = first, then, int(after)
+        self.first, self.after = first, int(after)
+        self._then = then
+        self._turn: dict[int, BaseSampler] = {}  # by trial number, until the trial is over
 
-    def _of(self, trial: FrozenTrial) -> BaseSampler:
-        return self.first if trial.number < self.after else self.then
+    def sampler_at(self, position: int) -> BaseSampler:
+        """The sampler of the trial at ``position`` (trials before it that did not fail)."""
+        if position < self.after:
+            return self.first
+        return self._then if isinstance(self._then, BaseSampler) else self._then(position)
 
-    def sampler_of(self, number: int) -> BaseSampler:
-        """The sampler that proposes trial ``number``."""
-        return self.first if number < self.after else self.then
+    def sampler_of(self, trials: list[FrozenTrial], number: int) -> BaseSampler:
+        """The sampler of trial ``number`` of a study whose trials are ``trials``."""
+        got = self._turn.get(number)
+        if got is None:
+            position = sum(1 for t in trials[:number] if t.state != TrialState.FAIL)
+            got = self._turn[number] = self.sampler_at(position)
+        return got
+
+    def _of(self, study: optuna.Study, trial: FrozenTrial) -> BaseSampler:
+        got = self._turn.get(trial.number)
+        if got is None:
+            got = self.sampler_of(study.get_trials(deepcopy=False), trial.number)
+        return got
 
     def reseed_rng(self) -> None:
         self.first.reseed_rng()
-        self.then.reseed_rng()
+        if isinstance(self._then, BaseSampler):
+            self._then.reseed_rng()
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, Any]:
-        return self._of(trial).infer_relative_search_space(study, trial)
+        return self._of(study, trial).infer_relative_search_space(study, trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
-        return self._of(trial).sample_relative(study, trial, search_space)
+        return self._of(study, trial).sample_relative(study, trial, search_space)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
     ) -> Any:
-        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+        sampler = self._of(study, trial)
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._of(trial).before_trial(study, trial)
+        self._of(study, trial).before_trial(study, trial)
 
     def after_trial(
         self,
@@ -356,4 +392,5 @@ class HandoverSampler(BaseSampler):
         state: TrialState,
         values: Any,
     ) -> None:
-        self._of(trial).after_trial(study, trial, state, values)
+        self._of(study, trial).after_trial(study, trial, state, values)
+        self._turn.pop(trial.number, None)

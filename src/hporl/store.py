@@ -63,6 +63,9 @@ RESULT = "hporl_result"
 KEY = "hporl_key"
 WORKER = "hporl_worker"
 OWNER = "hporl_owner"
+CONFIGURING = "hporl_configuring"
+"""True while a claimed trial's parameters are being suggested one by one (``study.ask``): a
+trial whose process died then never trained, and is failed without a retry."""
 TASK_FEATURES = "hporl_features"
 """The study user attribute holding its task's meta-features (``Task.features()``)."""
 PRUNED_EPOCH = "pruned_epoch"
@@ -550,10 +553,19 @@ class TrialStore:
 
     # -- resume -----------------------------------------------------------------------------
     @staticmethod
-    def claim(trial: optuna.Trial) -> None:
+    def claim(trial: optuna.Trial, *, configuring: bool = False) -> None:
         """Mark ``trial`` as run by this process (host and pid), so that if the process dies
-        the next run on this host fails and retries it at once."""
+        the next run on this host fails and retries it at once. ``configuring``: its parameters
+        are still to be suggested; call :meth:`configured` once they all are (a trial that dies
+        before is failed and not retried: its parameters are incomplete, and nothing trained)."""
         trial.set_user_attr(OWNER, _owner())
+        if configuring:
+            trial.set_user_attr(CONFIGURING, True)
+
+    @staticmethod
+    def configured(trial: optuna.Trial) -> None:
+        """``trial``'s parameters are all suggested (see :meth:`claim`)."""
+        trial.set_user_attr(CONFIGURING, False)
 
     def fail_orphans(self, study: optuna.Study, *, retry: bool = True) -> list[int]:
         """Fail the RUNNING trials of ``study`` whose process is gone (on this host; trials of
@@ -578,10 +590,20 @@ class TrialStore:
                         "trial %d: its process died after recording its result; finished", t.number
                     )
                 continue
+            unconfigured = t.user_attrs.get(CONFIGURING) is True
             try:
+                if unconfigured:  # not a trial of the run: no retry, no place in its history
+                    study._storage.set_trial_user_attr(t._trial_id, "hporl_stale", True)
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another process got there first
+            if unconfigured:
+                logger.warning(
+                    "trial %d: its process died while its parameters were chosen (nothing "
+                    "trained): failed, not retried",
+                    t.number,
+                )
+                continue
             logger.warning("trial %d was running in a process that died: failed, retried", t.number)
             failed.append(t.number)
             if retry:

@@ -598,8 +598,10 @@ class _Trials:
                         warnings.filterwarnings("ignore", message="Heartbeat of storage")
                         if beats:  # as study.optimize does: stale trials of others, retried
                             fail_stale_trials(study)
-                        trial = self._new_trial()
+                        trial, configuring = self._new_trial()
                     item = _Running(trial, self.space.suggest(trial))
+                    if configuring:
+                        self.store.configured(trial)
                     running.append(item)
                     if beats:
                         item.beat = get_heartbeat_thread(trial._trial_id, study._storage)
@@ -636,20 +638,21 @@ class _Trials:
                     study.tell(item.trial, state=TrialState.FAIL)
             raise
 
-    def _new_trial(self) -> optuna.Trial:
-        """A queued retry first (``study.ask``); else the policy's proposal, made a running
-        trial in one transaction."""
+    def _new_trial(self) -> tuple[optuna.Trial, bool]:
+        """A queued retry first, or the proposal of the sampler a policy handed over to
+        (``study.ask``; ``True``: its parameters are still to be suggested); else the policy's
+        proposal, made a running trial in one transaction."""
         study = self.study
         sampler = study.sampler
         trials = study.get_trials(deepcopy=False)  # read once for the queue and the proposal
         if isinstance(sampler, HandoverSampler):  # the policy's turn, or the other's
-            sampler = sampler.sampler_of(len(trials))
+            sampler = sampler.sampler_of(trials, len(trials))
         if not isinstance(sampler, PolicySampler) or sampler.waiting(study, trials):
             trial = study.ask()
-            self.store.claim(trial)
-            return trial
+            self.store.claim(trial, configuring=True)  # its parameters come one by one
+            return trial, True
         config = sampler.propose(study, trials=trials)
-        return self.store.open_trial(study, self.space, self.space.conform(config))
+        return self.store.open_trial(study, self.space, self.space.conform(config)), False
 
     def _tell(self, item: _Running) -> TrialResult:
         item.stop_heartbeat()
