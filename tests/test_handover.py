@@ -161,7 +161,7 @@ def test_cli_tune_with_then(tiny_policy, csv_file, tmp_path, capsys):
     code, _, err = run_cli(*args, "--then", "bo", "--out", tmp_path / "x", capsys=capsys)
     assert code == 2 and err.strip().splitlines() == [
         "hporl: error: then must be one of random, tpe, gp, cmaes (the sampler after the "
-        "policy's trials), got 'bo'"
+        "policy's trials), got 'bo'."
     ]
 
 

@@ -216,7 +216,7 @@ class TuneOptions:
         if self.then is not None and self.then not in SAMPLERS:
             raise ConfigError(
                 f"then must be one of {', '.join(SAMPLERS)} (the sampler after the policy's "
-                f"trials), got {self.then!r}" + did_you_mean(str(self.then), list(SAMPLERS))
+                f"trials), got {self.then!r}." + did_you_mean(str(self.then), list(SAMPLERS))
             )
         if self.handover is not None:
             if self.then is None:
