@@ -451,7 +451,8 @@ def _run(
             t0 = time.perf_counter()
             settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
             path = config.policy_path if method == "policy" else settings.pop("path", None)
-            settings.pop("then", None), settings.pop("after", None)  # how it is run, see _one_run
+            for key in ("then", "after"):  # how it is run (see _one_run), not how it is made
+                settings.pop(key, None)
             suffix = "" if method == "policy" else f"_{method}"
             say(
                 f"fold {f + 1}/{len(folds)}: meta-training {method} on {len(train)} tasks "

@@ -11,7 +11,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial
 
 from hporl.pretrain import greedy_portfolio
-from hporl.sampler import SAMPLERS, optuna_sampler
+from hporl.sampler import SAMPLERS, HandoverSampler, PolicySampler, optuna_sampler
 from hporl.space import SearchSpace
 
 __all__ = [
@@ -124,8 +124,6 @@ def make_sampler(
         )
         return FixedSequenceSampler(space, configs, seed=seed)
     if policy is not None:  # "policy", or a named one of the bench's ``policies``
-        from hporl.sampler import HandoverSampler, PolicySampler
-
         sampler = PolicySampler(policy, task=task, seed=seed)
         if then is None:
             return sampler
