@@ -384,6 +384,7 @@ def test_a_study_records_its_task_features_and_an_older_study_gets_them(tmp_path
     assert TASK_FEATURES not in store.study("x", task).user_attrs
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks, as tune_model does
 def test_a_trial_that_died_while_its_parameters_were_chosen_is_not_retried(tiny_policy, tmp_path):
     """A sampler after the policy (GP) suggests a trial's parameters one write at a time: a
     process killed in between leaves a trial with some of them. Nothing trained, so a resumed
