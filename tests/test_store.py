@@ -419,3 +419,31 @@ def test_a_trial_that_died_while_its_parameters_were_chosen_is_not_retried(tiny_
     assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["hporl_stale"] is True
     assert not [t for t in trials if t.system_attrs.get("failed_trial") == 2]
     assert [t["config"] for t in resumed.trials] == [t["config"] for t in clean.trials]
+
+
+def test_a_heartbeat_the_database_refuses_is_no_traceback(monkeypatch):
+    """A full disk met by a running trial's heartbeat thread (not by the run) raised in that
+    thread, and Python printed its traceback beside the run's one-line error."""
+    import threading
+
+    from hporl.tune import _Heartbeat
+
+    raised: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+
+    class Full:
+        calls = 0
+
+        def get_heartbeat_interval(self) -> int:
+            return 0
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            Full.calls += 1
+            raise optuna.exceptions.StorageInternalError("database or disk is full")
+
+    beat = _Heartbeat(7, Full())
+    beat.start()
+    while Full.calls < 3:  # it keeps trying
+        time.sleep(0.01)
+    beat.join()
+    assert raised == []

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
+from optuna.storages._heartbeat import HeartbeatThread, fail_stale_trials, is_heartbeat_enabled
 from optuna.trial import TrialState
 from torch import nn
 
@@ -534,6 +534,23 @@ class _Clock:
             self.switch(None)
 
 
+class _Heartbeat(HeartbeatThread):
+    """optuna's heartbeat thread of a running trial, except that a heartbeat the database
+    refuses (full disk, lost connection) is logged, not raised: raised in the thread, it printed
+    a traceback beside the run's one-line error. The run's own next write reports the fault."""
+
+    @staticmethod
+    def _record_heartbeat(trial_id: int, heartbeat: Any, stop_event: Any) -> None:
+        interval = heartbeat.get_heartbeat_interval()
+        while True:
+            try:
+                heartbeat.record_heartbeat(trial_id)
+            except Exception:  # the main thread meets the same fault at its next write
+                logger.debug("trial %d: heartbeat not recorded", trial_id, exc_info=True)
+            if stop_event.wait(timeout=interval):
+                return
+
+
 @dataclass(eq=False)
 class _Running:
     trial: optuna.Trial
@@ -604,7 +621,7 @@ class _Trials:
                         self.store.configured(trial)
                     running.append(item)
                     if beats:
-                        item.beat = get_heartbeat_thread(trial._trial_id, study._storage)
+                        item.beat = _Heartbeat(trial._trial_id, study._storage)
                         item.beat.start()
                     clock.switch("submit")
                     on_epoch = None
