@@ -110,14 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+
+    from hporl.experiment import progress_bar
 
     console = Console()
     t_start = time.perf_counter()
@@ -146,17 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     per_task: Counter = Counter()
     trained_seconds = 0.0
     stopped_at = None
-    columns = (
-        TextColumn("trials"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     total = len(tasks) * args.configs
     t_loop = time.perf_counter()  # after the tasks are built and the store opened
-    with evaluator, Progress(*columns, console=console) as bar:
-        job = bar.add_task("", total=total)
+    with evaluator, progress_bar("trials", total) as update:
 
         def tally(ev: Any) -> None:
             nonlocal trained_seconds
@@ -164,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             per_task[ev.task.name] += 1
             if ev.source == "trained":
                 trained_seconds += ev.result.wall_time
-            bar.update(job, advance=1)
+            update(sum(per_task.values()))
 
         for r in range(args.configs):
             elapsed = (time.perf_counter() - t_start) / 60

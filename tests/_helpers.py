@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from hporl import HPOEnv, Policy, SyntheticBackend
@@ -84,3 +86,33 @@ def policy_from(agent, space, cfg, budget=1, n_features=4):
         policy_kwargs=cfg.policy_kwargs(env.layout),
         training_tasks=["a", "b"],
     )
+
+
+def truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
+    """A damage for file-check tests: cut the file ``name`` of a directory to ``keep`` of it."""
+
+    def damage(d: Path) -> None:
+        data = (d / name).read_bytes()
+        (d / name).write_bytes(data[: int(len(data) * keep)])
+
+    return damage
+
+
+RPART = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "yahpo" / "rbv2_rpart"
+)
+needs_rpart = pytest.mark.skipif(
+    not (RPART / "model.onnx").is_file(), reason=f"YAHPO rbv2_rpart data not found at {RPART}"
+)
+RPART_TINY = {
+    "benchmark": "yahpo/rbv2_rpart",
+    "data_dir": str(RPART),
+    "train_tasks": ["1040", "1049", "1050"],
+    "test_tasks": ["1056", "1063"],
+    "methods": ["random", "best_average", "portfolio"],
+    "budgets": [1, 3],
+    "seeds": 1,
+    "normalisation_samples": 100,
+    "transfer_candidates": 30,
+}
+"""A bench on rbv2_rpart small enough for a test (shared by the bench tests)."""

@@ -31,6 +31,7 @@ from hporl import (
 from hporl._io import checksum_path, meta_sha256, sha256_file, verify_checksum, write_checksum
 from hporl._policy_files import FORMAT_VERSION
 from hporl.cli import main
+from tests._helpers import truncate
 
 TAG_LINE = "YAML tag '!!python/object/apply:os.system' at line 1, column {col} is not allowed; hporl reads plain YAML (mappings, lists, strings, numbers, booleans)"
 
@@ -404,14 +405,6 @@ def _edit_json(change):
     return damage
 
 
-def _truncate(name: str, keep: float = 0.5):
-    def damage(d: Path) -> None:
-        data = (d / name).read_bytes()
-        (d / name).write_bytes(data[: int(len(data) * keep)])
-
-    return damage
-
-
 def _flip_in_json_value(d: Path) -> None:
     # one byte of "best_metric" becomes "best_metrib": still valid JSON, but edited
     text = (d / "policy.json").read_bytes()
@@ -446,11 +439,11 @@ POLICY_CASES = [
     ("json key added", _edit_json(lambda m: m.update(note="mine")), EDITED),
     ("json byte flipped", _flip_in_json_value, EDITED),
     ("json checksum removed", _edit_json(lambda m: m.pop("meta_sha256")), "{d}/policy.json was edited by hand: its checksum does not match (it has no meta_sha256); restore the saved file or re-run `hporl meta-train`"),
-    ("json truncated", _truncate("policy.json"), re.compile(r"\{d\}/policy\.json is not valid JSON: .+")),
+    ("json truncated", truncate("policy.json"), re.compile(r"\{d\}/policy\.json is not valid JSON: .+")),
     ("json not an object", lambda d: (d / "policy.json").write_text("[1, 2]"), "{d}/policy.json is not a policy description: expected a JSON object"),
     ("older format", _edit_json(_format_1), f"{{d}}/policy.json: the policy was saved in format_version 1 and this hporl reads format {FORMAT_VERSION}; re-run `hporl meta-train` to make a new policy"),
-    ("weights truncated", _truncate("policy.safetensors"), CORRUPTED),
-    ("weights truncated by one byte", _truncate("policy.safetensors", keep=0.9999), CORRUPTED),
+    ("weights truncated", truncate("policy.safetensors"), CORRUPTED),
+    ("weights truncated by one byte", truncate("policy.safetensors", keep=0.9999), CORRUPTED),
     ("weights byte flipped", lambda d: _flip(d / "policy.safetensors", -1), CORRUPTED),
     ("weights checksum edited too", _resigned(lambda m: m["checksums"].update({"policy.safetensors": "0" * 64})), CORRUPTED),
 ]  # fmt: skip

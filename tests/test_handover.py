@@ -14,7 +14,8 @@ from hporl import ConfigError, SearchSpace
 from hporl.bench import BenchConfig, run
 from hporl.bench._samplers import FixedSequenceSampler
 from hporl.sampler import HandoverSampler
-from tests.bench.test_bench_yahpo import TINY, needs_rpart
+from tests._helpers import RPART_TINY as TINY
+from tests._helpers import needs_rpart
 
 
 def _objective(space: SearchSpace):
@@ -138,6 +139,7 @@ def test_tune_model_hands_over_after_the_policys_trials(tiny_policy, tmp_path):
         ({"then": "bayes"}, r"then must be one of random, tpe, gp, cmaes .*got 'bayes'"),
         ({"then": None, "handover": 3}, r"handover needs then"),
         ({"then": "gp", "handover": 0}, r"handover must be a positive integer, got 0"),
+        ({"handover": True}, r"handover must be a positive integer, got True"),
     ],
 )
 def test_bad_handover_options_are_refused(options, message):

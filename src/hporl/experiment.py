@@ -358,10 +358,18 @@ def run_experiment(
 
 @contextlib.contextmanager
 def _progress(show: bool, what: str, total: int) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar over ``total`` tasks with an estimate of the time left (or nothing)."""
+    """A rich progress bar over ``total`` training tasks (or nothing)."""
     if not show:
         yield None
         return
+    with progress_bar(what + " on training tasks", total) as update:
+        yield update
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar of ``total`` steps with an estimate of the time left; yields
+    ``update(done)``."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -372,7 +380,7 @@ def _progress(show: bool, what: str, total: int) -> Iterator[Callable[[int], Non
     )
 
     columns = (
-        TextColumn(what + " on training tasks"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -24,6 +24,7 @@ RL then starts from the expert's level, with its task features and its history a
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -367,7 +368,7 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
     obs, masks, actions, rewards, trial_index, episode = [], [], [], [], [], []
     for t, task in enumerate(tasks):
         env.reset(options={"task": task})
-        plan = [("new", levels - 1), *bracket * 1000]
+        plan = itertools.chain([("new", levels - 1)], itertools.cycle(bracket))
         queue = iter(order)
         config: dict[str, Any] = {}
         trials, done = 0, False
@@ -375,7 +376,7 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
             mask = env.action_masks()
             choosing = env.choosing
             if choosing == FIDELITY_DECISION:
-                wanted = plan.pop(0)
+                wanted = next(plan)
                 allowed = [layout.decisions[a] for a in np.flatnonzero(mask)]
                 if wanted not in allowed:
                     wanted = next(

@@ -316,7 +316,8 @@ class HandoverSampler(BaseSampler):
         """``first``'s policy for :func:`handover_after` trials, then the sampler named ``then``
         (one of :data:`SAMPLERS`), its model started at once on the policy's trials."""
         after = handover_after(first.policy, after)
-        optuna_sampler(then)  # an unknown name fails here, not at the handover
+        if then not in SAMPLERS:  # here, not at the handover
+            raise ValueError(f"unknown sampler {then!r}; one of {', '.join(SAMPLERS)}")
 
         def make(position: int) -> BaseSampler:
             own = (

@@ -221,7 +221,9 @@ class TuneOptions:
         if self.handover is not None:
             if self.then is None:
                 raise ConfigError("handover needs then (the sampler that takes over)")
-            if not isinstance(self.handover, int) or self.handover < 1:
+            if isinstance(self.handover, bool) or not isinstance(self.handover, int):
+                raise ConfigError(f"handover must be a positive integer, got {self.handover!r}")
+            if self.handover < 1:
                 raise ConfigError(f"handover must be a positive integer, got {self.handover!r}")
         if not isinstance(self.fine_tune_steps, int) or self.fine_tune_steps < 1:
             raise ConfigError(

@@ -19,7 +19,7 @@ from hporl.exceptions import ConfigError, ModelError
 from hporl.experiment import run_experiment
 from hporl.tasks import builtin
 from hporl.tasks import models as M
-from tests._helpers import run_cli
+from tests._helpers import run_cli, truncate
 
 TINY = FitSettings(members=3, hidden=(32, 32), steps=300, batch_size=128)
 TASKS = ["iris", "wine", "breast_cancer", "synth_clf_0", "synth_clf_1"]
@@ -112,14 +112,6 @@ def _resign(change):
     return damage
 
 
-def _truncate(name: str, keep: float = 0.5):
-    def damage(d: Path) -> None:
-        data = (d / name).read_bytes()
-        (d / name).write_bytes(data[: int(len(data) * keep)])
-
-    return damage
-
-
 def _flip_last_byte(d: Path) -> None:
     data = bytearray((d / WEIGHTS).read_bytes())
     data[-1] ^= 0xFF
@@ -136,10 +128,10 @@ DAMAGE = [
     ("no weights", lambda d: (d / WEIGHTS).unlink(), "{d} is not a surrogate directory: surrogate.safetensors is missing"),
     ("json value edited", _edit_json(lambda m: m["settings"].update(members=4)), EDITED),
     ("json key added", _edit_json(lambda m: m.update(note="mine")), EDITED),
-    ("json truncated", _truncate(META), re.compile(r"\{d\}/surrogate\.json is not valid JSON: .+")),
+    ("json truncated", truncate(META), re.compile(r"\{d\}/surrogate\.json is not valid JSON: .+")),
     ("json not an object", lambda d: (d / META).write_text("[1]"), "{d}/surrogate.json is not a surrogate description: expected a JSON object"),
     ("other format", _resign(lambda m: m.update(format_version=0)), "{d}/surrogate.json: the surrogate was saved in format_version 0 and this hporl reads format 1; re-run `hporl surrogate fit` to make a new surrogate"),
-    ("weights truncated", _truncate(WEIGHTS), CORRUPTED),
+    ("weights truncated", truncate(WEIGHTS), CORRUPTED),
     ("weights byte flipped", _flip_last_byte, CORRUPTED),
     ("weights checksum edited too", _resign(lambda m: m["checksums"].update({WEIGHTS: "0" * 64})), CORRUPTED),
     ("shape edited and re-signed", _resign(lambda m: m["settings"].update(hidden=[16, 16])), re.compile(r"\{d\}/surrogate\.json is incomplete or does not match surrogate\.safetensors: .+")),

@@ -11,25 +11,8 @@ import pytest
 from hporl import ConfigError
 from hporl.bench import BenchConfig, run
 from hporl.bench._runner import _feature_names, yahpo_scenario
-from tests._helpers import run_cli
-
-RPART = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks" / "yahpo" / "rbv2_rpart"
-)
-needs_rpart = pytest.mark.skipif(
-    not (RPART / "model.onnx").is_file(), reason=f"YAHPO rbv2_rpart data not found at {RPART}"
-)
-TINY = {
-    "benchmark": "yahpo/rbv2_rpart",
-    "data_dir": str(RPART),
-    "train_tasks": ["1040", "1049", "1050"],
-    "test_tasks": ["1056", "1063"],
-    "methods": ["random", "best_average", "portfolio"],
-    "budgets": [1, 3],
-    "seeds": 1,
-    "normalisation_samples": 100,
-    "transfer_candidates": 30,
-}
+from tests._helpers import RPART, needs_rpart, run_cli
+from tests._helpers import RPART_TINY as TINY
 
 
 def test_benchmark_names() -> None:
