@@ -32,7 +32,7 @@ from typing import Any
 
 import optuna
 
-from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
+from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate, stop_epoch
 from hporl.exceptions import ConfigError, HporlError
 from hporl.executors import Executor, make_executor, worker_died
 from hporl.rewards import normalized_score
@@ -111,10 +111,8 @@ def _replayed(result: TrialResult, on_epoch: EpochCallback) -> TrialResult:
     """``result`` as if ``on_epoch`` had watched it being trained: each epoch's value reported;
     where it says stop, the curves cut there (``stopped_early``; the test metric kept only if
     its best epoch is before the cut), the wall time in proportion."""
-    for epoch, value in enumerate(result.curve, start=1):
-        if on_epoch(epoch, value):
-            break
-    else:
+    epoch = stop_epoch(result.curve, on_epoch)
+    if epoch is None:
         return result
     if result.per_model:
         return aggregate([_cut(r, epoch) for r in result.per_model])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,14 @@ class TrialResult:
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None and math.isfinite(v)]
     return sum(present) / len(present) if present else None
+
+
+def stop_epoch(curve: Sequence[float], on_epoch: EpochCallback | None) -> int | None:
+    """The epoch at which ``on_epoch``, shown ``curve`` value by value as if it were being
+    trained, says stop (a pruner); ``None`` when it never does."""
+    if on_epoch is None:
+        return None
+    return next((e for e, v in enumerate(curve, start=1) if on_epoch(e, v)), None)
 
 
 def aggregate(results: list[TrialResult]) -> TrialResult:

@@ -44,7 +44,7 @@ from hporl._io import (
     write_checked_json,
     write_json,
 )
-from hporl.backends._base import Backend, EpochCallback, TrialResult
+from hporl.backends._base import Backend, EpochCallback, TrialResult, stop_epoch
 from hporl.backends._trial_table import TrialTable, complete_config, data_group, read_trials
 from hporl.exceptions import ConfigError, HporlError, ModelError, SearchSpaceError
 from hporl.space import SearchSpace, config_key
@@ -640,12 +640,9 @@ class SurrogateBackend(Backend):
         diverge = next((e for e in range(n_epochs) if raw["p"][e] > u), None)
         done = n_epochs if diverge is None else diverge
         curve = [float(chance + s * (1 - chance)) for s in score[:done]]
-        stopped = False
-        if on_epoch is not None:
-            for e, value in enumerate(curve, start=1):
-                if on_epoch(e, value):
-                    curve, stopped = curve[:e], True
-                    break
+        stop = stop_epoch(curve, on_epoch)
+        stopped = stop is not None
+        curve = curve[:stop]
         k = len(curve)
         loss = [float(1 - s) for s in score[:k]]
         common = {

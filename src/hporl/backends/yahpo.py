@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from hporl._io import did_you_mean
-from hporl.backends._base import Backend, EpochCallback, TrialResult
+from hporl.backends._base import Backend, EpochCallback, TrialResult, stop_epoch
 from hporl.exceptions import ConfigError, SearchSpaceError
 from hporl.space import SearchSpace
 
@@ -910,12 +910,9 @@ class YahpoBackend(Backend):
         on_epoch: EpochCallback | None,
     ) -> TrialResult:
         curve = self._scores(rows, self.target).tolist()
-        stopped = False
-        if on_epoch is not None:
-            for e, value in enumerate(curve, start=1):
-                if on_epoch(e, value):
-                    curve, stopped = curve[:e], True
-                    break
+        stop = stop_epoch(curve, on_epoch)
+        stopped = stop is not None
+        curve = curve[:stop]
         k = len(curve)
         if self._loss is not None:
             loss = rows[:k, self.targets.index(self._loss)].astype(np.float64).tolist()
