@@ -296,3 +296,36 @@ def test_the_halving_expert_probes_cheaply_and_promotes_the_best_rung_by_rung(sm
     for a, b in itertools.pairwise(starts):
         episode = steps["returns"][a:b]
         assert episode[0] == episode.max() > episode[-1] > 0
+
+
+def test_a_budget_aware_policy_hands_over_and_a_resumed_run_proposes_the_same(
+    aware_policy, tmp_path
+):
+    policy, _ = aware_policy
+    task = builtin("wine", epochs=9)
+    options = TuneOptions(compare_default=False, then="tpe", handover=1)
+    kwargs = {"data": task, "policy": policy, "budget_epochs": 40, "options": options}
+    whole = tune_model(**kwargs, out=tmp_path / "whole")
+    report = json.loads((tmp_path / "whole" / "report.json").read_text())
+    assert (report["then"], report["handover"]) == ("tpe", 1)
+    spent, cut = 0, None
+    for i, t in enumerate(whole.trials):
+        spent += t["epochs"]
+        if spent >= 9 and cut is None:
+            cut = i + 1  # the policy has spent one full training's epochs
+    assert report["epochs_spent"] == spent <= 40
+    after = whole.trials[cut:]
+    assert after and all((t["fidelity"], t["epochs"]) == (1.0, 9) for t in after)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(done, total, config, result):
+        if done == cut + 1:
+            raise Stop
+
+    with pytest.raises(Stop):  # interrupted after the first trial handed over
+        tune_model(**kwargs, out=tmp_path / "resumed", callback=stop_after_3)
+    resumed = tune_model(**kwargs, out=tmp_path / "resumed")
+    assert [t["config"] for t in resumed.trials] == [t["config"] for t in whole.trials]
+    assert [t["fidelity"] for t in resumed.trials] == [t["fidelity"] for t in whole.trials]

@@ -67,7 +67,6 @@ def test_after_zero_is_the_second_sampler_alone_and_negative_is_refused(small_sp
         ({"then": None, "after": 3}, r"policies.handed.after needs policies.handed.then"),
         ({"then": "gp", "after": 0}, r"policies.handed.after must be a whole number >= 1, got 0"),
         ({"then": "gp", "after": 2.5}, r"after must be a whole number >= 1, got 2.5"),
-        ({"then": "tpe", "budget_unit": "epochs"}, r"a budget-aware policy decides every trial"),
     ],
 )  # fmt: skip
 def test_bad_handover_settings_are_named(settings, message):

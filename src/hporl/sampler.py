@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "HandoverSampler",
     "PolicySampler",
     "handover_after",
+    "handover_config",
     "optuna_sampler",
 ]
 
@@ -290,6 +292,54 @@ def optuna_sampler(
     raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
 
 
+def _position_seed(seed: int | None, position: int) -> int | None:
+    """The seed of the sampler made fresh for the trial at ``position`` of a run seeded ``seed``
+    (so that a resumed run proposes what an uninterrupted one would)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
+
+
+def handover_config(
+    then: str,
+    space: Any,
+    trials: Sequence[tuple[Mapping[str, Any], float | None]],
+    *,
+    seed: int | None,
+    position: int,
+    startup: int,
+) -> dict[str, Any]:
+    """The configuration that optuna's sampler ``then`` (one of :data:`SAMPLERS`) proposes after
+    ``trials`` (configuration, value to maximise or ``None`` for a failure), made fresh for the
+    trial at ``position`` of the run: what a budget-aware policy hands over to once its own
+    epochs are spent, given only its trials trained for the full epochs (a score after fewer
+    epochs would mislead the model). ``startup``: the trials before the model (see
+    :func:`optuna_sampler`)."""
+    sampler = optuna_sampler(then, seed=_position_seed(seed, position), startup=max(startup, 1))
+    storage = optuna.storages.InMemoryStorage()
+    quiet = logging.getLogger(type(storage).__module__)  # it logs every study it creates
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], study_name="handover")
+    finally:
+        quiet.setLevel(level)
+    study = optuna.Study(study_name="handover", storage=storage, sampler=sampler)
+    distributions = space.to_optuna()
+    for config, value in trials:
+        params = space.optuna_params(config)
+        failed = value is None or not np.isfinite(value)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                value=None if failed else float(value),
+                state=TrialState.FAIL if failed else TrialState.COMPLETE,
+            )
+        )
+    return space.suggest(study.ask())
+
+
 class HandoverSampler(BaseSampler):
     """The first ``after`` trials from ``first``, the rest from ``then``: for example a
     :class:`PolicySampler` for the first trials, then optuna's GP, which fits its model on every
@@ -320,11 +370,7 @@ class HandoverSampler(BaseSampler):
             raise ValueError(f"unknown sampler {then!r}; one of {', '.join(SAMPLERS)}")
 
         def make(position: int) -> BaseSampler:
-            own = (
-                None
-                if seed is None
-                else int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
-            )
+            own = _position_seed(seed, position)
             return optuna_sampler(then, seed=own, parallel=parallel, startup=max(after, 1))
 
         return cls(first, make, after=after)

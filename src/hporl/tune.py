@@ -32,8 +32,15 @@ from hporl.evaluation import (
 )
 from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
-from hporl.policy import Policy
-from hporl.sampler import SAMPLERS, THEN, HandoverSampler, PolicySampler
+from hporl.policy import Policy, TrialChoice
+from hporl.sampler import (
+    SAMPLERS,
+    THEN,
+    HandoverSampler,
+    PolicySampler,
+    handover_after,
+    handover_config,
+)
 from hporl.saved_model import Predictor
 from hporl.space import config_key
 from hporl.store import PRUNED_EPOCH, WORKER, TrialStore, mask_url, storage_url, trial_state
@@ -192,9 +199,12 @@ class TuneOptions:
             (``"gp"``, the default; ``"tpe"``, ``"random"`` or ``"cmaes"``;
             :meth:`HandoverSampler.after_policy`): its model starts at once on every trial of
             the study, the policy's included. ``None``: the policy proposes every trial. A
-            budget-aware policy with ``budget_epochs`` decides every trial itself.
-        handover: how many trials the policy proposes before ``then`` takes over (default: the
-            trials per episode it was meta-trained for, :attr:`Policy.budget`, at most 10).
+            budget-aware policy with ``budget_epochs`` decides every trial (its fidelity too)
+            until it has spent ``handover`` full trainings' epochs; then ``then`` proposes
+            full trainings, its model fitted on the policy's trials trained for all epochs.
+        handover: how many trials (a budget-aware policy: full trainings' epochs) the policy
+            spends before ``then`` takes over (default: what it was meta-trained for,
+            :attr:`Policy.budget`, at most 10).
         backend: the backend that trains (default ``TorchBackend(num_threads=1)``).
     """
 
@@ -455,6 +465,8 @@ def tune_model(
                     worker=worker,
                     deterministic=options.deterministic,
                     callback=callback,
+                    then=options.then,
+                    after=handover_after(policy, options.handover),
                 )
             elif n_trials > done:
                 trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
@@ -493,8 +505,14 @@ def tune_model(
             extra={
                 "final_fit": final.report(),
                 "fine_tune": fine_tune,
-                "then": options.then if isinstance(sampler, HandoverSampler) else None,
-                "handover": sampler.after if isinstance(sampler, HandoverSampler) else None,
+                "then": options.then if isinstance(sampler, HandoverSampler) or budgeted else None,
+                "handover": (
+                    sampler.after
+                    if isinstance(sampler, HandoverSampler)
+                    else handover_after(policy, options.handover)
+                    if budgeted and options.then is not None
+                    else None
+                ),
                 "pruner": None if pruner is None else type(pruner).__name__,
                 "n_pruned": len(pruned),
                 "n_trials": n_trials if not budgeted else len(finished),
@@ -716,10 +734,15 @@ def _budgeted_trials(
     worker: str,
     deterministic: bool,
     callback: ProgressCallback | None,
+    then: str | None = None,
+    after: int = 0,
 ) -> tuple[int, dict[int, float]]:
     """A budget-aware policy's trials, one at a time, until no choice fits in the epochs left;
-    a resumed run rebuilds the history and the epochs spent from the study. Returns the epochs
-    spent and each trial's fidelity (by trial number)."""
+    with ``then``, once ``after`` full trainings' epochs are spent, that optuna sampler's full
+    trainings (:func:`~hporl.sampler.handover_config`, given the trials trained for all the
+    epochs) while one fits. A resumed run rebuilds the history and the epochs spent from the
+    study, and proposes what an uninterrupted one would. Returns the epochs spent and each
+    trial's fidelity (by trial number)."""
     store: TrialStore = evaluator.store  # type: ignore[assignment]
     resumable = bool(getattr(evaluator.backend, "resumable", False))
     full = int(task.epochs)
@@ -745,17 +768,26 @@ def _budgeted_trials(
     rng = np.random.default_rng(seed)
     done = 0
     while spent < budget_epochs:
-        choice = policy.suggest_trial(
-            task,
-            history,
-            epochs_left=budget_epochs - spent,
-            full_epochs=full,
-            resumable=resumable,
-            budget_epochs=budget_epochs,
-            deterministic=deterministic,
-            rng=rng,
-            avoid=tried,
-        )
+        if then is not None and spent >= after * full:
+            if spent + full > budget_epochs:
+                break
+            trained = [(c, trial_state(r)[1]) for c, r, f in history if f >= 1.0]
+            config = handover_config(
+                then, space, trained, seed=seed, position=len(fidelity), startup=after
+            )
+            choice = TrialChoice(config, 1.0, full, None, full)
+        else:
+            choice = policy.suggest_trial(
+                task,
+                history,
+                epochs_left=budget_epochs - spent,
+                full_epochs=full,
+                resumable=resumable,
+                budget_epochs=budget_epochs,
+                deterministic=deterministic,
+                rng=rng,
+                avoid=tried,
+            )
         if choice is None:
             break
         config = space.conform(choice.config)

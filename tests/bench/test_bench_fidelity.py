@@ -120,3 +120,43 @@ def test_lcbench_continuation_costs_the_extra_epochs_and_is_the_surrogates_curve
     _, _, done, _, last = env.step(env.layout.decisions.index(("continue", 1)))
     assert (last["epochs"], last["epochs_spent"], done) == (35, 52, True)
     assert last["result"].curve == pytest.approx(whole.curve)
+
+
+def test_a_budget_aware_policy_hands_over_full_trainings_after_its_epochs(tmp_path):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    aware = {**TINY, "budget_unit": "epochs", "pretrain": None}
+    config = {
+        "benchmark": "lcbench",
+        "data_dir": str(data),
+        "train_tasks": ["3945", "7593"],
+        "test_tasks": ["34539"],
+        "methods": ["alone", "handed"],
+        "budgets": [1, 4],
+        "budget_unit": "epochs",
+        "seeds": 1,
+        "normalisation_samples": 200,
+        "transfer_candidates": 20,
+        "policies": {"alone": {**aware, "then": None}},
+    }
+    run({**config, "methods": ["alone"]}, out=tmp_path / "a")
+    path = str(tmp_path / "a" / "policy_alone_fold0")
+    handed = {"path": path, "then": "random", "after": 1}
+    run({**config, "policies": {"alone": {"path": path, "then": None}, "handed": handed}},
+        out=tmp_path / "b")  # fmt: skip
+    records = json.loads((tmp_path / "b" / "results.json").read_text())
+    rows = {
+        m: sorted((r for r in records if r["method"] == m), key=lambda r: r["trial"])
+        for m in ("alone", "handed")
+    }
+    cut = next(i for i, r in enumerate(rows["handed"]) if r["epochs_spent"] >= 52) + 1
+    policy_part = [(r["config"], r["fidelity"], r["epochs"]) for r in rows["handed"][:cut]]
+    assert policy_part == [(r["config"], r["fidelity"], r["epochs"]) for r in rows["alone"][:cut]]
+    after = rows["handed"][cut:]
+    assert after, "random search got no epochs after the policy's"
+    for r in after:  # full trainings by the sampler handed over to, new configurations
+        assert (r["fidelity"], r["epochs"], r["continues"]) == (1.0, 52, None)
+        assert r["config"] not in [x["config"] for x in rows["alone"]]
+    assert rows["handed"][-1]["epochs_spent"] <= 4 * 52
+    assert 4 * 52 - rows["handed"][-1]["epochs_spent"] < 52  # no room left for one more

@@ -27,8 +27,9 @@ from hporl.bench._samplers import (
 )
 from hporl.evaluation import Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
+from hporl.policy import TrialChoice
 from hporl.rewards import RewardApproach
-from hporl.sampler import THEN
+from hporl.sampler import THEN, handover_after, handover_config
 from hporl.space import SearchSpace, config_key
 from hporl.store import TrialStore, storage_url
 
@@ -209,8 +210,6 @@ class BenchConfig(BaseModel):
             not isinstance(after, int) or isinstance(after, bool) or after < 1
         ):
             raise ConfigError(f"{where}.after must be a whole number >= 1, got {after!r}")
-        if settings.get("budget_unit") == "epochs" and "then" in settings:
-            raise ConfigError(f"{where}.then: a budget-aware policy decides every trial itself")
 
     @property
     def n_trials(self) -> int:
@@ -540,11 +539,13 @@ def _one_run(
         else split_method(method)
     )
     full = int(task.epochs)
+    settings = config.policy if method == "policy" else config.policies.get(method, {})
     if config.budget_unit == "epochs" and getattr(policy, "budget_aware", False):
-        return _budgeted_run(bench, method, task, name, seed, policy, fold)
+        then = settings.get("then", THEN)
+        after = handover_after(policy, settings.get("after")) if then is not None else None
+        return _budgeted_run(bench, method, task, name, seed, policy, fold, then, after)
     total = config.n_trials * full if config.budget_unit == "epochs" else None
     n = config.n_trials if total is None else total
-    settings = config.policy if method == "policy" else config.policies.get(method, {})
     sampler = make_sampler(
         sampler_name,
         space=bench.space,
@@ -646,14 +647,24 @@ def _add_epoch_row(
 
 
 def _budgeted_run(
-    bench: _Bench, method: str, task: Any, name: str, seed: int, policy: Any, fold: int
+    bench: _Bench,
+    method: str,
+    task: Any,
+    name: str,
+    seed: int,
+    policy: Any,
+    fold: int,
+    then: str | None = None,
+    after: int | None = None,
 ) -> list[dict[str, Any]]:
     """A budget-aware policy's run with ``budget_unit: epochs``: each trial at the fidelity the
     policy chooses, or a trial continued to the next fidelity (costing the extra epochs when
     the backend resumes, see :attr:`~hporl.backends.Backend.resumable`), until ``max(budgets)``
     full trainings' epochs are spent or no choice fits. As for a pruned trial, only a trial
     trained for the full epochs scores (a run finds what it trained fully); the others are
-    ``partial``."""
+    ``partial``. With ``then``, once ``after`` full trainings' epochs are spent, optuna's
+    sampler ``then`` proposes full trainings from the policy's full ones
+    (:func:`~hporl.sampler.handover_config`)."""
     full = int(task.epochs)
     total = bench.config.n_trials * full
     resumable = bool(getattr(bench.backend, "resumable", False))
@@ -666,16 +677,29 @@ def _budgeted_run(
     spent = 0
     while spent < total:
         t0 = time.perf_counter()
-        choice = policy.suggest_trial(
-            task,
-            history,
-            epochs_left=total - spent,
-            full_epochs=full,
-            resumable=resumable,
-            budget_epochs=total,
-            rng=rng,
-            avoid=tried,
-        )
+        if then is not None and after is not None and spent >= after * full:
+            if spent + full > total:
+                break
+            config = handover_config(
+                then,
+                bench.space,
+                [(r["config"], r["score"]) for r in rows if r.get("fidelity", 1.0) >= 1.0],
+                seed=seed,
+                position=len(rows),
+                startup=after,
+            )
+            choice = TrialChoice(config, 1.0, full, None, full)
+        else:
+            choice = policy.suggest_trial(
+                task,
+                history,
+                epochs_left=total - spent,
+                full_epochs=full,
+                resumable=resumable,
+                budget_epochs=total,
+                rng=rng,
+                avoid=tried,
+            )
         propose = time.perf_counter() - t0
         if choice is None:
             break
