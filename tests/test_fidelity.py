@@ -224,9 +224,13 @@ def test_tune_model_with_budget_epochs_never_exceeds_the_budget(aware_policy, tm
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["budget_aware"] and report["budget_epochs"] == 20
     assert report["epochs_spent"] <= 20 and res.trials
-    assert report["epochs_spent"] == sum(
-        t["epochs"] for t in res.trials
-    )  # not resumable: every trial (a continuation too) trains all its epochs
+    # Real training resumes under a budget in epochs: a continuation costs the extra epochs.
+    assert report["epochs_spent"] == sum(t["epochs_cost"] for t in res.trials)
+    by_number = {t["number"]: t for t in res.trials}
+    for t in res.trials:
+        before = by_number.get(t["continues"])
+        extra = t["epochs"] - (before["epochs"] if before else 0)
+        assert t["epochs_cost"] == extra
     assert all(t["fidelity"] in FIDELITIES for t in res.trials)
     assert all(t["epochs"] == epochs_at(t["fidelity"], 9) for t in res.trials)
     full = [t for t in res.trials if t["fidelity"] == 1.0 and t["status"] == "ok"]

@@ -329,14 +329,22 @@ class Evaluator:
     # -- the cache ------------------------------------------------------------------------
     def _key(self, task: Any, config: Mapping[str, Any], *, seed: int, epochs: int | None) -> tuple:
         """What identifies an evaluation: the task (its fingerprint, else the object), the
-        configuration, the seed and the epochs (``None``: the task's own)."""
+        configuration, the seed, the epochs (``None``: the task's own) and the backend's
+        :meth:`~hporl.backends.Backend.horizon` for them."""
         fingerprint = getattr(task, "fingerprint", None)
         if isinstance(fingerprint, str):
             token: Any = fingerprint
         else:
             token = ("object", id(task))
             self._alive[id(task)] = task
-        return (token, config_key(config), int(seed), int(epochs or task.epochs))
+        epochs = int(epochs or task.epochs)
+        return (
+            token,
+            config_key(config),
+            int(seed),
+            epochs,
+            horizon_of(self.backend, task, epochs),
+        )
 
     def _lookup(
         self, key: tuple, task: Any, config: Mapping[str, Any], seed: int, epochs: int | None
@@ -345,7 +353,7 @@ class Evaluator:
             self.n_memory_hits += 1
             return dataclasses.replace(self._cache[key], cached=True), "memory"
         if self.store is not None and isinstance(getattr(task, "fingerprint", None), str):
-            hit = self.store.lookup(task, config, seed=seed, epochs=epochs)
+            hit = self.store.lookup(task, config, seed=seed, epochs=epochs, horizon=key[-1])
             if hit is not None:
                 self.n_store_hits += 1
                 if self.memory:
@@ -484,7 +492,14 @@ class Evaluator:
         if study is None:
             study = self._studies[task.name] = self.store.study(self.run, task)
         self.store.record(
-            study, task, ev.config, ev.result, seed=ev.seed, epochs=ev.epochs, space=self.space
+            study,
+            task,
+            ev.config,
+            ev.result,
+            seed=ev.seed,
+            epochs=ev.epochs,
+            space=self.space,
+            horizon=ev.key[4],
         )
 
     def evaluate(
@@ -584,3 +599,10 @@ class Evaluator:
             )
         _, config, result = max(ok, key=lambda t: (t[2].best_metric, -t[0]))
         return self.final_fit(task, config, result, seed=seed)
+
+
+def horizon_of(backend: Any, task: Any, epochs: int) -> int | None:
+    """``backend``'s :meth:`~hporl.backends.Backend.horizon` for ``epochs`` on ``task`` (``None``
+    for a backend object that does not say)."""
+    horizon = getattr(backend, "horizon", None)
+    return None if horizon is None else horizon(task, epochs)

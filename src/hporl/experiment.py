@@ -265,14 +265,16 @@ def resolve_tasks(config: ExperimentConfig) -> list[Any]:
     return out
 
 
-def resolve_backend(config: BackendConfig, space: SearchSpace) -> Backend:
+def resolve_backend(config: BackendConfig, space: SearchSpace, *, resume: bool = False) -> Backend:
+    """The backend an experiment evaluates with; ``resume``: real training keeps checkpoints and
+    continues them (budgets in epochs, see :class:`~hporl.backends.TorchBackend`)."""
     if config.name == "synthetic":
         return SyntheticBackend(space)
     if config.name == "surrogate":
         from hporl.backends.surrogate import SurrogateBackend
 
         return SurrogateBackend.load(config.surrogate, noise=config.noise)
-    return TorchBackend(device=config.device, num_threads=config.num_threads)
+    return TorchBackend(device=config.device, num_threads=config.num_threads, resume=resume)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -304,7 +306,7 @@ def run_experiment(
     writable_dir(run_dir, "run directory")
     space = resolve_space(config.space)
     tasks = resolve_tasks(config)
-    backend = resolve_backend(config.backend, space)
+    backend = resolve_backend(config.backend, space, resume=config.budget_unit == "epochs")
     is_synthetic = config.backend.name == "synthetic"
     store = None
     if config.backend.name == "torch":  # predictions are never kept with real trials

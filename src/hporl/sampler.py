@@ -421,7 +421,22 @@ class HandoverSampler(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
-        return self._of(study, trial).sample_relative(study, trial, search_space)
+        sampler = self._of(study, trial)
+        try:
+            return sampler.sample_relative(study, trial, search_space)
+        except KeyError:
+            if sampler is self.first:
+                raise
+        # optuna's GP inferred ``search_space`` from the trials its storage had cached and
+        # read them afresh to sample: a trial another process finished in between lacks one of
+        # those parameters (a conditional one). Sample the parameters every finished trial has;
+        # the others go to the independent sampler.
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        shared = {k: d for k, d in search_space.items() if all(k in t.params for t in done)}
+        try:
+            return sampler.sample_relative(study, trial, shared)
+        except KeyError:  # finished again in between: this trial samples independently
+            return {}
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any

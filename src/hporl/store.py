@@ -77,9 +77,20 @@ REFRESH_SECONDS = 1.0
 DATABASE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 
 
-def evaluation_key(fingerprint: str, config: Mapping[str, Any], seed: int, epochs: int) -> str:
-    """What identifies an evaluation: task fingerprint, configuration, seed and epochs."""
-    text = json.dumps([fingerprint, config_key(config), int(seed), int(epochs)])
+def evaluation_key(
+    fingerprint: str,
+    config: Mapping[str, Any],
+    seed: int,
+    epochs: int,
+    horizon: int | None = None,
+) -> str:
+    """What identifies an evaluation: task fingerprint, configuration, seed and epochs, and the
+    epochs of the training it is the start of, if any (:meth:`Backend.horizon
+    <hporl.backends.Backend.horizon>`: a curve different from a whole shorter training's)."""
+    parts: list[Any] = [fingerprint, config_key(config), int(seed), int(epochs)]
+    if horizon is not None and int(horizon) != int(epochs):
+        parts.append(int(horizon))
+    text = json.dumps(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -285,14 +296,21 @@ class TrialStore:
 
     # -- the cache --------------------------------------------------------------------------
     def lookup(
-        self, task: Any, config: Mapping[str, Any], *, seed: int, epochs: int | None = None
+        self,
+        task: Any,
+        config: Mapping[str, Any],
+        *,
+        seed: int,
+        epochs: int | None = None,
+        horizon: int | None = None,
     ) -> TrialResult | None:
-        """A finished evaluation of ``config`` on ``task`` (same fingerprint, seed and epochs)
-        anywhere in the store, or ``None``. A hit comes back with ``cached=True``."""
+        """A finished evaluation of ``config`` on ``task`` (same fingerprint, seed, epochs and
+        horizon, see :func:`evaluation_key`) anywhere in the store, or ``None``. A hit comes
+        back with ``cached=True``."""
         fingerprint = _fingerprint(task)
         if fingerprint is None:
             return None
-        key = evaluation_key(fingerprint, config, seed, epochs or task.epochs)
+        key = evaluation_key(fingerprint, config, seed, epochs or task.epochs, horizon)
         if key not in self._index:
             # Re-read the store at most once a second: a tune run asks for every new
             # configuration (each a miss), and re-reading its growing study each time made a
@@ -389,9 +407,12 @@ class TrialStore:
         epochs: int | None,
         worker: str | None = None,
         pruned_epoch: int | None = None,
+        horizon: int | None = None,
     ) -> dict[str, Any]:
         """The user attributes of a trial holding ``result``; one stopped by a pruner after
-        ``pruned_epoch`` gets no cache key (its result is not the full evaluation's)."""
+        ``pruned_epoch`` gets no cache key (its result is not the full evaluation's).
+        ``horizon``: the epochs of the training it is the start of (see
+        :func:`evaluation_key`)."""
         from hporl import __version__
 
         fingerprint = _fingerprint(task)
@@ -407,10 +428,12 @@ class TrialStore:
             "hporl_version": __version__,
             "hporl_config": dict(config),
         }
+        if horizon is not None and int(horizon) != epochs:
+            attrs["horizon"] = int(horizon)
         if pruned_epoch is not None:
             attrs[PRUNED_EPOCH] = int(pruned_epoch)
         elif fingerprint is not None:
-            attrs[KEY] = evaluation_key(fingerprint, config, seed, epochs)
+            attrs[KEY] = evaluation_key(fingerprint, config, seed, epochs, horizon)
         if worker is not None:
             attrs[WORKER] = worker
         return attrs
@@ -426,11 +449,14 @@ class TrialStore:
         epochs: int | None = None,
         space: SearchSpace | None = None,
         worker: str | None = None,
+        horizon: int | None = None,
     ) -> None:
         """Add a finished trial holding ``result`` to ``study`` (for evaluations that did not
         run as an optuna trial, e.g. in meta-training)."""
         params, distributions = _params(space, config)
-        attrs = self.attributes(task, config, result, seed=seed, epochs=epochs, worker=worker)
+        attrs = self.attributes(
+            task, config, result, seed=seed, epochs=epochs, worker=worker, horizon=horizon
+        )
         state, value = trial_state(result)
         trial = optuna.trial.create_trial(
             state=state,
@@ -455,10 +481,11 @@ class TrialStore:
         epochs: int | None = None,
         worker: str | None = None,
         pruned_epoch: int | None = None,
+        horizon: int | None = None,
     ) -> None:
         """Write ``result`` into a running ``trial`` (its attributes and curve); the caller then
         finishes it (``study.tell`` or by returning from the objective). ``pruned_epoch``: the
-        epoch a pruner stopped it at (see :meth:`attributes`)."""
+        epoch a pruner stopped it at, ``horizon``: see :meth:`attributes`."""
         attrs = self.attributes(
             task,
             config,
@@ -467,6 +494,7 @@ class TrialStore:
             epochs=epochs,
             worker=worker,
             pruned_epoch=pruned_epoch,
+            horizon=horizon,
         )
         if not self._write_at_once(trial._trial_id, attrs, result.curve):
             for k, v in attrs.items():

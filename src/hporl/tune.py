@@ -27,6 +27,7 @@ from hporl.evaluation import (
     Evaluation,
     Evaluator,
     FinalFit,
+    horizon_of,
     make_pruner,
     pruning_callback,
 )
@@ -347,7 +348,9 @@ def tune_model(
             f"got {pruner!r}"
         )
     task = _build_task(model, data, target=target, epochs=epochs, seed=seed)
-    backend = options.backend or TorchBackend(num_threads=1)
+    # With a budget in epochs a trial may be continued: a resuming backend trains the extra
+    # epochs only (a policy that is not budget-aware trains full trials, where it changes nothing).
+    backend = options.backend or TorchBackend(num_threads=1, resume=budget_epochs is not None)
     executor = make_executor(executor)
     if pruner is not None:
         if not executor.in_process:
@@ -473,6 +476,7 @@ def tune_model(
             t0 = time.perf_counter()
             finished = _finished(store, study)
             pruned = _pruned_epochs(study)
+            attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
             complete = [t for t in finished if t[0] not in pruned]
             if budgeted and any(fidelity.get(n, 1.0) >= 1.0 for n, _, r in complete if r.ok):
                 complete = [t for t in complete if fidelity.get(t[0], 1.0) >= 1.0]
@@ -496,7 +500,7 @@ def tune_model(
             final,
             [
                 _record(n, c, r, resumed=n in earlier, pruned_epoch=pruned.get(n))
-                | ({"fidelity": fidelity.get(n, 1.0)} if budgeted else {})
+                | (_budget_record(attrs.get(n, {}), fidelity.get(n, 1.0)) if budgeted else {})
                 for n, c, r in finished
             ],
             start,
@@ -722,6 +726,16 @@ CONTINUES = "hporl_continues"
 epochs), the epochs it cost, and the number of the trial it continued (to a higher fidelity)."""
 
 
+def _budget_record(attrs: dict[str, Any], fidelity: float) -> dict[str, Any]:
+    """What a budget-aware run's report adds to a trial: its fidelity, the epochs it cost (a
+    continuation on a resuming backend: the extra ones) and the trial it continued."""
+    return {
+        "fidelity": fidelity,
+        "epochs_cost": attrs.get(COST),
+        "continues": attrs.get(CONTINUES),
+    }
+
+
 def _budgeted_trials(
     policy: Policy,
     study: optuna.Study,
@@ -795,7 +809,14 @@ def _budgeted_trials(
         try:
             result = evaluator.evaluate(task, config, seed=seed, epochs=choice.epochs, record=False)
             store.annotate(
-                trial, task, config, result, seed=seed, epochs=choice.epochs, worker=worker
+                trial,
+                task,
+                config,
+                result,
+                seed=seed,
+                epochs=choice.epochs,
+                worker=worker,
+                horizon=horizon_of(evaluator.backend, task, choice.epochs),
             )
             trial.set_user_attr(FIDELITY, choice.fidelity)
             trial.set_user_attr(COST, choice.cost)

@@ -230,3 +230,99 @@ def test_batch_size_larger_than_data_and_threads():
     task = Task.from_arrays(np.random.default_rng(0).normal(size=(30, 3)), np.arange(30) % 2)
     r = TorchBackend(num_threads=1).evaluate(task, config(batch_size=512), seed=0, epochs=2)
     assert r.status == "ok"
+
+
+# -- resuming (freeze-thaw on real training) -------------------------------------------------------
+RESUMED = [
+    config(lr_schedule="cosine", weight_averaging="swa", swa_start=0.5),
+    config(optimizer="sgd", lr=0.05, momentum=0.9, lr_schedule="onecycle", weight_averaging="ema"),
+    config(optimizer="adamw", lr_schedule="step", grad_clip_norm=1.0, label_smoothing=0.1),
+]
+
+
+@pytest.mark.parametrize("cfg", RESUMED, ids=["cosine+swa", "onecycle+ema", "step+clip"])
+def test_a_resumed_training_is_the_uninterrupted_one_and_trains_only_the_extra_epochs(cfg):
+    task = builtin("digits", model=models.mlp((32,), dropout=0.2), epochs=9)
+    backend = TorchBackend(num_threads=1, resume=True)
+    assert backend.resumable and backend.horizon(task, 3) == 9 and backend.horizon(task, 9) is None
+    start = backend.evaluate(task, cfg, seed=5, epochs=3)
+    trained: list[int] = []
+    more = backend.evaluate(task, cfg, seed=5, epochs=9, on_epoch=lambda e, v: trained.append(e))
+    assert trained == list(range(4, 10)) and backend.n_resumed == 1  # epochs 1-3 not again
+    whole = TorchBackend(num_threads=1, resume=True).evaluate(task, cfg, seed=5, epochs=9)
+    assert start.curve == whole.curve[:3]
+    assert more.curve == whole.curve and more.train_loss_curve == whole.train_loss_curve
+    assert more.test_metric == whole.test_metric and more.best_epoch == whole.best_epoch
+    check_contract(more, 9)
+
+
+def test_without_resume_a_shorter_training_is_a_whole_one_and_keeps_no_checkpoint(digits):
+    cfg = config(lr_schedule="cosine")
+    task = builtin("digits", epochs=8)
+    plain = TorchBackend(num_threads=1)
+    assert not plain.resumable and plain.horizon(task, 2) is None
+    short = plain.evaluate(task, cfg, seed=0, epochs=2)  # cosine over 2 epochs, not 8
+    planned = TorchBackend(num_threads=1, resume=True).evaluate(task, cfg, seed=0, epochs=2)
+    assert short.curve != planned.curve
+    plain.evaluate(task, cfg, seed=0, epochs=8)
+    assert plain.n_resumed == 0 and not plain._saved
+
+
+def test_resume_keeps_the_most_recent_checkpoints_and_workers_get_none():
+    import pickle
+
+    task = builtin("iris", epochs=6)
+    backend = TorchBackend(num_threads=1, resume=True, checkpoints=1)
+    a, b = config(lr=0.01), config(lr=0.02)
+    backend.evaluate(task, a, epochs=2)
+    backend.evaluate(task, b, epochs=2)  # a's checkpoint goes
+    backend.evaluate(task, a, epochs=6)
+    assert backend.n_resumed == 0
+    backend.evaluate(task, b, epochs=6)
+    assert backend.n_resumed == 1
+    backend.evaluate(task, a, epochs=3)
+    assert pickle.loads(pickle.dumps(backend))._saved == {}
+    with pytest.raises(Exception, match="checkpoints must be a positive integer"):
+        TorchBackend(resume=True, checkpoints=0)
+
+
+def test_a_stored_shorter_training_is_not_served_as_the_start_of_a_longer_one(tmp_path):
+    from hporl.evaluation import Evaluator
+    from hporl.store import TrialStore
+
+    task = builtin("iris", epochs=6)
+    cfg = config(lr_schedule="cosine")
+    store = tmp_path / "t.db"
+    whole_short = Evaluator(TorchBackend(num_threads=1), store=TrialStore(store), space=SPACE)
+    short = whole_short.evaluate(task, cfg, epochs=2)
+    resuming = Evaluator(
+        TorchBackend(num_threads=1, resume=True), store=TrialStore(store), space=SPACE
+    )
+    start = resuming.evaluate(task, cfg, epochs=2)  # a different curve: trained, not served
+    assert resuming.n_store_hits == 0 and not start.cached and start.curve != short.curve
+    again = Evaluator(
+        TorchBackend(num_threads=1, resume=True), store=TrialStore(store), space=SPACE
+    )
+    assert again.evaluate(task, cfg, epochs=2).curve == start.curve and again.n_store_hits == 1
+    full = Evaluator(TorchBackend(num_threads=1), store=TrialStore(store), space=SPACE)
+    assert full.evaluate(task, cfg, epochs=2).curve == short.curve and full.n_store_hits == 1
+
+
+def test_an_augmented_image_training_resumes_exactly():
+    from hporl.augment import autoaugment_space
+
+    space = SearchSpace.from_dict(
+        {
+            "name": "opt+aug",
+            "include": ["optimizer"],
+            "parameters": autoaugment_space(2).to_dict()["parameters"],
+        }
+    )
+    cfg = space.sample(np.random.default_rng(3))
+    task = builtin("digits_image", epochs=4)
+    backend = TorchBackend(num_threads=1, resume=True)
+    backend.evaluate(task, cfg, seed=1, epochs=1)
+    more = backend.evaluate(task, cfg, seed=1, epochs=4)
+    whole = TorchBackend(num_threads=1, resume=True).evaluate(task, cfg, seed=1, epochs=4)
+    assert backend.n_resumed == 1 and more.status == whole.status == "ok"
+    assert more.curve == whole.curve and more.test_metric == whole.test_metric

@@ -188,6 +188,13 @@ class Backend(abc.ABC):
     surrogate that predicts every epoch). A budget-aware policy then continues a trial for the
     extra epochs; otherwise continuing it means training it again, and costs every epoch."""
 
+    def horizon(self, task: Task, epochs: int | None) -> int | None:
+        """The epochs an evaluation for ``epochs`` is planned for, when it is the start of a
+        longer training rather than a whole training of its own (a resuming
+        :class:`~hporl.backends.TorchBackend`: the task's epochs); ``None`` otherwise. Part of
+        what identifies a result in the caches."""
+        return None
+
     def check_space(self, space: SearchSpace, task: Task) -> None:  # noqa: B027 - optional hook
         """Raise :class:`~hporl.exceptions.HporlError` naming a parameter of ``space`` that this
         backend would misread on ``task`` (unknown to it, or a range it cannot train), before

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +21,7 @@ from hporl._io import save_torch, write_json
 from hporl.augment import Augmenter
 from hporl.backends._base import Backend, EpochCallback, TrialResult, aggregate
 from hporl.exceptions import ConfigError, HporlError
+from hporl.space import config_key
 
 if TYPE_CHECKING:
     from hporl.space import SearchSpace
@@ -291,6 +294,25 @@ def checked_device(name: str) -> str:
     return name
 
 
+@dataclass
+class _Checkpoint:
+    """Everything a training needs to go on from the end of ``epoch`` exactly as if it had
+    not stopped: weights, optimizer, schedule and averaging states, the random generators, and
+    the curves and best weights so far."""
+
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any] | None
+    averaged: dict[str, Any] | None
+    rng: dict[str, torch.Tensor]
+    curve: list[float]
+    losses: list[float]
+    train_losses: list[float]
+    best_value: float
+    best_state: dict[str, torch.Tensor] | None = field(repr=False)
+
+
 class TorchBackend(Backend):
     """Real PyTorch training from in-memory tensors (batches by index, no DataLoader).
 
@@ -312,11 +334,22 @@ class TorchBackend(Backend):
     A non-finite training loss is detected at the end of the epoch it appears in (checking every
     batch would cost a synchronisation per step); the trial stops there as ``diverged``.
 
+    With ``resume=True`` the backend is :attr:`resumable` (freeze-thaw for a budget-aware
+    policy): an evaluation for fewer epochs than the task's is the start of the task's full
+    training (its schedule and weight averaging planned for all the task's epochs), and it
+    keeps a checkpoint in memory, so that evaluating the same configuration (same task and
+    seed) for more epochs later trains only the extra epochs, with the curve an uninterrupted
+    training would give. Without it (the default), ``epochs`` fewer than the task's is a whole,
+    shorter training (its schedule compressed into those epochs).
+
     Args:
         device: where to train (``"cpu"``, ``"cuda"``...).
         num_threads: torch intra-op threads during an evaluation (``None``: leave as is). Small
             models train faster with 1.
         eval_batch_size: batch size for validation and test passes.
+        resume: keep checkpoints of shortened trainings and continue them (see above).
+        checkpoints: how many trainings' checkpoints ``resume`` keeps (the least recently
+            used go first).
     """
 
     name = "torch"
@@ -327,10 +360,32 @@ class TorchBackend(Backend):
         device: str | torch.device = "cpu",
         num_threads: int | None = None,
         eval_batch_size: int = 4096,
+        resume: bool = False,
+        checkpoints: int = 32,
     ) -> None:
         self.device = usable_device(device)
         self.num_threads = num_threads
         self.eval_batch_size = eval_batch_size
+        if checkpoints < 1:
+            raise ConfigError(f"checkpoints must be a positive integer, got {checkpoints!r}")
+        self.resume = bool(resume)
+        self.checkpoints = int(checkpoints)
+        self._saved: OrderedDict[tuple, _Checkpoint] = OrderedDict()
+        self.n_resumed = 0
+
+    @property
+    def resumable(self) -> bool:  # type: ignore[override]
+        return self.resume
+
+    def horizon(self, task: Task, epochs: int | None) -> int | None:
+        if self.resume and epochs is not None and int(epochs) < int(task.epochs):
+            return int(task.epochs)
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:  # workers get the settings, not the checkpoints
+        state = dict(self.__dict__)
+        state["_saved"] = OrderedDict()
+        return state
 
     def check_space(self, space: SearchSpace, task: Task) -> None:
         check_space(space, task)
@@ -381,6 +436,7 @@ class TorchBackend(Backend):
         epochs = int(epochs or task.epochs)
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
+        horizon = self.horizon(task, epochs) or epochs
         previous_threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -389,7 +445,7 @@ class TorchBackend(Backend):
             for i in range(len(task.models)):
                 with torch.random.fork_rng(devices=[]):
                     r, m = self._train_one(
-                        task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep
+                        task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep, horizon
                     )
                 results.append(r)
                 models.append(m)
@@ -430,8 +486,11 @@ class TorchBackend(Backend):
         checkpoint_dir: str | Path | None,
         on_epoch: EpochCallback | None,
         keep: str = "best",
+        horizon: int | None = None,
     ) -> tuple[TrialResult, nn.Module | None]:
-        """Train model ``index``; return its result and the model holding the kept weights."""
+        """Train model ``index`` for ``epochs`` of a training planned for ``horizon`` (default:
+        ``epochs``); return its result and the model holding the kept weights."""
+        horizon = horizon or epochs
         start = time.perf_counter()
         common = {
             "metric_name": task.metric_name,
@@ -468,7 +527,7 @@ class TorchBackend(Backend):
             n = len(task.X_train)
             bs = min(h.batch_size, n)
             steps = math.ceil(n / bs)
-            sched, per_step = _scheduler(h, opt, epochs, steps)
+            sched, per_step = _scheduler(h, opt, horizon, steps)
         except Exception as err:  # a value this backend cannot use: a failed trial, never a raise
             logger.debug("trial setup failed", exc_info=True)
             return result(
@@ -493,14 +552,33 @@ class TorchBackend(Backend):
             )
         elif h.weight_averaging == "swa":
             averaged = AveragedModel(model, use_buffers=True)
-        swa_from = max(1, math.ceil(h.swa_start * epochs))
+        swa_from = max(1, math.ceil(h.swa_start * horizon))
         gen = torch.Generator().manual_seed(seed)
         chunk = bs * math.ceil(AUGMENT_CHUNK / bs)  # whole batches, about AUGMENT_CHUNK images
         best_value, best_state = -math.inf, None
         stopped = False
         epoch = 0
+        resume_key = self._resume_key(task, index, config, seed, horizon)
+        saved = self._saved.get(resume_key) if resume_key is not None else None
+        if saved is not None and saved.epoch < epochs:
+            self._saved.move_to_end(resume_key)
+            model.load_state_dict(saved.model)
+            opt.load_state_dict(copy.deepcopy(saved.optimizer))
+            if sched is not None and saved.schedule is not None:
+                sched.load_state_dict(saved.schedule)
+            if averaged is not None and saved.averaged is not None:
+                averaged.load_state_dict(saved.averaged)
+            gen.set_state(saved.rng["data"])
+            torch.set_rng_state(saved.rng["torch"])
+            if augmenter is not None:
+                augmenter.generator.set_state(saved.rng["augment"])
+            curve[:], losses[:], train_losses[:] = saved.curve, saved.losses, saved.train_losses
+            best_value, best_state = saved.best_value, saved.best_state
+            epoch = saved.epoch
+            self.n_resumed += 1
+        first = epoch + 1
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(first, epochs + 1):
                 model.train()
                 perm = torch.randperm(n, generator=gen).to(self.device)
                 total = torch.zeros((), device=self.device)
@@ -550,6 +628,31 @@ class TorchBackend(Backend):
                 if on_epoch is not None and on_epoch(epoch, value):
                     stopped = True
                     break
+            if resume_key is not None and not stopped and epochs < horizon:
+                self._save(
+                    resume_key,
+                    _Checkpoint(
+                        epoch=epochs,
+                        model=_copied(model.state_dict()),
+                        optimizer=copy.deepcopy(opt.state_dict()),
+                        schedule=None if sched is None else copy.deepcopy(sched.state_dict()),
+                        averaged=None if averaged is None else _copied(averaged.state_dict()),
+                        rng={
+                            "data": gen.get_state(),
+                            "torch": torch.get_rng_state(),
+                            **(
+                                {}
+                                if augmenter is None
+                                else {"augment": augmenter.generator.get_state()}
+                            ),
+                        },
+                        curve=list(curve),
+                        losses=list(losses),
+                        train_losses=list(train_losses),
+                        best_value=best_value,
+                        best_state=best_state,
+                    ),
+                )
             test_metric = None
             if keep == "last" and curve:
                 best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
@@ -566,6 +669,29 @@ class TorchBackend(Backend):
             return result("failed", f"{type(err).__name__} in epoch {epoch}: {err}")
         model.eval()
         return result("ok", stopped_early=stopped, test_metric=test_metric, model=model)
+
+    def _resume_key(
+        self, task: Task, index: int, config: Mapping[str, Any], seed: int, horizon: int
+    ) -> tuple | None:
+        """What a checkpoint is kept under (``None`` when nothing is: ``resume`` off, a task
+        without a fingerprint, or a device other than the CPU, whose random state is not
+        saved: the training then starts again, to the same curve)."""
+        if not self.resume or self.device.type != "cpu":
+            return None
+        token = getattr(task, "fingerprint", None)
+        if not isinstance(token, str):
+            return None  # no identity that outlives the object
+        return (token, index, config_key(config), int(seed), int(horizon))
+
+    def _save(self, key: tuple, checkpoint: _Checkpoint) -> None:
+        """Keep ``checkpoint`` (the further one, when one is kept already) and drop the least
+        recently used beyond :attr:`checkpoints`."""
+        kept = self._saved.get(key)
+        if kept is None or kept.epoch <= checkpoint.epoch:
+            self._saved[key] = checkpoint
+        self._saved.move_to_end(key)
+        while len(self._saved) > self.checkpoints:
+            self._saved.popitem(last=False)
 
     @torch.no_grad()
     def _score(
@@ -586,3 +712,8 @@ class TorchBackend(Backend):
         sse = ((pred - y) ** 2).sum()
         sst = ((y - y.mean()) ** 2).sum().clamp_min(1e-12)
         return (1 - sse / sst).item(), (sse / len(y)).item()
+
+
+def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict's tensors detached and cloned (the training goes on changing them)."""
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
