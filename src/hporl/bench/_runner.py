@@ -265,7 +265,10 @@ class _Bench:
             self.space = resolve_space(config.space or "optimizer")
             # Real training: every evaluation in the trial store (one study per task).
             self.store = TrialStore(storage_url(storage or config.storage, out))
-            self.backend = TorchBackend(num_threads=1)
+            # Budgets in epochs: a budget-aware policy's shortened trials are the start of the
+            # full training and its continuations train the extra epochs only (TorchBackend's
+            # resume; full trials, pruned or not, are the same either way).
+            self.backend = TorchBackend(num_threads=1, resume=config.budget_unit == "epochs")
             self.all_tasks = list(suites()[config.benchmark])
             self.score_kind = config.score or "best"
             self.n_norm = config.normalisation_samples or 20
