@@ -302,6 +302,23 @@ def test_the_halving_expert_probes_cheaply_and_promotes_the_best_rung_by_rung(sm
         assert episode[0] == episode.max() > episode[-1] > 0
 
 
+def test_the_halving_expert_samples_new_configurations_once_the_portfolio_is_spent(small_space):
+    from hporl.pretrain import PretrainConfig, build_portfolio, halving_steps
+
+    tasks = [SyntheticTask(f"t{i}", np.full(3, 0.3 * i + 0.1), epochs=9) for i in range(2)]
+    env = HPOEnv(
+        small_space, PrefixBackend(small_space), tasks, budget=4, n_bins=8, fidelities=FIDELITIES
+    )
+    portfolio = build_portfolio(env, tasks, PretrainConfig(candidates=4, expert="halving"))
+    assert len(portfolio.candidates) == 4  # a bracket alone probes 9
+    steps = halving_steps(env, tasks, portfolio)  # ran out of candidates: StopIteration
+    layout = env.layout
+    new = [a for a, o in zip(steps["actions"], steps["obs"], strict=True)
+           if o[layout.n_features + len(layout.params)] == 1.0
+           and layout.decisions[a][0] == "new"]  # fmt: skip
+    assert len(new) > 2 * len(portfolio.candidates)
+
+
 def test_a_budget_aware_policy_hands_over_and_a_resumed_run_proposes_the_same(
     aware_policy, tmp_path
 ):
@@ -314,7 +331,7 @@ def test_a_budget_aware_policy_hands_over_and_a_resumed_run_proposes_the_same(
     assert (report["then"], report["handover"]) == ("tpe", 1)
     spent, cut = 0, None
     for i, t in enumerate(whole.trials):
-        spent += t["epochs"]
+        spent += t["epochs_cost"]
         if spent >= 9 and cut is None:
             cut = i + 1  # the policy has spent one full training's epochs
     assert report["epochs_spent"] == spent <= 40

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -348,6 +348,13 @@ HALVING_ETA = 3
 goes on to the next."""
 
 
+def _samples(space: Any, *, seed: int) -> Iterator[dict[str, Any]]:
+    """Configurations sampled from ``space``, endlessly."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield space.sample(rng)
+
+
 def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[str, np.ndarray]:
     """The ``halving`` expert (budget-aware layouts): successive halving over the portfolio,
     played in ``env`` itself on every training task. The first trial is the portfolio's first
@@ -355,8 +362,9 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
     ``eta^(L-1)`` portfolio configurations at the lowest fidelity, the best continued rung by
     rung (``eta^(L-1-i)`` continuations from fidelity ``i``) to full. When a decision does not
     fit in the epochs left, the next that does is taken (a continuation first, then new
-    configurations from the cheapest fidelity). Returns-to-go are the env's own rewards summed
-    from each step on."""
+    configurations from the cheapest fidelity). Once the portfolio's configurations are all
+    tried, new ones are sampled from the space (seeded by the task's place). Returns-to-go are
+    the env's own rewards summed from each step on."""
     layout = env.layout
     levels = len(layout.fidelities)
     order = greedy_portfolio(portfolio.values, len(portfolio.candidates))
@@ -369,7 +377,9 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
     for t, task in enumerate(tasks):
         env.reset(options={"task": task})
         plan = itertools.chain([("new", levels - 1)], itertools.cycle(bracket))
-        queue = iter(order)
+        queue = itertools.chain(
+            (portfolio.candidates[c] for c in order), _samples(env.space, seed=t)
+        )
         config: dict[str, Any] = {}
         trials, done = 0, False
         while not done:
@@ -385,7 +395,7 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
                     )
                 action = layout.decisions.index(wanted)
                 if wanted[0] == "new":
-                    config = portfolio.candidates[next(queue)]
+                    config = next(queue)
             else:
                 name = choosing
                 action = layout.action_of(name, config.get(name, env.space[name].default))
