@@ -326,3 +326,13 @@ def test_an_augmented_image_training_resumes_exactly():
     whole = TorchBackend(num_threads=1, resume=True).evaluate(task, cfg, seed=1, epochs=4)
     assert backend.n_resumed == 1 and more.status == whole.status == "ok"
     assert more.curve == whole.curve and more.test_metric == whole.test_metric
+
+
+def test_a_final_fit_trains_exactly_its_epochs_on_a_resuming_backend():
+    task = builtin("iris", epochs=6)
+    cfg = config(lr_schedule="cosine")
+    resuming = TorchBackend(num_threads=1, resume=True)
+    resuming.evaluate(task, cfg, epochs=2)  # a checkpoint for the 6-epoch training
+    _, fitted = resuming.fit(task, cfg, epochs=2)  # cosine over 2 epochs, from scratch
+    _, plain = TorchBackend(num_threads=1).fit(task, cfg, epochs=2)
+    assert fitted.curve == plain.curve and resuming.n_resumed == 0

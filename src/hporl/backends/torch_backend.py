@@ -400,7 +400,9 @@ class TorchBackend(Backend):
         checkpoint_dir: str | Path | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> TrialResult:
-        results, _ = self._run(task, config, seed, epochs, checkpoint_dir, on_epoch, keep="best")
+        results, _ = self._run(
+            task, config, seed, epochs, checkpoint_dir, on_epoch, keep="best", resume=self.resume
+        )
         result = aggregate(results)
         self._write_config(checkpoint_dir, task, config, seed, epochs or task.epochs, result)
         return result
@@ -432,11 +434,14 @@ class TorchBackend(Backend):
         checkpoint_dir: str | Path | None,
         on_epoch: EpochCallback | None,
         keep: str,
+        resume: bool = False,
     ) -> tuple[list[TrialResult], list[nn.Module]]:
+        """Train every model of ``task``; ``resume`` (evaluations, never :meth:`fit`, which
+        trains exactly its epochs): plan for :meth:`horizon` and go on from a checkpoint."""
         epochs = int(epochs or task.epochs)
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
-        horizon = self.horizon(task, epochs) or epochs
+        horizon = (self.horizon(task, epochs) if resume else None) or epochs
         previous_threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -445,8 +450,9 @@ class TorchBackend(Backend):
             for i in range(len(task.models)):
                 with torch.random.fork_rng(devices=[]):
                     r, m = self._train_one(
-                        task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep, horizon
-                    )
+                        task, i, config, seed, epochs, checkpoint_dir, on_epoch, keep, horizon,
+                        resume,
+                    )  # fmt: skip
                 results.append(r)
                 models.append(m)
         finally:
@@ -487,6 +493,7 @@ class TorchBackend(Backend):
         on_epoch: EpochCallback | None,
         keep: str = "best",
         horizon: int | None = None,
+        resume: bool = False,
     ) -> tuple[TrialResult, nn.Module | None]:
         """Train model ``index`` for ``epochs`` of a training planned for ``horizon`` (default:
         ``epochs``); return its result and the model holding the kept weights."""
@@ -558,7 +565,7 @@ class TorchBackend(Backend):
         best_value, best_state = -math.inf, None
         stopped = False
         epoch = 0
-        resume_key = self._resume_key(task, index, config, seed, horizon)
+        resume_key = self._resume_key(task, index, config, seed, horizon) if resume else None
         saved = self._saved.get(resume_key) if resume_key is not None else None
         if saved is not None and saved.epoch < epochs:
             self._saved.move_to_end(resume_key)
