@@ -111,3 +111,26 @@ def test_lcbench_in_epoch_budgets(tmp_path):
         spent = [r["epochs_spent"] for r in rows]
         assert spent == [sum(r["epochs"] for r in rows[: i + 1]) for i in range(len(rows))]
         assert spent[-2] < 10 * 52 <= spent[-1]  # trials until the largest budget is spent
+
+
+def test_real_training_in_epoch_budgets_reports_the_training_seconds(tmp_path):
+    summary = run(
+        {
+            "benchmark": "small",
+            "test_tasks": ["wine"],
+            "methods": ["random", "random+hyperband"],
+            "budgets": [1, 2],
+            "budget_unit": "epochs",
+            "seeds": 1,
+            "epochs": 3,
+            "normalisation_samples": 3,
+        },
+        out=tmp_path,
+    )
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert all(r["seconds"] > 0 for r in records)
+    for method in ("random", "random+hyperband"):
+        rows = [r for r in records if r["method"] == method]
+        seconds = summary["methods"][method]["train_seconds_per_run"]
+        assert seconds == pytest.approx(sum(r["seconds"] for r in rows))  # one run
+    assert "training s per run |" in (tmp_path / "report.md").read_text()

@@ -137,6 +137,8 @@ def summarise(
                 "pruned_fraction": float(
                     np.mean([r["status"] in ("pruned", "partial") for r in rows])
                 ),
+                "train_seconds_per_run": sum(r.get("seconds") or 0.0 for r in rows)
+                / len(curves[m]),
             }
     return summary
 
@@ -248,9 +250,11 @@ def write_report(
             "B = epochs spent over all trials, in full-training equivalents (B x the task's "
             "epochs); a trial costs the epochs it trained (a pruned one, those up to its "
             "pruning). Found = the best final value of the trials trained to the end (as "
-            "optuna's best_trial); a pruned trial's last value is not counted.",
+            "optuna's best_trial); a pruned trial's last value is not counted. Training s per "
+            "run: the seconds its trials trained (a cached result counts its own training's; a "
+            "surrogate's, its predictions').",
         ]
-        extra = " trials per run | epochs per trial | pruned |"
+        extra = " trials per run | epochs per trial | pruned | training s per run |"
     else:
         head = [
             f"Held-out tasks: {len(summary['test_tasks'])}; seeds: {config.seeds}; trials per run: {config.n_trials}."
@@ -268,7 +272,7 @@ def write_report(
         + " | ".join(f"{letter}={k}" for k in budgets)
         + " | propose (ms, median) |"
         + extra,
-        "|---|" + "---|" * len(budgets) + "---|" + ("---|" * 3 if epochs else ""),
+        "|---|" + "---|" * len(budgets) + "---|" + ("---|" * 4 if epochs else ""),
     ]
     best = (
         {k: min(v["regret"][k] for v in summary["methods"].values()) for k in budgets}
@@ -287,9 +291,12 @@ def write_report(
             + (f" | {ms * 1e3:.2f} |" if ms is not None else " | n/a |")
         )
         if epochs:
+            seconds = v.get("train_seconds_per_run")
             row += (
                 f" {v['trials_per_run']:.1f} | {v['epochs_per_trial']:.1f} | "
-                f"{v['pruned_fraction']:.0%} |"
+                f"{v['pruned_fraction']:.0%} | "
+                + ("n/a" if seconds is None else f"{seconds:.1f}")
+                + " |"
             )
         lines.append(row)
     lines += [

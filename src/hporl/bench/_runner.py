@@ -644,6 +644,7 @@ def _add_epoch_row(
             "epochs": cost,
             "epochs_spent": spent,
             "full_epochs": full,
+            "seconds": round(result.wall_time, 4),  # training time (a cached result's own)
             **extra,
         }
     )
