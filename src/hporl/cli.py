@@ -329,8 +329,9 @@ def tune(
     handover: Annotated[
         int | None,
         typer.Option(
-            help="trials the policy proposes before --then takes over (default: the trials it "
-            "was meta-trained for, at most 10)"
+            help="trials the policy proposes before --then takes over (with --budget-epochs and "
+            "a budget-aware policy: the full trainings' epochs it spends first; default: what "
+            "it was meta-trained for, at most 10)"
         ),
     ] = None,
 ) -> None:
