@@ -134,3 +134,27 @@ def test_real_training_in_epoch_budgets_reports_the_training_seconds(tmp_path):
         seconds = summary["methods"][method]["train_seconds_per_run"]
         assert seconds == pytest.approx(sum(r["seconds"] for r in rows))  # one run
     assert "training s per run |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_hyperband_run_is_the_same_run_twice(tmp_path):
+    """optuna's Hyperband draws a trial's bracket from a hash of the study's name: an unnamed
+    study (a random name) made two runs of the same bench differ."""
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    config = {
+        "benchmark": "lcbench",
+        "data_dir": str(data),
+        "test_tasks": ["34539"],
+        "methods": ["random+hyperband"],
+        "budgets": [1, 10],
+        "budget_unit": "epochs",
+        "seeds": 1,
+        "normalisation_samples": 50,
+    }
+    runs = []
+    for out in ("a", "b"):
+        run(config, out=tmp_path / out)
+        rows = json.loads((tmp_path / out / "results.json").read_text())
+        runs.append([(r["config"], r["epochs"], r["status"]) for r in rows])
+    assert runs[0] == runs[1]

@@ -563,7 +563,14 @@ def _one_run(
         after=settings.get("after"),
     )
     pruner = make_pruner(pruner_name, max_epochs=full)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # Named: optuna's Hyperband assigns a trial's bracket from a hash of the study's name, and
+    # an unnamed study gets a random one (runs of the same bench then differed).
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        study_name=f"{method}/{name}/seed{seed}",
+    )
     rows: list[dict[str, Any]] = []
     best: float | None = None
     spent = 0
