@@ -158,3 +158,47 @@ def test_a_hyperband_run_is_the_same_run_twice(tmp_path):
         rows = json.loads((tmp_path / out / "results.json").read_text())
         runs.append([(r["config"], r["epochs"], r["status"]) for r in rows])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    ("settings", "extra", "message"),
+    [
+        ({"pruner": "mediam"}, {}, r"policies.p.pruner must be one of median, asha, hyperband"),
+        ({"pruner": "median"}, {"budget_unit": "trials"}, r"policies.p.pruner .*budget_unit"),
+        ({"pruner": "asha", "budget_unit": "epochs"}, {}, r"a budget-aware policy chooses"),
+    ],
+)
+def test_bad_policy_pruners_are_named(settings, extra, message):
+    config = {**BASE, "budget_unit": "epochs", "train_tasks": ["3945"], "methods": ["p"]}
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig.load({**config, "policies": {"p": settings}, **extra})
+
+
+def test_a_policy_method_with_a_pruner_stops_trials_and_spends_fewer_epochs(tmp_path):
+    data = _lcbench_data()
+    if data is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    tiny = {
+        "budget": 3,
+        "pretrain": {"candidates": 20, "epochs": 5},
+        "agent": {"total_timesteps": 128, "params": {"n_steps": 64, "batch_size": 32}},
+    }
+    config = {
+        "benchmark": "lcbench",
+        "data_dir": str(data),
+        "train_tasks": ["3945", "7593"],
+        "test_tasks": ["34539"],
+        "budgets": [1, 6],
+        "budget_unit": "epochs",
+        "seeds": 1,
+        "normalisation_samples": 100,
+        "transfer_candidates": 20,
+    }
+    run({**config, "methods": ["policy"], "policy": tiny}, out=tmp_path / "a")
+    path = str(tmp_path / "a" / "policy_fold0")
+    policies = {"pruned": {"path": path, "pruner": "asha", "then": None}}
+    summary = run({**config, "methods": ["pruned"], "policies": policies}, out=tmp_path / "b")
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert any(r["status"] == "pruned" and r["epochs"] < 52 for r in rows)
+    assert summary["methods"]["pruned"]["trials_per_run"] > 6  # more trials for the epochs
+    assert rows[-1]["epochs_spent"] <= 6 * 52 + 52

@@ -25,7 +25,7 @@ from hporl.bench._samplers import (
     make_sampler,
     split_method,
 )
-from hporl.evaluation import Evaluator, make_pruner, pruning_callback
+from hporl.evaluation import PRUNERS, Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
 from hporl.policy import TrialChoice
 from hporl.rewards import RewardApproach
@@ -194,8 +194,25 @@ class BenchConfig(BaseModel):
             raise ConfigError(f"methods {sorted(transfer)} need train_tasks (meta-training tasks)")
 
     def _check_handover(self, name: str, settings: Mapping[str, Any]) -> None:
-        """``then`` / ``after``: the policy proposes ``after`` trials, then ``then`` samples."""
+        """``then`` / ``after``: the policy proposes ``after`` trials, then ``then`` samples;
+        ``pruner``: one of optuna's pruners stops its trials (budgets in epochs)."""
         where = "policy" if name == "policy" else f"policies.{name}"
+        pruner = settings.get("pruner")
+        if pruner is not None:
+            if pruner not in PRUNERS:
+                raise ConfigError(
+                    f"{where}.pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}."
+                    + did_you_mean(str(pruner), list(PRUNERS))
+                )
+            if self.budget_unit != "epochs" or self.parallel > 1:
+                raise ConfigError(
+                    f"{where}.pruner stops trials to save epochs: it needs budget_unit: epochs "
+                    "and parallel: 1"
+                )
+            if settings.get("budget_unit") == "epochs":
+                raise ConfigError(
+                    f"{where}.pruner: a budget-aware policy chooses how long each trial trains"
+                )
         then, after = settings.get("then", THEN), settings.get("after")
         if then is None:
             if after is not None:
@@ -453,7 +470,7 @@ def _run(
             t0 = time.perf_counter()
             settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
             path = config.policy_path if method == "policy" else settings.pop("path", None)
-            for key in ("then", "after"):  # how it is run (see _one_run), not how it is made
+            for key in ("then", "after", "pruner"):  # how it is run (_one_run), not how it is made
                 settings.pop(key, None)
             suffix = "" if method == "policy" else f"_{method}"
             say(
@@ -543,6 +560,8 @@ def _one_run(
     )
     full = int(task.epochs)
     settings = config.policy if method == "policy" else config.policies.get(method, {})
+    if policy is not None:
+        pruner_name = settings.get("pruner")
     if config.budget_unit == "epochs" and getattr(policy, "budget_aware", False):
         then = settings.get("then", THEN)
         after = handover_after(policy, settings.get("after")) if then is not None else None
