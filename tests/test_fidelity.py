@@ -130,6 +130,19 @@ def test_a_continued_trial_costs_the_extra_epochs_and_reads_the_longer_curve(sma
     assert len(env._trials) == 1
 
 
+def test_a_continuation_that_would_train_no_further_is_not_offered(small_space):
+    """On a task of 4 epochs 1/9 and 1/3 both round to one epoch: continuing a 1-epoch trial
+    "to 1/3" trained nothing (seen on the real suite, 23 such decisions in 8 runs)."""
+    aware = ObservationLayout(small_space, 3, 4, 8, 4, fidelities=FIDELITIES)
+    probe = [(small_space.default(), 0.5, 1 / 9)]
+    assert [epochs_at(f, 4) for f in FIDELITIES] == [1, 1, 4]
+    mask = aware.decision_mask(probe, 10, 4, resumable=True)
+    assert not mask[aware.decisions.index(("continue", 0))]
+    assert mask[aware.decisions.index(("new", 0))]
+    on_9 = aware.decision_mask(probe, 10, 9, resumable=True)  # 1 epoch -> 3: still offered
+    assert on_9[aware.decisions.index(("continue", 0))]
+
+
 def test_tokens_carry_each_trials_fidelity_and_old_layouts_load(small_space):
     plain = ObservationLayout(small_space, 3, 4, 8, 4)
     aware = ObservationLayout(small_space, 3, 4, 8, 4, fidelities=FIDELITIES)

@@ -236,14 +236,18 @@ class ObservationLayout:
     def decision_cost(
         self, trials: Sequence[tuple[Any, ...]], action: int, full: int, *, resumable: bool
     ) -> int | None:
-        """The epochs decision ``action`` costs (``None``: nothing to continue)."""
+        """The epochs decision ``action`` costs (``None``: nothing to continue, or a
+        continuation that would train no further: on a task of few epochs two fidelities can
+        round to the same epochs, 1/9 and 1/3 of 4 both to one)."""
         kind, i = self.decisions[action]
         if kind == "new":
             return epochs_at(self.fidelities[i], full)
         if self.best_at(trials, i) is None:
             return None
-        target = epochs_at(self.fidelities[i + 1], full)
-        return target - epochs_at(self.fidelities[i], full) if resumable else target
+        target, now = epochs_at(self.fidelities[i + 1], full), epochs_at(self.fidelities[i], full)
+        if target <= now:
+            return None
+        return target - now if resumable else target
 
     @property
     def trial_width(self) -> int:
