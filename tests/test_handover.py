@@ -213,3 +213,36 @@ def test_a_trial_finished_elsewhere_between_asking_and_sampling_is_no_error():
     trial = study.ask()
     assert 0 <= trial.suggest_float("x", 0, 1) <= 1
     assert 0 <= trial.suggest_float("y", 0, 1) <= 1
+
+
+def test_the_handover_counts_the_whole_study_under_hyperband(small_space):
+    """Hyperband shows samplers only the asked trial's bracket: the handover's place must
+    still count every earlier trial of the study."""
+    fixed = [small_space.sample(np.random.default_rng(i)) for i in range(4)]
+    seen: list[int] = []
+
+    class Counting(optuna.samplers.RandomSampler):
+        def infer_relative_search_space(self, study, trial):
+            seen.append(trial.number)
+            return super().infer_relative_search_space(study, trial)
+
+    first = FixedSequenceSampler(small_space, fixed * 10, seed=0)
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=HandoverSampler(first, Counting(seed=0), after=4),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27),
+        study_name="brackets",
+    )
+
+    def objective(trial):
+        config = small_space.suggest(trial)
+        for epoch in range(1, 4):
+            trial.report(float(config.get("lr", 0.1)) * epoch, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(config.get("lr", 0.1))
+
+    study.optimize(objective, n_trials=8)
+    got = [small_space.from_optuna_params(t.params) for t in study.trials]
+    assert got[:4] == [small_space.validate(c) for c in fixed]
+    assert seen == [4, 5, 6, 7]

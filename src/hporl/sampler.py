@@ -110,6 +110,13 @@ def _retried(t: FrozenTrial) -> set[int]:
     return out
 
 
+def _all_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial of ``study``, by number, from its storage: optuna's Hyperband shows a sampler
+    a view of the study holding only the asked trial's bracket, while the policy reads the
+    whole history (and finds a trial at its number's place)."""
+    return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+
 class PolicySampler(BaseSampler):
     """An optuna sampler that proposes whole configurations from a :class:`Policy`.
 
@@ -167,7 +174,7 @@ class PolicySampler(BaseSampler):
         retry with ``system_attrs["failed_trial"]`` and ``"retry_history"``) is left out, since
         its retry stands for it; so is a FAIL trial with the user attribute ``hporl_stale``.
         """
-        read = self._read(study, study.get_trials(deepcopy=False))
+        read = self._read(study, _all_trials(study))
         return [(e.config, e.value) for e in read.entries()]
 
     def _read(self, study: optuna.Study, trials: list[FrozenTrial]) -> _History:
@@ -219,7 +226,7 @@ class PolicySampler(BaseSampler):
         tried already or under way (RUNNING or WAITING, trial number ``exclude`` aside).
         ``trials``: the study's trials, when the caller has just read them."""
         if trials is None:
-            trials = study.get_trials(deepcopy=False)
+            trials = _all_trials(study)
         read = self._read(study, trials)
         under_way = set()
         for number in read.pending:
@@ -405,7 +412,7 @@ class HandoverSampler(BaseSampler):
     def _of(self, study: optuna.Study, trial: FrozenTrial) -> BaseSampler:
         got = self._turn.get(trial.number)
         if got is None:
-            got = self.sampler_of(study.get_trials(deepcopy=False), trial.number)
+            got = self.sampler_of(_all_trials(study), trial.number)
         return got
 
     def reseed_rng(self) -> None:
