@@ -251,8 +251,8 @@ def write_report(
             "epochs); a trial costs the epochs it trained (a pruned one, those up to its "
             "pruning). Found = the best final value of the trials trained to the end (as "
             "optuna's best_trial); a pruned trial's last value is not counted. Training s per "
-            "run: the seconds its trials trained (a cached result counts its own training's; a "
-            "surrogate's, its predictions').",
+            "run: the seconds its trials trained (a cached result counts its own training's; on "
+            "a YAHPO surrogate, the training time it predicts for the original runs).",
         ]
         extra = " trials per run | epochs per trial | pruned | training s per run |"
     else:
