@@ -249,6 +249,7 @@ def test_a_resumed_training_is_the_uninterrupted_one_and_trains_only_the_extra_e
     trained: list[int] = []
     more = backend.evaluate(task, cfg, seed=5, epochs=9, on_epoch=lambda e, v: trained.append(e))
     assert trained == list(range(4, 10)) and backend.n_resumed == 1  # epochs 1-3 not again
+    assert more.wall_time > start.wall_time  # the whole training's, the first 3 epochs included
     whole = TorchBackend(num_threads=1, resume=True).evaluate(task, cfg, seed=5, epochs=9)
     assert start.curve == whole.curve[:3]
     assert more.curve == whole.curve and more.train_loss_curve == whole.train_loss_curve

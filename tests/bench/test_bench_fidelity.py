@@ -75,7 +75,7 @@ def test_lcbench_bench_with_a_budget_aware_policy(tmp_path):
         sum(r["epochs"] for r in rows[: i + 1]) for i in range(len(rows))
     ]
     for r in rows:
-        assert r["fidelity"] in FIDELITIES
+        assert r["fidelity"] in FIDELITIES and r["seconds"] >= 0
         if r["continues"] is None:
             assert r["epochs"] == round(r["fidelity"] * 52)
         else:  # the surrogate resumes: a continuation costs the extra epochs only

@@ -311,6 +311,7 @@ class _Checkpoint:
     train_losses: list[float]
     best_value: float
     best_state: dict[str, torch.Tensor] | None = field(repr=False)
+    seconds: float = 0.0  # the training's wall time so far
 
 
 class TorchBackend(Backend):
@@ -582,6 +583,7 @@ class TorchBackend(Backend):
             curve[:], losses[:], train_losses[:] = saved.curve, saved.losses, saved.train_losses
             best_value, best_state = saved.best_value, saved.best_state
             epoch = saved.epoch
+            start -= saved.seconds  # the result's wall time is the whole training's
             self.n_resumed += 1
         first = epoch + 1
         try:
@@ -658,6 +660,7 @@ class TorchBackend(Backend):
                         train_losses=list(train_losses),
                         best_value=best_value,
                         best_state=best_state,
+                        seconds=time.perf_counter() - start,
                     ),
                 )
             test_metric = None

@@ -671,7 +671,7 @@ def _add_epoch_row(
             "epochs_spent": spent,
             "full_epochs": full,
             "seconds": round(result.wall_time, 4),  # training time (a cached result's own)
-            **extra,
+            **extra,  # may say otherwise (a continuation: its extra epochs' seconds)
         }
     )
 
@@ -734,6 +734,9 @@ def _budgeted_run(
         if choice is None:
             break
         result = bench.evaluate(task, choice.config, seed, epochs=choice.epochs)
+        seconds = result.wall_time  # a resumed training's is the whole training's: less before
+        if choice.continues is not None and resumable:
+            seconds = max(seconds - history[choice.continues][1].wall_time, 0.0)
         continues = None if choice.continues is None else row_of[choice.continues]
         if choice.continues is None:
             history.append((choice.config, result, choice.fidelity))
@@ -753,7 +756,7 @@ def _budgeted_run(
         row = (method, name, seed, fold, choice.config, result, status, y, best, propose)
         _add_epoch_row(
             bench, rows, *row, cost=choice.cost, spent=spent, full=full,
-            fidelity=choice.fidelity, continues=continues,
+            fidelity=choice.fidelity, continues=continues, seconds=round(seconds, 4),
         )  # fmt: skip
     return rows
 
