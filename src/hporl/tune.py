@@ -298,11 +298,14 @@ def tune_model(
         budget_epochs: a budget in epochs over all trials, instead of ``n_trials`` (the final
             training is not counted). A budget-aware policy (:attr:`Policy.budget_aware`,
             meta-trained with ``budget_unit: epochs``) chooses each trial's fidelity, a fraction
-            of the task's epochs, or retrains a promising trial for more epochs (real training
-            does not resume a trial: a continuation trains again and costs all its epochs); the
-            final model comes from the best trial trained for the full epochs (the best trial
-            of any fidelity when none was). Trials run one at a time, in this process. Any
-            other policy runs ``budget_epochs // epochs`` full trials.
+            of the task's epochs, or continues a promising trial for more epochs (the default
+            backend resumes it from a checkpoint, ``TorchBackend(resume=True)``, so it costs
+            the extra epochs; a shortened trial is the start of the full training); after
+            ``options.handover`` full trainings' epochs ``options.then`` proposes full
+            trainings. The final model comes from the best trial trained for the full epochs
+            (the best trial of any fidelity when none was). Trials run one at a time, in this
+            process. Any other policy runs ``budget_epochs // epochs`` full trials (then
+            handing over as with ``n_trials``).
         fine_tune: after each trial, update (a copy of) the policy on this task's trials.
         callback: ``callback(done, n_trials, config, result)`` after each trial (``n_trials``
             is 0 under ``budget_epochs`` with a budget-aware policy: the total is not known).
