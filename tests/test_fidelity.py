@@ -363,3 +363,32 @@ def test_a_budget_aware_policy_hands_over_and_a_resumed_run_proposes_the_same(
     resumed = tune_model(**kwargs, out=tmp_path / "resumed")
     assert [t["config"] for t in resumed.trials] == [t["config"] for t in whole.trials]
     assert [t["fidelity"] for t in resumed.trials] == [t["fidelity"] for t in whole.trials]
+
+
+def test_the_halving_expert_orders_only_the_candidates_an_episode_can_reach(
+    small_space, monkeypatch
+):
+    """Ordering all of a 10,000-candidate sample greedily took hours; an episode of budget B
+    reaches at most B * 9 + 1 new configurations at 1/9 of the epochs. The greedy order's
+    prefix is the same however far it goes, so the expert plays the same steps."""
+    import hporl.pretrain as pretrain
+    from hporl.pretrain import PretrainConfig, build_portfolio, halving_steps
+
+    tasks = [SyntheticTask(f"t{i}", np.full(3, 0.3 * i + 0.1), epochs=9) for i in range(2)]
+    env = HPOEnv(
+        small_space, PrefixBackend(small_space), tasks, budget=2, n_bins=8, fidelities=FIDELITIES
+    )
+    portfolio = build_portfolio(env, tasks, PretrainConfig(candidates=40, expert="halving"))
+    original = pretrain.greedy_portfolio
+    asked: list[int] = []
+
+    def recording(values, k):
+        asked.append(k)
+        return original(values, k)
+
+    monkeypatch.setattr(pretrain, "greedy_portfolio", recording)
+    bounded = halving_steps(env, tasks, portfolio)
+    assert asked == [2 * 9 + 1] and len(portfolio.candidates) > asked[0]
+    monkeypatch.setattr(pretrain, "greedy_portfolio", lambda v, k: original(v, v.shape[1]))
+    whole = halving_steps(env, tasks, portfolio)
+    assert np.array_equal(bounded["actions"], whole["actions"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -367,7 +368,10 @@ def halving_steps(env: HPOEnv, tasks: list[Any], portfolio: Portfolio) -> dict[s
     the env's own rewards summed from each step on."""
     layout = env.layout
     levels = len(layout.fidelities)
-    order = greedy_portfolio(portfolio.values, len(portfolio.candidates))
+    # Ordered only as far as an episode can reach (every new trial at the lowest fidelity):
+    # ordering all of a 10,000-candidate sample greedily took hours.
+    reach = layout.budget * math.ceil(1 / layout.fidelities[0]) + 1
+    order = greedy_portfolio(portfolio.values, min(len(portfolio.candidates), reach))
     bracket = [("new", 0)] * HALVING_ETA ** (levels - 1)
     for i in range(levels - 1):
         bracket += [("continue", i)] * HALVING_ETA ** (levels - 2 - i)

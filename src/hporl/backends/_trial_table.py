@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from hporl.exceptions import ConfigError, SearchSpaceError
-from hporl.rewards import normalized_score
 from hporl.space import SearchSpace
 
 __all__ = ["TrialTable", "complete_config", "data_group", "read_trials"]
@@ -262,6 +261,10 @@ def _add(
         table.skipped["configuration outside the space"] += 1
         return
     budget = int(attrs.get("epochs") or result.epochs or len(result.curve))
+    # Here, not at the top: hporl.rewards imports hporl.backends, whose package imports this
+    # module (``from hporl import HPOEnv`` in a fresh interpreter failed on the cycle).
+    from hporl.rewards import normalized_score
+
     chance = float(result.chance_metric)
     curve = np.array([normalized_score(v, chance) for v in result.curve], dtype=np.float64)
     if budget < 1 or len(curve) > budget or (result.status == "ok" and len(curve) == 0):
