@@ -18,9 +18,8 @@ import argparse
 
 import numpy as np
 
-from hporl import SearchSpace
-from hporl.backends.lcbench import LCBenchBackend
 from hporl.pretrain import _regret, greedy_portfolio
+from transfer_experts import lcbench_sample  # beside this script
 
 WIDTHS = (None, 1.0, 1.5, 2.0, 3.0)
 """Kernel widths tried (``None``: the portfolio's first, no features)."""
@@ -41,19 +40,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=2000)
     parser.add_argument("--data", default=None, help="the LCBench scenario folder")
     args = parser.parse_args()
-    backend = LCBenchBackend(data_dir=args.data)
-    tasks = backend.tasks()
-    rng = np.random.default_rng(0)
-    space = SearchSpace.builtin("lcbench")
-    configs = [space.sample(rng) for _ in range(args.candidates)]
-    values, features = [], []
-    for task in tasks:
-        lo, hi = backend.normalisation(task, n=10_000, seed=0)
-        ys = np.nan_to_num(np.asarray(backend.final_scores(task, configs), float), nan=lo)
-        values.append((ys - lo) / (hi - lo))
-        features.append(task.features())
-    v, f = np.array(values), np.array(features, dtype=float)
-    n = len(tasks)
+    v, f = lcbench_sample(args.candidates, args.data)
+    n = len(v)
     folds = [(list(range(k, n, 4)), [j for j in range(n) if j % 4 != k]) for k in range(4)]
 
     def regret(task: int, train: list[int], width) -> float:

@@ -21,24 +21,30 @@ from hporl.pretrain import adaptive_orders, greedy_portfolio
 KS = (1, 3, 5, 10, 30)
 
 
+def lcbench_sample(candidates: int, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One shared random sample of LCBench's space (seed 0) scored on every task: normalised
+    values ``[task, candidate]`` (against the task's 10,000-sample y_min / y_max; a failure at
+    y_min) and the tasks' features ``[task, feature]``."""
+    backend = LCBenchBackend(data_dir=data)
+    rng = np.random.default_rng(0)
+    space = SearchSpace.builtin("lcbench")
+    configs = [space.sample(rng) for _ in range(candidates)]
+    values, features = [], []
+    for task in backend.tasks():
+        lo, hi = backend.normalisation(task, n=10_000, seed=0)
+        ys = np.nan_to_num(np.asarray(backend.final_scores(task, configs), float), nan=lo)
+        values.append((ys - lo) / (hi - lo))
+        features.append(task.features())
+    return np.array(values), np.array(features, dtype=float)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=4000)
     parser.add_argument("--data", default=None, help="the LCBench scenario folder")
     args = parser.parse_args()
-    backend = LCBenchBackend(data_dir=args.data)
-    tasks = backend.tasks()
-    rng = np.random.default_rng(0)
-    space = SearchSpace.builtin("lcbench")
-    configs = [space.sample(rng) for _ in range(args.candidates)]
-    values, features = [], []
-    for task in tasks:
-        lo, hi = backend.normalisation(task, n=10_000, seed=0)
-        ys = np.nan_to_num(np.asarray(backend.final_scores(task, configs), float), nan=lo)
-        values.append((ys - lo) / (hi - lo))
-        features.append(task.features())
-    v, f = np.array(values), np.array(features)
-    n = len(tasks)
+    v, f = lcbench_sample(args.candidates, args.data)
+    n = len(v)
     splits = {
         "4-fold": [(list(range(k, n, 4)), [j for j in range(n) if j % 4 != k]) for k in range(4)],
         "leave-one-out": [([i], [j for j in range(n) if j != i]) for i in range(n)],

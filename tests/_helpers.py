@@ -98,6 +98,24 @@ def truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
     return damage
 
 
+def lcbench_data() -> Path | None:
+    """The YAHPO LCBench scenario folder beside the checkout (``../shared``), or ``None``."""
+    for candidate in (
+        Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "yahpo" / "lcbench",
+        Path("../shared/benchmarks/yahpo/lcbench"),
+    ):
+        if (candidate / "model.onnx").exists():
+            return candidate
+    return None
+
+
+LCBENCH = lcbench_data()
+needs_lcbench = pytest.mark.skipif(
+    LCBENCH is None, reason="YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench"
+)
+LCBENCH_BENCH = {"benchmark": "lcbench", "data_dir": str(LCBENCH)}
+"""The start of an LCBench bench config (tests marked ``needs_lcbench``)."""
+
 RPART = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "yahpo" / "rbv2_rpart"
 )

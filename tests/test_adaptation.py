@@ -10,7 +10,7 @@ import pytest
 from hporl.bench import BenchConfig
 from hporl.bench._runner import _Bench, _policy
 from hporl.space import config_key
-from tests.bench.test_bench import _lcbench_data
+from tests._helpers import lcbench_data as _lcbench_data
 
 TRAIN = ["3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167149"]
 TRAIN += ["167152", "167161", "167168"]

@@ -14,9 +14,10 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from hporl.augment import check_space
+from hporl.backends import TrialResult
 from hporl.exceptions import HporlError
 from hporl.observation import trial_score
-from hporl.policy import Policy
+from hporl.policy import Policy, TrialChoice
 from hporl.space import config_key
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "THEN",
     "HandoverSampler",
     "PolicySampler",
+    "budgeted_choice",
     "handover_after",
     "handover_config",
     "optuna_sampler",
@@ -345,6 +347,50 @@ def handover_config(
             )
         )
     return space.suggest(study.ask())
+
+
+def budgeted_choice(
+    policy: Policy,
+    task: Any,
+    history: Sequence[tuple[Mapping[str, Any], TrialResult, float]],
+    *,
+    spent: int,
+    budget_epochs: int,
+    resumable: bool,
+    then: str | None,
+    after: int,
+    space: Any,
+    score: Callable[[TrialResult], float | None],
+    seed: int | None,
+    position: int,
+    rng: np.random.Generator,
+    avoid: set[str],
+    deterministic: bool = True,
+) -> TrialChoice | None:
+    """The next trial of a budget-aware run (``tune_model(budget_epochs=)``, the bench): the
+    policy's choice (:meth:`Policy.suggest_trial`) until ``after`` full trainings' epochs are
+    spent, then, with ``then``, a full training that sampler proposes from the trials of
+    ``history`` trained for all the epochs, valued by ``score`` (:func:`handover_config`);
+    ``None`` when nothing fits in the epochs left. ``history``: (config, result, fidelity),
+    a continued trial once, at its latest fidelity; ``position``: the trials so far."""
+    full = int(task.epochs)
+    if then is None or spent < after * full:
+        return policy.suggest_trial(
+            task,
+            history,
+            epochs_left=budget_epochs - spent,
+            full_epochs=full,
+            resumable=resumable,
+            budget_epochs=budget_epochs,
+            deterministic=deterministic,
+            rng=rng,
+            avoid=avoid,
+        )
+    if spent + full > budget_epochs:
+        return None
+    trained = [(c, score(r)) for c, r, fidelity in history if fidelity >= 1.0]
+    config = handover_config(then, space, trained, seed=seed, position=position, startup=after)
+    return TrialChoice(config, 1.0, full, None, full)
 
 
 class HandoverSampler(BaseSampler):

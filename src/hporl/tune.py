@@ -33,14 +33,14 @@ from hporl.evaluation import (
 )
 from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
-from hporl.policy import Policy, TrialChoice
+from hporl.policy import Policy
 from hporl.sampler import (
     SAMPLERS,
     THEN,
     HandoverSampler,
     PolicySampler,
+    budgeted_choice,
     handover_after,
-    handover_config,
 )
 from hporl.saved_model import Predictor
 from hporl.space import config_key
@@ -479,7 +479,11 @@ def tune_model(
             t0 = time.perf_counter()
             finished = _finished(store, study)
             pruned = _pruned_epochs(study)
-            attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+            attrs = (
+                {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+                if budgeted
+                else {}
+            )
             complete = [t for t in finished if t[0] not in pruned]
             if budgeted and any(fidelity.get(n, 1.0) >= 1.0 for n, _, r in complete if r.ok):
                 complete = [t for t in complete if fidelity.get(t[0], 1.0) >= 1.0]
@@ -498,6 +502,7 @@ def tune_model(
                 if probe.ok:
                     default_final = evaluator.final_fit(task, default, probe, seed=seed)
             trials.seconds["final"] = time.perf_counter() - t0
+        handed = options.then is not None and (budgeted or isinstance(sampler, HandoverSampler))
         out_result = _tune_result(
             task,
             final,
@@ -512,14 +517,8 @@ def tune_model(
             extra={
                 "final_fit": final.report(),
                 "fine_tune": fine_tune,
-                "then": options.then if isinstance(sampler, HandoverSampler) or budgeted else None,
-                "handover": (
-                    sampler.after
-                    if isinstance(sampler, HandoverSampler)
-                    else handover_after(policy, options.handover)
-                    if budgeted and options.then is not None
-                    else None
-                ),
+                "then": options.then if handed else None,
+                "handover": handover_after(policy, options.handover) if handed else None,
                 "pruner": None if pruner is None else type(pruner).__name__,
                 "n_pruned": len(pruned),
                 "n_trials": n_trials if not budgeted else len(finished),
@@ -756,13 +755,12 @@ def _budgeted_trials(
 ) -> tuple[int, dict[int, float]]:
     """A budget-aware policy's trials, one at a time, until no choice fits in the epochs left;
     with ``then``, once ``after`` full trainings' epochs are spent, that optuna sampler's full
-    trainings (:func:`~hporl.sampler.handover_config`, given the trials trained for all the
+    trainings (:func:`~hporl.sampler.budgeted_choice`, given the trials trained for all the
     epochs) while one fits. A resumed run rebuilds the history and the epochs spent from the
     study, and proposes what an uninterrupted one would. Returns the epochs spent and each
     trial's fidelity (by trial number)."""
     store: TrialStore = evaluator.store  # type: ignore[assignment]
     resumable = bool(getattr(evaluator.backend, "resumable", False))
-    full = int(task.epochs)
     history: list[tuple[dict[str, Any], TrialResult, float]] = []
     numbers: list[int] = []  # the trial number behind each history entry
     fidelity: dict[int, float] = {}
@@ -785,26 +783,23 @@ def _budgeted_trials(
     rng = np.random.default_rng(seed)
     done = 0
     while spent < budget_epochs:
-        if then is not None and spent >= after * full:
-            if spent + full > budget_epochs:
-                break
-            trained = [(c, trial_state(r)[1]) for c, r, f in history if f >= 1.0]
-            config = handover_config(
-                then, space, trained, seed=seed, position=len(fidelity), startup=after
-            )
-            choice = TrialChoice(config, 1.0, full, None, full)
-        else:
-            choice = policy.suggest_trial(
-                task,
-                history,
-                epochs_left=budget_epochs - spent,
-                full_epochs=full,
-                resumable=resumable,
-                budget_epochs=budget_epochs,
-                deterministic=deterministic,
-                rng=rng,
-                avoid=tried,
-            )
+        choice = budgeted_choice(
+            policy,
+            task,
+            history,
+            spent=spent,
+            budget_epochs=budget_epochs,
+            resumable=resumable,
+            then=then,
+            after=after,
+            space=space,
+            score=lambda r: trial_state(r)[1],
+            seed=seed,
+            position=len(fidelity),
+            rng=rng,
+            avoid=tried,
+            deterministic=deterministic,
+        )
         if choice is None:
             break
         config = space.conform(choice.config)

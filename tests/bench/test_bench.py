@@ -18,6 +18,7 @@ from hporl.bench import (
     run,
 )
 from hporl.bench._report import summarise
+from tests._helpers import lcbench_data as _lcbench_data
 
 
 def test_normalised_regret_and_ranks_on_hand_made_numbers():
@@ -182,18 +183,6 @@ def test_folds_keep_test_tasks_out_of_training(tmp_path):
     assert sorted(t for _, te in folds for t in te) == ["a", "b", "c", "d", "e"]
     for train, test in folds:
         assert not set(train) & set(test)
-
-
-def _lcbench_data():
-    from pathlib import Path
-
-    for candidate in (
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks" / "yahpo" / "lcbench",
-        Path("../shared/benchmarks/yahpo/lcbench"),
-    ):
-        if (candidate / "model.onnx").exists():
-            return candidate
-    return None
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from hporl import ConfigError
 from hporl.bench import PRUNED_METHODS, BenchConfig, run
 from hporl.bench._report import _epoch_curves
 from hporl.bench._samplers import split_method
-from tests.bench.test_bench import _lcbench_data
+from tests._helpers import LCBENCH_BENCH, needs_lcbench
+from tests._helpers import lcbench_data as _lcbench_data
 
 BASE = {"benchmark": "lcbench", "test_tasks": ["34539"], "budgets": [1, 3]}
 
@@ -136,15 +137,12 @@ def test_real_training_in_epoch_budgets_reports_the_training_seconds(tmp_path):
     assert "training s per run |" in (tmp_path / "report.md").read_text()
 
 
+@needs_lcbench
 def test_a_hyperband_run_is_the_same_run_twice(tmp_path):
     """optuna's Hyperband draws a trial's bracket from a hash of the study's name: an unnamed
     study (a random name) made two runs of the same bench differ."""
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     config = {
-        "benchmark": "lcbench",
-        "data_dir": str(data),
+        **LCBENCH_BENCH,
         "test_tasks": ["34539"],
         "methods": ["random+hyperband"],
         "budgets": [1, 10],
@@ -174,18 +172,15 @@ def test_bad_policy_pruners_are_named(settings, extra, message):
         BenchConfig.load({**config, "policies": {"p": settings}, **extra})
 
 
+@needs_lcbench
 def test_a_policy_method_with_a_pruner_stops_trials_and_spends_fewer_epochs(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     tiny = {
         "budget": 3,
         "pretrain": {"candidates": 20, "epochs": 5},
         "agent": {"total_timesteps": 128, "params": {"n_steps": 64, "batch_size": 32}},
     }
     config = {
-        "benchmark": "lcbench",
-        "data_dir": str(data),
+        **LCBENCH_BENCH,
         "train_tasks": ["3945", "7593"],
         "test_tasks": ["34539"],
         "budgets": [1, 6],

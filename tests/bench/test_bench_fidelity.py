@@ -9,7 +9,8 @@ import pytest
 from hporl import ConfigError
 from hporl.bench import run
 from hporl.observation import FIDELITIES
-from tests.bench.test_bench import _lcbench_data
+from tests._helpers import LCBENCH_BENCH, needs_lcbench
+from tests._helpers import lcbench_data as _lcbench_data
 
 TINY = {
     "budget": 3,
@@ -122,14 +123,11 @@ def test_lcbench_continuation_costs_the_extra_epochs_and_is_the_surrogates_curve
     assert last["result"].curve == pytest.approx(whole.curve)
 
 
+@needs_lcbench
 def test_a_budget_aware_policy_hands_over_full_trainings_after_its_epochs(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     aware = {**TINY, "budget_unit": "epochs", "pretrain": None}
     config = {
-        "benchmark": "lcbench",
-        "data_dir": str(data),
+        **LCBENCH_BENCH,
         "train_tasks": ["3945", "7593"],
         "test_tasks": ["34539"],
         "methods": ["alone", "handed"],

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hporl.bench import run
-from tests.bench.test_bench import _lcbench_data
+from tests._helpers import LCBENCH_BENCH, needs_lcbench
 
 MERGE = Path(__file__).resolve().parents[2] / "benchmarks" / "merge_bench.py"
 
@@ -22,13 +22,10 @@ def _regrets(out: Path) -> dict[tuple, float]:
     return {(r["method"], r["task"], r["seed"], r["trial"]): r["regret"] for r in rows}
 
 
+@needs_lcbench
 def test_runs_of_other_methods_merge_under_one_normalisation(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     config = {
-        "benchmark": "lcbench",
-        "data_dir": str(data),
+        **LCBENCH_BENCH,
         "test_tasks": ["34539", "167152"],
         "budgets": [1, 14],  # TPE samples like random search for its first 10
         "seeds": 2,

@@ -27,9 +27,8 @@ from hporl.bench._samplers import (
 )
 from hporl.evaluation import PRUNERS, Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
-from hporl.policy import TrialChoice
 from hporl.rewards import RewardApproach
-from hporl.sampler import THEN, handover_after, handover_config
+from hporl.sampler import THEN, budgeted_choice, handover_after
 from hporl.space import SearchSpace, config_key
 from hporl.store import TrialStore, storage_url
 
@@ -141,7 +140,7 @@ class BenchConfig(BaseModel):
             if clash:
                 raise ConfigError(f"{kind} {clash[0]!r} has the name of a built-in method")
         for name, settings in (("policy", self.policy), *self.policies.items()):
-            self._check_handover(name, settings)
+            self._check_policy_run(name, settings)
         both = sorted(set(self.fixed) & set(self.policies))
         if both:
             raise ConfigError(f"{both[0]!r} is both a fixed configuration and a policy")
@@ -193,7 +192,7 @@ class BenchConfig(BaseModel):
         ):
             raise ConfigError(f"methods {sorted(transfer)} need train_tasks (meta-training tasks)")
 
-    def _check_handover(self, name: str, settings: Mapping[str, Any]) -> None:
+    def _check_policy_run(self, name: str, settings: Mapping[str, Any]) -> None:
         """``then`` / ``after``: the policy proposes ``after`` trials, then ``then`` samples;
         ``pruner``: one of optuna's pruners stops its trials (budgets in epochs)."""
         where = "policy" if name == "policy" else f"policies.{name}"
@@ -563,8 +562,7 @@ def _one_run(
     if policy is not None:
         pruner_name = settings.get("pruner")
     if config.budget_unit == "epochs" and getattr(policy, "budget_aware", False):
-        then = settings.get("then", THEN)
-        after = handover_after(policy, settings.get("after")) if then is not None else None
+        then, after = settings.get("then", THEN), handover_after(policy, settings.get("after"))
         return _budgeted_run(bench, method, task, name, seed, policy, fold, then, after)
     total = config.n_trials * full if config.budget_unit == "epochs" else None
     n = config.n_trials if total is None else total
@@ -685,7 +683,7 @@ def _budgeted_run(
     policy: Any,
     fold: int,
     then: str | None = None,
-    after: int | None = None,
+    after: int = 0,
 ) -> list[dict[str, Any]]:
     """A budget-aware policy's run with ``budget_unit: epochs``: each trial at the fidelity the
     policy chooses, or a trial continued to the next fidelity (costing the extra epochs when
@@ -694,7 +692,7 @@ def _budgeted_run(
     trained for the full epochs scores (a run finds what it trained fully); the others are
     ``partial``. With ``then``, once ``after`` full trainings' epochs are spent, optuna's
     sampler ``then`` proposes full trainings from the policy's full ones
-    (:func:`~hporl.sampler.handover_config`)."""
+    (:func:`~hporl.sampler.budgeted_choice`)."""
     full = int(task.epochs)
     total = bench.config.n_trials * full
     resumable = bool(getattr(bench.backend, "resumable", False))
@@ -707,29 +705,22 @@ def _budgeted_run(
     spent = 0
     while spent < total:
         t0 = time.perf_counter()
-        if then is not None and after is not None and spent >= after * full:
-            if spent + full > total:
-                break
-            config = handover_config(
-                then,
-                bench.space,
-                [(r["config"], r["score"]) for r in rows if r.get("fidelity", 1.0) >= 1.0],
-                seed=seed,
-                position=len(rows),
-                startup=after,
-            )
-            choice = TrialChoice(config, 1.0, full, None, full)
-        else:
-            choice = policy.suggest_trial(
-                task,
-                history,
-                epochs_left=total - spent,
-                full_epochs=full,
-                resumable=resumable,
-                budget_epochs=total,
-                rng=rng,
-                avoid=tried,
-            )
+        choice = budgeted_choice(
+            policy,
+            task,
+            history,
+            spent=spent,
+            budget_epochs=total,
+            resumable=resumable,
+            then=then,
+            after=after,
+            space=bench.space,
+            score=bench.score,
+            seed=seed,
+            position=len(rows),
+            rng=rng,
+            avoid=tried,
+        )
         propose = time.perf_counter() - t0
         if choice is None:
             break
