@@ -151,10 +151,14 @@ def test_kill_9_mid_trial_loses_nothing(tiny_policy, tmp_path):
     while time.monotonic() < deadline:
         trials = _trials(killed) if (killed / "trials.db").exists() else []
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [  # in training: claimed, and its configuration chosen
+        running = [  # in training: claimed, and its configuration chosen (all of it: a trial
+            # killed while its parameters are suggested one by one is failed without a retry)
             t
             for t in trials
-            if t.state == TrialState.RUNNING and "hporl_owner" in t.user_attrs and t.params
+            if t.state == TrialState.RUNNING
+            and "hporl_owner" in t.user_attrs
+            and t.params
+            and t.user_attrs.get("hporl_configuring") is not True
         ]
         if len(done) >= 2 and running:
             break
