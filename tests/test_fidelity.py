@@ -257,10 +257,10 @@ def test_tune_model_with_budget_epochs_never_exceeds_the_budget(aware_policy, tm
 def test_budget_epochs_with_a_trial_count_policy_runs_full_trials(tiny_policy, tmp_path):
     policy, _ = tiny_policy
     task = builtin("iris", epochs=2)
-    options = TuneOptions(compare_default=False)
+    options = TuneOptions(compare_default=False, probe=None)  # by default it probes (test_probe)
     res = tune_model(data=task, policy=policy, budget_epochs=5, out=tmp_path, options=options)
     assert len(res.trials) == 2 and all(t["epochs"] == 2 for t in res.trials)
-    assert not res.extra["budget_aware"]
+    assert not res.extra["budget_aware"] and res.extra["probe"] is None
     with pytest.raises(ConfigError, match="less than one full training of 2 epochs"):
         tune_model(data=task, policy=policy, budget_epochs=1, options=options)
     with pytest.raises(ConfigError, match="not both"):

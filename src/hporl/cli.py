@@ -263,6 +263,22 @@ def meta_train(
     console.print(f"policy saved to {run_dir / 'policy'}")
 
 
+def _probe_option(text: str) -> Any:
+    """``--probe F:R`` as a :class:`~hporl.sampler.Probe`, ``off`` as ``None``."""
+    from hporl.sampler import Probe
+
+    if text.strip().lower() in ("off", "none"):
+        return None
+    fraction, _, rounds = text.partition(":")
+    try:
+        return Probe(fidelity=float(fraction), rounds=int(rounds or 2))
+    except ValueError as err:
+        raise HporlError(
+            f"--probe {text!r}: give F:R (a fraction of the epochs in (0, 1) and a whole number "
+            f"of probes per continuation, e.g. 0.333:2) or off ({err})"
+        ) from None
+
+
 @app.command()
 def tune(
     data: Annotated[Path, typer.Option(help="CSV file with a header row")],
@@ -279,7 +295,7 @@ def tune(
         int | None,
         typer.Option(
             help="a budget in epochs over all trials instead of --trials: a budget-aware policy "
-            "chooses each trial's epochs; another runs BUDGET // epochs full trials"
+            "chooses each trial's epochs; another's proposals are probed (see --probe)"
         ),
     ] = None,
     fine_tune: Annotated[
@@ -334,6 +350,14 @@ def tune(
             "it was meta-trained for, at most 10)"
         ),
     ] = None,
+    probe: Annotated[
+        str | None,
+        typer.Option(
+            help="with --budget-epochs and a policy that is not budget-aware: F:R probes its "
+            "proposals for a fraction F of the epochs and continues the best of every R to "
+            "full (default 0.333:2); off: every trial trains fully"
+        ),
+    ] = None,
 ) -> None:
     """Tune a model on a CSV file with a policy, train it for good, write DIR/report.json."""
     import torch
@@ -368,6 +392,8 @@ def tune(
             "be combined with --parallel > 1 or --executor ray"
         )
     handing = {} if then is None else {"then": None if then == "none" else then}
+    if probe is not None:
+        handing["probe"] = _probe_option(probe)
     options = TuneOptions(worker=worker, trial_timeout=trial_timeout, handover=handover, **handing)
     out = out or Path("runs") / f"tune-{data.stem}"
     task = Task.from_csv(

@@ -16,20 +16,23 @@ from optuna.trial import FrozenTrial, TrialState
 from hporl.augment import check_space
 from hporl.backends import TrialResult
 from hporl.exceptions import HporlError
-from hporl.observation import trial_score
+from hporl.observation import epochs_at, trial_score
 from hporl.policy import Policy, TrialChoice
 from hporl.space import config_key
 
 __all__ = [
     "HANDOVER",
+    "PROBE",
     "SAMPLERS",
     "THEN",
     "HandoverSampler",
     "PolicySampler",
+    "Probe",
     "budgeted_choice",
     "handover_after",
     "handover_config",
     "optuna_sampler",
+    "probe_choice",
 ]
 
 
@@ -349,6 +352,101 @@ def handover_config(
     return space.suggest(study.ask())
 
 
+@dataclass(frozen=True)
+class Probe:
+    """How a full-fidelity (K-trial) policy spends a budget in epochs (:func:`probe_choice`):
+    its first proposal trains fully; every later one is a probe of ``fidelity`` of the epochs,
+    and after every ``rounds`` probes the best one not yet continued is continued to the full
+    epochs (successive halving at rate ``rounds``, from the policy's proposals)."""
+
+    fidelity: float = 1 / 3
+    rounds: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fidelity < 1:
+            raise ValueError(f"probe fidelity must be in (0, 1), got {self.fidelity!r}")
+        if int(self.rounds) != self.rounds or self.rounds < 1:
+            raise ValueError(f"probe rounds must be a positive integer, got {self.rounds!r}")
+
+    @classmethod
+    def from_setting(cls, value: Any) -> Probe | None:
+        """A bench policy's / experiment's ``probe`` setting: ``true`` or absent (the
+        default), ``false`` (full trainings only), or ``{fidelity: F, rounds: R}``."""
+        if value is None or value is True:
+            return cls()
+        if value is False:
+            return None
+        if isinstance(value, Mapping) and set(value) <= {"fidelity", "rounds"}:
+            return cls(**{k: float(v) if k == "fidelity" else v for k, v in value.items()})
+        raise ValueError(f"probe must be true, false or {{fidelity: F, rounds: R}}, got {value!r}")
+
+
+PROBE = Probe(fidelity=1 / 3, rounds=2)
+"""The default: probes of a third of the epochs, the better of every two continued to full.
+Offline on the 4-fold LCBench bench's training tasks (``benchmarks/policy_probes.py --split
+train``) it is within noise of the best schedule tried (1/9, rounds of 3); on real tasks of 4-10
+epochs a ninth is one epoch, whose scores misled the policy (README, "Probing a full-fidelity
+policy's proposals")."""
+
+
+def probe_choice(
+    policy: Policy,
+    task: Any,
+    history: Sequence[tuple[Mapping[str, Any], TrialResult, float]],
+    *,
+    epochs_left: int,
+    resumable: bool,
+    probe: Probe | None = PROBE,
+    rng: np.random.Generator,
+    avoid: set[str],
+    deterministic: bool = True,
+) -> TrialChoice | None:
+    """A full-fidelity policy's next trial in a budget in epochs (``None`` when nothing fits
+    in ``epochs_left``): see :class:`Probe`. The policy reads every trial at the probes'
+    epochs (a full training's curve cut there), so that it ranks like with like. Without
+    ``probe``, or when the backend cannot resume (a continuation would train again from the
+    start), or when a probe would be the full training, every trial trains fully.
+    ``history``: (config, result, fidelity), a continued trial once, at its latest fidelity."""
+    full = int(task.epochs)
+    short = epochs_at(probe.fidelity, full) if probe is not None else full
+    probing = probe is not None and resumable and short < full
+    chance = float(getattr(task, "chance_metric", 0.0))
+
+    def new(fidelity: float, epochs: int) -> TrialChoice | None:
+        if epochs > epochs_left:
+            return None
+        seen = [(dict(c), _score_at(r, short, chance)) for c, r, _ in history]
+        config = policy.suggest_scored(
+            task, seen, deterministic=deterministic, rng=rng, avoid=avoid
+        )
+        return TrialChoice(config, fidelity, epochs, None, epochs)
+
+    if not probing or not history:
+        return new(1.0, full)
+    assert probe is not None
+    open_probes = [(i, r) for i, (_, r, f) in enumerate(history) if f < 1.0 and r.ok and r.curve]
+    done = sum(1 for _, _, f in history if f >= 1.0) - 1  # continued so far (the first: not)
+    probes = sum(1 for _, _, f in history if f < 1.0) + done
+    cost = full - short
+
+    def carry_on() -> TrialChoice | None:
+        if not open_probes or cost > epochs_left:
+            return None
+        j, _ = max(open_probes, key=lambda e: (max(e[1].curve), -e[0]))
+        return TrialChoice(dict(history[j][0]), 1.0, full, j, cost)
+
+    if probes // probe.rounds > done and (choice := carry_on()) is not None:
+        return choice
+    return new(probe.fidelity, short) or carry_on()
+
+
+def _score_at(result: TrialResult, epochs: int, chance: float) -> float | None:
+    """``result``'s chance-adjusted score (:func:`trial_score`) after its first ``epochs``."""
+    if result.status != "ok" or not result.curve:
+        return trial_score(result, chance)
+    return trial_score(float(max(result.curve[:epochs])), result.chance_metric)
+
+
 def budgeted_choice(
     policy: Policy,
     task: Any,
@@ -366,14 +464,28 @@ def budgeted_choice(
     rng: np.random.Generator,
     avoid: set[str],
     deterministic: bool = True,
+    probe: Probe | None = PROBE,
 ) -> TrialChoice | None:
-    """The next trial of a budget-aware run (``tune_model(budget_epochs=)``, the bench): the
-    policy's choice (:meth:`Policy.suggest_trial`) until ``after`` full trainings' epochs are
-    spent, then, with ``then``, a full training that sampler proposes from the trials of
-    ``history`` trained for all the epochs, valued by ``score`` (:func:`handover_config`);
+    """The next trial of a run in a budget of epochs (``tune_model(budget_epochs=)``, the
+    bench): the policy's choice (:meth:`Policy.suggest_trial` for a budget-aware policy, else
+    its proposals probed as ``probe`` says, :func:`probe_choice`) until ``after`` full
+    trainings' epochs are spent, then, with ``then``, a full training that sampler proposes
+    from the trials of ``history`` trained for all the epochs, valued by ``score`` (:func:`handover_config`);
     ``None`` when nothing fits in the epochs left. ``history``: (config, result, fidelity),
     a continued trial once, at its latest fidelity; ``position``: the trials so far."""
     full = int(task.epochs)
+    if not policy.budget_aware and (then is None or spent < after * full):
+        return probe_choice(
+            policy,
+            task,
+            history,
+            epochs_left=budget_epochs - spent,
+            resumable=resumable,
+            probe=probe,
+            rng=rng,
+            avoid=avoid,
+            deterministic=deterministic,
+        )
     if then is None or spent < after * full:
         return policy.suggest_trial(
             task,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -35,10 +36,12 @@ from hporl.exceptions import ConfigError, HporlError, TaskError
 from hporl.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from hporl.policy import Policy
 from hporl.sampler import (
+    PROBE,
     SAMPLERS,
     THEN,
     HandoverSampler,
     PolicySampler,
+    Probe,
     budgeted_choice,
     handover_after,
 )
@@ -206,6 +209,11 @@ class TuneOptions:
         handover: how many trials (a budget-aware policy: full trainings' epochs) the policy
             spends before ``then`` takes over (default: what it was meta-trained for,
             :attr:`Policy.budget`, at most 10).
+        probe: with ``budget_epochs``, how a policy that is not budget-aware spends them
+            (:class:`~hporl.sampler.Probe`): its first proposal trains fully, later ones are
+            probes of ``probe.fidelity`` of the epochs, and after every ``probe.rounds``
+            probes the best is continued to the full epochs (resumed). ``None``: every trial
+            trains fully (``budget_epochs // epochs`` trials).
         backend: the backend that trains (default ``TorchBackend(num_threads=1)``).
     """
 
@@ -218,6 +226,7 @@ class TuneOptions:
     then: str | None = THEN
     handover: int | None = None
     backend: TorchBackend | None = None
+    probe: Probe | None = PROBE
 
     def __post_init__(self) -> None:
         if self.trial_timeout is not None and not self.trial_timeout > 0:
@@ -236,6 +245,8 @@ class TuneOptions:
                 raise ConfigError(f"handover must be a positive integer, got {self.handover!r}")
             if self.handover < 1:
                 raise ConfigError(f"handover must be a positive integer, got {self.handover!r}")
+        if self.probe is not None and not isinstance(self.probe, Probe):
+            raise ConfigError(f"probe must be a hporl.sampler.Probe or None, got {self.probe!r}")
         if not isinstance(self.fine_tune_steps, int) or self.fine_tune_steps < 1:
             raise ConfigError(
                 f"fine_tune_steps must be a positive integer, got {self.fine_tune_steps!r}"
@@ -304,8 +315,12 @@ def tune_model(
             ``options.handover`` full trainings' epochs ``options.then`` proposes full
             trainings. The final model comes from the best trial trained for the full epochs
             (the best trial of any fidelity when none was). Trials run one at a time, in this
-            process. Any other policy runs ``budget_epochs // epochs`` full trials (then
-            handing over as with ``n_trials``).
+            process. Any other policy's proposals are probed (``options.probe``, by default
+            :data:`~hporl.sampler.PROBE`: the first trains fully, then probes of a third of
+            the epochs, the better of every two continued to full), then handed over as
+            above; with ``options.probe=None``, a parallel executor or a backend that cannot
+            resume, it runs ``budget_epochs // epochs`` full trials (then handing over as with
+            ``n_trials``).
         fine_tune: after each trial, update (a copy of) the policy on this task's trials.
         callback: ``callback(done, n_trials, config, result)`` after each trial (``n_trials``
             is 0 under ``budget_epochs`` with a budget-aware policy: the total is not known).
@@ -380,7 +395,16 @@ def tune_model(
             )
         policy.task_features(task)  # checks the feature count before any training
         backend.check_space(policy.space, task)  # what training would misread, before any file
-        budgeted = budget_epochs is not None and policy.budget_aware
+        # A policy that is not budget-aware probes its proposals (options.probe) when a
+        # continuation resumes and trials run here, one at a time (else: full trials).
+        probing = (
+            options.probe is not None
+            and bool(getattr(backend, "resumable", False))
+            and executor.in_process
+            and budget_epochs is not None
+            and budget_epochs >= task.epochs
+        )
+        budgeted = budget_epochs is not None and (policy.budget_aware or probing)
         if budget_epochs is not None and not budgeted:
             n_trials = budget_epochs // task.epochs
             if n_trials < 1:
@@ -473,6 +497,7 @@ def tune_model(
                     callback=callback,
                     then=options.then,
                     after=handover_after(policy, options.handover),
+                    probe=options.probe,
                 )
             elif n_trials > done:
                 trials.run(n_trials - done, options.trial_timeout, progress, after_trial)
@@ -524,7 +549,12 @@ def tune_model(
                 "n_trials": n_trials if not budgeted else len(finished),
                 "budget_epochs": budget_epochs,
                 "epochs_spent": spent if budgeted else None,
-                "budget_aware": budgeted,
+                "budget_aware": budgeted and policy.budget_aware,
+                "probe": (
+                    dataclasses.asdict(options.probe)
+                    if budgeted and not policy.budget_aware and options.probe is not None
+                    else None
+                ),
                 "storage": mask_url(store.url),
                 "study": study.study_name,
                 "worker": worker,
@@ -752,8 +782,10 @@ def _budgeted_trials(
     callback: ProgressCallback | None,
     then: str | None = None,
     after: int = 0,
+    probe: Probe | None = PROBE,
 ) -> tuple[int, dict[int, float]]:
-    """A budget-aware policy's trials, one at a time, until no choice fits in the epochs left;
+    """A policy's trials in a budget of epochs (a budget-aware policy's choices, any other's
+    proposals probed as ``probe`` says), one at a time, until no choice fits in the epochs left;
     with ``then``, once ``after`` full trainings' epochs are spent, that optuna sampler's full
     trainings (:func:`~hporl.sampler.budgeted_choice`, given the trials trained for all the
     epochs) while one fits. A resumed run rebuilds the history and the epochs spent from the
@@ -799,6 +831,7 @@ def _budgeted_trials(
             rng=rng,
             avoid=tried,
             deterministic=deterministic,
+            probe=probe,
         )
         if choice is None:
             break

@@ -50,7 +50,7 @@ def test_lcbench_bench_with_a_budget_aware_policy(tmp_path):
             "data_dir": str(data),
             "train_tasks": ["3945", "7593"],
             "test_tasks": ["34539"],
-            "methods": ["policy", "aware", "random+hyperband"],
+            "methods": ["policy", "full", "aware", "random+hyperband"],
             "budgets": [1, 3],
             "budget_unit": "epochs",
             "seeds": 1,
@@ -58,12 +58,15 @@ def test_lcbench_bench_with_a_budget_aware_policy(tmp_path):
             "transfer_candidates": 20,
             "policy": TINY,
             # Sampled decisions are not needed: an untrained head still has to spend epochs.
-            "policies": {"aware": {**TINY, "budget_unit": "epochs", "pretrain": None}},
+            "policies": {
+                "aware": {**TINY, "budget_unit": "epochs", "pretrain": None},
+                "full": {**TINY, "probe": False},
+            },
         },
         out=tmp_path,
     )
     m = summary["methods"]
-    assert set(m) == {"policy", "aware", "random+hyperband"}
+    assert set(m) == {"policy", "full", "aware", "random+hyperband"}
     for b in ("1", "3"):
         assert 0 <= m["aware"]["regret"][b] <= 1
     assert "aware" in (tmp_path / "report.md").read_text()
@@ -85,8 +88,33 @@ def test_lcbench_bench_with_a_budget_aware_policy(tmp_path):
             assert r["epochs"] == round(r["fidelity"] * 52) - round(before["fidelity"] * 52)
         # only a full-fidelity trial scores (what a run found), as a pruned one
         assert (r["score"] is not None) == (r["fidelity"] == 1.0 and r["status"] == "ok")
-    # the full-fidelity policy spends whole trainings
-    assert all(r["epochs"] == 52 for r in records if r["method"] == "policy")
+    # The full-fidelity policy's proposals are probed (the default Probe): the first trains
+    # fully, then probes of 17 epochs, the better of every two continued for 35 more.
+    rows = sorted((r for r in records if r["method"] == "policy"), key=lambda r: r["trial"])
+    assert [r["epochs"] for r in rows] == [52, 17, 17, 35, 17, 17]
+    assert [r["continues"] for r in rows] == [None, None, None, rows[3]["continues"], None, None]
+    probes = rows[1:3]
+    continued = rows[rows[3]["continues"] - 1]
+    assert continued in probes and continued["config"] == rows[3]["config"]
+    assert continued["value"] == max(p["value"] for p in probes)
+    assert [r["score"] is not None for r in rows] == [True, False, False, True, False, False]
+    # probe: false, whole trainings
+    assert [r["epochs"] for r in records if r["method"] == "full"] == [52, 52, 52]
+
+
+def test_a_probe_setting_is_checked():
+    with pytest.raises(ConfigError, match=r"policies\.full\.probe must be true, false or"):
+        run(
+            {
+                "benchmark": "lcbench",
+                "train_tasks": ["3945"],
+                "test_tasks": ["34539"],
+                "methods": ["full"],
+                "budgets": [1],
+                "budget_unit": "epochs",
+                "policies": {"full": {**TINY, "probe": 0.5}},
+            }
+        )
 
 
 def test_lcbench_continuation_costs_the_extra_epochs_and_is_the_surrogates_curve():

@@ -28,7 +28,7 @@ from hporl.bench._samplers import (
 from hporl.evaluation import PRUNERS, Evaluator, make_pruner, pruning_callback
 from hporl.exceptions import ConfigError, HporlError
 from hporl.rewards import RewardApproach
-from hporl.sampler import THEN, budgeted_choice, handover_after
+from hporl.sampler import THEN, Probe, budgeted_choice, handover_after
 from hporl.space import SearchSpace, config_key
 from hporl.store import TrialStore, storage_url
 
@@ -194,7 +194,8 @@ class BenchConfig(BaseModel):
 
     def _check_policy_run(self, name: str, settings: Mapping[str, Any]) -> None:
         """``then`` / ``after``: the policy proposes ``after`` trials, then ``then`` samples;
-        ``pruner``: one of optuna's pruners stops its trials (budgets in epochs)."""
+        ``pruner``: one of optuna's pruners stops its trials (budgets in epochs); ``probe``:
+        how a full-fidelity policy spends a budget in epochs (:class:`~hporl.sampler.Probe`)."""
         where = "policy" if name == "policy" else f"policies.{name}"
         pruner = settings.get("pruner")
         if pruner is not None:
@@ -212,6 +213,10 @@ class BenchConfig(BaseModel):
                 raise ConfigError(
                     f"{where}.pruner: a budget-aware policy chooses how long each trial trains"
                 )
+        try:
+            Probe.from_setting(settings.get("probe"))
+        except ValueError as err:
+            raise ConfigError(f"{where}.{err}") from None
         then, after = settings.get("then", THEN), settings.get("after")
         if then is None:
             if after is not None:
@@ -469,7 +474,7 @@ def _run(
             t0 = time.perf_counter()
             settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
             path = config.policy_path if method == "policy" else settings.pop("path", None)
-            for key in ("then", "after", "pruner"):  # how it is run (_one_run), not how it is made
+            for key in ("then", "after", "pruner", "probe"):  # how it is run, not how it is made
                 settings.pop(key, None)
             suffix = "" if method == "policy" else f"_{method}"
             say(
@@ -561,9 +566,13 @@ def _one_run(
     settings = config.policy if method == "policy" else config.policies.get(method, {})
     if policy is not None:
         pruner_name = settings.get("pruner")
-    if config.budget_unit == "epochs" and getattr(policy, "budget_aware", False):
-        then, after = settings.get("then", THEN), handover_after(policy, settings.get("after"))
-        return _budgeted_run(bench, method, task, name, seed, policy, fold, then, after)
+    if config.budget_unit == "epochs" and policy is not None and pruner_name is None:
+        # a budget-aware policy chooses fidelities; any other probes its proposals (Probe)
+        probe = Probe.from_setting(settings.get("probe"))
+        resumable = bool(getattr(bench.backend, "resumable", False))
+        if policy.budget_aware or (probe is not None and resumable):
+            then, after = settings.get("then", THEN), handover_after(policy, settings.get("after"))
+            return _budgeted_run(bench, method, task, name, seed, policy, fold, then, after, probe)
     total = config.n_trials * full if config.budget_unit == "epochs" else None
     n = config.n_trials if total is None else total
     sampler = make_sampler(
@@ -684,9 +693,11 @@ def _budgeted_run(
     fold: int,
     then: str | None = None,
     after: int = 0,
+    probe: Probe | None = None,
 ) -> list[dict[str, Any]]:
-    """A budget-aware policy's run with ``budget_unit: epochs``: each trial at the fidelity the
-    policy chooses, or a trial continued to the next fidelity (costing the extra epochs when
+    """A policy's run with ``budget_unit: epochs``: each trial at the fidelity a budget-aware
+    policy chooses (any other: as ``probe`` says, :func:`~hporl.sampler.probe_choice`), or a
+    trial continued to a higher fidelity (costing the extra epochs when
     the backend resumes, see :attr:`~hporl.backends.Backend.resumable`), until ``max(budgets)``
     full trainings' epochs are spent or no choice fits. As for a pruned trial, only a trial
     trained for the full epochs scores (a run finds what it trained fully); the others are
@@ -720,6 +731,7 @@ def _budgeted_run(
             position=len(rows),
             rng=rng,
             avoid=tried,
+            probe=probe,
         )
         propose = time.perf_counter() - t0
         if choice is None:
