@@ -184,3 +184,15 @@ def test_cli_probe_option(csv_file, tiny_policy, tmp_path, capsys):
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["probe"] is None and [t["epochs"] for t in report["trials"]] == [3, 3, 3]
+    code, text, err = run_cli(  # the default: probes of 1 epoch, each trial's epochs shown
+        *base, "--budget-epochs", "7", "--epochs", "3", "--out", tmp_path / "probed",
+        capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("trial ")]
+    assert [line.split(":")[0] for line in lines] == [
+        "trial 1 [3 epochs]",
+        "trial 2 [1 epoch]",
+        "trial 3 [1 epoch]",
+        "trial 4 [3 epochs]",  # the better probe, resumed (2 more epochs)
+    ]

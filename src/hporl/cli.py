@@ -203,7 +203,12 @@ def _tune_progress(n_trials: int | None, title: str = "tuning") -> Iterator[Any]
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
             )
             of = f"/{n}" if n else ""
-            progress.console.print(f"  trial {i}{of}: {result.summary()}  [dim]{short}[/dim]")
+            # a budget in epochs (n = 0): each trial's epochs (a probe's, a resumed one's total)
+            e = result.epochs_done
+            spent = "" if n else f" [{e} epoch{'' if e == 1 else 's'}]"
+            progress.console.print(
+                f"  trial {i}{of}{spent}: {result.summary()}  [dim]{short}[/dim]"
+            )
             progress.update(bar, completed=i)
 
         yield show
