@@ -67,8 +67,12 @@ def test_probe_settings_are_checked():
     for bad in (0, 1.0, 1.5):
         with pytest.raises(ValueError, match="probe fidelity must be in"):
             Probe(bad)
-    with pytest.raises(ValueError, match="probe rounds must be a positive integer"):
-        Probe(0.5, 0)
+    for bad in ("0.5", True, None):
+        with pytest.raises(ValueError, match="probe fidelity must be in"):
+            Probe(bad)
+    for bad in (0, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="probe rounds must be a positive integer"):
+            Probe(0.5, bad)
     with pytest.raises(ValueError, match="probe must be true, false or"):
         Probe.from_setting({"fidelity": 0.5, "round": 2})
     with pytest.raises(ConfigError, match=r"probe must be a hporl\.sampler\.Probe or None"):

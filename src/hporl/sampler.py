@@ -363,21 +363,22 @@ class Probe:
     rounds: int = 2
 
     def __post_init__(self) -> None:
-        if not 0 < self.fidelity < 1:
+        number = isinstance(self.fidelity, (int, float)) and not isinstance(self.fidelity, bool)
+        if not number or not 0 < self.fidelity < 1:
             raise ValueError(f"probe fidelity must be in (0, 1), got {self.fidelity!r}")
-        if int(self.rounds) != self.rounds or self.rounds < 1:
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 1:
             raise ValueError(f"probe rounds must be a positive integer, got {self.rounds!r}")
 
     @classmethod
     def from_setting(cls, value: Any) -> Probe | None:
-        """A bench policy's / experiment's ``probe`` setting: ``true`` or absent (the
-        default), ``false`` (full trainings only), or ``{fidelity: F, rounds: R}``."""
+        """A bench policy's ``probe`` setting: ``true`` or absent (the default, :data:`PROBE`),
+        ``false`` (full trainings only), or ``{fidelity: F, rounds: R}``."""
         if value is None or value is True:
-            return cls()
+            return PROBE
         if value is False:
             return None
         if isinstance(value, Mapping) and set(value) <= {"fidelity", "rounds"}:
-            return cls(**{k: float(v) if k == "fidelity" else v for k, v in value.items()})
+            return cls(**value)
         raise ValueError(f"probe must be true, false or {{fidelity: F, rounds: R}}, got {value!r}")
 
 
