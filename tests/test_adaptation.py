@@ -10,7 +10,7 @@ import pytest
 from hporl.bench import BenchConfig
 from hporl.bench._runner import _Bench, _policy
 from hporl.space import config_key
-from tests._helpers import lcbench_data as _lcbench_data
+from tests._helpers import LCBENCH
 
 TRAIN = ["3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167149"]
 TRAIN += ["167152", "167161", "167168"]
@@ -19,9 +19,9 @@ HELD_OUT = ["168910", "189354", "189862", "189909"]
 
 @pytest.fixture(scope="module")
 def lcbench_policy(tmp_path_factory):
-    data = _lcbench_data()
-    if data is None:
+    if LCBENCH is None:
         pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    data = LCBENCH
     out = tmp_path_factory.mktemp("adaptation")
     config = BenchConfig.load(
         {

@@ -18,7 +18,7 @@ from hporl.bench import (
     run,
 )
 from hporl.bench._report import summarise
-from tests._helpers import lcbench_data as _lcbench_data
+from tests._helpers import LCBENCH, needs_lcbench
 
 
 def test_normalised_regret_and_ranks_on_hand_made_numbers():
@@ -186,16 +186,14 @@ def test_folds_keep_test_tasks_out_of_training(tmp_path):
 
 
 @pytest.mark.slow
+@needs_lcbench
 def test_hporl_bench_on_a_tiny_lcbench_config(tmp_path):
     import subprocess
     import sys
 
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     bench = tmp_path / "bench.yaml"
     bench.write_text(
-        f"benchmark: lcbench\ndata_dir: {data}\ntrain_tasks: ['3945', '7593']\ntest_tasks: ['34539', '167152']\n"
+        f"benchmark: lcbench\ndata_dir: {LCBENCH}\ntrain_tasks: ['3945', '7593']\ntest_tasks: ['34539', '167152']\n"
         "methods: [policy, random, tpe, gp, cmaes, best_average, portfolio]\nbudgets: [1, 2]\nseeds: 1\n"
         "normalisation_samples: 200\ntransfer_candidates: 20\n"
         "policy: {budget: 2, pretrain: {candidates: 10, epochs: 5}, agent: {total_timesteps: 64, "
@@ -225,16 +223,14 @@ def test_hporl_bench_on_a_tiny_lcbench_config(tmp_path):
     assert sorted(policy["training_tasks"]) == ["3945", "7593"]
 
 
+@needs_lcbench
 def test_lcbench_transfer_never_sees_test_tasks(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     from hporl.bench._runner import _Bench
 
     config = BenchConfig.load(
         {
             "benchmark": "lcbench",
-            "data_dir": str(data),
+            "data_dir": str(LCBENCH),
             "train_tasks": ["3945"],
             "test_tasks": ["7593"],
             "methods": ["portfolio"],

@@ -11,8 +11,7 @@ from hporl import ConfigError
 from hporl.bench import PRUNED_METHODS, BenchConfig, run
 from hporl.bench._report import _epoch_curves
 from hporl.bench._samplers import split_method
-from tests._helpers import LCBENCH_BENCH, needs_lcbench
-from tests._helpers import lcbench_data as _lcbench_data
+from tests._helpers import LCBENCH, LCBENCH_BENCH, needs_lcbench
 
 BASE = {"benchmark": "lcbench", "test_tasks": ["34539"], "budgets": [1, 3]}
 
@@ -63,15 +62,13 @@ def test_regret_at_an_epoch_budget_counts_the_trials_that_fit_in_it():
     assert curves["m"][("t", 0)] == [1.0, 0.5, 0.5, 0.2, 0.2, 0.1]
 
 
+@needs_lcbench
 def test_lcbench_in_epoch_budgets(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     methods = ["random", "tpe", "random+hyperband", "tpe+asha"]
     summary = run(
         {
             "benchmark": "lcbench",
-            "data_dir": str(data),
+            "data_dir": str(LCBENCH),
             "test_tasks": ["34539", "167152"],
             "methods": methods,
             "budgets": [1, 3, 10],

@@ -9,8 +9,7 @@ import pytest
 from hporl import ConfigError
 from hporl.bench import run
 from hporl.observation import FIDELITIES
-from tests._helpers import LCBENCH_BENCH, needs_lcbench
-from tests._helpers import lcbench_data as _lcbench_data
+from tests._helpers import LCBENCH, LCBENCH_BENCH, needs_lcbench
 
 TINY = {
     "budget": 3,
@@ -19,15 +18,13 @@ TINY = {
 }
 
 
+@needs_lcbench
 def test_a_budget_aware_policy_needs_epoch_budgets(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     with pytest.raises(ConfigError, match="needs the bench's budget_unit: epochs"):
         run(
             {
                 "benchmark": "lcbench",
-                "data_dir": str(data),
+                "data_dir": str(LCBENCH),
                 "train_tasks": ["3945"],
                 "test_tasks": ["34539"],
                 "methods": ["policy"],
@@ -40,14 +37,12 @@ def test_a_budget_aware_policy_needs_epoch_budgets(tmp_path):
         )
 
 
+@needs_lcbench
 def test_lcbench_bench_with_a_budget_aware_policy(tmp_path):
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     summary = run(
         {
             "benchmark": "lcbench",
-            "data_dir": str(data),
+            "data_dir": str(LCBENCH),
             "train_tasks": ["3945", "7593"],
             "test_tasks": ["34539"],
             "methods": ["policy", "full", "aware", "random+hyperband"],
@@ -117,16 +112,14 @@ def test_a_probe_setting_is_checked():
         )
 
 
+@needs_lcbench
 def test_lcbench_continuation_costs_the_extra_epochs_and_is_the_surrogates_curve():
-    data = _lcbench_data()
-    if data is None:
-        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
     import numpy as np
 
     from hporl import HPOEnv, SearchSpace
     from hporl.backends.lcbench import LCBenchBackend
 
-    backend = LCBenchBackend(data_dir=data)
+    backend = LCBenchBackend(data_dir=LCBENCH)
     env = HPOEnv(
         SearchSpace.builtin("lcbench"),
         backend,
