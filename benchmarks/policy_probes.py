@@ -7,17 +7,19 @@ proposal trains fully; every later proposal is a probe of ``e`` epochs, and the 
 probes' scores (every trial in its history at ``e`` epochs, the first included, so that the
 ranks it sees compare like with like). Schedules:
 
-- ``rounds r``: ``r`` probes, then the best probe not yet continued is continued to the full 52
-  epochs (at the cost of the extra epochs), again and again;
+- ``e:r``: ``r`` probes, then the best probe not yet continued (by its score at its last epoch;
+  ``hporl.sampler.probe_choice`` takes its best epoch's) is continued to the full 52 epochs (at
+  the cost of the extra epochs), again and again;
 - ``full``: every proposal trains fully (the K-trial policy as benched);
-- ``e:r:oracle``: as ``rounds r``, but the probe continued is the one whose final score is the
+- ``e:r:oracle``: as ``e:r``, but the probe continued is the one whose final score is the
   highest (not knowable when tuning: how much a better choice among the probes could buy).
 
 Regret at B full-training equivalents: of the best configuration trained fully within B x 52
 epochs, normalised by the task's 10,000-sample y_min / y_max (y_max not raised to the best any
 method found, so figures sit a little below the bench's).
 
-    python benchmarks/policy_probes.py /work/runs/epochs0.yaml ... [--data DIR]
+    python benchmarks/policy_probes.py FOLD0.yaml ... FOLD3.yaml [--split train]
+        [--schedules full,6:3,17:2,6:3:oracle] [--data DIR]
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def play(
             full = backend.evaluate(task, config, epochs=FULL)
             spent += FULL
             found.append((spent, full.curve[-1] if full.ok else -np.inf))
-            history.append((config, full if probe is None else _cut(backend, task, config, probe)))
+            cut = full if probe is None else backend.evaluate(task, config, epochs=probe)
+            history.append((config, cut))
             continue
         short = backend.evaluate(task, config, epochs=probe)
         spent += probe
@@ -78,10 +81,6 @@ def play(
             spent += FULL - probe
             found.append((spent, full.curve[-1] if full.ok else -np.inf))
     return found
-
-
-def _cut(backend, task, config, probe):
-    return backend.evaluate(task, config, epochs=probe)
 
 
 def regrets(found, lo, hi):
