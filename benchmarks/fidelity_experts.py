@@ -26,6 +26,7 @@ from hporl import SearchSpace
 from hporl.backends.lcbench import LCBenchBackend
 from hporl.observation import FIDELITIES, epochs_at
 from hporl.pretrain import greedy_portfolio
+from transfer_experts import four_folds  # beside this script
 
 BUDGETS = (1, 2, 3, 5, 10, 30)
 Decision = tuple[str, int]  # ("new", level) or ("continue", level)
@@ -121,7 +122,7 @@ def main() -> None:
             ys = np.asarray(backend.final_scores(task, configs, epoch=e), float)
             values[t, level] = (np.nan_to_num(ys, nan=lo) - lo) / (hi - lo)
     n = len(tasks)
-    folds = [(list(range(k, n, 4)), [j for j in range(n) if j % 4 != k]) for k in range(4)]
+    folds = four_folds(n)
     orders = {k: greedy_portfolio(values[train, -1], 400) for k, (_, train) in enumerate(folds)}
     print(f"{args.candidates} candidates, epochs per fidelity {epochs}, 4-fold over {n} tasks")
     print("mean normalised regret ± s.e. at B = " + ", ".join(map(str, BUDGETS)))

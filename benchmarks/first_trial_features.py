@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 
 from hporl.pretrain import _regret, greedy_portfolio
-from transfer_experts import lcbench_sample  # beside this script
+from transfer_experts import four_folds, lcbench_sample  # beside this script
 
 WIDTHS = (None, 1.0, 1.5, 2.0, 3.0)
 """Kernel widths tried (``None``: the portfolio's first, no features)."""
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     v, f = lcbench_sample(args.candidates, args.data)
     n = len(v)
-    folds = [(list(range(k, n, 4)), [j for j in range(n) if j % 4 != k]) for k in range(4)]
+    folds = four_folds(n)
 
     def regret(task: int, train: list[int], width) -> float:
         return float(1 - v[task, first_pick(v, f, train, task, width)])

@@ -7,9 +7,9 @@ proposal trains fully; every later proposal is a probe of ``e`` epochs, and the 
 probes' scores (every trial in its history at ``e`` epochs, the first included, so that the
 ranks it sees compare like with like). Schedules:
 
-- ``e:r``: ``r`` probes, then the best probe not yet continued (by its score at its last epoch;
-  ``hporl.sampler.probe_choice`` takes its best epoch's) is continued to the full 52 epochs (at
-  the cost of the extra epochs), again and again;
+- ``e:r``: ``r`` probes, then the best probe not yet continued (by its best epoch's score, as
+  ``hporl.sampler.probe_choice``) is continued to the full 52 epochs (at the cost of the extra
+  epochs), again and again;
 - ``full``: every proposal trains fully (the K-trial policy as benched);
 - ``e:r:oracle``: as ``e:r``, but the probe continued is the one whose final score is the
   highest (not knowable when tuning: how much a better choice among the probes could buy).
@@ -70,7 +70,7 @@ def play(
         short = backend.evaluate(task, config, epochs=probe)
         spent += probe
         history.append((config, short))
-        key = short.curve[-1] if short.ok else -np.inf
+        key = max(short.curve) if short.ok else -np.inf  # its best epoch, as probe_choice
         if oracle and short.ok:  # choose by the final score (not knowable: an upper bound)
             key = backend.evaluate(task, config, epochs=FULL).curve[-1]
         probes.append([key, config])

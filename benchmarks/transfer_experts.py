@@ -38,6 +38,12 @@ def lcbench_sample(candidates: int, data: str | None = None) -> tuple[np.ndarray
     return np.array(values), np.array(features, dtype=float)
 
 
+def four_folds(n: int) -> list[tuple[list[int], list[int]]]:
+    """(test, train) task indices of the 4-fold split over ``n`` tasks: fold k tests every 4th
+    task from k (the folds of the LCBench benches)."""
+    return [(list(range(k, n, 4)), [j for j in range(n) if j % 4 != k]) for k in range(4)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=4000)
@@ -46,7 +52,7 @@ def main() -> None:
     v, f = lcbench_sample(args.candidates, args.data)
     n = len(v)
     splits = {
-        "4-fold": [(list(range(k, n, 4)), [j for j in range(n) if j % 4 != k]) for k in range(4)],
+        "4-fold": four_folds(n),
         "leave-one-out": [([i], [j for j in range(n) if j != i]) for i in range(n)],
     }
     experts = {

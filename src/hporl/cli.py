@@ -270,13 +270,13 @@ def meta_train(
 
 def _probe_option(text: str) -> Any:
     """``--probe F:R`` as a :class:`~hporl.sampler.Probe`, ``off`` as ``None``."""
-    from hporl.sampler import Probe
+    from hporl.sampler import PROBE, Probe
 
     if text.strip().lower() in ("off", "none"):
         return None
     fraction, _, rounds = text.partition(":")
     try:
-        return Probe(fidelity=float(fraction), rounds=int(rounds or 2))
+        return Probe(fidelity=float(fraction), rounds=int(rounds) if rounds else PROBE.rounds)
     except ValueError as err:
         raise HporlError(
             f"--probe {text!r}: give F:R (a fraction of the epochs in (0, 1) and a whole number "

@@ -382,7 +382,7 @@ class Probe:
         raise ValueError(f"probe must be true, false or {{fidelity: F, rounds: R}}, got {value!r}")
 
 
-PROBE = Probe(fidelity=1 / 3, rounds=2)
+PROBE = Probe()
 """The default: probes of a third of the epochs, the better of every two continued to full.
 Offline on the 4-fold LCBench bench's training tasks (``benchmarks/policy_probes.py --split
 train``) it is within noise of the best schedule tried (1/9, rounds of 3); on real tasks of 4-10
@@ -411,12 +411,11 @@ def probe_choice(
     full = int(task.epochs)
     short = epochs_at(probe.fidelity, full) if probe is not None else full
     probing = probe is not None and resumable and short < full
-    chance = float(getattr(task, "chance_metric", 0.0))
 
     def new(fidelity: float, epochs: int) -> TrialChoice | None:
         if epochs > epochs_left:
             return None
-        seen = [(dict(c), _score_at(r, short, chance)) for c, r, _ in history]
+        seen = [(dict(c), _score_at(r, short)) for c, r, _ in history]
         config = policy.suggest_scored(
             task, seen, deterministic=deterministic, rng=rng, avoid=avoid
         )
@@ -441,10 +440,10 @@ def probe_choice(
     return new(probe.fidelity, short) or carry_on()
 
 
-def _score_at(result: TrialResult, epochs: int, chance: float) -> float | None:
+def _score_at(result: TrialResult, epochs: int) -> float | None:
     """``result``'s chance-adjusted score (:func:`trial_score`) after its first ``epochs``."""
-    if result.status != "ok" or not result.curve:
-        return trial_score(result, chance)
+    if not result.ok or not result.curve:
+        return None
     return trial_score(float(max(result.curve[:epochs])), result.chance_metric)
 
 
@@ -475,29 +474,13 @@ def budgeted_choice(
     ``None`` when nothing fits in the epochs left. ``history``: (config, result, fidelity),
     a continued trial once, at its latest fidelity; ``position``: the trials so far."""
     full = int(task.epochs)
-    if not policy.budget_aware and (then is None or spent < after * full):
-        return probe_choice(
-            policy,
-            task,
-            history,
-            epochs_left=budget_epochs - spent,
-            resumable=resumable,
-            probe=probe,
-            rng=rng,
-            avoid=avoid,
-            deterministic=deterministic,
-        )
     if then is None or spent < after * full:
+        common = {"resumable": resumable, "rng": rng, "avoid": avoid}
+        common |= {"epochs_left": budget_epochs - spent, "deterministic": deterministic}
+        if not policy.budget_aware:
+            return probe_choice(policy, task, history, probe=probe, **common)
         return policy.suggest_trial(
-            task,
-            history,
-            epochs_left=budget_epochs - spent,
-            full_epochs=full,
-            resumable=resumable,
-            budget_epochs=budget_epochs,
-            deterministic=deterministic,
-            rng=rng,
-            avoid=avoid,
+            task, history, full_epochs=full, budget_epochs=budget_epochs, **common
         )
     if spent + full > budget_epochs:
         return None

@@ -398,7 +398,8 @@ def tune_model(
         # A policy that is not budget-aware probes its proposals (options.probe) when a
         # continuation resumes and trials run here, one at a time (else: full trials).
         probing = (
-            options.probe is not None
+            not policy.budget_aware
+            and options.probe is not None
             and bool(getattr(backend, "resumable", False))
             and executor.in_process
             and budget_epochs is not None
@@ -550,11 +551,7 @@ def tune_model(
                 "budget_epochs": budget_epochs,
                 "epochs_spent": spent if budgeted else None,
                 "budget_aware": budgeted and policy.budget_aware,
-                "probe": (
-                    dataclasses.asdict(options.probe)
-                    if budgeted and not policy.budget_aware and options.probe is not None
-                    else None
-                ),
+                "probe": dataclasses.asdict(options.probe) if probing else None,
                 "storage": mask_url(store.url),
                 "study": study.study_name,
                 "worker": worker,
