@@ -18,6 +18,7 @@ from hporl.bench import (
     run,
 )
 from hporl.bench._report import summarise
+from hporl.space import config_key
 from tests._helpers import LCBENCH, needs_lcbench
 
 
@@ -99,7 +100,7 @@ def test_each_baseline_runs_as_an_optuna_sampler(method, small_space):
     rng = np.random.default_rng(0)
     configs = [small_space.sample(rng) for _ in range(6)]
     regret = rng.random((3, 6))
-    transfer = TransferCandidates(configs, regret)
+    transfer = TransferCandidates(configs, regret, values=1 - regret)
     sampler = make_sampler(method, space=small_space, seed=0, n_trials=4, transfer=transfer)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     seen = []
@@ -111,8 +112,10 @@ def test_each_baseline_runs_as_an_optuna_sampler(method, small_space):
     assert len(study.trials) == 4
     if method == "best_average":
         assert seen == [configs[i] for i in np.argsort(regret.mean(0), kind="stable")[:4]]
-    if method == "portfolio":
+    if method in ("portfolio", "transfer_gp"):
         assert seen[0] == configs[int(np.argmin(regret.mean(0)))]
+    if method == "transfer_gp":  # candidates only, never one twice
+        assert len({config_key(c) for c in seen}) == 4 and all(c in configs for c in seen)
 
 
 def test_transfer_candidates_use_meta_train_tasks_only():
@@ -194,7 +197,7 @@ def test_hporl_bench_on_a_tiny_lcbench_config(tmp_path):
     bench = tmp_path / "bench.yaml"
     bench.write_text(
         f"benchmark: lcbench\ndata_dir: {LCBENCH}\ntrain_tasks: ['3945', '7593']\ntest_tasks: ['34539', '167152']\n"
-        "methods: [policy, random, tpe, gp, cmaes, best_average, portfolio]\nbudgets: [1, 2]\nseeds: 1\n"
+        "methods: [policy, random, tpe, gp, cmaes, best_average, portfolio, transfer_gp]\nbudgets: [1, 2]\nseeds: 1\n"
         "normalisation_samples: 200\ntransfer_candidates: 20\n"
         "policy: {budget: 2, pretrain: {candidates: 10, epochs: 5}, agent: {total_timesteps: 64, "
         "params: {n_steps: 32, batch_size: 16}}}\n"

@@ -57,7 +57,7 @@ def test_bench_config_errors_for_methods_and_spaces(tmp_path):
         ConfigError,
         match=re.escape(
             "bench config: unknown method 'nne'; methods: policy, random, tpe, gp, cmaes, "
-            "best_average, portfolio, none. Did you mean 'none'?"
+            "best_average, portfolio, transfer_gp, none. Did you mean 'none'?"
         ),
     ):
         BenchConfig.load(base | {"methods": ["nne"], "fixed": {"none": {"augment": "none"}}})

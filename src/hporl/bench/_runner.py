@@ -21,6 +21,8 @@ from hporl.bench._samplers import (
     METHODS,
     PRUNABLE,
     PRUNED_METHODS,
+    TRANSFER,
+    TRANSFER_THEN,
     TransferCandidates,
     make_sampler,
     split_method,
@@ -183,7 +185,7 @@ class BenchConfig(BaseModel):
             )
         if any(b < 1 for b in self.budgets) or not self.budgets:
             raise ConfigError(f"budgets must be positive integers, got {self.budgets}")
-        transfer = {"policy", "best_average", "portfolio", *self.policies} & set(self.methods)
+        transfer = {"policy", *TRANSFER, *self.policies} & set(self.methods)
         if (
             transfer
             and self.folds is None
@@ -222,10 +224,17 @@ class BenchConfig(BaseModel):
             if after is not None:
                 raise ConfigError(f"{where}.after needs {where}.then (the sampler handed over to)")
             return
-        if then not in PRUNABLE:
+        if then == TRANSFER_THEN:
+            if self.budget_unit == "epochs":
+                raise ConfigError(
+                    f"{where}.then: {TRANSFER_THEN} proposes full trainings by trial count; with "
+                    f"budget_unit: epochs hand over to one of {', '.join(PRUNABLE)}"
+                )
+        elif then not in PRUNABLE:
+            choices = [*PRUNABLE, TRANSFER_THEN]
             raise ConfigError(
-                f"{where}.then must be one of {', '.join(PRUNABLE)}, got {then!r}."
-                + did_you_mean(str(then), list(PRUNABLE))
+                f"{where}.then must be one of {', '.join(choices)}, got {then!r}."
+                + did_you_mean(str(then), choices)
             )
         if after is not None and (
             not isinstance(after, int) or isinstance(after, bool) or after < 1
@@ -398,12 +407,22 @@ class _Bench:
         rng = np.random.default_rng(0)
         configs = [self.space.sample(rng) for _ in range(self.n_transfer)]
         regret = np.zeros((len(train), len(configs)))
+        values = np.zeros_like(regret)
         for t, name in enumerate(train):
             task = self.task(name)
             lo, hi = self.normalisation(name)
-            ys = np.nan_to_num(self.scores(task, configs), nan=lo)  # a failed candidate: worst
-            regret[t] = (hi - ys) / max(hi - lo, 1e-12)
-        return TransferCandidates(configs, regret)
+            values[t] = np.nan_to_num(self.scores(task, configs), nan=lo)  # a failure: worst
+            regret[t] = (hi - values[t]) / max(hi - lo, 1e-12)
+
+        def meta(more: list[dict[str, Any]]) -> np.ndarray:
+            """The meta-train tasks' scores of ``more`` (a surrogate's: cheap)."""
+            rows = []
+            for name in train:
+                lo, _ = self.normalisation(name)
+                rows.append(np.nan_to_num(self.scores(self.task(name), more), nan=lo))
+            return np.array(rows)
+
+        return TransferCandidates(configs, regret, values, meta if self.surrogate else None)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -465,7 +484,11 @@ def _run(
         if set(train) & set(test):  # pragma: no cover - _folds guarantees it
             raise ConfigError("a meta-test task reached meta-training")
         transfer = None
-        if {"best_average", "portfolio"} & set(config.methods):
+        if set(TRANSFER) & set(config.methods) or any(
+            config.policies.get(m, config.policy if m == "policy" else {}).get("then")
+            == TRANSFER_THEN
+            for m in config.methods
+        ):
             t0 = time.perf_counter()
             transfer = bench.transfer_candidates(train)
             timings[f"transfer_fold{f}"] = time.perf_counter() - t0

@@ -1,0 +1,144 @@
+"""How low can transfer from LCBench's training tasks bring regret after K trials? Offline bounds
+for issue 14's K = 3 and K = 10 targets.
+
+Methods, each choosing among one shared random sample of the space (seed 0), 4-fold over the 34
+tasks (the folds of the LCBench benches), regret normalised against each task's 10,000-sample
+y_min / y_max (:func:`transfer_experts.lcbench_sample`):
+
+- ``portfolio``: the greedy portfolio of the training tasks (what the policy's warm start clones);
+- ``adaptive``: :func:`hporl.pretrain.adaptive_orders` (task features, then score matching);
+- ``transfer GP (EI | UCB)``: a Gaussian process over the candidates whose prior mean and
+  covariance are the training tasks' mean and covariance of values (plus a small RBF term on the
+  encoded configuration), conditioned on the test task's values so far; the next candidate
+  maximises expected improvement or the upper confidence bound (mean + 1 standard deviation).
+  It is given the test task's values in the normalised units, i.e. its y_min / y_max, which no
+  tuner knows: an optimistic variant of transfer BO;
+- ``oracle: nearest training task``: in hindsight, the training task whose own top-K
+  candidates do best on the test task, played in that order. Perfect task identification, which
+  no tuner has after a few trials.
+
+The last line is the sample's own floor: the regret of its best candidate on each task.
+
+    python benchmarks/transfer_bounds.py [--candidates 4000] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from scipy.stats import norm
+
+from hporl import SearchSpace
+from hporl.pretrain import adaptive_orders, greedy_portfolio
+from transfer_experts import four_folds, lcbench_sample
+
+KS = (1, 3, 5, 10, 30)
+
+
+def transfer_gp(
+    values: np.ndarray,
+    x: np.ndarray,
+    target: np.ndarray,
+    k: int,
+    *,
+    ucb: float | None = None,
+    rbf: float = 0.002,
+    length: float = 0.3,
+    noise: float = 1e-4,
+) -> list[int]:
+    """The candidates a transfer GP tries, in order, on a task whose values are ``target``.
+
+    ``values[t, c]``: the training tasks' values; ``x[c]``: the candidates' encodings in the unit
+    cube. The first pick is the highest prior mean; then expected improvement over the best
+    seen (``ucb=None``) or mean + ``ucb`` standard deviations.
+    """
+    mean = values.mean(0)
+    dev = values - mean
+    n = len(values)
+    prior_var = (dev**2).mean(0) + rbf
+    tried: list[int] = []
+    for _ in range(k):
+        if not tried:
+            acq = mean.copy()
+        else:
+            o = np.array(tried)
+            d2o = ((x[o][:, None] - x[o][None]) ** 2).sum(-1)
+            d2c = ((x[:, None] - x[o][None]) ** 2).sum(-1)
+            k_oo = dev[:, o].T @ dev[:, o] / n + rbf * np.exp(-d2o / (2 * length**2))
+            k_co = dev.T @ dev[:, o] / n + rbf * np.exp(-d2c / (2 * length**2))
+            chol = np.linalg.cholesky(k_oo + noise * np.eye(len(o)))
+            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, target[o] - mean[o]))
+            mu = mean + k_co @ alpha
+            w = np.linalg.solve(chol, k_co.T)
+            sd = np.sqrt(np.maximum(prior_var - (w**2).sum(0), 1e-12))
+            if ucb is None:
+                z = (mu - target[o].max()) / sd
+                acq = (mu - target[o].max()) * norm.cdf(z) + sd * norm.pdf(z)
+            else:
+                acq = mu + ucb * sd
+            acq[o] = -np.inf
+        tried.append(int(np.argmax(acq)))
+    return tried
+
+
+def nearest_task_oracle(values: np.ndarray, target: np.ndarray, k: int) -> list[float]:
+    """Regret at each K of the training task's top-K list that does best on ``target`` at K."""
+    out = []
+    tops = np.argsort(-values, axis=1)[:, :k]
+    for kk in KS:
+        out.append(min(1 - target[top[:kk]].max() for top in tops))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=4000)
+    parser.add_argument("--data", default=None, help="the LCBench scenario folder")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    v, f = lcbench_sample(args.candidates, args.data)
+    space = SearchSpace.builtin("lcbench")
+    rng = np.random.default_rng(0)  # the same sample as lcbench_sample's
+    x = np.array([space.encode(space.sample(rng)) for _ in range(args.candidates)], float)
+    x = (x - x.min(0)) / np.maximum(x.max(0) - x.min(0), 1e-12)
+    rows: dict[str, list[list[float]]] = {}
+
+    def add(name: str, i: int, order: list[int]) -> None:
+        rows.setdefault(name, []).append([1 - v[i, order[:k]].max() for k in KS])
+
+    for test, train in four_folds(len(v)):
+        portfolio = greedy_portfolio(v[train], max(KS))
+        for i in test:
+            add("portfolio", i, portfolio)
+            idx = [*train, i]
+            add("adaptive", i, adaptive_orders(v[idx], f[idx], max(KS))[-1])
+            add("transfer GP (EI)", i, transfer_gp(v[train], x, v[i], max(KS)))
+            add("transfer GP (UCB)", i, transfer_gp(v[train], x, v[i], max(KS), ucb=1.0))
+            rows.setdefault("oracle: nearest training task", []).append(
+                nearest_task_oracle(v[train], v[i], max(KS))
+            )
+    floor = 1 - v.max(1)
+    base = np.array(rows["portfolio"])
+    print(
+        f"{args.candidates} candidates, {len(v)} tasks, 4-fold; mean normalised regret ± s.e. "
+        f"(× portfolio) at K = {', '.join(map(str, KS))}"
+    )
+    for name, r in rows.items():
+        r = np.array(r)
+        se = r.std(0) / np.sqrt(len(r))
+        ratio = r.mean(0) / base.mean(0)
+        cells = "  ".join(
+            f"{m:.4f}±{s:.4f} ({q:.2f})" for m, s, q in zip(r.mean(0), se, ratio, strict=True)
+        )
+        print(f"{name:30s} {cells}")
+    print(
+        f"the sample's best on each task (no list of candidates gets lower): "
+        f"{floor.mean():.4f}±{floor.std() / np.sqrt(len(floor)):.4f}"
+    )
+    print(f"{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Transfer GP (the bench's ``transfer_gp`` method and ``then: transfer_gp``): a Gaussian process
+whose prior is the meta-train tasks' scores, over their candidates."""
+
+import numpy as np
+import optuna
+import pytest
+
+from hporl.bench import BenchConfig
+from hporl.bench._samplers import TransferCandidates, TransferGPSampler
+from hporl.exceptions import ConfigError
+from hporl.space import config_key
+
+N = 300
+
+
+def _families(space, seed=0):
+    """Candidates and two families of tasks: one best at lr 1e-3, the other at lr 1e-1."""
+    rng = np.random.default_rng(seed)
+    configs = [space.sample(rng) for _ in range(N)]
+    lr = np.log10([c["lr"] for c in configs])
+
+    def family(best: float, offset: float) -> np.ndarray:
+        return 0.9 + offset - 0.05 * (lr - best) ** 2
+
+    train = [family(-3, o) for o in (0.0, -0.1, 0.02, -0.05)]
+    train += [family(-1, o) for o in (0.01, -0.08, 0.0, -0.2)]
+    values = np.array(train) + rng.normal(0, 0.002, (len(train), N))
+    regret = (values.max(1, keepdims=True) - values) / np.ptp(values, 1, keepdims=True)
+    return configs, TransferCandidates(configs, regret, values), family
+
+
+def _run(sampler, space, score, n, *, fail=(), direction="maximize"):
+    study = optuna.create_study(direction=direction, sampler=sampler)
+    picked = []
+    for i in range(n):
+        trial = study.ask()
+        config = space.suggest(trial)
+        picked.append(config)
+        if i in fail:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            y = score(config)
+            study.tell(trial, y if direction == "maximize" else -y)
+    return picked
+
+
+@pytest.mark.parametrize("best", [-3, -1])
+def test_it_starts_at_the_best_prior_mean_then_finds_the_tasks_own_best(best, small_space):
+    configs, transfer, family = _families(small_space)
+    test = family(best, -0.3)  # another level than any meta-train task: raw scores, not ranks
+    truth = dict(zip(map(config_key, configs), test, strict=True))
+    picked = _run(
+        TransferGPSampler(small_space, transfer, seed=0),
+        small_space,
+        lambda c: truth[config_key(c)],
+        6,
+    )
+    assert picked[0] == configs[int(np.argmax(transfer.values.mean(0)))]
+    found = max(truth[config_key(c)] for c in picked)
+    assert found >= test.max() - 0.002  # lr within 0.2 decades of the task's best in 6 trials
+    portfolio = [configs[i] for i in np.argsort(transfer.regret.mean(0))[:6]]
+    assert found > max(truth[config_key(c)] for c in portfolio) + 0.01  # best-average misses
+    assert len({config_key(c) for c in picked}) == 6  # never the same candidate twice
+
+
+def test_the_two_families_get_different_proposals(small_space):
+    configs, transfer, family = _families(small_space)
+    runs = []
+    for best in (-3, -1):
+        truth = dict(zip(map(config_key, configs), family(best, 0.0), strict=True))
+        sampler = TransferGPSampler(small_space, transfer, seed=0)
+        runs.append(_run(sampler, small_space, lambda c, t=truth: t[config_key(c)], 4))
+    assert runs[0][0] == runs[1][0] and runs[0][1:] != runs[1][1:]
+
+
+def test_failures_are_not_proposed_again_and_minimise_is_read(small_space):
+    configs, transfer, family = _families(small_space)
+    truth = dict(zip(map(config_key, configs), family(-1, 0.0), strict=True))
+    picked = _run(
+        TransferGPSampler(small_space, transfer, seed=0),
+        small_space,
+        lambda c: truth[config_key(c)],
+        6,
+        fail={0, 2},
+        direction="minimize",  # the study minimises -score: the same search
+    )
+    assert len({config_key(c) for c in picked}) == 6
+    maximised = _run(
+        TransferGPSampler(small_space, transfer, seed=0),
+        small_space,
+        lambda c: truth[config_key(c)],
+        6,
+        fail={0, 2},
+    )
+    assert picked == maximised
+
+
+def test_a_configuration_outside_the_candidates_counts_through_meta(small_space):
+    configs, transfer, family = _families(small_space)
+    asked = []
+
+    def meta(more):
+        asked.extend(more)
+        lr = np.log10([c["lr"] for c in more])
+        return np.array([0.9 - 0.05 * (lr - (-3 if t < 4 else -1)) ** 2 for t in range(8)])
+
+    outside = {"optimizer": "adam", "lr": 0.1}
+    with_meta = TransferCandidates(configs, transfer.regret, transfer.values, meta)
+    keys = set(map(config_key, configs))
+    for candidates in (with_meta, transfer):  # without meta: its nearest candidate's scores
+        sampler = TransferGPSampler(small_space, candidates, seed=0)
+        config = sampler.next_config([(outside, 0.95)])
+        assert config != outside
+        assert np.log10(config["lr"]) > -2  # near lr 0.1, where the good score was
+        # with meta, configurations around the best so far compete with the candidates
+        assert (config_key(config) in keys) == (candidates is transfer)
+    assert outside in asked and len(asked) > 1
+    assert all(small_space.validate(c) == c for c in asked)  # complete, in range
+
+
+def test_it_needs_the_candidates_scores(small_space):
+    configs, transfer, _ = _families(small_space)
+    with pytest.raises(ValueError, match="scores on the meta-train tasks"):
+        TransferGPSampler(small_space, TransferCandidates(configs, transfer.regret))
+
+
+def test_then_transfer_gp_is_checked():
+    base = {"benchmark": "small", "train_tasks": ["iris"], "test_tasks": ["wine"]}
+    BenchConfig.load({**base, "methods": ["policy"], "policy": {"then": "transfer_gp"}})
+    with pytest.raises(ConfigError, match="transfer_gp proposes full trainings by trial count"):
+        BenchConfig.load(
+            {
+                **base,
+                "methods": ["policy"],
+                "budget_unit": "epochs",
+                "policy": {"then": "transfer_gp"},
+            }
+        )
+    with pytest.raises(ConfigError, match="random, tpe, gp, cmaes, transfer_gp"):
+        BenchConfig.load({**base, "methods": ["policy"], "policy": {"then": "transfer"}})
+
+
+def test_a_policy_hands_over_to_transfer_gp_for_the_rest(tiny_policy):
+    from hporl.bench._samplers import make_sampler
+    from hporl.sampler import HandoverSampler, PolicySampler
+
+    policy, _ = tiny_policy
+    rng = np.random.default_rng(0)
+    configs = [policy.space.sample(rng) for _ in range(20)]
+    values = rng.random((3, 20))
+    transfer = TransferCandidates(configs, 1 - values, values)
+    sampler = make_sampler(
+        "handed",
+        space=policy.space,
+        seed=0,
+        n_trials=30,
+        transfer=transfer,
+        policy=policy,
+        then="transfer_gp",
+        after=1,
+    )
+    assert isinstance(sampler, HandoverSampler)
+    assert isinstance(sampler.sampler_at(0), PolicySampler)
+    assert all(isinstance(sampler.sampler_at(p), TransferGPSampler) for p in (1, 10, 29))
