@@ -96,7 +96,7 @@ def test_failures_are_not_proposed_again_and_minimise_is_read(small_space):
 
 
 def test_a_configuration_outside_the_candidates_counts_through_meta(small_space):
-    configs, transfer, family = _families(small_space)
+    configs, transfer, _ = _families(small_space)
     asked = []
 
     def meta(more):
