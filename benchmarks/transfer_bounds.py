@@ -17,7 +17,11 @@ y_min / y_max (:func:`transfer_experts.lcbench_sample`):
   candidates do best on the test task, played in that order. Perfect task identification, which
   no tuner has after a few trials.
 
-The last line is the sample's own floor: the regret of its best candidate on each task.
+The last line is the sample's own floor: the regret of its best candidate on each task. With
+``--candidates 10000`` the sample is the normalisation sample itself, so that floor is 0; in
+``hporl bench`` y_max is raised to the best any method found, and there a method held to the
+sample plateaus far above it (README, "Transfer GP"): these figures bound the choice *among*
+candidates, not what a search of the whole space reaches.
 
     python benchmarks/transfer_bounds.py [--candidates 4000] [--data DIR]
 """
