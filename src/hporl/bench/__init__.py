@@ -7,6 +7,7 @@ from hporl.bench._samplers import (
     PRUNED_METHODS,
     FixedSequenceSampler,
     TransferCandidates,
+    TransferGPSampler,
     make_sampler,
 )
 
@@ -16,6 +17,7 @@ __all__ = [
     "BenchConfig",
     "FixedSequenceSampler",
     "TransferCandidates",
+    "TransferGPSampler",
     "make_sampler",
     "normalised_regret",
     "ranks",
