@@ -253,7 +253,7 @@ BENCH_CASES = [
         "unknown method",
         "benchmark: small\ntest_tasks: [iris]\nmethods: [randm]\n",
         "unknown method 'randm'; methods: policy, random, tpe, gp, cmaes, best_average, "
-        "portfolio. Did you mean 'random'?",
+        "portfolio, transfer_gp. Did you mean 'random'?",
     ),
     ("wrong type list", "benchmark: small\ntest_tasks: iris\n", "test_tasks: Input should be a valid list (got 'iris')"),
     ("prose", "Benchmark everything.\n", "a bench file must be a mapping of keys"),
