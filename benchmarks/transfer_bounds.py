@@ -7,12 +7,12 @@ y_min / y_max (:func:`transfer_experts.lcbench_sample`):
 
 - ``portfolio``: the greedy portfolio of the training tasks (what the policy's warm start clones);
 - ``adaptive``: :func:`hporl.pretrain.adaptive_orders` (task features, then score matching);
-- ``transfer GP (EI | UCB)``: a Gaussian process over the candidates whose prior mean and
-  covariance are the training tasks' mean and covariance of values (plus a small RBF term on the
-  encoded configuration), conditioned on the test task's values so far; the next candidate
-  maximises expected improvement or the upper confidence bound (mean + 1 standard deviation).
-  It is given the test task's values in the normalised units, i.e. its y_min / y_max, which no
-  tuner knows: an optimistic variant of transfer BO;
+- ``transfer GP``: :class:`hporl.bench.TransferGPSampler` (the bench's ``transfer_gp``) held
+  to the candidates: a Gaussian process whose prior mean and covariance are the training tasks'
+  mean and covariance of values (plus a small RBF term on the encoded configuration),
+  conditioned on the test task's values so far; the next candidate maximises expected
+  improvement. It is given the values in the normalised units, i.e. the test task's y_min /
+  y_max, which no tuner knows (the bench gives it raw scores);
 - ``oracle: nearest training task``: in hindsight, the training task whose own top-K
   candidates do best on the test task, played in that order. Perfect task identification, which
   no tuner has after a few trials.
@@ -32,58 +32,26 @@ import argparse
 import time
 
 import numpy as np
-from scipy.stats import norm
 
 from hporl import SearchSpace
+from hporl.bench import TransferCandidates, TransferGPSampler
 from hporl.pretrain import adaptive_orders, greedy_portfolio
-from transfer_experts import four_folds, lcbench_sample
+from hporl.space import config_key
+from transfer_experts import four_folds, lcbench_configs, lcbench_sample
 
 KS = (1, 3, 5, 10, 30)
+SPACE = SearchSpace.builtin("lcbench")
 
 
-def transfer_gp(
-    values: np.ndarray,
-    x: np.ndarray,
-    target: np.ndarray,
-    k: int,
-    *,
-    ucb: float | None = None,
-    rbf: float = 0.002,
-    length: float = 0.3,
-    noise: float = 1e-4,
-) -> list[int]:
-    """The candidates a transfer GP tries, in order, on a task whose values are ``target``.
-
-    ``values[t, c]``: the training tasks' values; ``x[c]``: the candidates' encodings in the unit
-    cube. The first pick is the highest prior mean; then expected improvement over the best
-    seen (``ucb=None``) or mean + ``ucb`` standard deviations.
-    """
-    mean = values.mean(0)
-    dev = values - mean
-    n = len(values)
-    prior_var = (dev**2).mean(0) + rbf
+def transfer_gp(values: np.ndarray, configs: list[dict], target: np.ndarray, k: int) -> list[int]:
+    """The candidates :class:`hporl.bench.TransferGPSampler` tries, in order, on a task whose
+    values are ``target``, given the training tasks' ``values[t, c]`` (candidates only)."""
+    sampler = TransferGPSampler(SPACE, TransferCandidates(configs, 1 - values, values))
+    index = {config_key(c): i for i, c in enumerate(configs)}
     tried: list[int] = []
     for _ in range(k):
-        if not tried:
-            acq = mean.copy()
-        else:
-            o = np.array(tried)
-            d2o = ((x[o][:, None] - x[o][None]) ** 2).sum(-1)
-            d2c = ((x[:, None] - x[o][None]) ** 2).sum(-1)
-            k_oo = dev[:, o].T @ dev[:, o] / n + rbf * np.exp(-d2o / (2 * length**2))
-            k_co = dev.T @ dev[:, o] / n + rbf * np.exp(-d2c / (2 * length**2))
-            chol = np.linalg.cholesky(k_oo + noise * np.eye(len(o)))
-            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, target[o] - mean[o]))
-            mu = mean + k_co @ alpha
-            w = np.linalg.solve(chol, k_co.T)
-            sd = np.sqrt(np.maximum(prior_var - (w**2).sum(0), 1e-12))
-            if ucb is None:
-                z = (mu - target[o].max()) / sd
-                acq = (mu - target[o].max()) * norm.cdf(z) + sd * norm.pdf(z)
-            else:
-                acq = mu + ucb * sd
-            acq[o] = -np.inf
-        tried.append(int(np.argmax(acq)))
+        config = sampler.next_config([(configs[i], float(target[i])) for i in tried])
+        tried.append(index[config_key(config)])
     return tried
 
 
@@ -103,10 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     v, f = lcbench_sample(args.candidates, args.data)
-    space = SearchSpace.builtin("lcbench")
-    rng = np.random.default_rng(0)  # the same sample as lcbench_sample's
-    x = np.array([space.encode(space.sample(rng)) for _ in range(args.candidates)], float)
-    x = (x - x.min(0)) / np.maximum(x.max(0) - x.min(0), 1e-12)
+    configs = lcbench_configs(args.candidates)
     rows: dict[str, list[list[float]]] = {}
 
     def add(name: str, i: int, order: list[int]) -> None:
@@ -118,8 +83,7 @@ def main() -> None:
             add("portfolio", i, portfolio)
             idx = [*train, i]
             add("adaptive", i, adaptive_orders(v[idx], f[idx], max(KS))[-1])
-            add("transfer GP (EI)", i, transfer_gp(v[train], x, v[i], max(KS)))
-            add("transfer GP (UCB)", i, transfer_gp(v[train], x, v[i], max(KS), ucb=1.0))
+            add("transfer GP", i, transfer_gp(v[train], configs, v[i], max(KS)))
             rows.setdefault("oracle: nearest training task", []).append(
                 nearest_task_oracle(v[train], v[i], max(KS))
             )

@@ -21,14 +21,18 @@ from hporl.pretrain import adaptive_orders, greedy_portfolio
 KS = (1, 3, 5, 10, 30)
 
 
+def lcbench_configs(candidates: int) -> list[dict]:
+    """The shared random sample of LCBench's space (seed 0) that :func:`lcbench_sample` scores."""
+    space, rng = SearchSpace.builtin("lcbench"), np.random.default_rng(0)
+    return [space.sample(rng) for _ in range(candidates)]
+
+
 def lcbench_sample(candidates: int, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One shared random sample of LCBench's space (seed 0) scored on every task: normalised
     values ``[task, candidate]`` (against the task's 10,000-sample y_min / y_max; a failure at
     y_min) and the tasks' features ``[task, feature]``."""
     backend = LCBenchBackend(data_dir=data)
-    rng = np.random.default_rng(0)
-    space = SearchSpace.builtin("lcbench")
-    configs = [space.sample(rng) for _ in range(candidates)]
+    configs = lcbench_configs(candidates)
     values, features = [], []
     for task in backend.tasks():
         lo, hi = backend.normalisation(task, n=10_000, seed=0)

@@ -95,6 +95,26 @@ def test_failures_are_not_proposed_again_and_minimise_is_read(small_space):
     assert picked == maximised
 
 
+def test_with_every_candidate_tried_it_samples_at_random(small_space):
+    configs, transfer, family = _families(small_space)
+    few = TransferCandidates(configs[:4], transfer.regret[:, :4], transfer.values[:, :4])
+    truth = dict(zip(map(config_key, configs), family(-1, 0.0), strict=True))
+    sampler = TransferGPSampler(small_space, few, seed=0)
+    picked = _run(sampler, small_space, lambda c: truth.get(config_key(c), 0.5), 7)
+    keys = [config_key(c) for c in picked]
+    assert sorted(keys[:4]) == sorted(map(config_key, configs[:4]))  # the candidates first
+    assert len(set(keys)) == 7  # then random configurations, not a candidate again
+
+
+def test_a_trial_under_way_is_not_proposed_again(small_space):
+    _, transfer, _ = _families(small_space)
+    study = optuna.create_study(
+        direction="maximize", sampler=TransferGPSampler(small_space, transfer, seed=0)
+    )
+    first, second = study.ask(), study.ask()  # both running, neither told
+    assert small_space.suggest(first) != small_space.suggest(second)
+
+
 def test_a_configuration_outside_the_candidates_counts_through_meta(small_space):
     configs, transfer, _ = _families(small_space)
     asked = []

@@ -241,6 +241,11 @@ class BenchConfig(BaseModel):
         ):
             raise ConfigError(f"{where}.after must be a whole number >= 1, got {after!r}")
 
+    def settings_of(self, method: str) -> dict[str, Any]:
+        """The settings of a policy method (``policy:``, or its entry in ``policies:``); empty
+        for any other method."""
+        return dict(self.policy) if method == "policy" else dict(self.policies.get(method, {}))
+
     @property
     def n_trials(self) -> int:
         return max(self.budgets)
@@ -485,9 +490,7 @@ def _run(
             raise ConfigError("a meta-test task reached meta-training")
         transfer = None
         if set(TRANSFER) & set(config.methods) or any(
-            config.policies.get(m, config.policy if m == "policy" else {}).get("then")
-            == TRANSFER_THEN
-            for m in config.methods
+            config.settings_of(m).get("then") == TRANSFER_THEN for m in config.methods
         ):
             t0 = time.perf_counter()
             transfer = bench.transfer_candidates(train)
@@ -495,7 +498,7 @@ def _run(
         policies: dict[str, Any] = {}
         for method in [m for m in config.methods if m == "policy" or m in config.policies]:
             t0 = time.perf_counter()
-            settings = dict(config.policy) if method == "policy" else dict(config.policies[method])
+            settings = config.settings_of(method)
             path = config.policy_path if method == "policy" else settings.pop("path", None)
             for key in ("then", "after", "pruner", "probe"):  # how it is run, not how it is made
                 settings.pop(key, None)
@@ -586,7 +589,7 @@ def _one_run(
         else split_method(method)
     )
     full = int(task.epochs)
-    settings = config.policy if method == "policy" else config.policies.get(method, {})
+    settings = config.settings_of(method)
     if policy is not None:
         pruner_name = settings.get("pruner")
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:

@@ -209,15 +209,18 @@ class TransferGPSampler(BaseSampler):
         x = np.where(snap, np.round(rng.random(x.shape)), x)
         return [self.space.decode(v) for v in np.clip(x, 0.0, 1.0)]
 
-    def next_config(self, trials: Sequence[tuple[Mapping[str, Any], float | None]]) -> Any:
-        """The configuration to try after ``trials`` (configuration, score to maximise or
-        ``None`` for a failure)."""
+    def next_config(
+        self, trials: Sequence[tuple[Mapping[str, Any], float | None]]
+    ) -> dict[str, Any] | None:
+        """The configuration to try after ``trials`` (configuration, score to maximise, or
+        ``None`` for a failure or a trial under way); ``None`` when every one it can choose
+        among was tried (the trial is then sampled at random)."""
         tried = {config_key(c) for c, _ in trials}
         seen = [(c, y) for c, y in trials if y is not None and np.isfinite(y)]
         if not seen:
             acquisition = self._mean.copy()
             acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
-            return self.transfer.configs[int(np.argmax(acquisition))]
+            return _argmax(self.transfer.configs, acquisition)
         configs: list[Any] = list(self.transfer.configs)
         dev, mean, x = self._dev, self._mean, self._x
         if self.transfer.meta is not None and self.local > 0:
@@ -244,7 +247,7 @@ class TransferGPSampler(BaseSampler):
         z = (mu - y.max()) / sd
         acquisition = (mu - y.max()) * norm.cdf(z) + sd * norm.pdf(z)
         acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
-        return configs[int(np.argmax(acquisition))]
+        return _argmax(configs, acquisition)
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
@@ -254,22 +257,30 @@ class TransferGPSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        trials: list[tuple[Mapping[str, Any], float | None]] = []
-        for t in study.get_trials(deepcopy=False):
-            if t.number == trial.number or not t.params:
-                continue
-            config = self.space.from_optuna_params(t.params)
-            if t.state == TrialState.COMPLETE and t.value is not None:
-                trials.append((config, sign * t.value))
-            elif t.state in (TrialState.FAIL, TrialState.PRUNED):
-                trials.append((config, None))
-        params = self.space.optuna_params(self.next_config(trials))
+        trials = [  # failed, pruned or under way: tried, nothing observed
+            (
+                self.space.from_optuna_params(t.params),
+                sign * t.value if t.state == TrialState.COMPLETE else None,
+            )
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and t.params
+        ]
+        config = self.next_config(trials)
+        if config is None:
+            return {}
+        params = self.space.optuna_params(config)
         return {k: v for k, v in params.items() if k in search_space}
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any
     ) -> Any:
         return self._random.sample_independent(study, trial, name, dist)
+
+
+def _argmax(configs: Sequence[Any], acquisition: np.ndarray) -> dict[str, Any] | None:
+    """The configuration of highest acquisition; ``None`` when all are ruled out (-inf)."""
+    best = int(np.argmax(acquisition))
+    return None if acquisition[best] == -np.inf else dict(configs[best])
 
 
 def make_sampler(
