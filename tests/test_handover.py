@@ -86,6 +86,7 @@ def test_a_bench_policy_hands_over_after_its_trials(tmp_path: Path) -> None:
         "methods": ["policy", "handed"],
         "budgets": [1, 5],
         "policy_path": path,
+        "policy": {"then": None},  # alone (by default it hands over to transfer GP)
         "policies": {"handed": {"path": path, "then": "random", "after": 2}},
     }
     run(config, out=tmp_path / "b")

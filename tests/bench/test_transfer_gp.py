@@ -45,7 +45,7 @@ def _run(sampler, space, score, n, *, fail=(), direction="maximize"):
 
 
 @pytest.mark.parametrize("best", [-3, -1])
-def test_it_starts_at_the_best_prior_mean_then_finds_the_tasks_own_best(best, small_space):
+def test_it_starts_with_the_portfolio_then_finds_the_tasks_own_best(best, small_space):
     configs, transfer, family = _families(small_space)
     test = family(best, -0.3)  # another level than any meta-train task: raw scores, not ranks
     truth = dict(zip(map(config_key, configs), test, strict=True))
@@ -55,12 +55,58 @@ def test_it_starts_at_the_best_prior_mean_then_finds_the_tasks_own_best(best, sm
         lambda c: truth[config_key(c)],
         6,
     )
-    assert picked[0] == configs[int(np.argmax(transfer.values.mean(0)))]
+    assert picked[:2] == transfer.portfolio(2)  # a hedge, whatever the first scored
     found = max(truth[config_key(c)] for c in picked)
     assert found >= test.max() - 0.002  # lr within 0.2 decades of the task's best in 6 trials
     portfolio = [configs[i] for i in np.argsort(transfer.regret.mean(0))[:6]]
     assert found > max(truth[config_key(c)] for c in portfolio) + 0.01  # best-average misses
     assert len({config_key(c) for c in picked}) == 6  # never the same candidate twice
+
+
+def _spreads(space, seed=0):
+    """Candidates, the meta-train tasks of two families whose scores spread 30x apart (wide:
+    best at lr 1e-3; narrow: best at lr 1e-1), and a narrow task at a level none of them has."""
+    rng = np.random.default_rng(seed)
+    configs = [space.sample(rng) for _ in range(N)]
+    lr = np.log10([c["lr"] for c in configs])
+    wide = [0.6 + o - 0.05 * (lr + 3) ** 2 for o in (0.0, -0.1, 0.05, -0.2, 0.1)]
+    narrow = [0.9 + o - 0.0015 * (lr + 1) ** 2 for o in (0.0, 0.03, -0.02)]
+    values = np.array(wide + narrow) + rng.normal(0, 0.0002, (8, N))
+    regret = (values.max(1, keepdims=True) - values) / np.ptp(values, 1, keepdims=True)
+    test = 0.97 - 0.0015 * (lr + 1) ** 2
+    return configs, TransferCandidates(configs, regret, values), test
+
+
+def test_a_task_whose_scores_spread_little_is_read_as_well_as_one_that_spreads_much(small_space):
+    """Scores are standardised per task: the narrow family, outvoted by its spread in raw
+    units, still tells where a narrow task's best lies."""
+    configs, transfer, test = _spreads(small_space)
+    truth = dict(zip(map(config_key, configs), test, strict=True))
+    picked = _run(
+        TransferGPSampler(small_space, transfer, seed=0),
+        small_space,
+        lambda c: truth[config_key(c)],
+        6,
+    )
+    found = max(truth[config_key(c)] for c in picked)
+    assert (test.max() - found) / np.ptp(test) < 0.02
+
+
+def test_the_benchmarks_units_do_not_change_the_proposals(small_space):
+    """Percent instead of fractions, on every task: the same search."""
+    configs, transfer, family = _families(small_space)
+    truth = dict(zip(map(config_key, configs), family(-1, 0.0), strict=True))
+    percent = TransferCandidates(configs, transfer.regret, 100 * transfer.values)
+    runs = [
+        _run(
+            TransferGPSampler(small_space, t, seed=0),
+            small_space,
+            lambda c, k=k: k * truth[config_key(c)],
+            6,
+        )
+        for t, k in ((transfer, 1), (percent, 100))
+    ]
+    assert runs[0] == runs[1]
 
 
 def test_the_two_families_get_different_proposals(small_space):
@@ -125,11 +171,12 @@ def test_a_configuration_outside_the_candidates_counts_through_meta(small_space)
         return np.array([0.9 - 0.05 * (lr - (-3 if t < 4 else -1)) ** 2 for t in range(8)])
 
     outside = {"optimizer": "adam", "lr": 0.1}
+    low = {"optimizer": "adam", "lr": 1e-4}
     with_meta = TransferCandidates(configs, transfer.regret, transfer.values, meta)
     keys = set(map(config_key, configs))
     for candidates in (with_meta, transfer):  # without meta: its nearest candidate's scores
         sampler = TransferGPSampler(small_space, candidates, seed=0)
-        config = sampler.next_config([(outside, 0.95)])
+        config = sampler.next_config([(outside, 0.95), (low, 0.5)])
         assert config != outside
         assert np.log10(config["lr"]) > -2  # near lr 0.1, where the good score was
         # with meta, configurations around the best so far compete with the candidates
@@ -182,3 +229,23 @@ def test_a_policy_hands_over_to_transfer_gp_for_the_rest(tiny_policy):
     assert isinstance(sampler, HandoverSampler)
     assert isinstance(sampler.sampler_at(0), PolicySampler)
     assert all(isinstance(sampler.sampler_at(p), TransferGPSampler) for p in (1, 10, 29))
+
+
+def test_a_policy_on_a_surrogate_hands_over_to_transfer_gp_by_default():
+    surrogate = {"benchmark": "yahpo/rbv2_rpart", "train_tasks": ["3"], "test_tasks": ["6"]}
+    assert BenchConfig.load(surrogate).handover_of("policy") == ("transfer_gp", 1)
+    assert BenchConfig.load({**surrogate, "policy": {"after": 3}}).handover_of("policy") == (
+        "transfer_gp",
+        3,
+    )
+    own = {**surrogate, "methods": ["mine"], "policies": {"mine": {"then": "tpe"}}}
+    assert BenchConfig.load(own).handover_of("mine") == ("tpe", None)
+    alone = BenchConfig.load({**surrogate, "policy": {"then": None}})
+    assert alone.handover_of("policy") == (None, None)
+    # no meta-train tasks to take scores from, epoch budgets, real training: optuna's GP
+    loaded = {"benchmark": "yahpo/rbv2_rpart", "test_tasks": ["6"], "methods": ["policy"]}
+    assert BenchConfig.load({**loaded, "policy_path": "p"}).handover_of("policy") == ("gp", None)
+    epochs = {**surrogate, "budget_unit": "epochs", "methods": ["policy"]}
+    assert BenchConfig.load(epochs).handover_of("policy") == ("gp", None)
+    real = {"benchmark": "small", "train_tasks": ["iris"], "test_tasks": ["wine"]}
+    assert BenchConfig.load(real).handover_of("policy") == ("gp", None)

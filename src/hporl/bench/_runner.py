@@ -22,6 +22,7 @@ from hporl.bench._samplers import (
     PRUNABLE,
     PRUNED_METHODS,
     TRANSFER,
+    TRANSFER_AFTER,
     TRANSFER_THEN,
     TransferCandidates,
     make_sampler,
@@ -219,7 +220,7 @@ class BenchConfig(BaseModel):
             Probe.from_setting(settings.get("probe"))
         except ValueError as err:
             raise ConfigError(f"{where}.{err}") from None
-        then, after = settings.get("then", THEN), settings.get("after")
+        then, after = self.handover_of(name)
         if then is None:
             if after is not None:
                 raise ConfigError(f"{where}.after needs {where}.then (the sampler handed over to)")
@@ -240,6 +241,20 @@ class BenchConfig(BaseModel):
             not isinstance(after, int) or isinstance(after, bool) or after < 1
         ):
             raise ConfigError(f"{where}.after must be a whole number >= 1, got {after!r}")
+
+    def handover_of(self, method: str) -> tuple[str | None, int | None]:
+        """What a policy method hands over to (``None``: nothing) and after how many of its
+        trials (``None``: :func:`~hporl.sampler.handover_after`): its own ``then`` / ``after``;
+        by default, on a surrogate with trial budgets and meta-train tasks, transfer GP after
+        the policy's first trial (:data:`TRANSFER_AFTER`), otherwise :data:`~hporl.sampler.THEN`.
+        """
+        settings = self.settings_of(method)
+        if "then" in settings:
+            return settings["then"], settings.get("after")
+        meta_train = bool(self.train_tasks) or self.folds is not None
+        if self.scenario is not None and self.budget_unit == "trials" and meta_train:
+            return TRANSFER_THEN, settings.get("after", TRANSFER_AFTER)
+        return THEN, settings.get("after")
 
     def settings_of(self, method: str) -> dict[str, Any]:
         """The settings of a policy method (``policy:``, or its entry in ``policies:``); empty
@@ -490,7 +505,9 @@ def _run(
             raise ConfigError("a meta-test task reached meta-training")
         transfer = None
         if set(TRANSFER) & set(config.methods) or any(
-            config.settings_of(m).get("then") == TRANSFER_THEN for m in config.methods
+            config.handover_of(m)[0] == TRANSFER_THEN
+            for m in config.methods
+            if m == "policy" or m in config.policies
         ):
             t0 = time.perf_counter()
             transfer = bench.transfer_candidates(train)
@@ -590,6 +607,7 @@ def _one_run(
     )
     full = int(task.epochs)
     settings = config.settings_of(method)
+    then, after = config.handover_of(method) if policy is not None else (None, None)
     if policy is not None:
         pruner_name = settings.get("pruner")
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:
@@ -597,7 +615,7 @@ def _one_run(
         probe = Probe.from_setting(settings.get("probe"))
         resumable = bool(getattr(bench.backend, "resumable", False))
         if policy.budget_aware or (probe is not None and resumable):
-            then, after = settings.get("then", THEN), handover_after(policy, settings.get("after"))
+            after = handover_after(policy, after)
             return _budgeted_run(bench, method, task, name, seed, policy, fold, then, after, probe)
     total = config.n_trials * full if config.budget_unit == "epochs" else None
     n = config.n_trials if total is None else total
@@ -611,8 +629,8 @@ def _one_run(
         task=task,
         fixed=bench.fixed,
         parallel=config.parallel > 1,
-        then=settings.get("then", THEN) if policy is not None else None,
-        after=settings.get("after"),
+        then=then,
+        after=after,
     )
     pruner = make_pruner(pruner_name, max_epochs=full)
     # Named: optuna's Hyperband assigns a trial's bracket from a hash of the study's name, and

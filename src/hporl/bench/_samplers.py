@@ -36,7 +36,12 @@ METHODS = ("policy", "random", "tpe", "gp", "cmaes", "best_average", "portfolio"
 TRANSFER = ("best_average", "portfolio", "transfer_gp")
 """Methods that read the meta-train tasks' scores of :class:`TransferCandidates`."""
 TRANSFER_THEN = "transfer_gp"
-"""What a bench policy can hand over to besides optuna's samplers (``then: transfer_gp``)."""
+"""What a bench policy can hand over to besides optuna's samplers (``then: transfer_gp``); its
+default on a surrogate benchmark with trial budgets (:meth:`BenchConfig.handover_of`)."""
+TRANSFER_AFTER = 1
+"""The policy's trials before transfer GP takes over by default: its first. Transfer GP then
+hedges (the portfolio's complement of it) and searches; measured on LCBench and rbv2_rpart
+against handing over after 2 and 3 (README, "Transfer GP")."""
 PRUNABLE = SAMPLERS
 """Methods that can run with a pruner, as ``<method>+<pruner>`` (budgets in epochs only)."""
 PRUNED_METHODS = ("random+hyperband", "random+asha", "tpe+hyperband", "tpe+asha")
@@ -117,12 +122,22 @@ class TransferCandidates:
 
 
 class TransferGPSampler(BaseSampler):
-    """Transfer Bayesian optimisation over :class:`TransferCandidates`: a Gaussian process whose
-    prior mean and covariance over configurations are the meta-train tasks' mean and covariance
-    of scores (plus a small RBF term on the encoded configuration, for what the tasks do not
-    share), conditioned on the study's finished trials; the next configuration is the untried
-    one of highest expected improvement (the first, with nothing seen, the candidate of highest
-    prior mean).
+    """Transfer Bayesian optimisation over :class:`TransferCandidates`, free of the tasks' score
+    scales.
+
+    Each meta-train task's scores are standardised (its own mean and standard deviation over
+    the candidates), so that no task weighs by its spread. The test task's score is modelled as
+    ``y(c) = a + s * g(c)``: ``g`` a Gaussian process whose prior mean and covariance over
+    configurations are the standardised tasks' mean and covariance (plus a small RBF term on the
+    encoded configuration, for what the tasks do not share), ``a`` the task's level (a normal
+    prior: the meta-train tasks' means) and ``s`` its scale (a log-normal prior: their standard
+    deviations). Given the study's finished trials, the next configuration is the untried one of
+    highest expected improvement, averaged over the posterior of ``s`` on a grid.
+
+    The first ``start`` trials follow the greedy portfolio instead (each the candidate that
+    best complements those tried, in each task's min-max units): with one score seen, a GP's
+    second choice is a neighbour of the first where a portfolio's is a hedge, and on both
+    benchmark families measured the hedge won (README, "Transfer GP").
 
     It chooses among the candidates and, when ``transfer.meta`` scores any configuration on the
     meta-train tasks (a surrogate), also among ``local`` configurations drawn around the best
@@ -131,10 +146,12 @@ class TransferGPSampler(BaseSampler):
     configuration outside the candidates (a policy's, before a handover) counts with its
     meta-train scores from ``meta``, or those of its nearest candidate.
 
-    Scores are the backend's own (LCBench's accuracy, for example), not normalised: the test
-    task's y_min / y_max are unknown to a tuner. A failed trial is never proposed again and adds
-    no observation. ``benchmarks/transfer_bounds.py`` measures the rule offline.
+    Scores are the backend's own: the test task's y_min / y_max are unknown to a tuner. A failed
+    trial is never proposed again and adds no observation.
     """
+
+    SCALES = np.linspace(-2.5, 2.5, 11)
+    """Where the scale's posterior is evaluated: prior standard deviations of ``log s``."""
 
     def __init__(
         self,
@@ -145,19 +162,28 @@ class TransferGPSampler(BaseSampler):
         rbf: float = 0.04,
         length: float = 0.3,
         noise: float = 0.002,
-        local: int = 1000,
+        local: int = 300,
+        start: int = 2,
     ) -> None:
         if transfer.values is None:
             raise ValueError("transfer_gp needs the candidates' scores on the meta-train tasks")
-        self.space, self.transfer, self.seed, self.local = space, transfer, seed, local
+        self.space, self.transfer, self.seed = space, transfer, seed
+        self.local, self.start = local, start
+        self._rbf, self._noise, self._length = rbf, noise, length
         values = np.asarray(transfer.values, dtype=np.float64)
-        self._mean = values.mean(0)
-        self._dev = values - self._mean
-        scale = float((self._dev**2).mean()) or 1.0
-        self._rbf, self._noise, self._length = rbf * scale, noise * scale, length
+        self._level, self._scale = values.mean(1), values.std(1)
+        spread = self._scale > 0  # a task that scores every candidate alike has no shape
+        self._scale = np.where(spread, self._scale, 1.0)
+        z = self._standardise(values)
+        self._z_mean = z.mean(0)
+        self._z_dev = z - self._z_mean
+        self._z_lo, self._z_range = z.min(1), np.maximum(np.ptp(z, 1), 1e-12)
+        log_scales = np.log(values.std(1)[spread]) if spread.any() else np.zeros(1)
+        self._log_scale = (float(log_scales.mean()), max(float(log_scales.std()), 0.1))
+        self._level_prior = (float(self._level.mean()), max(float(self._level.var()), 1e-12))
         self._x = np.array([space.encode(c) for c in transfer.configs], dtype=np.float64)
         self._index = {config_key(c): i for i, c in enumerate(transfer.configs)}
-        self._seen: dict[str, tuple[np.ndarray, float]] = {}  # key: (scores' deviations, mean)
+        self._seen: dict[str, np.ndarray] = {}  # key: standardised scores on the tasks
         self._random = RandomSampler(seed=seed)
 
     def reseed_rng(self) -> None:
@@ -168,9 +194,11 @@ class TransferGPSampler(BaseSampler):
     ) -> dict[str, Any]:
         return self.space.to_optuna()
 
-    def _prior(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """Configurations' deviations from their prior mean on the meta-train tasks ``[t, i]``
-        and their prior means ``[i]``."""
+    def _standardise(self, values: np.ndarray) -> np.ndarray:
+        return (values - self._level[:, None]) / self._scale[:, None]
+
+    def _prior(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Configurations' standardised scores on the meta-train tasks ``[t, i]``."""
         new = {
             key: dict(c)
             for c in configs
@@ -178,25 +206,21 @@ class TransferGPSampler(BaseSampler):
         }
         if new and self.transfer.meta is not None:
             scores = np.asarray(self.transfer.meta(list(new.values())), dtype=np.float64)
-            for j, key in enumerate(new):
-                self._seen[key] = (
-                    scores[:, j] - scores[:, j].mean(),
-                    scores[:, j].mean(),
-                )
+            for key, z in zip(new, self._standardise(scores).T, strict=True):
+                self._seen[key] = z
         elif new:  # the nearest candidate's scores
             for key, c in new.items():
                 nearest = int(np.argmin(((self._x - self.space.encode(c)) ** 2).sum(1)))
-                self._seen[key] = (self._dev[:, nearest], float(self._mean[nearest]))
-        dev, mean = [], []
-        for c in configs:
-            key = config_key(c)
-            if key in self._index:
-                dev.append(self._dev[:, self._index[key]])
-                mean.append(self._mean[self._index[key]])
-            else:
-                dev.append(self._seen[key][0])
-                mean.append(self._seen[key][1])
-        return np.stack(dev, axis=1), np.array(mean)
+                self._seen[key] = self._z_dev[:, nearest] + self._z_mean[nearest]
+        return np.stack(
+            [
+                self._z_dev[:, i] + self._z_mean[i]
+                if (i := self._index.get(key := config_key(c))) is not None
+                else self._seen[key]
+                for c in configs
+            ],
+            axis=1,
+        )
 
     def _around(self, best: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[Any]:
         """``local`` configurations near ``best``: Gaussian steps of 0.05 or 0.15 in the encoded
@@ -217,37 +241,64 @@ class TransferGPSampler(BaseSampler):
         among was tried (the trial is then sampled at random)."""
         tried = {config_key(c) for c, _ in trials}
         seen = [(c, y) for c, y in trials if y is not None and np.isfinite(y)]
-        if not seen:
-            acquisition = self._mean.copy()
-            acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
-            return _argmax(self.transfer.configs, acquisition)
-        configs: list[Any] = list(self.transfer.configs)
-        dev, mean, x = self._dev, self._mean, self._x
+        if len(trials) < self.start or not seen:
+            acquisition, more = self._complement([c for c, _ in trials]), []
+        else:
+            acquisition, more = self._expected_improvement(seen, tried, len(trials))
+        acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
+        return _argmax([*self.transfer.configs, *more], acquisition)
+
+    def _complement(self, tried: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Each candidate's mean over the tasks of the best min-max score of ``tried`` and it:
+        the greedy portfolio's next step (with nothing tried, the best-average candidate)."""
+        scores = (self._z_dev + self._z_mean - self._z_lo[:, None]) / self._z_range[:, None]
+        if tried:
+            so_far = (self._prior(tried) - self._z_lo[:, None]) / self._z_range[:, None]
+            scores = np.maximum(scores, so_far.max(1, keepdims=True))
+        return scores.mean(0)
+
+    def _expected_improvement(
+        self, seen: Sequence[tuple[Mapping[str, Any], float]], tried: set[str], n_trials: int
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Expected improvement of the candidates and of the untried local configurations it
+        drew (the second item, scored after the candidates), after ``n_trials`` trials."""
+        z_mean, z_dev, x = self._z_mean, self._z_dev, self._x
+        more: list[dict[str, Any]] = []
         if self.transfer.meta is not None and self.local > 0:
-            rng = np.random.default_rng([self.seed or 0, len(trials)])
+            rng = np.random.default_rng([self.seed or 0, n_trials])
             best = [c for c, _ in sorted(seen, key=lambda s: -s[1])[:3]]
             more = [c for c in self._around(best, rng) if config_key(c) not in tried]
             if more:
-                dev_m, mean_m = self._prior(more)
-                configs += more
-                dev = np.concatenate([dev, dev_m], axis=1)
-                mean = np.concatenate([mean, mean_m])
+                z = self._prior(more)
+                z_mean = np.concatenate([z_mean, z.mean(0)])
+                z_dev = np.concatenate([z_dev, z - z.mean(0)], axis=1)
                 x = np.concatenate([x, [self.space.encode(c) for c in more]])
-        dev_o, mean_o = self._prior([c for c, _ in seen])
+        z_o = self._prior([c for c, _ in seen])
+        dev_o, mean_o = z_o - z_o.mean(0), z_o.mean(0)
         x_o = np.array([self.space.encode(c) for c, _ in seen])
         y = np.array([y for _, y in seen], dtype=np.float64)
-        n = len(self._dev)
+        n = len(self._z_dev)
+        # g's covariance among the trials, with the candidates, and each candidate's variance
         k_oo = dev_o.T @ dev_o / n + self._rbf * self._kernel(x_o, x_o)
-        k_co = dev.T @ dev_o / n + self._rbf * self._kernel(x, x_o)
-        chol = np.linalg.cholesky(k_oo + self._noise * np.eye(len(y)))
-        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - mean_o))
-        mu = mean + k_co @ alpha
-        w = np.linalg.solve(chol, k_co.T)
-        sd = np.sqrt(np.maximum((dev**2).mean(0) + self._rbf - (w**2).sum(0), 1e-12))
-        z = (mu - y.max()) / sd
-        acquisition = (mu - y.max()) * norm.cdf(z) + sd * norm.pdf(z)
-        acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
-        return _argmax(configs, acquisition)
+        k_oo += self._noise * np.eye(len(y))
+        k_co = z_dev.T @ dev_o / n + self._rbf * self._kernel(x, x_o)
+        k_cc = (z_dev**2).mean(0) + self._rbf
+        level, level_var = self._level_prior
+        log_mean, log_sd = self._log_scale
+        log_post, improvement = [], []
+        for s in np.exp(log_mean + log_sd * self.SCALES):
+            chol = np.linalg.cholesky(s * s * k_oo + level_var)
+            r = np.linalg.solve(chol, y - level - s * mean_o)
+            prior = -0.5 * ((np.log(s) - log_mean) / log_sd) ** 2
+            log_post.append(prior - 0.5 * r @ r - np.log(np.diag(chol)).sum())
+            cross = s * s * k_co + level_var
+            mu = level + s * z_mean + cross @ np.linalg.solve(chol.T, r)
+            w = np.linalg.solve(chol, cross.T)
+            sd = np.sqrt(np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12))
+            u = (mu - y.max()) / sd
+            improvement.append((mu - y.max()) * norm.cdf(u) + sd * norm.pdf(u))
+        weights = np.exp(np.array(log_post) - max(log_post))
+        return (weights / weights.sum()) @ np.array(improvement), more
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
