@@ -39,9 +39,10 @@ TRANSFER_THEN = "transfer_gp"
 """What a bench policy can hand over to besides optuna's samplers (``then: transfer_gp``); its
 default on a surrogate benchmark with trial budgets (:meth:`BenchConfig.handover_of`)."""
 TRANSFER_AFTER = 1
-"""The policy's trials before transfer GP takes over by default: its first. Transfer GP then
-hedges (the portfolio's complement of it) and searches; measured on LCBench and rbv2_rpart
-against handing over after 2 and 3 (README, "Transfer GP")."""
+"""The policy's trials before transfer GP takes over by default: its first (the portfolio's
+first, which the policy's warm start clones). Transfer GP then hedges (the portfolio's
+complement of it) and searches: on LCBench and rbv2_rpart two portfolio trials before the GP
+did better at K = 3 than one or three (README, "Transfer GP, scale-free")."""
 PRUNABLE = SAMPLERS
 """Methods that can run with a pruner, as ``<method>+<pruner>`` (budgets in epochs only)."""
 PRUNED_METHODS = ("random+hyperband", "random+asha", "tpe+hyperband", "tpe+asha")
