@@ -249,3 +249,24 @@ def test_a_policy_on_a_surrogate_hands_over_to_transfer_gp_by_default():
     assert BenchConfig.load(epochs).handover_of("policy") == ("gp", None)
     real = {"benchmark": "small", "train_tasks": ["iris"], "test_tasks": ["wine"]}
     assert BenchConfig.load(real).handover_of("policy") == ("gp", None)
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_after_a_few_scores_it_plays_the_best_of_the_task_they_match(k, small_space):
+    """The mixture stage (trials 3 to 5): three scores, at another level than any task's, are
+    enough to tell which meta-train task this is, and to play near that task's own best."""
+    rng = np.random.default_rng(0)
+    configs = [small_space.sample(rng) for _ in range(N)]
+    lr = np.log10([c["lr"] for c in configs])
+    levels, bests = (0.8, 0.6, 0.9, 0.7), (-4, -3, -2, -1)
+    values = np.array([o - 0.05 * (lr - b) ** 2 for o, b in zip(levels, bests, strict=True)])
+    values += rng.normal(0, 0.001, values.shape)
+    transfer = TransferCandidates(configs, 1 - values, values)
+    test = values[k] + 0.05
+    tried = rng.choice(N, 3, replace=False)
+    truth = dict(zip(map(config_key, configs), test, strict=True))
+    config = TransferGPSampler(small_space, transfer, seed=0).next_config(
+        [(configs[i], float(test[i])) for i in tried]
+    )
+    assert truth[config_key(config)] > test[tried].max()
+    assert test.max() - truth[config_key(config)] < 0.05 * np.ptp(test)

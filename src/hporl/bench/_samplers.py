@@ -135,10 +135,18 @@ class TransferGPSampler(BaseSampler):
     deviations). Given the study's finished trials, the next configuration is the untried one of
     highest expected improvement, averaged over the posterior of ``s`` on a grid.
 
-    The first ``start`` trials follow the greedy portfolio instead (each the candidate that
-    best complements those tried, in each task's min-max units): with one score seen, a GP's
-    second choice is a neighbour of the first where a portfolio's is a hedge, and on both
-    benchmark families measured the hedge won (README, "Transfer GP").
+    Trials come in three stages:
+
+    - the first ``start`` follow the greedy portfolio (each the candidate that best complements
+      those tried, in each task's min-max units): with one score seen, a GP's second choice is
+      a neighbour of the first where a portfolio's is a hedge;
+    - up to trial ``mixture``, expected improvement if the test task is one of the meta-train
+      tasks, affinely (:meth:`_mixture_improvement`): a few scores tell which task it looks
+      like, and that task's best is played;
+    - then the GP's, which refines around the best trials.
+
+    Each stage was chosen by measuring it on LCBench and rbv2_rpart (README, "Transfer GP,
+    scale-free").
 
     It chooses among the candidates and, when ``transfer.meta`` scores any configuration on the
     meta-train tasks (a surrogate), also among ``local`` configurations drawn around the best
@@ -165,11 +173,13 @@ class TransferGPSampler(BaseSampler):
         noise: float = 0.002,
         local: int = 300,
         start: int = 2,
+        mixture: int = 5,
+        tau: float = 0.3,
     ) -> None:
         if transfer.values is None:
             raise ValueError("transfer_gp needs the candidates' scores on the meta-train tasks")
         self.space, self.transfer, self.seed = space, transfer, seed
-        self.local, self.start = local, start
+        self.local, self.start, self.mixture, self.tau = local, start, mixture, tau
         self._rbf, self._noise, self._length = rbf, noise, length
         values = np.asarray(transfer.values, dtype=np.float64)
         self._level, self._scale = values.mean(1), values.std(1)
@@ -245,7 +255,11 @@ class TransferGPSampler(BaseSampler):
         if len(trials) < self.start or not seen:
             acquisition, more = self._complement([c for c, _ in trials]), []
         else:
-            acquisition, more = self._expected_improvement(seen, tried, len(trials))
+            z, x, more = self._choices(seen, tried, len(trials))
+            if len(trials) < self.mixture:
+                acquisition = self._mixture_improvement(seen, z)
+            else:
+                acquisition = self._expected_improvement(seen, z, x)
         acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
         return _argmax([*self.transfer.configs, *more], acquisition)
 
@@ -258,22 +272,62 @@ class TransferGPSampler(BaseSampler):
             scores = np.maximum(scores, so_far.max(1, keepdims=True))
         return scores.mean(0)
 
-    def _expected_improvement(
+    def _choices(
         self, seen: Sequence[tuple[Mapping[str, Any], float]], tried: set[str], n_trials: int
-    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Expected improvement of the candidates and of the untried local configurations it
-        drew (the second item, scored after the candidates), after ``n_trials`` trials."""
-        z_mean, z_dev, x = self._z_mean, self._z_dev, self._x
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Standardised scores on the tasks ``[t, c]`` and encodings ``[c, d]`` of what it
+        chooses among: the candidates, then the untried local configurations it drew after
+        ``n_trials`` trials (the third item)."""
+        z, x = self._z_dev + self._z_mean, self._x
         more: list[dict[str, Any]] = []
         if self.transfer.meta is not None and self.local > 0:
             rng = np.random.default_rng([self.seed or 0, n_trials])
             best = [c for c, _ in sorted(seen, key=lambda s: -s[1])[:3]]
             more = [c for c in self._around(best, rng) if config_key(c) not in tried]
             if more:
-                z = self._prior(more)
-                z_mean = np.concatenate([z_mean, z.mean(0)])
-                z_dev = np.concatenate([z_dev, z - z.mean(0)], axis=1)
+                z = np.concatenate([z, self._prior(more)], axis=1)
                 x = np.concatenate([x, [self.space.encode(c) for c in more]])
+        return z, x, more
+
+    def _mixture_improvement(
+        self, seen: Sequence[tuple[Mapping[str, Any], float]], z: np.ndarray
+    ) -> np.ndarray:
+        """Expected improvement if the test task is one of the meta-train tasks, affinely:
+        ``y(c) = a + s * z_t(c) + e``, ``e`` of standard deviation ``tau * s``, ``a`` and ``s``
+        with the GP's priors (``s`` on a grid, ``a`` integrated out), averaged over the
+        posterior of ``(t, s)``: which task the scores so far look like."""
+        z_o = self._prior([c for c, _ in seen])
+        y = np.array([y for _, y in seen], dtype=np.float64)
+        n = len(y)
+        level, level_var = self._level_prior
+        log_mean, log_sd = self._log_scale
+        grid = np.linspace(-2.0, 2.0, 7)
+        fits = []  # per scale: each task's level estimate, predictive variance, log evidence
+        for g, s in zip(grid, np.exp(log_mean + log_sd * grid), strict=True):
+            noise = (self.tau * s) ** 2
+            r = y[None, :] - s * z_o  # [t, n]: the level plus noise, if it is task t
+            precision = 1 / level_var + n / noise
+            a = (level / level_var + r.sum(1) / noise) / precision
+            d = r - level
+            quad = (d**2).sum(1) / noise - (d.sum(1) / noise) ** 2 / precision
+            log_det = n * np.log(noise) + np.log(1 + n * level_var / noise)
+            fits.append((s, a, 1 / precision + noise, -0.5 * (quad + log_det + g * g)))
+        log_post = np.array([f[3] for f in fits])  # [scale, task]
+        weights = np.exp(log_post - log_post.max())
+        weights /= weights.sum()
+        acquisition = np.zeros(z.shape[1])
+        for (s, a, var, _), w in zip(fits, weights, strict=True):
+            keep = w > 1e-4 * weights.max()  # tasks the scores rule out cost nothing
+            if keep.any():
+                acquisition += w[keep] @ _improvement(a[keep, None] + s * z[keep], var, y.max())
+        return acquisition
+
+    def _expected_improvement(
+        self, seen: Sequence[tuple[Mapping[str, Any], float]], z: np.ndarray, x: np.ndarray
+    ) -> np.ndarray:
+        """The GP's expected improvement of each choice (``z``, ``x``: :meth:`_choices`)."""
+        z_mean = z.mean(0)
+        z_dev = z - z_mean
         z_o = self._prior([c for c, _ in seen])
         dev_o, mean_o = z_o - z_o.mean(0), z_o.mean(0)
         x_o = np.array([self.space.encode(c) for c, _ in seen])
@@ -295,11 +349,10 @@ class TransferGPSampler(BaseSampler):
             cross = s * s * k_co + level_var
             mu = level + s * z_mean + cross @ np.linalg.solve(chol.T, r)
             w = np.linalg.solve(chol, cross.T)
-            sd = np.sqrt(np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12))
-            u = (mu - y.max()) / sd
-            improvement.append((mu - y.max()) * norm.cdf(u) + sd * norm.pdf(u))
+            var = np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12)
+            improvement.append(_improvement(mu, var, y.max()))
         weights = np.exp(np.array(log_post) - max(log_post))
-        return (weights / weights.sum()) @ np.array(improvement), more
+        return (weights / weights.sum()) @ np.array(improvement)
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
@@ -327,6 +380,13 @@ class TransferGPSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any
     ) -> Any:
         return self._random.sample_independent(study, trial, name, dist)
+
+
+def _improvement(mean: np.ndarray, var: Any, best: float) -> np.ndarray:
+    """Expected improvement over ``best`` of normal beliefs."""
+    sd = np.sqrt(var)
+    u = (mean - best) / sd
+    return (mean - best) * norm.cdf(u) + sd * norm.pdf(u)
 
 
 def _argmax(configs: Sequence[Any], acquisition: np.ndarray) -> dict[str, Any] | None:
