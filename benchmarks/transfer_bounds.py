@@ -8,11 +8,11 @@ y_min / y_max (:func:`transfer_experts.lcbench_sample`):
 - ``portfolio``: the greedy portfolio of the training tasks (what the policy's warm start clones);
 - ``adaptive``: :func:`hporl.pretrain.adaptive_orders` (task features, then score matching);
 - ``transfer GP``: :class:`hporl.bench.TransferGPSampler` (the bench's ``transfer_gp``) held
-  to the candidates: a Gaussian process whose prior mean and covariance are the training tasks'
-  mean and covariance of values (plus a small RBF term on the encoded configuration),
-  conditioned on the test task's values so far; the next candidate maximises expected
-  improvement. It is given the values in the normalised units, i.e. the test task's y_min /
-  y_max, which no tuner knows (the bench gives it raw scores);
+  to the candidates: the portfolio's first two, then a mixture over the training tasks, then a
+  Gaussian process whose prior is the training tasks' standardised values (the class's
+  docstring), conditioned on the test task's values so far. It is given the values in the
+  normalised units, i.e. the test task's y_min / y_max, which no tuner knows (the bench gives
+  it raw scores);
 - ``oracle: nearest training task``: in hindsight, the training task whose own top-K
   candidates do best on the test task, played in that order. Perfect task identification, which
   no tuner has after a few trials.

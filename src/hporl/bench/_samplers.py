@@ -42,7 +42,7 @@ TRANSFER_AFTER = 1
 """The policy's trials before transfer GP takes over by default: its first (the portfolio's
 first, which the policy's warm start clones). Transfer GP then hedges (the portfolio's
 complement of it) and searches: on LCBench and rbv2_rpart two portfolio trials before the GP
-did better at K = 3 than one or three (README, "Transfer GP, scale-free")."""
+did better at K = 3 than one or three (README, "Transfer GP, version 2")."""
 PRUNABLE = SAMPLERS
 """Methods that can run with a pruner, as ``<method>+<pruner>`` (budgets in epochs only)."""
 PRUNED_METHODS = ("random+hyperband", "random+asha", "tpe+hyperband", "tpe+asha")
