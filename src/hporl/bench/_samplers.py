@@ -185,10 +185,8 @@ class TransferGPSampler(BaseSampler):
         self._level, self._scale = values.mean(1), values.std(1)
         spread = self._scale > 0  # a task that scores every candidate alike has no shape
         self._scale = np.where(spread, self._scale, 1.0)
-        z = self._standardise(values)
-        self._z_mean = z.mean(0)
-        self._z_dev = z - self._z_mean
-        self._z_lo, self._z_range = z.min(1), np.maximum(np.ptp(z, 1), 1e-12)
+        self._z = self._standardise(values)  # [task, candidate]
+        self._z_lo, self._z_range = self._z.min(1), np.maximum(np.ptp(self._z, 1), 1e-12)
         log_scales = np.log(values.std(1)[spread]) if spread.any() else np.zeros(1)
         self._log_scale = (float(log_scales.mean()), max(float(log_scales.std()), 0.1))
         self._level_prior = (float(self._level.mean()), max(float(self._level.var()), 1e-12))
@@ -222,10 +220,10 @@ class TransferGPSampler(BaseSampler):
         elif new:  # the nearest candidate's scores
             for key, c in new.items():
                 nearest = int(np.argmin(((self._x - self.space.encode(c)) ** 2).sum(1)))
-                self._seen[key] = self._z_dev[:, nearest] + self._z_mean[nearest]
+                self._seen[key] = self._z[:, nearest]
         return np.stack(
             [
-                self._z_dev[:, i] + self._z_mean[i]
+                self._z[:, i]
                 if (i := self._index.get(key := config_key(c))) is not None
                 else self._seen[key]
                 for c in configs
@@ -266,7 +264,7 @@ class TransferGPSampler(BaseSampler):
     def _complement(self, tried: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Each candidate's mean over the tasks of the best min-max score of ``tried`` and it:
         the greedy portfolio's next step (with nothing tried, the best-average candidate)."""
-        scores = (self._z_dev + self._z_mean - self._z_lo[:, None]) / self._z_range[:, None]
+        scores = (self._z - self._z_lo[:, None]) / self._z_range[:, None]
         if tried:
             so_far = (self._prior(tried) - self._z_lo[:, None]) / self._z_range[:, None]
             scores = np.maximum(scores, so_far.max(1, keepdims=True))
@@ -278,7 +276,7 @@ class TransferGPSampler(BaseSampler):
         """Standardised scores on the tasks ``[t, c]`` and encodings ``[c, d]`` of what it
         chooses among: the candidates, then the untried local configurations it drew after
         ``n_trials`` trials (the third item)."""
-        z, x = self._z_dev + self._z_mean, self._x
+        z, x = self._z, self._x
         more: list[dict[str, Any]] = []
         if self.transfer.meta is not None and self.local > 0:
             rng = np.random.default_rng([self.seed or 0, n_trials])
@@ -332,7 +330,7 @@ class TransferGPSampler(BaseSampler):
         dev_o, mean_o = z_o - z_o.mean(0), z_o.mean(0)
         x_o = np.array([self.space.encode(c) for c, _ in seen])
         y = np.array([y for _, y in seen], dtype=np.float64)
-        n = len(self._z_dev)
+        n = len(z)
         # g's covariance among the trials, with the candidates, and each candidate's variance
         k_oo = dev_o.T @ dev_o / n + self._rbf * self._kernel(x_o, x_o)
         k_oo += self._noise * np.eye(len(y))
