@@ -270,3 +270,12 @@ def test_after_a_few_scores_it_plays_the_best_of_the_task_they_match(k, small_sp
     )
     assert truth[config_key(config)] > test[tried].max()
     assert test.max() - truth[config_key(config)] < 0.05 * np.ptp(test)
+
+
+def test_runs_share_the_candidates_encoding(small_space):
+    """Each run (a task and a seed) gets its own sampler; the 10,000 candidates are encoded
+    once per fold, not once per run."""
+    _, transfer, _ = _families(small_space)
+    first, second = (TransferGPSampler(small_space, transfer, seed=s) for s in (0, 1))
+    assert first._x is second._x and first._index is second._index
+    assert np.allclose(first._x[3], small_space.encode(transfer.configs[3]))

@@ -426,22 +426,19 @@ class _Bench:
     def transfer_candidates(self, train: list[str]) -> TransferCandidates:
         rng = np.random.default_rng(0)
         configs = [self.space.sample(rng) for _ in range(self.n_transfer)]
-        regret = np.zeros((len(train), len(configs)))
-        values = np.zeros_like(regret)
-        for t, name in enumerate(train):
-            task = self.task(name)
-            lo, hi = self.normalisation(name)
-            values[t] = np.nan_to_num(self.scores(task, configs), nan=lo)  # a failure: worst
-            regret[t] = (hi - values[t]) / max(hi - lo, 1e-12)
 
         def meta(more: list[dict[str, Any]]) -> np.ndarray:
-            """The meta-train tasks' scores of ``more`` (a surrogate's: cheap)."""
+            """The meta-train tasks' scores ``[t, i]`` of ``more``; a failure scores y_min."""
             rows = []
             for name in train:
                 lo, _ = self.normalisation(name)
                 rows.append(np.nan_to_num(self.scores(self.task(name), more), nan=lo))
             return np.array(rows)
 
+        values = meta(configs)
+        lo, hi = np.array([self.normalisation(name) for name in train]).T[:, :, None]
+        regret = (hi - values) / np.maximum(hi - lo, 1e-12)
+        # a surrogate's scores are cheap: transfer GP may score configurations beyond these
         return TransferCandidates(configs, regret, values, meta if self.surrogate else None)
 
 

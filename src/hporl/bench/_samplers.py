@@ -111,6 +111,15 @@ class TransferCandidates:
         self.regret = regret
         self.values = values
         self.meta = meta
+        self._encoded: tuple[SearchSpace, np.ndarray, dict[str, int]] | None = None
+
+    def encoded(self, space: SearchSpace) -> tuple[np.ndarray, dict[str, int]]:
+        """The candidates encoded in ``space`` ``[c, d]`` and their index by
+        :func:`~hporl.space.config_key`; computed once, not once per run."""
+        if self._encoded is None or self._encoded[0] is not space:
+            x = np.array([space.encode(c) for c in self.configs], dtype=np.float64)
+            self._encoded = (space, x, {config_key(c): i for i, c in enumerate(self.configs)})
+        return self._encoded[1], self._encoded[2]
 
     def best_average(self, n: int) -> list[dict[str, Any]]:
         """Candidates by increasing mean regret: the first is the single best-average config."""
@@ -146,7 +155,7 @@ class TransferGPSampler(BaseSampler):
     - then the GP's, which refines around the best trials.
 
     Each stage was chosen by measuring it on LCBench and rbv2_rpart (README, "Transfer GP,
-    scale-free").
+    version 2").
 
     It chooses among the candidates and, when ``transfer.meta`` scores any configuration on the
     meta-train tasks (a surrogate), also among ``local`` configurations drawn around the best
@@ -182,16 +191,15 @@ class TransferGPSampler(BaseSampler):
         self.local, self.start, self.mixture, self.tau = local, start, mixture, tau
         self._rbf, self._noise, self._length = rbf, noise, length
         values = np.asarray(transfer.values, dtype=np.float64)
-        self._level, self._scale = values.mean(1), values.std(1)
-        spread = self._scale > 0  # a task that scores every candidate alike has no shape
-        self._scale = np.where(spread, self._scale, 1.0)
+        std = values.std(1)
+        spread = std > 0  # a task that scores every candidate alike has no shape
+        self._level, self._scale = values.mean(1), np.where(spread, std, 1.0)
         self._z = self._standardise(values)  # [task, candidate]
         self._z_lo, self._z_range = self._z.min(1), np.maximum(np.ptp(self._z, 1), 1e-12)
-        log_scales = np.log(values.std(1)[spread]) if spread.any() else np.zeros(1)
+        log_scales = np.log(std[spread]) if spread.any() else np.zeros(1)
         self._log_scale = (float(log_scales.mean()), max(float(log_scales.std()), 0.1))
         self._level_prior = (float(self._level.mean()), max(float(self._level.var()), 1e-12))
-        self._x = np.array([space.encode(c) for c in transfer.configs], dtype=np.float64)
-        self._index = {config_key(c): i for i, c in enumerate(transfer.configs)}
+        self._x, self._index = transfer.encoded(space)
         self._seen: dict[str, np.ndarray] = {}  # key: standardised scores on the tasks
         self._random = RandomSampler(seed=seed)
 
