@@ -65,8 +65,8 @@ def test_after_zero_is_the_second_sampler_alone_and_negative_is_refused(small_sp
     [
         ({"then": "gpp"}, r"policies.handed.then must be one of random, tpe, gp, cmaes, transfer_gp, got 'gpp'.*gp"),
         ({"then": None, "after": 3}, r"policies.handed.after needs policies.handed.then"),
-        ({"then": "gp", "after": 0}, r"policies.handed.after must be a whole number >= 1, got 0"),
-        ({"then": "gp", "after": 2.5}, r"after must be a whole number >= 1, got 2.5"),
+        ({"then": "gp", "after": -1}, r"policies.handed.after must be a whole number >= 0, got -1"),
+        ({"then": "gp", "after": 2.5}, r"after must be a whole number >= 0, got 2.5"),
     ],
 )  # fmt: skip
 def test_bad_handover_settings_are_named(settings, message):

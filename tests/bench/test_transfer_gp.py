@@ -233,7 +233,7 @@ def test_a_policy_hands_over_to_transfer_gp_for_the_rest(tiny_policy):
 
 def test_a_policy_on_a_surrogate_hands_over_to_transfer_gp_by_default():
     surrogate = {"benchmark": "yahpo/rbv2_rpart", "train_tasks": ["3"], "test_tasks": ["6"]}
-    assert BenchConfig.load(surrogate).handover_of("policy") == ("transfer_gp", 1)
+    assert BenchConfig.load(surrogate).handover_of("policy") == ("transfer_gp", 0)
     assert BenchConfig.load({**surrogate, "policy": {"after": 3}}).handover_of("policy") == (
         "transfer_gp",
         3,
@@ -279,3 +279,27 @@ def test_runs_share_the_candidates_encoding(small_space):
     first, second = (TransferGPSampler(small_space, transfer, seed=s) for s in (0, 1))
     assert first._x is second._x and first._index is second._index
     assert np.allclose(first._x[3], small_space.encode(transfer.configs[3]))
+
+
+def test_with_meta_the_first_proposal_refines_the_best_candidate(small_space):
+    """Every meta-train task is best at the bound lr = 1 with adam; a sample of 30 candidates
+    has none there. With ``meta`` the first proposal is searched for around the best-average
+    candidates, and beats them on the meta-train tasks; without refinement it is the best-average
+    candidate itself."""
+    rng = np.random.default_rng(3)
+    configs = [small_space.sample(rng) for _ in range(30)]
+    offsets = np.array([0.0, -0.1, 0.05, -0.2])
+
+    def meta(more):
+        lr = np.log10([c["lr"] for c in more])
+        adam = np.array([c["optimizer"] == "adam" for c in more])
+        return 0.9 + offsets[:, None] - 0.05 * lr**2 + 0.05 * adam
+
+    values = meta(configs)
+    transfer = TransferCandidates(configs, values.max(1, keepdims=True) - values, values, meta)
+    plain = TransferGPSampler(small_space, transfer, seed=0, rounds=0).next_config([])
+    assert plain == transfer.best_average(1)[0]
+    refined = TransferGPSampler(small_space, transfer, seed=0).next_config([])
+    assert config_key(refined) not in {config_key(c) for c in configs}
+    assert meta([refined]).mean() > values.max(1).mean()  # above every task's best candidate
+    assert refined["optimizer"] == "adam" and np.log10(refined["lr"]) > -0.1

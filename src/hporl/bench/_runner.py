@@ -238,15 +238,15 @@ class BenchConfig(BaseModel):
                 + did_you_mean(str(then), choices)
             )
         if after is not None and (
-            not isinstance(after, int) or isinstance(after, bool) or after < 1
+            not isinstance(after, int) or isinstance(after, bool) or after < 0
         ):
-            raise ConfigError(f"{where}.after must be a whole number >= 1, got {after!r}")
+            raise ConfigError(f"{where}.after must be a whole number >= 0, got {after!r}")
 
     def handover_of(self, method: str) -> tuple[str | None, int | None]:
         """What a policy method hands over to (``None``: nothing) and after how many of its
         trials (``None``: :func:`~hporl.sampler.handover_after`): its own ``then`` / ``after``;
-        by default, on a surrogate with trial budgets and meta-train tasks, transfer GP after
-        the policy's first trial (:data:`TRANSFER_AFTER`), otherwise :data:`~hporl.sampler.THEN`.
+        by default, on a surrogate with trial budgets and meta-train tasks, transfer GP from
+        the first trial (:data:`TRANSFER_AFTER`), otherwise :data:`~hporl.sampler.THEN`.
         """
         settings = self.settings_of(method)
         if "then" in settings:
