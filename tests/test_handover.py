@@ -78,7 +78,7 @@ def test_bad_handover_settings_are_named(settings, message):
 @needs_rpart
 def test_a_bench_policy_hands_over_after_its_trials(tmp_path: Path) -> None:
     tiny_agent = {"total_timesteps": 256, "n_envs": 4, "params": {"n_steps": 32}}
-    policy = {"agent": tiny_agent, "pretrain": {"candidates": 30, "epochs": 5}}
+    policy = {"agent": tiny_agent, "pretrain": {"candidates": 30, "epochs": 5}, "then": None}
     run({**TINY, "methods": ["policy"], "budgets": [1, 5], "policy": policy}, out=tmp_path / "a")
     path = str(tmp_path / "a" / "policy_fold0")
     config = {

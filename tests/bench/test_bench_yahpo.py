@@ -98,13 +98,14 @@ def test_named_policies_are_methods_beside_the_default_one(tmp_path: Path) -> No
     config = {
         **TINY,
         "methods": ["policy", "policy_v1", "portfolio"],
-        "policy": {"agent": tiny_agent, "pretrain": {"candidates": 30, "epochs": 5}},
+        "policy": {"agent": tiny_agent, "pretrain": {"candidates": 30, "epochs": 5}, "after": 1},
         "policies": {
             "policy_v1": {
                 "layout_version": 1,
                 "history": 3,
                 "agent": {**tiny_agent, "extractor": "mlp"},
                 "pretrain": {"candidates": 30, "epochs": 5},
+                "then": "gp",
             }
         },
     }
@@ -116,3 +117,21 @@ def test_named_policies_are_methods_beside_the_default_one(tmp_path: Path) -> No
     assert new["layout"]["version"] == 2 and new["policy_kwargs"]["extractor"]["name"] == "history"
     with pytest.raises(ConfigError, match="policy 'random' has the name of a built-in method"):
         BenchConfig.load({**config, "policies": {"random": {}}})
+
+
+@needs_rpart
+def test_the_default_policy_method_on_a_surrogate_is_transfer_gp_and_trains_nothing(
+    tmp_path: Path,
+) -> None:
+    """With train tasks on a surrogate, ``policy: {}`` is transfer GP from the first trial (its
+    refined first proposal beat the policy's on held-out tasks): no policy is meta-trained, and
+    it proposes what the ``transfer_gp`` method proposes."""
+    summary = run({**TINY, "methods": ["policy", "transfer_gp"]}, out=tmp_path)
+    assert set(summary["methods"]) == {"policy", "transfer_gp"}
+    assert not list(tmp_path.glob("policy*_fold*"))
+    records = json.loads((tmp_path / "results.json").read_text())
+    runs = {
+        m: [(r["task"], r["config"]) for r in records if r["method"] == m]
+        for m in ("policy", "transfer_gp")
+    }
+    assert runs["policy"] == runs["transfer_gp"] and len(runs["policy"]) == 2 * 3

@@ -207,7 +207,8 @@ def test_then_transfer_gp_is_checked():
         BenchConfig.load({**base, "methods": ["policy"], "policy": {"then": "transfer"}})
 
 
-def test_a_policy_hands_over_to_transfer_gp_for_the_rest(tiny_policy):
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_policy_hands_over_to_transfer_gp_for_the_rest(after, tiny_policy):
     from hporl.bench._samplers import make_sampler
     from hporl.sampler import HandoverSampler, PolicySampler
 
@@ -224,8 +225,11 @@ def test_a_policy_hands_over_to_transfer_gp_for_the_rest(tiny_policy):
         transfer=transfer,
         policy=policy,
         then="transfer_gp",
-        after=1,
+        after=after,
     )
+    if not after:  # the policy is never asked
+        assert isinstance(sampler, TransferGPSampler)
+        return
     assert isinstance(sampler, HandoverSampler)
     assert isinstance(sampler.sampler_at(0), PolicySampler)
     assert all(isinstance(sampler.sampler_at(p), TransferGPSampler) for p in (1, 10, 29))

@@ -511,6 +511,9 @@ def _run(
             timings[f"transfer_fold{f}"] = time.perf_counter() - t0
         policies: dict[str, Any] = {}
         for method in [m for m in config.methods if m == "policy" or m in config.policies]:
+            if config.handover_of(method) == (TRANSFER_THEN, 0):
+                say(f"fold {f + 1}/{len(folds)}: {method} is transfer GP from its first trial")
+                continue  # nothing of a policy is used: none is meta-trained or loaded
             t0 = time.perf_counter()
             settings = config.settings_of(method)
             path = config.policy_path if method == "policy" else settings.pop("path", None)
@@ -604,7 +607,8 @@ def _one_run(
     )
     full = int(task.epochs)
     settings = config.settings_of(method)
-    then, after = config.handover_of(method) if policy is not None else (None, None)
+    policy_method = method == "policy" or method in config.policies
+    then, after = config.handover_of(method) if policy_method else (None, None)
     if policy is not None:
         pruner_name = settings.get("pruner")
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:

@@ -489,6 +489,9 @@ def make_sampler(
     the rest (:meth:`~hporl.sampler.HandoverSampler.after_policy`)."""
     if fixed and method in fixed:
         return FixedSequenceSampler(space, [fixed[method]] * n_trials, seed=seed)
+    if then == TRANSFER_THEN and after == 0:  # a policy method that never asks its policy
+        assert transfer is not None
+        return TransferGPSampler(space, transfer, seed=seed)
     if method in PRUNABLE:
         return optuna_sampler(method, seed=seed, parallel=parallel)
     if method == "transfer_gp":
