@@ -141,6 +141,19 @@ def test_failures_are_not_proposed_again_and_minimise_is_read(small_space):
     assert picked == maximised
 
 
+def test_a_failed_first_trial_covers_nothing_in_the_hedge(small_space):
+    """The portfolio stage complements what the tried configurations cover: a failure covers
+    nothing, so the second trial is the next best-average candidate, not the failure's
+    complement."""
+    configs, transfer, family = _families(small_space)
+    truth = dict(zip(map(config_key, configs), family(-1, 0.0), strict=True))
+    score = lambda c: truth[config_key(c)]  # noqa: E731
+    failed = _run(TransferGPSampler(small_space, transfer, seed=0), small_space, score, 2, fail={0})
+    assert failed == transfer.best_average(2)
+    ran = _run(TransferGPSampler(small_space, transfer, seed=0), small_space, score, 2)
+    assert ran == transfer.portfolio(2) and ran[1] != failed[1]
+
+
 def test_with_every_candidate_tried_it_samples_at_random(small_space):
     configs, transfer, family = _families(small_space)
     few = TransferCandidates(configs[:4], transfer.regret[:, :4], transfer.values[:, :4])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -265,15 +266,16 @@ class TransferGPSampler(BaseSampler):
     def next_config(
         self, trials: Sequence[tuple[Mapping[str, Any], float | None]]
     ) -> dict[str, Any] | None:
-        """The configuration to try after ``trials`` (configuration, score to maximise, or
-        ``None`` for a failure or a trial under way); ``None`` when every one it can choose
-        among was tried (the trial is then sampled at random)."""
+        """The configuration to try after ``trials`` (configuration, score to maximise, NaN
+        for a failure, or ``None`` for a trial under way or pruned); ``None`` when every one it
+        can choose among was tried (the trial is then sampled at random)."""
         tried = {config_key(c) for c, _ in trials}
         seen = [(c, y) for c, y in trials if y is not None and np.isfinite(y)]
         rng = np.random.default_rng([self.seed or 0, len(trials)])
         stage: Callable[[np.ndarray, np.ndarray], np.ndarray]
         if len(trials) < self.start or not seen:
-            so_far = self._so_far([c for c, _ in trials])
+            # what the tried ones cover: a failure (NaN) covers nothing, a trial under way will
+            so_far = self._so_far([c for c, y in trials if y is None or np.isfinite(y)])
             z, x, more = self._z, self._x, []
             stage = lambda z, x: self._complement(z, so_far)  # noqa: E731
         else:
@@ -436,11 +438,8 @@ class TransferGPSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        trials = [  # failed, pruned or under way: tried, nothing observed
-            (
-                self.space.from_optuna_params(t.params),
-                sign * t.value if t.state == TrialState.COMPLETE else None,
-            )
+        trials = [  # failed (NaN), pruned or under way (None): tried, nothing observed
+            (self.space.from_optuna_params(t.params), _observed(t, sign))
             for t in study.get_trials(deepcopy=False)
             if t.number != trial.number and t.params
         ]
@@ -454,6 +453,13 @@ class TransferGPSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any
     ) -> Any:
         return self._random.sample_independent(study, trial, name, dist)
+
+
+def _observed(trial: FrozenTrial, sign: float) -> float | None:
+    """A trial's score to maximise; NaN when it failed, ``None`` when pruned or under way."""
+    if trial.state == TrialState.COMPLETE:
+        return sign * trial.value
+    return math.nan if trial.state == TrialState.FAIL else None
 
 
 def _improvement(mean: np.ndarray, var: Any, best: float) -> np.ndarray:
