@@ -199,8 +199,8 @@ def test_hporl_bench_on_a_tiny_lcbench_config(tmp_path):
         f"benchmark: lcbench\ndata_dir: {LCBENCH}\ntrain_tasks: ['3945', '7593']\ntest_tasks: ['34539', '167152']\n"
         "methods: [policy, random, tpe, gp, cmaes, best_average, portfolio, transfer_gp]\nbudgets: [1, 2]\nseeds: 1\n"
         "normalisation_samples: 200\ntransfer_candidates: 20\n"
-        "policy: {budget: 2, pretrain: {candidates: 10, epochs: 5}, agent: {total_timesteps: 64, "
-        "params: {n_steps: 32, batch_size: 16}}}\n"
+        "policy: {budget: 2, after: 1, pretrain: {candidates: 10, epochs: 5}, agent: "
+        "{total_timesteps: 64, params: {n_steps: 32, batch_size: 16}}}\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "hporl.cli", "bench", str(bench), "--out", str(tmp_path / "out")],

@@ -216,6 +216,11 @@ class BenchConfig(BaseModel):
                 raise ConfigError(
                     f"{where}.pruner: a budget-aware policy chooses how long each trial trains"
                 )
+        if settings.get("budget_unit") == "epochs" and self.budget_unit != "epochs":
+            raise ConfigError(
+                f"{where}.budget_unit: epochs (a budget-aware policy) needs the bench's "
+                "budget_unit: epochs"
+            )
         try:
             Probe.from_setting(settings.get("probe"))
         except ValueError as err:
@@ -900,11 +905,6 @@ def _policy(
     unit = settings.get("budget_unit", "trials")
     if unit not in ("trials", "epochs"):
         raise ConfigError(f"policy.budget_unit must be trials or epochs, got {unit!r}")
-    if unit == "epochs" and config.budget_unit != "epochs":
-        raise ConfigError(
-            "policy.budget_unit: epochs (a budget-aware policy) needs the bench's "
-            "budget_unit: epochs"
-        )
     fidelities = None
     if unit == "epochs":
         fidelities = [float(f) for f in settings.get("fidelities") or FIDELITIES]
