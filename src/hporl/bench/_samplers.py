@@ -223,12 +223,9 @@ class TransferGPSampler(BaseSampler):
         """Configurations' standardised scores on the meta-train tasks ``[t, i]``; those of
         configurations outside the candidates are kept for later calls when ``keep`` (trials:
         they are read at every proposal), not for the ones drawn to choose among."""
-        if not keep:
-            fresh = [c for c in configs if config_key(c) not in self._index]
-            if self.transfer.meta is not None and len(fresh) == len(configs):
-                return self._standardise(
-                    np.asarray(self.transfer.meta([dict(c) for c in configs]), dtype=np.float64)
-                )
+        if not keep and self.transfer.meta is not None:  # a candidate scores its own values
+            scores = self.transfer.meta([dict(c) for c in configs])
+            return self._standardise(np.asarray(scores, dtype=np.float64))
         new = {
             key: dict(c)
             for c in configs
