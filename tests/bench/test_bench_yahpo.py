@@ -120,13 +120,16 @@ def test_named_policies_are_methods_beside_the_default_one(tmp_path: Path) -> No
 
 
 @needs_rpart
+@pytest.mark.parametrize("unit", ["trials", "epochs"])
 def test_the_default_policy_method_on_a_surrogate_is_transfer_gp_and_trains_nothing(
-    tmp_path: Path,
+    tmp_path: Path, unit: str
 ) -> None:
     """With train tasks on a surrogate, ``policy: {}`` is transfer GP from the first trial (its
-    refined first proposal beat the policy's on held-out tasks): no policy is meta-trained, and
-    it proposes what the ``transfer_gp`` method proposes."""
-    summary = run({**TINY, "methods": ["policy", "transfer_gp"]}, out=tmp_path)
+    refined first proposal beat the policy's on held-out tasks), with budgets in trials or in
+    epochs: no policy is meta-trained, and it proposes what the ``transfer_gp`` method
+    proposes, each trial trained fully."""
+    config = {**TINY, "methods": ["policy", "transfer_gp"], "budget_unit": unit}
+    summary = run(config, out=tmp_path)
     assert set(summary["methods"]) == {"policy", "transfer_gp"}
     assert not list(tmp_path.glob("policy*_fold*"))
     records = json.loads((tmp_path / "results.json").read_text())
@@ -135,3 +138,5 @@ def test_the_default_policy_method_on_a_surrogate_is_transfer_gp_and_trains_noth
         for m in ("policy", "transfer_gp")
     }
     assert runs["policy"] == runs["transfer_gp"] and len(runs["policy"]) == 2 * 3
+    if unit == "epochs":
+        assert all(r["epochs"] == r["full_epochs"] and r["status"] == "ok" for r in records)

@@ -207,17 +207,22 @@ def test_it_needs_the_candidates_scores(small_space):
 def test_then_transfer_gp_is_checked():
     base = {"benchmark": "small", "train_tasks": ["iris"], "test_tasks": ["wine"]}
     BenchConfig.load({**base, "methods": ["policy"], "policy": {"then": "transfer_gp"}})
-    with pytest.raises(ConfigError, match="transfer_gp proposes full trainings by trial count"):
-        BenchConfig.load(
-            {
-                **base,
-                "methods": ["policy"],
-                "budget_unit": "epochs",
-                "policy": {"then": "transfer_gp"},
-            }
-        )
+    epochs = {**base, "methods": ["policy"], "budget_unit": "epochs"}
+    BenchConfig.load({**epochs, "policy": {"then": "transfer_gp", "after": 0}})
+    with pytest.raises(ConfigError, match="epochs transfer_gp proposes every trial"):
+        BenchConfig.load({**epochs, "policy": {"then": "transfer_gp"}})
     with pytest.raises(ConfigError, match="random, tpe, gp, cmaes, transfer_gp"):
         BenchConfig.load({**base, "methods": ["policy"], "policy": {"then": "transfer"}})
+    # after: 0 never asks the policy: naming one, or probing, contradicts it
+    never = {"then": "transfer_gp", "after": 0}
+    with pytest.raises(ConfigError, match="would never propose"):
+        BenchConfig.load({**base, "methods": ["policy"], "policy_path": "p", "policy": never})
+    with pytest.raises(ConfigError, match=r"policies\.mine: after: 0 .* never propose"):
+        mine = {**never, "agent": {"algorithm": "ppo"}}
+        BenchConfig.load({**base, "methods": ["mine"], "policies": {"mine": mine}})
+    with pytest.raises(ConfigError, match="policy.probe: transfer_gp trains every trial"):
+        BenchConfig.load({**epochs, "policy": {**never, "probe": {"fidelity": 0.5}}})
+    BenchConfig.load({**epochs, "policy": {**never, "probe": False, "pruner": "median"}})
 
 
 @pytest.mark.parametrize("after", [0, 1])
@@ -251,6 +256,7 @@ def test_a_policy_hands_over_to_transfer_gp_for_the_rest(after, tiny_policy):
 def test_a_policy_on_a_surrogate_hands_over_to_transfer_gp_by_default():
     surrogate = {"benchmark": "yahpo/rbv2_rpart", "train_tasks": ["3"], "test_tasks": ["6"]}
     assert BenchConfig.load(surrogate).handover_of("policy") == ("transfer_gp", 0)
+    assert BenchConfig.load(surrogate).transfer_only("policy")
     assert BenchConfig.load({**surrogate, "policy": {"after": 3}}).handover_of("policy") == (
         "transfer_gp",
         3,
@@ -259,11 +265,22 @@ def test_a_policy_on_a_surrogate_hands_over_to_transfer_gp_by_default():
     assert BenchConfig.load(own).handover_of("mine") == ("tpe", None)
     alone = BenchConfig.load({**surrogate, "policy": {"then": None}})
     assert alone.handover_of("policy") == (None, None)
-    # no meta-train tasks to take scores from, epoch budgets, real training: optuna's GP
+    # a policy of its own (saved, or meta-trained with settings) proposes its first trial
+    named = BenchConfig.load({**surrogate, "policy_path": "p"})
+    assert named.handover_of("policy") == ("transfer_gp", 1)
+    assert not named.transfer_only("policy")
+    recipe = {**surrogate, "methods": ["old"], "policies": {"old": {"n_bins": 8}}}
+    assert BenchConfig.load(recipe).handover_of("old") == ("transfer_gp", 1)
+    # epoch budgets: transfer GP trains full trials from the first; a policy of its own (a
+    # budget-aware one too) is probed, or chooses, then hands over to optuna's GP
+    epochs = {**surrogate, "budget_unit": "epochs", "methods": ["policy"]}
+    assert BenchConfig.load(epochs).handover_of("policy") == ("transfer_gp", 0)
+    assert BenchConfig.load({**epochs, "policy_path": "p"}).handover_of("policy") == ("gp", None)
+    aware = BenchConfig.load({**epochs, "policy": {"budget_unit": "epochs"}})
+    assert aware.handover_of("policy") == ("gp", None)
+    # no meta-train tasks to take scores from, real training: optuna's GP
     loaded = {"benchmark": "yahpo/rbv2_rpart", "test_tasks": ["6"], "methods": ["policy"]}
     assert BenchConfig.load({**loaded, "policy_path": "p"}).handover_of("policy") == ("gp", None)
-    epochs = {**surrogate, "budget_unit": "epochs", "methods": ["policy"]}
-    assert BenchConfig.load(epochs).handover_of("policy") == ("gp", None)
     real = {"benchmark": "small", "train_tasks": ["iris"], "test_tasks": ["wine"]}
     assert BenchConfig.load(real).handover_of("policy") == ("gp", None)
 

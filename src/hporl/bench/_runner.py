@@ -39,6 +39,9 @@ __all__ = ["BenchConfig", "run"]
 
 logger = logging.getLogger(__name__)
 
+RUN_KEYS = ("then", "after", "pruner", "probe")
+"""The settings of a bench policy that say how it is run, not how it is made."""
+
 
 class BenchConfig(BaseModel):
     """A benchmark (the YAML of ``hporl bench``). The first eight keys are a contract."""
@@ -226,15 +229,31 @@ class BenchConfig(BaseModel):
         except ValueError as err:
             raise ConfigError(f"{where}.{err}") from None
         then, after = self.handover_of(name)
+        if after is not None and (
+            not isinstance(after, int) or isinstance(after, bool) or after < 0
+        ):
+            raise ConfigError(f"{where}.after must be a whole number >= 0, got {after!r}")
         if then is None:
             if after is not None:
                 raise ConfigError(f"{where}.after needs {where}.then (the sampler handed over to)")
             return
         if then == TRANSFER_THEN:
-            if self.budget_unit == "epochs":
+            if self.budget_unit == "epochs" and after != 0:
                 raise ConfigError(
-                    f"{where}.then: {TRANSFER_THEN} proposes full trainings by trial count; with "
-                    f"budget_unit: epochs hand over to one of {', '.join(PRUNABLE)}"
+                    f"{where}.then: with budget_unit: epochs {TRANSFER_THEN} proposes every "
+                    f"trial (after: 0, its default where no policy is named); a policy hands "
+                    f"over to one of {', '.join(PRUNABLE)}"
+                )
+            if after == 0 and self.names_policy(name):
+                raise ConfigError(
+                    f"{where}: after: 0 hands every trial to {TRANSFER_THEN}, so the policy it "
+                    "names (a path or meta-training settings) would never propose; drop them, "
+                    "or raise after"
+                )
+            if after == 0 and settings.get("probe") not in (None, False):
+                raise ConfigError(
+                    f"{where}.probe: {TRANSFER_THEN} trains every trial it proposes fully (or "
+                    f"under {where}.pruner); probing is for a policy's proposals"
                 )
         elif then not in PRUNABLE:
             choices = [*PRUNABLE, TRANSFER_THEN]
@@ -242,24 +261,37 @@ class BenchConfig(BaseModel):
                 f"{where}.then must be one of {', '.join(choices)}, got {then!r}."
                 + did_you_mean(str(then), choices)
             )
-        if after is not None and (
-            not isinstance(after, int) or isinstance(after, bool) or after < 0
-        ):
-            raise ConfigError(f"{where}.after must be a whole number >= 0, got {after!r}")
 
     def handover_of(self, method: str) -> tuple[str | None, int | None]:
         """What a policy method hands over to (``None``: nothing) and after how many of its
-        trials (``None``: :func:`~hporl.sampler.handover_after`): its own ``then`` / ``after``;
-        by default, on a surrogate with trial budgets and meta-train tasks, transfer GP from
-        the first trial (:data:`TRANSFER_AFTER`), otherwise :data:`~hporl.sampler.THEN`.
-        """
+        trials (``None``: :func:`~hporl.sampler.handover_after`): its own ``then`` / ``after``.
+        By default, on a surrogate with meta-train tasks, a method that names no policy of its
+        own (:meth:`names_policy`) is transfer GP from the first trial
+        (:data:`TRANSFER_AFTER`), in trials or epochs; one that does, with trial budgets,
+        proposes its first trial, then transfer GP; otherwise :data:`~hporl.sampler.THEN`."""
         settings = self.settings_of(method)
         if "then" in settings:
             return settings["then"], settings.get("after")
         meta_train = bool(self.train_tasks) or self.folds is not None
-        if self.scenario is not None and self.budget_unit == "trials" and meta_train:
-            return TRANSFER_THEN, settings.get("after", TRANSFER_AFTER)
+        if self.scenario is not None and meta_train:
+            if not self.names_policy(method):
+                return TRANSFER_THEN, settings.get("after", TRANSFER_AFTER)
+            if self.budget_unit == "trials":
+                return TRANSFER_THEN, settings.get("after", 1)
         return THEN, settings.get("after")
+
+    def names_policy(self, method: str) -> bool:
+        """Whether a policy method names a policy of its own: a saved one (``policy_path``,
+        ``path:``) or settings to meta-train one with (any key but how it is run: ``then``,
+        ``after``, ``pruner``, ``probe``)."""
+        settings = self.settings_of(method)
+        path = self.policy_path if method == "policy" else settings.get("path")
+        return bool(path) or bool(set(settings) - set(RUN_KEYS))
+
+    def transfer_only(self, method: str) -> bool:
+        """Whether a policy method is transfer GP from its first trial: its policy would never
+        propose, so none is meta-trained or loaded."""
+        return self.handover_of(method) == (TRANSFER_THEN, 0)
 
     def settings_of(self, method: str) -> dict[str, Any]:
         """The settings of a policy method (``policy:``, or its entry in ``policies:``); empty
@@ -516,13 +548,13 @@ def _run(
             timings[f"transfer_fold{f}"] = time.perf_counter() - t0
         policies: dict[str, Any] = {}
         for method in [m for m in config.methods if m == "policy" or m in config.policies]:
-            if config.handover_of(method) == (TRANSFER_THEN, 0):
+            if config.transfer_only(method):
                 say(f"fold {f + 1}/{len(folds)}: {method} is transfer GP from its first trial")
                 continue  # nothing of a policy is used: none is meta-trained or loaded
             t0 = time.perf_counter()
             settings = config.settings_of(method)
             path = config.policy_path if method == "policy" else settings.pop("path", None)
-            for key in ("then", "after", "pruner", "probe"):  # how it is run, not how it is made
+            for key in RUN_KEYS:  # how it is run, not how it is made
                 settings.pop(key, None)
             suffix = "" if method == "policy" else f"_{method}"
             say(
@@ -614,7 +646,7 @@ def _one_run(
     settings = config.settings_of(method)
     policy_method = method == "policy" or method in config.policies
     then, after = config.handover_of(method) if policy_method else (None, None)
-    if policy is not None:
+    if policy_method:
         pruner_name = settings.get("pruner")
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:
         # a budget-aware policy chooses fidelities; any other probes its proposals (Probe)
