@@ -220,7 +220,7 @@ def test_then_transfer_gp_is_checked():
     with pytest.raises(ConfigError, match=r"policies\.mine: after: 0 .* never propose"):
         mine = {**never, "agent": {"algorithm": "ppo"}}
         BenchConfig.load({**base, "methods": ["mine"], "policies": {"mine": mine}})
-    with pytest.raises(ConfigError, match="policy.probe: transfer_gp trains every trial"):
+    with pytest.raises(ConfigError, match=r"policy\.probe: transfer_gp trains every trial"):
         BenchConfig.load({**epochs, "policy": {**never, "probe": {"fidelity": 0.5}}})
     BenchConfig.load({**epochs, "policy": {**never, "probe": False, "pruner": "median"}})
 
