@@ -188,15 +188,12 @@ class TransferGPSampler(BaseSampler):
         start: int = 2,
         mixture: int = 5,
         tau: float = 0.3,
-        xi: float = 0.0,
-        spacing: float = 0.0,
     ) -> None:
         if transfer.values is None:
             raise ValueError("transfer_gp needs the candidates' scores on the meta-train tasks")
         self.space, self.transfer, self.seed = space, transfer, seed
         self.local, self.rounds, self.start = local, rounds, start
         self.mixture, self.tau = mixture, tau
-        self.xi, self.spacing = xi, spacing
         self._rbf, self._noise, self._length = rbf, noise, length
         values = np.asarray(transfer.values, dtype=np.float64)
         std = values.std(1)
@@ -426,13 +423,9 @@ class TransferGPSampler(BaseSampler):
             mu = level + s * z_mean + cross @ np.linalg.solve(chol.T, r)
             w = np.linalg.solve(chol, cross.T)
             var = np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12)
-            improvement.append(_improvement(mu, var, y.max() + self.xi * s))
+            improvement.append(_improvement(mu, var, y.max()))
         weights = np.exp(np.array(log_post) - max(log_post))
-        acquisition = (weights / weights.sum()) @ np.array(improvement)
-        if self.spacing > 0:  # no choice closer than ``spacing`` to a trial
-            near = np.sqrt(((x[:, None, :] - x_o[None]) ** 2).sum(-1)).min(1) < self.spacing
-            acquisition[near] = -np.inf
-        return acquisition
+        return (weights / weights.sum()) @ np.array(improvement)
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
