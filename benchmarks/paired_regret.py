@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from hporl.bench._report import _at_budgets
+from hporl.bench._report import regret_at_budgets
 
 
 def main() -> None:
@@ -44,23 +43,19 @@ def main() -> None:
     else:
         budgets = sorted({int(k) for m in summary["methods"].values() for k in m["regret"]})
     against = [] if args.against is None else [args.against]
-    config = SimpleNamespace(
-        budget_unit=summary.get("budget_unit", "trials"),
-        budgets=[*budgets, *against],
-        n_trials=max([*budgets, *against]),
-    )
-    curves = _at_budgets(records, config)
+    unit = summary.get("budget_unit", "trials")
+    curves = regret_at_budgets(records, [*budgets, *against], unit=unit)
     a, b = curves[args.a], curves[args.b]
     pairs = sorted(set(a) & set(b))
     diff = np.array(
         [[a[key][i] - b[key][-1 if against else i] for i in range(len(budgets))] for key in pairs]
     )
     mean, se = diff.mean(0), diff.std(0, ddof=1) / np.sqrt(len(diff))
-    unit = "B" if config.budget_unit == "epochs" else "K"
-    other = f" at {unit} = {args.against}" if against else ""
-    print(f"{args.a} - {args.b}{other}, {len(pairs)} paired runs ({config.budget_unit}):")
+    letter = "B" if unit == "epochs" else "K"
+    other = f" at {letter} = {args.against}" if against else ""
+    print(f"{args.a} - {args.b}{other}, {len(pairs)} paired runs ({unit}):")
     for k, m, s in zip(budgets, mean, se, strict=True):
-        print(f"  {unit} = {k}: {m:+.4f} ± {s:.4f}")
+        print(f"  {letter} = {k}: {m:+.4f} ± {s:.4f}")
 
 
 if __name__ == "__main__":

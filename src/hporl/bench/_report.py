@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["normalised_regret", "ranks", "summarise", "summarise_finals", "write_report"]
+__all__ = [
+    "normalised_regret",
+    "ranks",
+    "regret_at_budgets",
+    "summarise",
+    "summarise_finals",
+    "write_report",
+]
 
 
 def normalised_regret(best_so_far: float, y_min: float, y_max: float) -> float:
@@ -75,16 +83,16 @@ def _epoch_curves(
     return out
 
 
-def _at_budgets(
-    records: list[dict[str, Any]], config: Any
+def regret_at_budgets(
+    records: list[dict[str, Any]], budgets: Sequence[int], *, unit: str = "trials"
 ) -> dict[str, dict[tuple[str, int], list[float]]]:
-    """method -> (task, seed) -> regret at each of ``config.budgets`` (trials, or full-training
-    equivalents of epochs with ``budget_unit: epochs``)."""
-    if getattr(config, "budget_unit", "trials") == "epochs":
-        return _epoch_curves(records, np.asarray(config.budgets, dtype=float))
-    curves = _curves(records, config.n_trials)
+    """method -> (task, seed) -> regret at each of ``budgets`` (trials, or with ``unit:
+    "epochs"`` full-training equivalents of epochs), from a bench's ``results.json`` rows."""
+    if unit == "epochs":
+        return _epoch_curves(records, np.asarray(budgets, dtype=float))
+    curves = _curves(records, max(budgets))
     return {
-        m: {key: [c[k - 1] for k in config.budgets] for key, c in runs.items()}
+        m: {key: [c[k - 1] for k in budgets] for key, c in runs.items()}
         for m, runs in curves.items()
     }
 
@@ -94,10 +102,11 @@ def summarise(
 ) -> dict[str, Any]:
     """Per method and budget: mean normalised regret, its standard error and the mean rank over
     tasks x seeds; with ``budget_unit: epochs`` also the trials per run and epochs per trial."""
-    curves = _at_budgets(records, config)
+    unit = getattr(config, "budget_unit", "trials")
+    curves = regret_at_budgets(records, config.budgets, unit=unit)
     methods = [m for m in config.methods if m in curves]
     keys = sorted(set().union(*(curves[m].keys() for m in methods))) if methods else []
-    epochs = getattr(config, "budget_unit", "trials") == "epochs"
+    epochs = unit == "epochs"
     summary: dict[str, Any] = {
         "methods": {},
         "train_tasks": train_tasks,
