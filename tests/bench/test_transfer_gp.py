@@ -245,12 +245,10 @@ def test_a_policy_hands_over_to_transfer_gp_for_the_rest(after, tiny_policy):
         then="transfer_gp",
         after=after,
     )
-    if not after:  # the policy is never asked
-        assert isinstance(sampler, TransferGPSampler)
-        return
     assert isinstance(sampler, HandoverSampler)
-    assert isinstance(sampler.sampler_at(0), PolicySampler)
-    assert all(isinstance(sampler.sampler_at(p), TransferGPSampler) for p in (1, 10, 29))
+    if after:
+        assert isinstance(sampler.sampler_at(0), PolicySampler)
+    assert all(isinstance(sampler.sampler_at(p), TransferGPSampler) for p in (after, 10, 29))
 
 
 def test_a_policy_on_a_surrogate_hands_over_to_transfer_gp_by_default():
@@ -337,3 +335,42 @@ def test_with_meta_the_first_proposal_refines_the_best_candidate(small_space):
     assert config_key(refined) not in {config_key(c) for c in configs}
     assert meta([refined]).mean() > values.max(1).mean()  # above every task's best candidate
     assert refined["optimizer"] == "adam" and np.log10(refined["lr"]) > -0.1
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_a_pruned_trial_counts_as_the_best_curve_would_have_ended_it(direction, small_space):
+    """A pruned trial is read as its last reported value plus what the best complete trial
+    gained from that epoch on; with no complete trial, as nothing (like a trial under way)."""
+    configs, transfer, _ = _families(small_space)
+    sign = 1.0 if direction == "maximize" else -1.0
+    sampler = TransferGPSampler(small_space, transfer, seed=0)
+    seen = []
+    sampler.next_config = lambda trials: seen.append(list(trials)) or None  # type: ignore
+    study = optuna.create_study(direction=direction, sampler=sampler)
+    key = lambda i: config_key(configs[i])  # noqa: E731
+
+    def add(i, curve, state=optuna.trial.TrialState.COMPLETE):
+        params = small_space.optuna_params(configs[i])
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={n: small_space.to_optuna()[n] for n in params},
+                intermediate_values={e + 1: sign * v for e, v in enumerate(curve)},
+                value=sign * curve[-1] if state == optuna.trial.TrialState.COMPLETE else None,
+                state=state,
+            )
+        )
+
+    def observed():
+        small_space.suggest(study.ask())  # the sampler reads the history at the first suggest
+        return {config_key(c): y for c, y in seen[-1]}
+
+    add(1, [0.4, 0.45], optuna.trial.TrialState.PRUNED)
+    assert observed()[key(1)] is None
+    add(0, [0.5, 0.6, 0.7, 0.8])
+    add(2, [0.3, 0.5, 0.9, 0.95])  # ends best
+    add(3, [0.4], optuna.trial.TrialState.PRUNED)
+    now = observed()
+    assert now[key(0)] == pytest.approx(0.8)
+    assert now[key(1)] == pytest.approx(0.45 + (0.95 - 0.5))
+    assert now[key(3)] == pytest.approx(0.4 + (0.95 - 0.3))

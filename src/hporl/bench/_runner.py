@@ -238,28 +238,37 @@ class BenchConfig(BaseModel):
                 raise ConfigError(f"{where}.after needs {where}.then (the sampler handed over to)")
             return
         if then == TRANSFER_THEN:
-            if self.budget_unit == "epochs" and after != 0:
-                raise ConfigError(
-                    f"{where}.then: with budget_unit: epochs {TRANSFER_THEN} proposes every "
-                    f"trial (after: 0, its default where no policy is named); a policy hands "
-                    f"over to one of {', '.join(PRUNABLE)}"
-                )
-            if after == 0 and self.names_policy(name):
-                raise ConfigError(
-                    f"{where}: after: 0 hands every trial to {TRANSFER_THEN}, so the policy it "
-                    "names (a path or meta-training settings) would never propose; drop them, "
-                    "or raise after"
-                )
-            if after == 0 and settings.get("probe") not in (None, False):
-                raise ConfigError(
-                    f"{where}.probe: {TRANSFER_THEN} trains every trial it proposes fully (or "
-                    f"under {where}.pruner); probing is for a policy's proposals"
-                )
+            self._check_transfer_run(where, name, settings, after)
         elif then not in PRUNABLE:
             choices = [*PRUNABLE, TRANSFER_THEN]
             raise ConfigError(
                 f"{where}.then must be one of {', '.join(choices)}, got {then!r}."
                 + did_you_mean(str(then), choices)
+            )
+
+    def _check_transfer_run(
+        self, where: str, name: str, settings: Mapping[str, Any], after: int | None
+    ) -> None:
+        """A policy method handed over to transfer GP: after a policy's trials (trial budgets
+        only), or from the first trial (``after: 0``), where nothing may ask for a policy."""
+        if after != 0:
+            if self.budget_unit == "epochs":
+                raise ConfigError(
+                    f"{where}.then: with budget_unit: epochs {TRANSFER_THEN} proposes every "
+                    f"trial (after: 0, its default where no policy is named); a policy hands "
+                    f"over to one of {', '.join(PRUNABLE)}"
+                )
+            return
+        if self.names_policy(name):
+            raise ConfigError(
+                f"{where}: after: 0 hands every trial to {TRANSFER_THEN}, so the policy it "
+                "names (a path or meta-training settings) would never propose; drop them, "
+                "or raise after"
+            )
+        if settings.get("probe") not in (None, False):
+            raise ConfigError(
+                f"{where}.probe: {TRANSFER_THEN} trains every trial it proposes fully (or "
+                f"under {where}.pruner); probing is for a policy's proposals"
             )
 
     def handover_of(self, method: str) -> tuple[str | None, int | None]:
@@ -648,6 +657,8 @@ def _one_run(
     then, after = config.handover_of(method) if policy_method else (None, None)
     if policy_method:
         pruner_name = settings.get("pruner")
+        if config.transfer_only(method):  # its policy would never propose: none was made
+            sampler_name, then, after = TRANSFER_THEN, None, None
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:
         # a budget-aware policy chooses fidelities; any other probes its proposals (Probe)
         probe = Probe.from_setting(settings.get("probe"))

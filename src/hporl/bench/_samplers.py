@@ -168,7 +168,10 @@ class TransferGPSampler(BaseSampler):
     meta-train scores from ``meta``, or those of its nearest candidate.
 
     Scores are the backend's own: the test task's y_min / y_max are unknown to a tuner. A failed
-    trial is never proposed again and adds no observation.
+    trial is never proposed again and adds no observation. A trial a pruner stopped counts with
+    the final score the best complete trial's curve would have given it (its last value plus
+    that trial's gain from the same epoch on): read as nothing, transfer GP under a pruner kept
+    proposing near what was pruned (README, "Transfer GP under a pruner").
     """
 
     SCALES = np.linspace(-2.5, 2.5, 11)
@@ -264,7 +267,7 @@ class TransferGPSampler(BaseSampler):
         self, trials: Sequence[tuple[Mapping[str, Any], float | None]]
     ) -> dict[str, Any] | None:
         """The configuration to try after ``trials`` (configuration, score to maximise, NaN
-        for a failure, or ``None`` for a trial under way or pruned); ``None`` when every one it
+        for a failure, or ``None`` for a trial under way); ``None`` when every one it
         can choose among was tried (the trial is then sampled at random)."""
         tried = {config_key(c) for c, _ in trials}
         seen = [(c, y) for c, y in trials if y is not None and np.isfinite(y)]
@@ -435,10 +438,11 @@ class TransferGPSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
     ) -> dict[str, Any]:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        trials = [  # failed (NaN), pruned or under way (None): tried, nothing observed
-            (self.space.from_optuna_params(t.params), _observed(t, sign))
-            for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number and t.params
+        history = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        trials = [  # failed (NaN), under way (None): tried, nothing observed
+            (self.space.from_optuna_params(t.params), _observed(t, sign, history))
+            for t in history
+            if t.params
         ]
         config = self.next_config(trials)
         if config is None:
@@ -452,11 +456,38 @@ class TransferGPSampler(BaseSampler):
         return self._random.sample_independent(study, trial, name, dist)
 
 
-def _observed(trial: FrozenTrial, sign: float) -> float | None:
-    """A trial's score to maximise; NaN when it failed, ``None`` when pruned or under way."""
+def _observed(trial: FrozenTrial, sign: float, history: Sequence[FrozenTrial] = ()) -> float | None:
+    """A trial's score to maximise; NaN when it failed, ``None`` when under way. A pruned trial
+    scores what its last reported value would have become had it gained what the best complete
+    trial of ``history`` gained from that epoch to its end (:func:`_pruned_estimate`)."""
     if trial.state == TrialState.COMPLETE:
         return sign * trial.value
+    if trial.state == TrialState.PRUNED:
+        return _pruned_estimate(trial, sign, history)
     return math.nan if trial.state == TrialState.FAIL else None
+
+
+def _pruned_estimate(
+    trial: FrozenTrial, sign: float, history: Sequence[FrozenTrial]
+) -> float | None:
+    """A pruned trial's final score, estimated from the best complete trial's curve: its last
+    reported value plus that trial's gain from the same step to its final value. A pruner
+    stops a trial that lies below the others at that step, so this says how far below the best
+    it would have ended; ``None`` without a complete trial that reported the step (nothing
+    observed, as for a trial under way)."""
+    if not trial.intermediate_values:
+        return None
+    step = max(trial.intermediate_values)
+    value = sign * trial.intermediate_values[step]
+    complete = [
+        t
+        for t in history
+        if t.state == TrialState.COMPLETE and t.value is not None and step in t.intermediate_values
+    ]
+    if not complete or not math.isfinite(value):
+        return None
+    best = max(complete, key=lambda t: sign * t.value)
+    return value + sign * (best.value - best.intermediate_values[step])
 
 
 def _improvement(mean: np.ndarray, var: Any, best: float) -> np.ndarray:
@@ -492,9 +523,6 @@ def make_sampler(
     the rest (:meth:`~hporl.sampler.HandoverSampler.after_policy`)."""
     if fixed and method in fixed:
         return FixedSequenceSampler(space, [fixed[method]] * n_trials, seed=seed)
-    if then == TRANSFER_THEN and after == 0:  # a policy method that never asks its policy
-        assert transfer is not None
-        return TransferGPSampler(space, transfer, seed=seed)
     if method in PRUNABLE:
         return optuna_sampler(method, seed=seed, parallel=parallel)
     if method == "transfer_gp":

@@ -1,0 +1,115 @@
+"""Does stopping transfer GP's unpromising trials early buy regret with budgets in epochs, and
+how should a stopped trial be read?
+
+Offline, on a bench config with ``folds`` or ``train_tasks`` / ``test_tasks`` on a surrogate
+that predicts every epoch (LCBench): :class:`hporl.bench.TransferGPSampler` proposes on each test
+task until ``--budget`` full trainings' epochs are spent, one run per seed, each trial's curve
+taken whole from the surrogate. Rules:
+
+- ``full``: every trial trains all epochs (the bench's default);
+- ``stop:E:read``: a trial whose value at epoch E lies below the best complete trial's value
+  there stops at E; ``read`` says what transfer GP is told of it: ``estimate`` (its value at E
+  plus what the best complete trial gained from E to its end, as the sampler reads an optuna
+  trial its pruner stopped) or ``nothing`` (a trial under way).
+
+A run's regret at B is that of the best complete trial within B full trainings' epochs,
+normalised by the task's 10,000-sample y_min / y_max (below 0: better than every configuration
+of the sample). Prints mean regret at each B and paired differences against the first rule.
+
+    python benchmarks/transfer_pruning.py CONFIG.yaml [--rules full,stop:13:estimate,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hporl.bench import BenchConfig, TransferCandidates, TransferGPSampler
+from hporl.bench._runner import _Bench, _folds
+
+BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10)
+
+
+def run(
+    bench: _Bench,
+    name: str,
+    transfer: TransferCandidates,
+    seed: int,
+    rule: str,
+    budget: int,
+    first: dict[str, Any],
+) -> list[float]:
+    """Normalised regret at each of :data:`BUDGETS` (up to ``budget``) of one run."""
+    task = bench.task(name)
+    full = int(task.epochs)
+    lo, hi = bench.normalisation(name)
+    sampler = TransferGPSampler(bench.space, transfer, seed=seed)
+    stop, read = (int(rule.split(":")[1]), rule.split(":")[2]) if rule != "full" else (0, "")
+    trials: list[tuple[dict[str, Any], float | None]] = []
+    best: np.ndarray | None = None  # the best complete trial's curve
+    spent, found = 0, []  # (epochs spent, best complete value) after each complete trial
+    while spent < budget * full:
+        config = sampler.next_config(trials) if trials else first
+        curve = np.asarray(bench.evaluate(task, config, 0).curve, dtype=float)
+        if len(curve) < full:  # failed or diverged
+            trials.append((config, float("nan")))
+            spent += max(len(curve), 1)
+        elif stop and best is not None and curve[stop - 1] < best[stop - 1]:
+            spent += stop
+            estimate = curve[stop - 1] + best[-1] - best[stop - 1]
+            trials.append((config, float(estimate) if read == "estimate" else None))
+        else:
+            spent += full
+            trials.append((config, float(curve[-1])))
+            if best is None or curve[-1] > best[-1]:
+                best = curve
+            found.append((spent, float(best[-1])))
+    out = []
+    for b in BUDGETS:
+        within = [v for s, v in found if s <= b * full]
+        out.append((hi - (within[-1] if within else lo)) / (hi - lo) if b <= budget else np.nan)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--rules", default="full,stop:13:estimate,stop:13:nothing")
+    parser.add_argument("--budget", type=int, default=10, help="full trainings' epochs")
+    parser.add_argument("--seeds", type=int, default=1)
+    args = parser.parse_args()
+    config = BenchConfig.load(args.config)
+    rules = args.rules.split(",")
+    rows: dict[str, list[list[float]]] = {r: [] for r in rules}
+    with tempfile.TemporaryDirectory() as out:
+        bench = _Bench(config, Path(out))
+        for train, test in _folds(config, bench.all_tasks):
+            transfer = bench.transfer_candidates(train)
+            for seed in range(args.seeds):
+                first = TransferGPSampler(bench.space, transfer, seed=seed).next_config([])
+                for name in test:
+                    for rule in rules:
+                        rows[rule].append(
+                            run(bench, name, transfer, seed, rule, args.budget, first)
+                        )
+                    print(f"task {name} seed {seed} done", flush=True)
+    base = np.array(rows[rules[0]])
+    print(f"{len(base)} runs; mean normalised regret at B = {', '.join(map(str, BUDGETS))}")
+    for rule in rules:
+        r = np.array(rows[rule])
+        line = f"{rule:22s}" + " ".join(f"{m:8.4f}" for m in r.mean(0))
+        if rule != rules[0]:
+            d = r - base
+            se = d.std(0, ddof=1) / np.sqrt(len(d))
+            line += "  paired: " + " ".join(
+                f"{m:+.4f}±{s:.4f}" for m, s in zip(d.mean(0), se, strict=True)
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
