@@ -165,7 +165,7 @@ def test_anchoring_keeps_the_opening_through_rl(tmp_path):
                 "candidates": 16,
                 "epochs": 200,
                 "anchor_trials": 1,
-                "anchor_epochs": 5,
+                "anchor_epochs": 20,
                 "expert": "portfolio",
             },
             # a large learning rate that would wreck the cloned opening without the anchor
