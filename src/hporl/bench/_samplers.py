@@ -439,8 +439,10 @@ class TransferGPSampler(BaseSampler):
     ) -> dict[str, Any]:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         history = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        complete = [t for t in history if t.state == TrialState.COMPLETE and t.value is not None]
+        best = max(complete, key=lambda t: sign * t.value) if complete else None
         trials = [  # failed (NaN), under way (None): tried, nothing observed
-            (self.space.from_optuna_params(t.params), _observed(t, sign, history))
+            (self.space.from_optuna_params(t.params), _observed(t, sign, best))
             for t in history
             if t.params
         ]
@@ -456,37 +458,22 @@ class TransferGPSampler(BaseSampler):
         return self._random.sample_independent(study, trial, name, dist)
 
 
-def _observed(trial: FrozenTrial, sign: float, history: Sequence[FrozenTrial] = ()) -> float | None:
+def _observed(trial: FrozenTrial, sign: float, best: FrozenTrial | None = None) -> float | None:
     """A trial's score to maximise; NaN when it failed, ``None`` when under way. A pruned trial
-    scores what its last reported value would have become had it gained what the best complete
-    trial of ``history`` gained from that epoch to its end (:func:`_pruned_estimate`)."""
+    scores its last reported value plus what ``best`` (the best complete trial) gained from that
+    epoch to its end: a pruner stops a trial that lies below the others there, so this says how
+    far below the best it would have ended. ``None`` when ``best`` did not report that epoch
+    (nothing observed, as for a trial under way)."""
     if trial.state == TrialState.COMPLETE:
         return sign * trial.value
-    if trial.state == TrialState.PRUNED:
-        return _pruned_estimate(trial, sign, history)
-    return math.nan if trial.state == TrialState.FAIL else None
-
-
-def _pruned_estimate(
-    trial: FrozenTrial, sign: float, history: Sequence[FrozenTrial]
-) -> float | None:
-    """A pruned trial's final score, estimated from the best complete trial's curve: its last
-    reported value plus that trial's gain from the same step to its final value. A pruner
-    stops a trial that lies below the others at that step, so this says how far below the best
-    it would have ended; ``None`` without a complete trial that reported the step (nothing
-    observed, as for a trial under way)."""
-    if not trial.intermediate_values:
+    if trial.state == TrialState.FAIL:
+        return math.nan
+    if trial.state != TrialState.PRUNED or not trial.intermediate_values or best is None:
         return None
     step = max(trial.intermediate_values)
     value = sign * trial.intermediate_values[step]
-    complete = [
-        t
-        for t in history
-        if t.state == TrialState.COMPLETE and t.value is not None and step in t.intermediate_values
-    ]
-    if not complete or not math.isfinite(value):
+    if step not in best.intermediate_values or not math.isfinite(value):
         return None
-    best = max(complete, key=lambda t: sign * t.value)
     return value + sign * (best.value - best.intermediate_values[step])
 
 
