@@ -55,7 +55,7 @@ def test_it_starts_with_the_portfolio_then_finds_the_tasks_own_best(best, small_
         lambda c: truth[config_key(c)],
         6,
     )
-    assert picked[:2] == transfer.portfolio(2)  # a hedge, whatever the first scored
+    assert picked[:2] == transfer.portfolio(2)  # the hedge: here the same under any weighting
     found = max(truth[config_key(c)] for c in picked)
     assert found >= test.max() - 0.002  # lr within 0.2 decades of the task's best in 6 trials
     portfolio = [configs[i] for i in np.argsort(transfer.regret.mean(0))[:6]]
@@ -374,3 +374,70 @@ def test_a_pruned_trial_counts_as_the_best_curve_would_have_ended_it(direction, 
     assert now[key(0)] == pytest.approx(0.8)
     assert now[key(1)] == pytest.approx(0.45 + (0.95 - 0.5))
     assert now[key(3)] == pytest.approx(0.4 + (0.95 - 0.3))
+
+
+def test_the_second_trial_hedges_against_the_tasks_the_first_score_leaves(small_space):
+    """Trial 2 is the portfolio's hedge; with ``hedge="posterior"`` each meta-train task counts
+    as likely as the first score makes it (the mixture's posterior). Three families: the first
+    trial suits the widest; a high first score points at the family of higher level, a low one
+    at the other, and the hedge goes to that family's best. Weighted alike, it does not move."""
+    rng = np.random.default_rng(0)
+    configs = [small_space.sample(rng) for _ in range(N)]
+    lr = np.log10([c["lr"] for c in configs])
+    rows = [0.9 - 0.02 * (lr + 3) ** 2] * 4  # the first trial suits these
+    rows += [0.6 - 0.05 * (lr + 1) ** 2] * 2 + [0.7 - 0.05 * (lr + 5) ** 2] * 2
+    values = np.array(rows) + rng.normal(0, 0.002, (8, N))
+    transfer = TransferCandidates(configs, values.max(1, keepdims=True) - values, values)
+    first = TransferGPSampler(small_space, transfer, seed=0).next_config([])
+
+    def second(hedge: str, score: float) -> float:
+        sampler = TransferGPSampler(small_space, transfer, seed=0, hedge=hedge)
+        return float(np.log10(sampler.next_config([(first, score)])["lr"]))
+
+    assert second("posterior", 0.2) > -1.5 and second("posterior", 0.9) < -4.5
+    assert second("uniform", 0.2) == second("uniform", 0.9) > -1.5
+
+
+def test_on_a_plateau_it_looks_further_afield(small_space):
+    """A test task flat (0.85) around the meta-train tasks' best (lr 1e-3) and better (0.95)
+    below lr 10^-4.3, which no meta-train task is: plain expected improvement keeps proposing
+    near-copies of its best (rbv2_rpart's task 40994 did so for 25 trials). With the rule, once
+    ``patience`` trials in a row scored the best without raising it, expected improvement is
+    taken over the best plus ``xi`` times the task's scale, and the proposals spread out; a
+    trial that raises the best ends that."""
+    rng = np.random.default_rng(0)
+    configs = [small_space.sample(rng) for _ in range(N)]
+    lr = np.log10([c["lr"] for c in configs])
+    families = ((0.0, -3), (-0.1, -3), (0.02, -3), (-0.05, -1), (0.03, -1))
+    values = np.array([0.9 + o - 0.05 * (lr - b) ** 2 for o, b in families])
+    values += rng.normal(0, 0.002, values.shape)
+    transfer = TransferCandidates(configs, values.max(1, keepdims=True) - values, values)
+
+    def truth(config):
+        x = float(np.log10(config["lr"]))
+        return 0.95 if x < -4.3 else round(min(0.85, 0.85 - 0.1 * (abs(x + 3) - 0.5)), 3)
+
+    def run(patience, n=25):
+        trials = []
+        for _ in range(n):
+            sampler = TransferGPSampler(small_space, transfer, seed=0, patience=patience)
+            config = sampler.next_config(trials)
+            trials.append((config, truth(config)))
+        return trials
+
+    plain, ruled = run(0), run(5)
+    assert plain[:12] == ruled[:12]  # the same until the plateau is long enough
+
+    def spread(trials):
+        return max(abs(np.log10(c["lr"]) + 3) for c, _ in trials[12:])
+
+    assert spread(plain) < 0.5 < 0.6 < spread(ruled)
+    raised = [*plain, (configs[int(np.argmin(lr))], 0.95)]
+
+    def propose(trials, patience):
+        return TransferGPSampler(small_space, transfer, seed=0, patience=patience).next_config(
+            trials
+        )
+
+    assert propose(plain, 5) != propose(plain, 0)
+    assert propose(raised, 5) == propose(raised, 0)

@@ -149,11 +149,18 @@ class TransferGPSampler(BaseSampler):
 
     - the first ``start`` follow the greedy portfolio (each the candidate that best complements
       those tried, in each task's min-max units): with one score seen, a GP's second choice is
-      a neighbour of the first where a portfolio's is a hedge;
+      a neighbour of the first where a portfolio's is a hedge. With ``hedge="posterior"`` (the
+      default) each task counts as likely as the scores so far make it (the mixture's
+      posterior, :meth:`_task_posterior`), not alike (``"uniform"``);
     - up to trial ``mixture``, expected improvement if the test task is one of the meta-train
       tasks, affinely (:meth:`_mixture_improvement`): a few scores tell which task it looks
       like, and that task's best is played;
-    - then the GP's, which refines around the best trials.
+    - then the GP's, which refines around the best trials. Once ``patience`` trials in a row
+      scored the best without raising it (by ``tol`` of the scores' range), expected
+      improvement is taken over the best plus ``xi`` times the task's scale until a trial
+      raises the best: on a plateau (a decision tree's score is flat in its parameters over
+      wide ranges) plain expected improvement proposes near-copies of its best for good
+      (:meth:`_stalled`; ``patience=0``: never).
 
     Each stage was chosen by measuring it on LCBench and rbv2_rpart (README, "Transfer GP,
     version 2").
@@ -191,12 +198,19 @@ class TransferGPSampler(BaseSampler):
         start: int = 2,
         mixture: int = 5,
         tau: float = 0.3,
+        patience: int = 5,
+        xi: float = 0.1,
+        tol: float = 0.003,
+        hedge: str = "posterior",
     ) -> None:
         if transfer.values is None:
             raise ValueError("transfer_gp needs the candidates' scores on the meta-train tasks")
         self.space, self.transfer, self.seed = space, transfer, seed
         self.local, self.rounds, self.start = local, rounds, start
         self.mixture, self.tau = mixture, tau
+        if hedge not in ("posterior", "uniform"):
+            raise ValueError(f"hedge must be 'posterior' or 'uniform', got {hedge!r}")
+        self.patience, self.xi, self.tol, self.hedge = patience, xi, tol, hedge
         self._rbf, self._noise, self._length = rbf, noise, length
         values = np.asarray(transfer.values, dtype=np.float64)
         std = values.std(1)
@@ -276,14 +290,16 @@ class TransferGPSampler(BaseSampler):
         if len(trials) < self.start or not seen:
             # what the tried ones cover: a failure (NaN) covers nothing, a trial under way will
             so_far = self._so_far([c for c, y in trials if y is None or np.isfinite(y)])
+            weights = self._task_posterior(seen) if seen and self.hedge == "posterior" else None
             z, x, more = self._z, self._x, []
-            stage = lambda z, x: self._complement(z, so_far)  # noqa: E731
+            stage = lambda z, x: self._complement(z, so_far, weights)  # noqa: E731
         else:
             z, x, more = self._choices(seen, tried, rng)
             if len(trials) < self.mixture:
                 stage = lambda z, x: self._mixture_improvement(seen, z)  # noqa: E731
             else:
-                stage = lambda z, x: self._expected_improvement(seen, z, x)  # noqa: E731
+                xi = self.xi if self._stalled([y for _, y in seen]) else 0.0
+                stage = lambda z, x: self._expected_improvement(seen, z, x, xi)  # noqa: E731
         acquisition = stage(z, x)
         acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
         if len(trials) < self.mixture:
@@ -337,14 +353,17 @@ class TransferGPSampler(BaseSampler):
             return None
         return ((self._prior(tried) - self._z_lo[:, None]) / self._z_range[:, None]).max(1)
 
-    def _complement(self, z: np.ndarray, so_far: np.ndarray | None) -> np.ndarray:
-        """Each choice's (``z``: its standardised scores ``[t, c]``) mean over the tasks of the
-        best min-max score of the tried ones (``so_far``) and it: the greedy portfolio's next
-        step (with nothing tried, the best-average one)."""
+    def _complement(
+        self, z: np.ndarray, so_far: np.ndarray | None, weights: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each choice's (``z``: its standardised scores ``[t, c]``) mean over the tasks
+        (weighted by ``weights``, default alike) of the best min-max score of the tried ones
+        (``so_far``) and it: the greedy portfolio's next step (with nothing tried, the
+        best-average one)."""
         scores = (z - self._z_lo[:, None]) / self._z_range[:, None]
         if so_far is not None:
             scores = np.maximum(scores, so_far[:, None])
-        return scores.mean(0)
+        return scores.mean(0) if weights is None else weights @ scores
 
     def _choices(
         self,
@@ -365,20 +384,19 @@ class TransferGPSampler(BaseSampler):
                 x = np.concatenate([x, [self.space.encode(c) for c in more]])
         return z, x, more
 
-    def _mixture_improvement(
-        self, seen: Sequence[tuple[Mapping[str, Any], float]], z: np.ndarray
-    ) -> np.ndarray:
-        """Expected improvement if the test task is one of the meta-train tasks, affinely:
-        ``y(c) = a + s * z_t(c) + e``, ``e`` of standard deviation ``tau * s``, ``a`` and ``s``
-        with the GP's priors (``s`` on a grid, ``a`` integrated out), averaged over the
-        posterior of ``(t, s)``: which task the scores so far look like."""
+    def _mixture_fits(
+        self, seen: Sequence[tuple[Mapping[str, Any], float]]
+    ) -> tuple[list[tuple[float, np.ndarray, float]], np.ndarray]:
+        """The mixture's fit of the scores so far (:meth:`_mixture_improvement`): per scale
+        ``s`` on the grid, each task's level estimate ``a`` and the predictive variance; and
+        the posterior weights ``[scale, task]``."""
         z_o = self._prior([c for c, _ in seen])
         y = np.array([y for _, y in seen], dtype=np.float64)
         n = len(y)
         level, level_var = self._level_prior
         log_mean, log_sd = self._log_scale
         grid = np.linspace(-2.0, 2.0, 7)
-        fits = []  # per scale: each task's level estimate, predictive variance, log evidence
+        fits, log_post = [], []
         for g, s in zip(grid, np.exp(log_mean + log_sd * grid), strict=True):
             noise = (self.tau * s) ** 2
             r = y[None, :] - s * z_o  # [t, n]: the level plus noise, if it is task t
@@ -387,21 +405,63 @@ class TransferGPSampler(BaseSampler):
             d = r - level
             quad = (d**2).sum(1) / noise - (d.sum(1) / noise) ** 2 / precision
             log_det = n * np.log(noise) + np.log(1 + n * level_var / noise)
-            fits.append((s, a, 1 / precision + noise, -0.5 * (quad + log_det + g * g)))
-        log_post = np.array([f[3] for f in fits])  # [scale, task]
-        weights = np.exp(log_post - log_post.max())
-        weights /= weights.sum()
+            fits.append((float(s), a, 1 / precision + noise))
+            log_post.append(-0.5 * (quad + log_det + g * g))
+        weights = np.exp(np.array(log_post) - np.max(log_post))
+        return fits, weights / weights.sum()
+
+    def _task_posterior(self, seen: Sequence[tuple[Mapping[str, Any], float]]) -> np.ndarray:
+        """How likely each meta-train task is to be the test task, given the scores so far
+        (the mixture's posterior, summed over the scale)."""
+        return self._mixture_fits(seen)[1].sum(0)
+
+    def _mixture_improvement(
+        self, seen: Sequence[tuple[Mapping[str, Any], float]], z: np.ndarray
+    ) -> np.ndarray:
+        """Expected improvement if the test task is one of the meta-train tasks, affinely:
+        ``y(c) = a + s * z_t(c) + e``, ``e`` of standard deviation ``tau * s``, ``a`` and ``s``
+        with the GP's priors (``s`` on a grid, ``a`` integrated out), averaged over the
+        posterior of ``(t, s)``: which task the scores so far look like."""
+        fits, weights = self._mixture_fits(seen)
+        best = max(y for _, y in seen)
         acquisition = np.zeros(z.shape[1])
-        for (s, a, var, _), w in zip(fits, weights, strict=True):
+        for (s, a, var), w in zip(fits, weights, strict=True):
             keep = w > 1e-4 * weights.max()  # tasks the scores rule out cost nothing
             if keep.any():
-                acquisition += w[keep] @ _improvement(a[keep, None] + s * z[keep], var, y.max())
+                acquisition += w[keep] @ _improvement(a[keep, None] + s * z[keep], var, best)
         return acquisition
 
+    def _stalled(self, ys: Sequence[float]) -> bool:
+        """Whether the GP is stuck on a plateau (``ys``: the scores in trial order): at some
+        point the last ``patience`` trials all scored the best (within ``tol`` of the scores'
+        range) without raising it, and no trial since has raised the best by more than that."""
+        if self.patience <= 0:
+            return False
+        y = np.asarray(ys, dtype=np.float64)
+        p, stuck_at = self.patience, None
+        for m in range(p + 1, len(y) + 1):
+            h = y[:m]
+            tol = self.tol * max(float(np.ptp(h)), 1e-12)
+            if stuck_at is not None and h.max() > stuck_at + tol:
+                stuck_at = None
+            last = h[-p:]
+            if (
+                stuck_at is None
+                and np.all(h.max() - last <= tol)
+                and last.max() <= h[:-p].max() + tol
+            ):
+                stuck_at = h.max()
+        return stuck_at is not None
+
     def _expected_improvement(
-        self, seen: Sequence[tuple[Mapping[str, Any], float]], z: np.ndarray, x: np.ndarray
+        self,
+        seen: Sequence[tuple[Mapping[str, Any], float]],
+        z: np.ndarray,
+        x: np.ndarray,
+        xi: float = 0.0,
     ) -> np.ndarray:
-        """The GP's expected improvement of each choice (``z``, ``x``: :meth:`_choices`)."""
+        """The GP's expected improvement of each choice (``z``, ``x``: :meth:`_choices`) over
+        the best score plus ``xi`` times the task's scale."""
         z_mean = z.mean(0)
         z_dev = z - z_mean
         z_o = self._prior([c for c, _ in seen])
@@ -426,7 +486,7 @@ class TransferGPSampler(BaseSampler):
             mu = level + s * z_mean + cross @ np.linalg.solve(chol.T, r)
             w = np.linalg.solve(chol, cross.T)
             var = np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12)
-            improvement.append(_improvement(mu, var, y.max()))
+            improvement.append(_improvement(mu, var, y.max() + xi * s))
         weights = np.exp(np.array(log_post) - max(log_post))
         return (weights / weights.sum()) @ np.array(improvement)
 
