@@ -439,18 +439,18 @@ class TransferGPSampler(BaseSampler):
             return False
         y = np.asarray(ys, dtype=np.float64)
         p, stuck_at = self.patience, None
-        for m in range(p + 1, len(y) + 1):
-            h = y[:m]
-            tol = self.tol * max(float(np.ptp(h)), 1e-12)
-            if stuck_at is not None and h.max() > stuck_at + tol:
+        top = np.maximum.accumulate(y)  # the best after each trial
+        tol = self.tol * np.maximum(top - np.minimum.accumulate(y), 1e-12)
+        for m in range(p, len(y)):  # after trial m + 1
+            if stuck_at is not None and top[m] > stuck_at + tol[m]:
                 stuck_at = None
-            last = h[-p:]
+            last = y[m - p + 1 : m + 1]
             if (
                 stuck_at is None
-                and np.all(h.max() - last <= tol)
-                and last.max() <= h[:-p].max() + tol
+                and np.all(top[m] - last <= tol[m])
+                and top[m] <= top[m - p] + tol[m]
             ):
-                stuck_at = h.max()
+                stuck_at = top[m]
         return stuck_at is not None
 
     def _expected_improvement(
