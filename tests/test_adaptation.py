@@ -1,13 +1,14 @@
 """Adaptation is tested, not assumed: a policy meta-trained on LCBench with the whole-history
-encoder and the adaptive warm start (small: 12 tasks, K = 10, a short run) proposes differently
-when the scores differ, and differently on different held-out tasks."""
+encoder and the adaptive warm start (small: 12 tasks, K = 10, a short run), and the default on a
+surrogate (``policy: {}``: transfer GP from the first trial), propose differently when the
+scores differ, and differently on different held-out tasks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hporl.bench import BenchConfig
+from hporl.bench import BenchConfig, TransferGPSampler
 from hporl.bench._runner import _Bench, _policy
 from hporl.space import config_key
 from tests._helpers import LCBENCH
@@ -79,3 +80,55 @@ def test_first_proposals_differ_across_held_out_tasks(lcbench_policy):
             if p.kind == "float"
         ]
     )
+
+
+# -- the default on a surrogate: transfer GP from the first trial (no policy meta-trained) -----
+@pytest.fixture(scope="module")
+def lcbench_transfer_gp(tmp_path_factory):
+    if LCBENCH is None:
+        pytest.skip("YAHPO LCBench data not found at ../shared/benchmarks/yahpo/lcbench")
+    config = BenchConfig.load(
+        {
+            "benchmark": "lcbench",
+            "data_dir": str(LCBENCH),
+            "train_tasks": TRAIN,
+            "test_tasks": HELD_OUT,
+            "methods": ["policy"],
+            "normalisation_samples": 500,
+            "transfer_candidates": 500,
+            "policy": {},
+        }
+    )
+    assert config.handover_of("policy") == ("transfer_gp", 0)  # what `policy: {}` runs here
+    bench = _Bench(config, tmp_path_factory.mktemp("adaptation_tgp"))
+    return bench, bench.transfer_candidates(TRAIN)
+
+
+@pytest.mark.slow
+def test_the_default_reads_the_first_scores_for_its_next_proposals(lcbench_transfer_gp):
+    bench, transfer = lcbench_transfer_gp
+    sampler = TransferGPSampler(bench.space, transfer, seed=0)
+    first = sampler.next_config([])
+    # the second proposal already depends on the first score (the weighted hedge)
+    seconds = {config_key(sampler.next_config([(first, y)])) for y in (0.6, 0.75, 0.9)}
+    assert len(seconds) >= 2
+    configs = [first, sampler.next_config([(first, 0.75)])]
+    configs.append(sampler.next_config(list(zip(configs, [0.75, 0.8], strict=True))))
+    rising = sampler.next_config(list(zip(configs, [0.6, 0.75, 0.9], strict=True)))
+    falling = sampler.next_config(list(zip(configs, [0.9, 0.75, 0.6], strict=True)))
+    assert config_key(rising) != config_key(falling)
+
+
+@pytest.mark.slow
+def test_the_defaults_first_proposals_differ_across_held_out_tasks(lcbench_transfer_gp):
+    bench, transfer = lcbench_transfer_gp
+    lists = set()
+    for name in HELD_OUT:
+        task, sampler = bench.task(name), TransferGPSampler(bench.space, transfer, seed=0)
+        history: list = []
+        for _ in range(5):
+            config = sampler.next_config(history)
+            history.append((config, float(bench.scores(task, [config])[0])))
+        lists.add(tuple(config_key(c) for c, _ in history))
+    assert len(lists) == len(HELD_OUT)  # every task its own list, from the same first trial
+    assert len({key[0] for key in lists}) == 1
