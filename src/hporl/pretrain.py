@@ -209,17 +209,15 @@ def greedy_portfolio(values: np.ndarray, k: int) -> list[int]:
     """Indices of ``k`` candidates chosen greedily to minimise the mean normalised regret of the
     best-so-far over tasks. ``values[t, c]`` is candidate ``c``'s value on task ``t`` (higher is
     better); regret on a task is normalised by that task's range over the candidates."""
-    regret = _regret(values)
+    regret = np.ascontiguousarray(_regret(values).T)  # [c, t]: each mean sums as one row
     chosen: list[int] = []
     best = np.full(values.shape[0], np.inf)
     for _ in range(min(k, values.shape[1])):
-        scores = [
-            np.minimum(best, regret[:, c]).mean() if c not in chosen else np.inf
-            for c in range(values.shape[1])
-        ]
+        scores = np.minimum(regret, best).mean(axis=1)
+        scores[chosen] = np.inf
         c = int(np.argmin(scores))
         chosen.append(c)
-        best = np.minimum(best, regret[:, c])
+        best = np.minimum(best, regret[c])
     return chosen
 
 
