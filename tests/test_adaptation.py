@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hporl.bench import BenchConfig, TransferGPSampler
+from hporl.bench import BenchConfig, make_sampler
 from hporl.bench._runner import _Bench, _policy
 from hporl.space import config_key
 from tests._helpers import LCBENCH
@@ -99,15 +99,22 @@ def lcbench_transfer_gp(tmp_path_factory):
             "policy": {},
         }
     )
-    assert config.handover_of("policy") == ("transfer_gp", 0)  # what `policy: {}` runs here
+    assert config.transfer_only("policy")  # what `policy: {}` runs here
     bench = _Bench(config, tmp_path_factory.mktemp("adaptation_tgp"))
-    return bench, bench.transfer_candidates(TRAIN)
+    transfer = bench.transfer_candidates(TRAIN)
+
+    def sampler(seed: int = 0):  # as the bench's runner makes it for a transfer-only method
+        return make_sampler(
+            "transfer_gp", space=bench.space, seed=seed, n_trials=30, transfer=transfer
+        )
+
+    return bench, sampler
 
 
 @pytest.mark.slow
 def test_the_default_reads_the_first_scores_for_its_next_proposals(lcbench_transfer_gp):
-    bench, transfer = lcbench_transfer_gp
-    sampler = TransferGPSampler(bench.space, transfer, seed=0)
+    _, make = lcbench_transfer_gp
+    sampler = make()
     first = sampler.next_config([])
     # the second proposal already depends on the first score (the weighted hedge)
     seconds = {config_key(sampler.next_config([(first, y)])) for y in (0.6, 0.75, 0.9)}
@@ -121,14 +128,14 @@ def test_the_default_reads_the_first_scores_for_its_next_proposals(lcbench_trans
 
 @pytest.mark.slow
 def test_the_defaults_first_proposals_differ_across_held_out_tasks(lcbench_transfer_gp):
-    bench, transfer = lcbench_transfer_gp
+    bench, make = lcbench_transfer_gp
     lists = set()
     for name in HELD_OUT:
-        task, sampler = bench.task(name), TransferGPSampler(bench.space, transfer, seed=0)
+        task, sampler = bench.task(name), make()
         history: list = []
         for _ in range(5):
             config = sampler.next_config(history)
             history.append((config, float(bench.scores(task, [config])[0])))
         lists.add(tuple(config_key(c) for c, _ in history))
     assert len(lists) == len(HELD_OUT)  # every task its own list, from the same first trial
-    assert len({key[0] for key in lists}) == 1
+    assert len({keys[0] for keys in lists}) == 1
