@@ -10,7 +10,15 @@ taken whole from the surrogate. Rules:
 - ``stop:E:read``: a trial whose value at epoch E lies below the best complete trial's value
   there stops at E; ``read`` says what transfer GP is told of it: ``estimate`` (its value at E
   plus what the best complete trial gained from E to its end, as the sampler reads an optuna
-  trial its pruner stopped) or ``nothing`` (a trial under way).
+  trial its pruner stopped) or ``nothing`` (a trial under way);
+- ``rungs:F/F...:P:N``: budget-aware transfer GP (:class:`hporl.bench.Rungs`, the bench's
+  default): after N complete trials, a trial stops at the first rung (fraction F of the epochs)
+  where its chance to beat the best complete trial is below P, and transfer GP reads its score
+  there for what it is; ``rungs`` alone: the default rungs.
+
+``--inner`` chooses a rule without the held-out tasks: within each fold, the meta-train tasks
+are split in two halves (alternate tasks), and each half is the held-out set of a run whose
+candidates come from the other.
 
 A run's regret at B is that of the best complete trial within B full trainings' epochs,
 normalised by the task's 10,000-sample y_min / y_max (below 0: better than every configuration
@@ -28,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hporl.bench import BenchConfig, TransferCandidates, TransferGPSampler
+from hporl.bench import RUNGS, BenchConfig, Rungs, TransferCandidates, TransferGPSampler
 from hporl.bench._runner import _Bench, _folds
 
 BUDGETS = (1, 2, 3, 4, 5, 6, 8, 10)
@@ -48,16 +56,23 @@ def run(
     full = int(task.epochs)
     lo, hi = bench.normalisation(name)
     sampler = TransferGPSampler(bench.space, transfer, seed=seed)
-    stop, read = (int(rule.split(":")[1]), rule.split(":")[2]) if rule != "full" else (0, "")
-    trials: list[tuple[dict[str, Any], float | None]] = []
+    rungs = _rungs(rule)
+    stop, read = (int(rule.split(":")[1]), rule.split(":")[2]) if rule[:5] == "stop:" else (0, "")
+    trials: list[tuple[Any, ...]] = []
     best: np.ndarray | None = None  # the best complete trial's curve
     spent, found = 0, []  # (epochs spent, best complete value) after each complete trial
     while spent < budget * full:
         config = sampler.next_config(trials) if trials else first
         curve = np.asarray(bench.evaluate(task, config, 0).curve, dtype=float)
+        at = None
+        if rungs is not None and len(curve) == full:
+            at = rungs.stop_at(sampler, trials, config, lambda e, c=curve: float(c[e - 1]), full)
         if len(curve) < full:  # failed or diverged
             trials.append((config, float("nan")))
             spent += max(len(curve), 1)
+        elif at is not None:
+            spent += at
+            trials.append((config, float(curve[at - 1]), at))
         elif stop and best is not None and curve[stop - 1] < best[stop - 1]:
             spent += stop
             estimate = curve[stop - 1] + best[-1] - best[stop - 1]
@@ -75,19 +90,46 @@ def run(
     return out
 
 
+def _rungs(rule: str) -> Rungs | None:
+    if rule == "rungs":
+        return RUNGS
+    if not rule.startswith("rungs:"):
+        return None
+    _, at, chance, after = rule.split(":")
+    return Rungs(tuple(float(f) for f in at.split("/")), float(chance), int(after))
+
+
+def _splits(
+    config: BenchConfig, tasks: list[str], inner: bool
+) -> list[tuple[list[str], list[str]]]:
+    """The folds' (candidates' tasks, held-out tasks); with ``inner``, each fold's meta-train
+    tasks split in two halves, each held out once."""
+    folds = _folds(config, tasks)
+    if not inner:
+        return folds
+    return [(train[1 - h :: 2], train[h::2]) for train, _ in folds for h in (0, 1)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--rules", default="full,stop:13:estimate,stop:13:nothing")
     parser.add_argument("--budget", type=int, default=10, help="full trainings' epochs")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--inner", action="store_true", help="held out: halves of train tasks")
+    parser.add_argument("--folds", help="only these folds (comma-separated, from 0)")
     args = parser.parse_args()
     config = BenchConfig.load(args.config)
     rules = args.rules.split(",")
     rows: dict[str, list[list[float]]] = {r: [] for r in rules}
     with tempfile.TemporaryDirectory() as out:
         bench = _Bench(config, Path(out))
-        for train, test in _folds(config, bench.all_tasks):
+        splits = _splits(config, bench.all_tasks, args.inner)
+        per_fold = 2 if args.inner else 1
+        keep = None if args.folds is None else {int(f) for f in args.folds.split(",")}
+        for i, (train, test) in enumerate(splits):
+            if keep is not None and i // per_fold not in keep:
+                continue
             transfer = bench.transfer_candidates(train)
             for seed in range(args.seeds):
                 first = TransferGPSampler(bench.space, transfer, seed=seed).next_config([])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from hporl import ConfigError
@@ -194,3 +195,71 @@ def test_a_policy_method_with_a_pruner_stops_trials_and_spends_fewer_epochs(tmp_
     assert any(r["status"] == "pruned" and r["epochs"] < 52 for r in rows)
     assert summary["methods"]["pruned"]["trials_per_run"] > 6  # more trials for the epochs
     assert rows[-1]["epochs_spent"] <= 6 * 52 + 52
+
+
+TRANSFER_EPOCHS = {
+    **LCBENCH_BENCH,
+    "train_tasks": ["3945", "7593", "126025", "126026", "146212", "167104"],
+    "test_tasks": ["34539"],
+    "budgets": [1, 3, 5],
+    "budget_unit": "epochs",
+    "seeds": 1,
+    "normalisation_samples": 200,
+    "transfer_candidates": 300,
+}
+
+
+@needs_lcbench
+def test_budget_aware_transfer_gp_stops_trials_at_rungs_and_reads_them(tmp_path):
+    """``policy: {}`` on a surrogate with budgets in epochs is budget-aware transfer GP: after
+    its first two trials, each trial stops at a rung unless it is likely enough to beat the best
+    complete one; a stopped trial is partial (no score) and costs the epochs up to its rung, a
+    trial that goes on costs a full training. ``rungs: false`` trains every trial fully, as the
+    ``transfer_gp`` method does."""
+    config = {
+        **TRANSFER_EPOCHS,
+        "methods": ["policy", "full", "transfer_gp"],
+        "policy": {"rungs": {"at": [0.25, 0.5], "chance": 0.9}},
+        "policies": {"full": {"rungs": False}},
+    }
+    summary = run(config, out=tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    rows = {
+        m: sorted((r for r in records if r["method"] == m), key=lambda r: r["trial"])
+        for m in config["methods"]
+    }
+    aware = rows["policy"]
+    assert [r["epochs"] for r in aware[:2]] == [52, 52]  # the portfolio stage trains fully
+    partial = [r for r in aware if r["status"] == "partial"]
+    assert partial and all(r["epochs"] in (13, 26) and r["score"] is None for r in partial)
+    assert all(r["fidelity"] == r["epochs"] / 52 for r in aware)
+    assert all(r["epochs"] == 52 and r["score"] is not None for r in aware if r not in partial)
+    spent = [r["epochs_spent"] for r in aware]
+    assert spent == list(np.cumsum([r["epochs"] for r in aware]))
+    assert spent[-2] < 5 * 52 <= spent[-1]
+    assert len(aware) > len(rows["transfer_gp"])  # the epochs it saved went into more trials
+    assert summary["methods"]["policy"]["pruned_fraction"] > 0
+    # the same first trials; without rungs, the transfer_gp method's run
+    assert [r["config"] for r in aware[:2]] == [r["config"] for r in rows["transfer_gp"][:2]]
+    assert [r["config"] for r in rows["full"]] == [r["config"] for r in rows["transfer_gp"]]
+    assert all(r["epochs"] == 52 for r in rows["full"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"budget_unit": "trials"},
+            r"policy.rungs: budget-aware transfer GP .* budget_unit: epochs",
+        ),
+        ({"policy_path": "somewhere"}, r"policy.rungs: budget-aware transfer GP"),
+        ({"policy": {"rungs": True, "pruner": "asha"}}, r"rungs and policy.pruner both stop"),
+        ({"policy": {"rungs": {"at": [0.5, 0.25]}}}, r"policy.rungs at must be increasing"),
+        ({"policy": {"rungs": "half"}}, r"policy.rungs must be true, false or a mapping"),
+    ],
+)
+def test_bad_rungs_are_named(extra, message):
+    config = {**TRANSFER_EPOCHS, "methods": ["policy"], "policy": {"rungs": True}}
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig.load({**config, **extra})
+    BenchConfig.load(config)

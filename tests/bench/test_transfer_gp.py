@@ -441,3 +441,80 @@ def test_on_a_plateau_it_looks_further_afield(small_space):
 
     assert propose(plain, 5) != propose(plain, 0)
     assert propose(raised, 5) == propose(raised, 0)
+
+
+def _with_epochs(space):
+    """``_families`` with curves: after ``e`` of 10 epochs every configuration scores
+    ``(0.5 + 0.05 e)`` times its final score, on every task; ``meta`` records the epochs it is
+    asked for."""
+    configs, transfer, family = _families(space)
+    tasks = [(-3, o) for o in (0.0, -0.1, 0.02, -0.05)] + [
+        (-1, o) for o in (0.01, -0.08, 0.0, -0.2)
+    ]
+    asked = []
+
+    def meta(more, epoch=None):
+        asked.append(epoch)
+        lr = np.log10([c["lr"] for c in more])
+        factor = 1.0 if epoch is None else 0.5 + 0.05 * epoch
+        return np.array([factor * (0.9 + o - 0.05 * (lr - b) ** 2) for b, o in tasks])
+
+    transfer = TransferCandidates(configs, transfer.regret, transfer.values, meta)
+    return configs, transfer, family, asked
+
+
+def test_a_trial_read_after_fewer_epochs_tells_how_likely_it_is_to_beat_the_best(small_space):
+    """A trial stopped after 5 of 10 epochs is read against the meta-train tasks' scores after 5
+    epochs: a score there that, on those tasks, leads to more than the best complete trial makes
+    finishing it likely; one that leads to less makes it unlikely. Such a trial is never the best
+    found: the improvement is over the complete trials."""
+    configs, transfer, family, asked = _with_epochs(small_space)
+    truth = dict(zip(map(config_key, configs), family(-3, 0.0), strict=True))
+    sampler = TransferGPSampler(small_space, transfer, seed=0)
+    trials = []
+    for _ in range(3):
+        config = sampler.next_config(trials)
+        trials.append((config, truth[config_key(config)]))
+    best = max(y for _, y in trials)
+    nxt = sampler.next_config(trials)
+    chance = [
+        sampler.improvement_chance([*trials, (nxt, 0.75 * (best + d), 5)], nxt)
+        for d in (-0.3, -0.1, -0.02, 0.02, 0.05)
+    ]
+    assert chance == sorted(chance) and chance[0] < 0.1 and chance[-1] > 0.7
+    assert 5 in asked  # the tasks' scores after 5 epochs, not their final ones
+    # nothing complete yet: whatever it read, a trial may be the best
+    assert sampler.improvement_chance([(nxt, 0.1, 5)], nxt) == 1.0
+    # a partial trial with a high score is not the incumbent: the next proposal still
+    # improves on the best complete trial, and a trial it read is never proposed again
+    after = sampler.next_config([*trials, (nxt, 0.99, 5)])
+    assert after is not None and config_key(after) != config_key(nxt)
+
+
+def test_a_trial_read_after_fewer_epochs_needs_the_tasks_scores_at_any_epoch(small_space):
+    configs, transfer, _ = _families(small_space)
+    sampler = TransferGPSampler(small_space, transfer, seed=0)
+    with pytest.raises(ValueError, match=r"transfer.meta"):
+        sampler.next_config([(configs[0], 0.8), (configs[1], 0.7), (configs[2], 0.5, 3)])
+
+
+def test_rungs_settings():
+    from hporl.bench import RUNGS, Rungs
+
+    assert Rungs.from_setting(None) is RUNGS and Rungs.from_setting(True) is RUNGS
+    assert Rungs.from_setting(False) is None
+    rungs = Rungs.from_setting({"at": [0.25, 0.5], "chance": 0.2, "after": 3})
+    assert rungs == Rungs(at=(0.25, 0.5), chance=0.2, after=3)
+    assert rungs.epochs(52) == [13, 26] and RUNGS.epochs(52) == [26]
+    assert RUNGS.epochs(1) == [] and Rungs(at=(0.1, 0.2)).epochs(4) == [1]
+    for bad, message in [
+        ({"at": [0.5, 0.25]}, "increasing fractions"),
+        ({"at": [1.0]}, "increasing fractions"),
+        ({"at": []}, "increasing fractions"),
+        ({"chance": 1.5}, "chance must be in"),
+        ({"after": -1}, "after must be a whole number"),
+        ({"every": 2}, "rungs must be true, false or a mapping"),
+        ("half", "rungs must be true, false or a mapping"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Rungs.from_setting(bad)

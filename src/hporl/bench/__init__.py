@@ -5,7 +5,9 @@ from hporl.bench._runner import BenchConfig, run
 from hporl.bench._samplers import (
     METHODS,
     PRUNED_METHODS,
+    RUNGS,
     FixedSequenceSampler,
+    Rungs,
     TransferCandidates,
     TransferGPSampler,
     make_sampler,
@@ -14,8 +16,10 @@ from hporl.bench._samplers import (
 __all__ = [
     "METHODS",
     "PRUNED_METHODS",
+    "RUNGS",
     "BenchConfig",
     "FixedSequenceSampler",
+    "Rungs",
     "TransferCandidates",
     "TransferGPSampler",
     "make_sampler",

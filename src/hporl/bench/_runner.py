@@ -24,7 +24,9 @@ from hporl.bench._samplers import (
     TRANSFER,
     TRANSFER_AFTER,
     TRANSFER_THEN,
+    Rungs,
     TransferCandidates,
+    TransferGPSampler,
     make_sampler,
     split_method,
 )
@@ -39,7 +41,7 @@ __all__ = ["BenchConfig", "run"]
 
 logger = logging.getLogger(__name__)
 
-RUN_KEYS = ("then", "after", "pruner", "probe")
+RUN_KEYS = ("then", "after", "pruner", "probe", "rungs")
 """The settings of a bench policy that say how it is run, not how it is made."""
 
 
@@ -226,8 +228,22 @@ class BenchConfig(BaseModel):
             )
         try:
             Probe.from_setting(settings.get("probe"))
+            Rungs.from_setting(settings.get("rungs"))
         except ValueError as err:
             raise ConfigError(f"{where}.{err}") from None
+        if settings.get("rungs") not in (None, False):
+            if (
+                self.budget_unit != "epochs"
+                or self.scenario is None
+                or not self.transfer_only(name)
+            ):
+                raise ConfigError(
+                    f"{where}.rungs: budget-aware transfer GP (the default where no policy is "
+                    "named, on a surrogate with meta-train tasks) stops trials at rungs with "
+                    "budget_unit: epochs only"
+                )
+            if pruner is not None:
+                raise ConfigError(f"{where}.rungs and {where}.pruner both stop trials: choose one")
         then, after = self.handover_of(name)
         if after is not None and (
             not isinstance(after, int) or isinstance(after, bool) or after < 0
@@ -473,12 +489,18 @@ class _Bench:
         rng = np.random.default_rng(0)
         configs = [self.space.sample(rng) for _ in range(self.n_transfer)]
 
-        def meta(more: list[dict[str, Any]]) -> np.ndarray:
-            """The meta-train tasks' scores ``[t, i]`` of ``more``; a failure scores y_min."""
+        def meta(more: list[dict[str, Any]], epoch: int | None = None) -> np.ndarray:
+            """The meta-train tasks' scores ``[t, i]`` of ``more`` (after ``epoch`` epochs, a
+            surrogate's; default all); a failure scores y_min."""
             rows = []
             for name in train:
                 lo, _ = self.normalisation(name)
-                rows.append(np.nan_to_num(self.scores(self.task(name), more), nan=lo))
+                task = self.task(name)
+                if epoch is None:
+                    scores = self.scores(task, more)
+                else:
+                    scores = np.asarray(self.backend.final_scores(task, more, epoch=epoch))  # type: ignore[attr-defined]
+                rows.append(np.nan_to_num(scores, nan=lo))
             return np.array(rows)
 
         values = meta(configs)
@@ -659,6 +681,17 @@ def _one_run(
         pruner_name = settings.get("pruner")
         if config.transfer_only(method):  # its policy would never propose: none was made
             sampler_name, then, after = TRANSFER_THEN, None, None
+            rungs = Rungs.from_setting(settings.get("rungs"))
+            resumable = bool(getattr(bench.backend, "resumable", False))
+            if (
+                config.budget_unit == "epochs"
+                and pruner_name is None
+                and rungs is not None
+                and resumable
+                and transfer.meta is not None
+                and bench.score_kind == "final"  # a rung's score is the curve's there
+            ):
+                return _rung_run(bench, method, task, name, seed, transfer, fold, rungs)
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:
         # a budget-aware policy chooses fidelities; any other probes its proposals (Probe)
         probe = Probe.from_setting(settings.get("probe"))
@@ -855,6 +888,69 @@ def _budgeted_run(
             fidelity=choice.fidelity, continues=continues, seconds=round(seconds, 4),
         )  # fmt: skip
     return rows
+
+
+def _rung_run(
+    bench: _Bench,
+    method: str,
+    task: Any,
+    name: str,
+    seed: int,
+    transfer: TransferCandidates,
+    fold: int,
+    rungs: Rungs,
+) -> list[dict[str, Any]]:
+    """Budget-aware transfer GP's run with ``budget_unit: epochs`` (:class:`Rungs`): each
+    proposal trains to the first rung, then on, rung by rung, while it is likely enough to beat
+    the best complete trial, until ``max(budgets)`` full trainings' epochs are spent. A trial
+    stopped at a rung is ``partial`` (no score, as a pruned one), and transfer GP reads its
+    score there for what it is (:meth:`TransferGPSampler.next_config`)."""
+    full = int(task.epochs)
+    total = bench.config.n_trials * full
+    sampler = TransferGPSampler(bench.space, transfer, seed=seed)
+    rng = np.random.default_rng(seed)
+    trials: list[tuple[dict[str, Any], float | None, int | None]] = []
+    rows: list[dict[str, Any]] = []
+    best: float | None = None
+    spent = 0
+    while spent < total:
+        t0 = time.perf_counter()
+        config = sampler.next_config(trials) or bench.space.sample(rng)  # all tried: random
+        results: dict[int, TrialResult] = {}  # the rungs' evaluations (a surrogate's: ms)
+        score_at = _scorer(bench, task, config, seed, results)
+        epochs = rungs.stop_at(sampler, trials, config, score_at, full) or full
+        propose = time.perf_counter() - t0
+        result = results[epochs] if epochs in results else bench.evaluate(task, config, seed)
+        cost = max(result.epochs_done, 1)
+        y = bench.score(result)
+        if y is not None and not math.isfinite(y):
+            y = None
+        if y is None:  # failed or diverged: tried, nothing observed
+            trials.append((config, math.nan, None))
+        elif epochs < full:
+            trials.append((config, y, epochs))
+            y = None
+        else:
+            trials.append((config, y, None))
+            best = y if best is None else max(best, y)
+        spent += cost
+        status = "partial" if result.ok and epochs < full else result.status
+        row = (method, name, seed, fold, config, result, status, y, best, propose)
+        _add_epoch_row(bench, rows, *row, cost=cost, spent=spent, full=full, fidelity=epochs / full)
+    return rows
+
+
+def _scorer(
+    bench: _Bench, task: Any, config: dict[str, Any], seed: int, results: dict[int, TrialResult]
+) -> Callable[[int], float | None]:
+    """``score_at(e)`` of :meth:`Rungs.stop_at`: trains ``config`` for ``e`` epochs (kept in
+    ``results``) and gives its score."""
+
+    def score_at(epochs: int) -> float | None:
+        results[epochs] = bench.evaluate(task, config, seed, epochs=epochs)
+        return bench.score(results[epochs])
+
+    return score_at
 
 
 def _final_record(

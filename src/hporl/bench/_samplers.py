@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,9 @@ __all__ = [
     "METHODS",
     "PRUNABLE",
     "PRUNED_METHODS",
+    "RUNGS",
     "FixedSequenceSampler",
+    "Rungs",
     "TransferCandidates",
     "TransferGPSampler",
     "make_sampler",
@@ -97,8 +100,9 @@ class TransferCandidates:
 
     ``regret[t, c]`` is candidate ``c``'s normalised regret on meta-train task ``t``;
     ``values[t, c]`` its score there (the backend's, higher is better; a failure at the task's
-    y_min), when known. ``meta(configs)``: the meta-train tasks' scores ``[t, i]`` of any
-    configurations (a surrogate's), when it can be had cheaply.
+    y_min), when known. ``meta(configs, epoch=None)``: the meta-train tasks' scores ``[t, i]``
+    of any configurations (a surrogate's), after ``epoch`` epochs (default: all of each task's),
+    when it can be had cheaply.
     """
 
     def __init__(
@@ -106,7 +110,7 @@ class TransferCandidates:
         configs: list[dict[str, Any]],
         regret: np.ndarray,
         values: np.ndarray | None = None,
-        meta: Callable[[list[dict[str, Any]]], np.ndarray] | None = None,
+        meta: Callable[..., np.ndarray] | None = None,
     ) -> None:
         self.configs = configs
         self.regret = regret
@@ -130,6 +134,84 @@ class TransferCandidates:
     def portfolio(self, n: int) -> list[dict[str, Any]]:
         """Greedy portfolio: each next candidate minimises the mean regret of the best so far."""
         return [self.configs[i] for i in greedy_portfolio(-self.regret, n)]
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """How budget-aware transfer GP spends a budget in epochs: its first ``after`` trials train
+    for all the epochs; every later one stops at the first of the rungs ``at`` (fractions of
+    the task's epochs) where the chance that it would beat the best complete trial if trained
+    to the end (:meth:`TransferGPSampler.improvement_chance`, given its score there) is below
+    ``chance``, and otherwise trains on to the end. A trial that goes on costs no more than a
+    full training (the backend resumes it), so stopping early only saves epochs; what it risks
+    is stopping a trial that would have been the best. Chosen on inner splits of LCBench's
+    meta-train tasks (README, "Budget-aware transfer GP")."""
+
+    at: tuple[float, ...] = (0.5,)
+    chance: float = 0.3
+    after: int = 2
+
+    def __post_init__(self) -> None:
+        at = self.at
+        if (
+            not isinstance(at, (tuple, list))
+            or not at
+            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in at)
+            or not all(0 < f < 1 for f in at)
+            or list(at) != sorted(set(at))
+        ):
+            raise ValueError(f"rungs at must be increasing fractions in (0, 1), got {at!r}")
+        object.__setattr__(self, "at", tuple(float(f) for f in at))
+        c = self.chance
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0 < c < 1:
+            raise ValueError(f"rungs chance must be in (0, 1), got {c!r}")
+        a = self.after
+        if not isinstance(a, int) or isinstance(a, bool) or a < 0:
+            raise ValueError(f"rungs after must be a whole number >= 0, got {a!r}")
+
+    @classmethod
+    def from_setting(cls, value: Any) -> Rungs | None:
+        """A bench setting ``rungs``: ``true`` or absent (the default, :data:`RUNGS`),
+        ``false`` (full trainings only), or ``{at: [F, ...], chance: P, after: N}``."""
+        if value is None or value is True:
+            return RUNGS
+        if value is False:
+            return None
+        if isinstance(value, Mapping) and set(value) <= {"at", "chance", "after"}:
+            return cls(**value)
+        raise ValueError(
+            "rungs must be true, false or a mapping of at (fractions of the epochs), chance "
+            f"and after; got {value!r}"
+        )
+
+    def epochs(self, full: int) -> list[int]:
+        """The epochs of the rungs for a task of ``full`` epochs (those below ``full``)."""
+        return sorted({e for f in self.at if (e := max(1, round(f * full))) < full})
+
+    def stop_at(
+        self,
+        sampler: TransferGPSampler,
+        trials: Sequence[tuple[Any, ...]],
+        config: Mapping[str, Any],
+        score_at: Callable[[int], float | None],
+        full: int,
+    ) -> int | None:
+        """The rung (epochs) at which the trial of ``config`` after ``trials`` stops, ``None``
+        when it trains to the end; ``score_at(e)`` trains it to ``e`` epochs and gives its
+        score there (``None`` or NaN when it failed: the full training then says how)."""
+        if len(trials) < self.after:
+            return None
+        for epochs in self.epochs(full):
+            value = score_at(epochs)
+            if value is None or not math.isfinite(value):
+                return None
+            if sampler.improvement_chance([*trials, (config, value, epochs)], config) < self.chance:
+                return epochs
+        return None
+
+
+RUNGS = Rungs()
+"""Budget-aware transfer GP's default rungs."""
 
 
 class TransferGPSampler(BaseSampler):
@@ -179,6 +261,16 @@ class TransferGPSampler(BaseSampler):
     the final score the best complete trial's curve would have given it (its last value plus
     that trial's gain from the same epoch on): read as nothing, transfer GP under a pruner kept
     proposing near what was pruned (README, "Transfer GP under a pruner").
+
+    A trial trained for fewer epochs than the task's (``(config, score, epochs)`` in
+    :meth:`next_config`) is read for what it is when ``transfer.meta`` scores configurations
+    at any epoch (a surrogate that predicts every epoch): the score after ``epochs`` of the
+    configuration on each meta-train task takes the place of its final one, so the tasks'
+    covariance between early and final scores says how much the early score tells about the
+    final one, and on which configurations. Such a trial never counts as the best found (the
+    improvement is over the best complete trial). :meth:`improvement_chance` says how likely a
+    trial stopped so far is to beat the best complete one if trained to the end: the bench's
+    budget-aware transfer GP (:class:`Rungs`) continues a trial only while it is likely enough.
     """
 
     SCALES = np.linspace(-2.5, 2.5, 11)
@@ -223,6 +315,7 @@ class TransferGPSampler(BaseSampler):
         self._level_prior = (float(self._level.mean()), max(float(self._level.var()), 1e-12))
         self._x, self._index = transfer.encoded(space)
         self._seen: dict[str, np.ndarray] = {}  # key: standardised scores on the tasks
+        self._seen_at: dict[tuple[str, int], np.ndarray] = {}  # the same after some epochs
         self._random = RandomSampler(seed=seed)
 
     def reseed_rng(self) -> None:
@@ -266,6 +359,28 @@ class TransferGPSampler(BaseSampler):
             axis=1,
         )
 
+    def _observed_prior(self, seen: Sequence[_Seen]) -> np.ndarray:
+        """The standardised meta-train scores ``[t, i]`` of what was observed: a complete
+        trial's final ones, a trial read after ``e`` epochs those after ``e`` epochs."""
+        if all(e is None for _, _, e in seen):
+            return self._prior([c for c, _, _ in seen])
+        if self.transfer.meta is None:
+            raise ValueError(
+                "transfer_gp reads a trial trained for fewer epochs only with the meta-train "
+                "tasks' scores at any epoch (transfer.meta: a surrogate)"
+            )
+        columns = []
+        for c, _, e in seen:
+            if e is None:
+                columns.append(self._prior([c])[:, 0])
+                continue
+            key = (config_key(c), int(e))
+            if key not in self._seen_at:
+                scores = self.transfer.meta([dict(c)], epoch=int(e))
+                self._seen_at[key] = self._standardise(np.asarray(scores, dtype=np.float64))[:, 0]
+            columns.append(self._seen_at[key])
+        return np.stack(columns, axis=1)
+
     def _around(self, best: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[Any]:
         """``local`` configurations near ``best``: Gaussian steps of 0.05 or 0.15 in the encoded
         space, each coordinate snapped to 0 or 1 with probability 0.1."""
@@ -277,19 +392,19 @@ class TransferGPSampler(BaseSampler):
         x = np.where(snap, np.round(rng.random(x.shape)), x)
         return [self.space.decode(v) for v in np.clip(x, 0.0, 1.0)]
 
-    def next_config(
-        self, trials: Sequence[tuple[Mapping[str, Any], float | None]]
-    ) -> dict[str, Any] | None:
+    def next_config(self, trials: Sequence[tuple[Any, ...]]) -> dict[str, Any] | None:
         """The configuration to try after ``trials`` (configuration, score to maximise, NaN
-        for a failure, or ``None`` for a trial under way); ``None`` when every one it
-        can choose among was tried (the trial is then sampled at random)."""
-        tried = {config_key(c) for c, _ in trials}
-        seen = [(c, y) for c, y in trials if y is not None and np.isfinite(y)]
+        for a failure, or ``None`` for a trial under way; a third item, when not ``None``, the
+        epochs the score was read after, for a trial stopped before the task's epochs);
+        ``None`` when every one it can choose among was tried (the trial is then sampled at
+        random)."""
+        tried = {config_key(t[0]) for t in trials}
+        seen = _seen(trials)
         rng = np.random.default_rng([self.seed or 0, len(trials)])
         stage: Callable[[np.ndarray, np.ndarray], np.ndarray]
         if len(trials) < self.start or not seen:
             # what the tried ones cover: a failure (NaN) covers nothing, a trial under way will
-            so_far = self._so_far([c for c, y in trials if y is None or np.isfinite(y)])
+            so_far = self._so_far([t[0] for t in trials if t[1] is None or np.isfinite(t[1])])
             weights = self._task_posterior(seen) if seen and self.hedge == "posterior" else None
             z, x, more = self._z, self._x, []
             stage = lambda z, x: self._complement(z, so_far, weights)  # noqa: E731
@@ -298,7 +413,7 @@ class TransferGPSampler(BaseSampler):
             if len(trials) < self.mixture:
                 stage = lambda z, x: self._mixture_improvement(seen, z)  # noqa: E731
             else:
-                xi = self.xi if self._stalled([y for _, y in seen]) else 0.0
+                xi = self.xi if self._stalled([y for _, y, e in seen if e is None]) else 0.0
                 stage = lambda z, x: self._expected_improvement(seen, z, x, xi)  # noqa: E731
         acquisition = stage(z, x)
         acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
@@ -367,7 +482,7 @@ class TransferGPSampler(BaseSampler):
 
     def _choices(
         self,
-        seen: Sequence[tuple[Mapping[str, Any], float]],
+        seen: Sequence[_Seen],
         tried: set[str],
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
@@ -377,7 +492,7 @@ class TransferGPSampler(BaseSampler):
         z, x = self._z, self._x
         more: list[dict[str, Any]] = []
         if self.transfer.meta is not None and self.local > 0:
-            best = [c for c, _ in sorted(seen, key=lambda s: -s[1])[:3]]
+            best = [c for c, _, _ in sorted(seen, key=lambda s: -s[1])[:3]]
             more = [c for c in self._around(best, rng) if config_key(c) not in tried]
             if more:
                 z = np.concatenate([z, self._prior(more, keep=False)], axis=1)
@@ -385,13 +500,13 @@ class TransferGPSampler(BaseSampler):
         return z, x, more
 
     def _mixture_fits(
-        self, seen: Sequence[tuple[Mapping[str, Any], float]]
+        self, seen: Sequence[_Seen]
     ) -> tuple[list[tuple[float, np.ndarray, float]], np.ndarray]:
         """The mixture's fit of the scores so far (:meth:`_mixture_improvement`): per scale
         ``s`` on the grid, each task's level estimate ``a`` and the predictive variance; and
         the posterior weights ``[scale, task]``."""
-        z_o = self._prior([c for c, _ in seen])
-        y = np.array([y for _, y in seen], dtype=np.float64)
+        z_o = self._observed_prior(seen)
+        y = np.array([y for _, y, _ in seen], dtype=np.float64)
         n = len(y)
         level, level_var = self._level_prior
         log_mean, log_sd = self._log_scale
@@ -410,20 +525,18 @@ class TransferGPSampler(BaseSampler):
         weights = np.exp(np.array(log_post) - np.max(log_post))
         return fits, weights / weights.sum()
 
-    def _task_posterior(self, seen: Sequence[tuple[Mapping[str, Any], float]]) -> np.ndarray:
+    def _task_posterior(self, seen: Sequence[_Seen]) -> np.ndarray:
         """How likely each meta-train task is to be the test task, given the scores so far
         (the mixture's posterior, summed over the scale)."""
         return self._mixture_fits(seen)[1].sum(0)
 
-    def _mixture_improvement(
-        self, seen: Sequence[tuple[Mapping[str, Any], float]], z: np.ndarray
-    ) -> np.ndarray:
+    def _mixture_improvement(self, seen: Sequence[_Seen], z: np.ndarray) -> np.ndarray:
         """Expected improvement if the test task is one of the meta-train tasks, affinely:
         ``y(c) = a + s * z_t(c) + e``, ``e`` of standard deviation ``tau * s``, ``a`` and ``s``
         with the GP's priors (``s`` on a grid, ``a`` integrated out), averaged over the
         posterior of ``(t, s)``: which task the scores so far look like."""
         fits, weights = self._mixture_fits(seen)
-        best = max(y for _, y in seen)
+        best = _best(seen)
         acquisition = np.zeros(z.shape[1])
         for (s, a, var), w in zip(fits, weights, strict=True):
             keep = w > 1e-4 * weights.max()  # tasks the scores rule out cost nothing
@@ -454,20 +567,44 @@ class TransferGPSampler(BaseSampler):
         return stuck_at is not None
 
     def _expected_improvement(
-        self,
-        seen: Sequence[tuple[Mapping[str, Any], float]],
-        z: np.ndarray,
-        x: np.ndarray,
-        xi: float = 0.0,
+        self, seen: Sequence[_Seen], z: np.ndarray, x: np.ndarray, xi: float = 0.0
     ) -> np.ndarray:
         """The GP's expected improvement of each choice (``z``, ``x``: :meth:`_choices`) over
         the best score plus ``xi`` times the task's scale."""
+        best = _best(seen)
+        weights, scales, mu, var = self._posterior(seen, z, x)
+        improvement = [
+            _improvement(m, v, best + xi * s) for s, m, v in zip(scales, mu, var, strict=True)
+        ]
+        return weights @ np.array(improvement)
+
+    def improvement_chance(
+        self, trials: Sequence[tuple[Any, ...]], config: Mapping[str, Any]
+    ) -> float:
+        """How likely ``config``, trained for all the epochs, is to score above the best
+        complete trial of ``trials`` (as in :meth:`next_config`; among them, typically,
+        ``config`` itself read after the epochs it has had so far), under the GP's posterior
+        (1 with no complete trial)."""
+        seen = _seen(trials)
+        if not any(e is None for _, _, e in seen):
+            return 1.0
+        z = self._prior([config], keep=False)
+        x = np.array([self.space.encode(config)])
+        weights, _, mu, var = self._posterior(seen, z, x)
+        return float(weights @ norm.sf((_best(seen) - mu[:, 0]) / np.sqrt(var[:, 0])))
+
+    def _posterior(
+        self, seen: Sequence[_Seen], z: np.ndarray, x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The GP's posterior of each choice's score (``z``, ``x``: :meth:`_choices`) given
+        ``seen``, per scale ``s`` of the grid: its weights ``[s]``, the scales ``[s]``, the means
+        and the variances ``[s, c]``."""
         z_mean = z.mean(0)
         z_dev = z - z_mean
-        z_o = self._prior([c for c, _ in seen])
+        z_o = self._observed_prior(seen)
         dev_o, mean_o = z_o - z_o.mean(0), z_o.mean(0)
-        x_o = np.array([self.space.encode(c) for c, _ in seen])
-        y = np.array([y for _, y in seen], dtype=np.float64)
+        x_o = np.array([self.space.encode(c) for c, _, _ in seen])
+        y = np.array([y for _, y, _ in seen], dtype=np.float64)
         n = len(z)
         # g's covariance among the trials, with the candidates, and each candidate's variance
         k_oo = dev_o.T @ dev_o / n + self._rbf * self._kernel(x_o, x_o)
@@ -476,19 +613,19 @@ class TransferGPSampler(BaseSampler):
         k_cc = (z_dev**2).mean(0) + self._rbf
         level, level_var = self._level_prior
         log_mean, log_sd = self._log_scale
-        log_post, improvement = [], []
-        for s in np.exp(log_mean + log_sd * self.SCALES):
+        scales = np.exp(log_mean + log_sd * self.SCALES)
+        log_post, means, variances = [], [], []
+        for s in scales:
             chol = np.linalg.cholesky(s * s * k_oo + level_var)
             r = np.linalg.solve(chol, y - level - s * mean_o)
             prior = -0.5 * ((np.log(s) - log_mean) / log_sd) ** 2
             log_post.append(prior - 0.5 * r @ r - np.log(np.diag(chol)).sum())
             cross = s * s * k_co + level_var
-            mu = level + s * z_mean + cross @ np.linalg.solve(chol.T, r)
+            means.append(level + s * z_mean + cross @ np.linalg.solve(chol.T, r))
             w = np.linalg.solve(chol, cross.T)
-            var = np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12)
-            improvement.append(_improvement(mu, var, y.max() + xi * s))
+            variances.append(np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12))
         weights = np.exp(np.array(log_post) - max(log_post))
-        return (weights / weights.sum()) @ np.array(improvement)
+        return weights / weights.sum(), scales, np.array(means), np.array(variances)
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
@@ -516,6 +653,27 @@ class TransferGPSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any
     ) -> Any:
         return self._random.sample_independent(study, trial, name, dist)
+
+
+_Seen = tuple[Mapping[str, Any], float, "int | None"]
+"""An observed trial: configuration, score, and the epochs it was read after (``None``:
+complete)."""
+
+
+def _seen(trials: Sequence[tuple[Any, ...]]) -> list[_Seen]:
+    """The observed ones of ``trials`` (configuration, score, optional epochs): failures (NaN)
+    and trials under way (``None``) left out."""
+    return [
+        (t[0], float(t[1]), t[2] if len(t) > 2 else None)
+        for t in trials
+        if t[1] is not None and np.isfinite(t[1])
+    ]
+
+
+def _best(seen: Sequence[_Seen]) -> float:
+    """The best complete trial's score (of any trial, when none is complete)."""
+    complete = [y for _, y, e in seen if e is None]
+    return max(complete or [y for _, y, _ in seen])
 
 
 def _observed(trial: FrozenTrial, sign: float, best: FrozenTrial | None = None) -> float | None:
