@@ -505,7 +505,7 @@ def test_rungs_settings():
     assert Rungs.from_setting(False) is None
     rungs = Rungs.from_setting({"at": [0.25, 0.5], "chance": 0.2, "after": 3})
     assert rungs == Rungs(at=(0.25, 0.5), chance=0.2, after=3)
-    assert rungs.epochs(52) == [13, 26] and RUNGS.epochs(52) == [26]
+    assert rungs.epochs(52) == [13, 26] and RUNGS.epochs(52) == [26, 39]
     assert RUNGS.epochs(1) == [] and Rungs(at=(0.1, 0.2)).epochs(4) == [1]
     for bad, message in [
         ({"at": [0.5, 0.25]}, "increasing fractions"),

@@ -308,7 +308,7 @@ class BenchConfig(BaseModel):
     def names_policy(self, method: str) -> bool:
         """Whether a policy method names a policy of its own: a saved one (``policy_path``,
         ``path:``) or settings to meta-train one with (any key but how it is run: ``then``,
-        ``after``, ``pruner``, ``probe``)."""
+        ``after``, ``pruner``, ``probe``, ``rungs``)."""
         settings = self.settings_of(method)
         path = self.policy_path if method == "policy" else settings.get("path")
         return bool(path) or bool(set(settings) - set(RUN_KEYS))
