@@ -456,11 +456,17 @@ class _Bench:
         self.evaluator.close()
         self.stepwise.close()
 
-    def scores(self, task: Any, configs: list[dict[str, Any]]) -> np.ndarray:
-        """Scores (seed 0) of many configurations, NaN where a trial failed; one batched call
-        when the backend is a surrogate with ``final_scores``."""
+    def scores(
+        self, task: Any, configs: list[dict[str, Any]], epoch: int | None = None
+    ) -> np.ndarray:
+        """Scores (seed 0) of many configurations (after ``epoch`` epochs, a surrogate's with
+        ``final_scores``; default all), NaN where a trial failed; one batched call when the
+        backend is a surrogate with ``final_scores``."""
         if self.score_kind == "final" and hasattr(self.backend, "final_scores"):
-            return np.asarray(self.backend.final_scores(task, configs), dtype=float)
+            scores = self.backend.final_scores(task, configs, epoch=epoch)
+            return np.asarray(scores, dtype=float)
+        if epoch is not None:
+            raise ValueError("scores after some epochs need a surrogate with final_scores")
         ys = [self.score(r) for r in self.evaluate_many(task, configs, 0)]
         return np.array([np.nan if y is None else y for y in ys], dtype=float)
 
@@ -495,11 +501,7 @@ class _Bench:
             rows = []
             for name in train:
                 lo, _ = self.normalisation(name)
-                task = self.task(name)
-                if epoch is None:
-                    scores = self.scores(task, more)
-                else:
-                    scores = np.asarray(self.backend.final_scores(task, more, epoch=epoch))  # type: ignore[attr-defined]
+                scores = self.scores(self.task(name), more, epoch)
                 rows.append(np.nan_to_num(scores, nan=lo))
             return np.array(rows)
 
@@ -677,12 +679,12 @@ def _one_run(
     settings = config.settings_of(method)
     policy_method = method == "policy" or method in config.policies
     then, after = config.handover_of(method) if policy_method else (None, None)
+    resumable = bool(getattr(bench.backend, "resumable", False))
     if policy_method:
         pruner_name = settings.get("pruner")
         if config.transfer_only(method):  # its policy would never propose: none was made
             sampler_name, then, after = TRANSFER_THEN, None, None
             rungs = Rungs.from_setting(settings.get("rungs"))
-            resumable = bool(getattr(bench.backend, "resumable", False))
             if (
                 config.budget_unit == "epochs"
                 and pruner_name is None
@@ -695,7 +697,6 @@ def _one_run(
     if config.budget_unit == "epochs" and policy is not None and pruner_name is None:
         # a budget-aware policy chooses fidelities; any other probes its proposals (Probe)
         probe = Probe.from_setting(settings.get("probe"))
-        resumable = bool(getattr(bench.backend, "resumable", False))
         if policy.budget_aware or (probe is not None and resumable):
             after = handover_after(policy, after)
             return _budgeted_run(bench, method, task, name, seed, policy, fold, then, after, probe)

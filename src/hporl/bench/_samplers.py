@@ -590,7 +590,7 @@ class TransferGPSampler(BaseSampler):
         seen = _seen(trials)
         if not any(e is None for _, _, e in seen):
             return 1.0
-        z = self._prior([config], keep=False)
+        z = self._prior([config])  # kept: asked at each rung, then a trial
         x = np.array([self.space.encode(config)])
         weights, _, mu, var = self._posterior(seen, z, x)
         return float(weights @ norm.sf((_best(seen) - mu[:, 0]) / np.sqrt(var[:, 0])))
