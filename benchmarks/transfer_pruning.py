@@ -14,7 +14,11 @@ taken whole from the surrogate. Rules:
 - ``rungs:F/F...:P:N``: budget-aware transfer GP (:class:`hporl.bench.Rungs`, the bench's
   default): after N complete trials, a trial stops at the first rung (fraction F of the epochs)
   where its chance to beat the best complete trial is below P, and transfer GP reads its score
-  there for what it is; ``rungs`` alone: the default rungs.
+  there for what it is; ``rungs`` alone: the default rungs;
+- ``oracle:F:N``: what a perfect stopping decision could buy: after N complete trials, a trial
+  stops at fraction F of the epochs exactly when its final score would not beat the best
+  complete trial's (read there as ``rungs`` reads it). No tuner knows this; it bounds how
+  much a better ``chance`` could gain from rungs at F.
 
 ``--inner`` chooses a rule without the held-out tasks: within each fold, the meta-train tasks
 are split in two halves (alternate tasks), and each half is the held-out set of a run whose
@@ -58,6 +62,7 @@ def run(
     sampler = TransferGPSampler(bench.space, transfer, seed=seed)
     rungs = _rungs(rule)
     stop, read = (int(rule.split(":")[1]), rule.split(":")[2]) if rule[:5] == "stop:" else (0, "")
+    oracle = rule.split(":") if rule.startswith("oracle:") else None
     trials: list[tuple[Any, ...]] = []
     best: np.ndarray | None = None  # the best complete trial's curve
     spent, found = 0, []  # (epochs spent, best complete value) after each complete trial
@@ -67,6 +72,14 @@ def run(
         at = None
         if rungs is not None and len(curve) == full:
             at = rungs.stop_at(sampler, trials, config, lambda e, c=curve: float(c[e - 1]), full)
+        if (
+            oracle is not None
+            and len(curve) == full
+            and len(found) >= int(oracle[2])
+            and best is not None
+            and curve[-1] <= best[-1]
+        ):
+            at = max(1, round(float(oracle[1]) * full))
         if len(curve) < full:  # failed or diverged
             trials.append((config, float("nan")))
             spent += max(len(curve), 1)

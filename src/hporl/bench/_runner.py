@@ -424,9 +424,12 @@ class _Bench:
         return self._tasks[name]
 
     def score(self, result: TrialResult) -> float | None:
+        """A trial's score to maximise (its final or best metric, as ``score_kind`` says);
+        ``None`` when it failed or its metric is not finite."""
         if result.status != "ok":
             return None
-        return result.final_metric if self.score_kind == "final" else result.best_metric
+        y = result.final_metric if self.score_kind == "final" else result.best_metric
+        return y if y is not None and math.isfinite(y) else None
 
     def evaluate_many(
         self, task: Any, configs: list[dict[str, Any]], seed: int
@@ -750,9 +753,8 @@ def _one_run(
             y = None if pruned is not None else bench.score(result)
             if pruned is not None:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif y is None or not math.isfinite(y):
+            elif y is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                y = None
             else:
                 study.tell(trial, y)
                 best = y if best is None else max(best, y)
@@ -877,8 +879,6 @@ def _budgeted_run(
             row_of[choice.continues] = len(rows) + 1
         complete = choice.epochs >= full
         y = bench.score(result) if complete else None
-        if y is not None and not math.isfinite(y):
-            y = None
         if y is not None:
             best = y if best is None else max(best, y)
         spent += choice.cost
@@ -924,8 +924,6 @@ def _rung_run(
         result = results[epochs] if epochs in results else bench.evaluate(task, config, seed)
         cost = max(result.epochs_done, 1)
         y = bench.score(result)
-        if y is not None and not math.isfinite(y):
-            y = None
         if y is None:  # failed or diverged: tried, nothing observed
             trials.append((config, math.nan, None))
         elif epochs < full:
