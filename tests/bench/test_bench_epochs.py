@@ -219,7 +219,7 @@ def test_budget_aware_transfer_gp_stops_trials_at_rungs_and_reads_them(tmp_path)
     config = {
         **TRANSFER_EPOCHS,
         "methods": ["policy", "full", "transfer_gp"],
-        "policy": {"rungs": {"at": [0.25, 0.5], "chance": 0.9}},
+        "policy": {"rungs": {"at": [0.25, 0.5], "chance": 0.9, "after": 2}},
         "policies": {"full": {"rungs": False}},
     }
     summary = run(config, out=tmp_path)
