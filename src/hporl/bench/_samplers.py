@@ -372,10 +372,12 @@ class TransferGPSampler(BaseSampler):
                 "transfer_gp reads a trial trained for fewer epochs only with the meta-train "
                 "tasks' scores at any epoch (transfer.meta: a surrogate)"
             )
+        complete = [c for c, _, e in seen if e is None]
+        finals = iter(self._prior(complete).T) if complete else iter(())
         columns = []
         for c, _, e in seen:
             if e is None:
-                columns.append(self._prior([c])[:, 0])
+                columns.append(next(finals))
                 continue
             key = (config_key(c), int(e))
             if key not in self._seen_at:
