@@ -139,6 +139,12 @@ def test_evaluate_many_equals_evaluate(backend: LCBenchBackend) -> None:
     assert many[3].status == "failed" and "momentum" in many[3].reason
     finals = backend.final_scores(task, [configs[0], configs[1]], epoch=13)
     assert finals.tolist() == [one[0].final_metric, one[1].final_metric]
+    # many tasks in one prediction: the values of one call per task
+    tasks = [task, backend.task("3945")]
+    for epoch in (13, None):
+        on = backend.final_scores_on(tasks, configs[:3], epoch=epoch)
+        each = [backend.final_scores(t, configs[:3], epoch=epoch) for t in tasks]
+        assert on.shape == (2, 3) and on.tolist() == [e.tolist() for e in each]
 
 
 def test_normalisation_uses_and_reuses_cache(

@@ -242,13 +242,13 @@ def test_lcbench_transfer_never_sees_test_tasks(tmp_path):
     )
     bench = _Bench(config, tmp_path)
     seen = []
-    original = bench.backend.final_scores
+    original = bench.backend.final_scores_on
 
-    def spy(task, configs, **kw):  # a task, or (normalisation, when not cached) its id
-        seen.append(str(getattr(task, "name", task)))
-        return original(task, configs, **kw)
+    def spy(tasks, configs, **kw):  # tasks, or (normalisation, when not cached) their ids
+        seen.extend(str(getattr(task, "name", task)) for task in tasks)
+        return original(tasks, configs, **kw)
 
-    bench.backend.final_scores = spy
+    bench.backend.final_scores_on = spy
     bench.transfer_candidates(config.train_tasks)
     assert set(seen) == {"3945"}
 

@@ -1017,10 +1017,24 @@ class YahpoBackend(Backend):
 
         Configurations are not range-checked (see :meth:`evaluate` for that).
         """
-        name = str(getattr(task, "name", task))
+        return self.final_scores_on([task], configs, epoch=epoch)[0]
+
+    def final_scores_on(
+        self,
+        tasks: Sequence[Any],
+        configs: Sequence[Mapping[str, Any]],
+        *,
+        epoch: int | None = None,
+    ) -> np.ndarray:
+        """:meth:`final_scores` of the same configurations on many tasks, ``[t, i]``, in one
+        batched prediction (the same values as one call per task, in about half the time)."""
+        names = [str(getattr(task, "name", task)) for task in tasks]
         epoch = self.max_epoch if epoch is None else epoch
-        rows = self.predict([name] * len(configs), configs, [epoch] * len(configs))
-        return self._scores(rows, self.target)
+        n = len(names) * len(configs)
+        rows = self.predict(
+            [t for t in names for _ in configs], list(configs) * len(names), [epoch] * n
+        )
+        return self._scores(rows, self.target).reshape(len(names), len(configs))
 
     # -- normalisation --------------------------------------------------------------------------
     def normalisation(

@@ -463,15 +463,24 @@ class _Bench:
         self, task: Any, configs: list[dict[str, Any]], epoch: int | None = None
     ) -> np.ndarray:
         """Scores (seed 0) of many configurations (after ``epoch`` epochs, a surrogate's with
-        ``final_scores``; default all), NaN where a trial failed; one batched call when the
-        backend is a surrogate with ``final_scores``."""
-        if self.score_kind == "final" and hasattr(self.backend, "final_scores"):
-            scores = self.backend.final_scores(task, configs, epoch=epoch)
+        ``final_scores_on``; default all), NaN where a trial failed."""
+        return self.scores_on([task], configs, epoch)[0]
+
+    def scores_on(
+        self, tasks: list[Any], configs: list[dict[str, Any]], epoch: int | None = None
+    ) -> np.ndarray:
+        """:meth:`scores` on many tasks, ``[t, i]``: one batched call for all when the backend
+        is a surrogate with ``final_scores_on``."""
+        if self.score_kind == "final" and hasattr(self.backend, "final_scores_on"):
+            scores = self.backend.final_scores_on(tasks, configs, epoch=epoch)
             return np.asarray(scores, dtype=float)
         if epoch is not None:
-            raise ValueError("scores after some epochs need a surrogate with final_scores")
-        ys = [self.score(r) for r in self.evaluate_many(task, configs, 0)]
-        return np.array([np.nan if y is None else y for y in ys], dtype=float)
+            raise ValueError("scores after some epochs need a surrogate with final_scores_on")
+        rows = []
+        for task in tasks:
+            ys = [self.score(r) for r in self.evaluate_many(task, configs, 0)]
+            rows.append([np.nan if y is None else y for y in ys])
+        return np.array(rows, dtype=float).reshape(len(tasks), len(configs))
 
     def normalisation(self, name: str) -> tuple[float, float]:
         """y_min, y_max of a fixed random sample of the task (seed 0), cached on disk."""
@@ -501,12 +510,9 @@ class _Bench:
         def meta(more: list[dict[str, Any]], epoch: int | None = None) -> np.ndarray:
             """The meta-train tasks' scores ``[t, i]`` of ``more`` (after ``epoch`` epochs, a
             surrogate's; default all); a failure scores y_min."""
-            rows = []
-            for name in train:
-                lo, _ = self.normalisation(name)
-                scores = self.scores(self.task(name), more, epoch)
-                rows.append(np.nan_to_num(scores, nan=lo))
-            return np.array(rows)
+            scores = self.scores_on([self.task(name) for name in train], more, epoch)
+            lo = np.array([self.normalisation(name)[0] for name in train])[:, None]
+            return np.where(np.isnan(scores), lo, scores)
 
         values = meta(configs)
         lo, hi = np.array([self.normalisation(name) for name in train]).T[:, :, None]
