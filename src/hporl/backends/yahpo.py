@@ -1027,7 +1027,7 @@ class YahpoBackend(Backend):
         epoch: int | None = None,
     ) -> np.ndarray:
         """:meth:`final_scores` of the same configurations on many tasks, ``[t, i]``, in one
-        batched prediction (the same values as one call per task, in about half the time)."""
+        batched prediction (the same values as one call per task, less overhead per call)."""
         names = [str(getattr(task, "name", task)) for task in tasks]
         epoch = self.max_epoch if epoch is None else epoch
         n = len(names) * len(configs)
