@@ -17,8 +17,9 @@ taken whole from the surrogate. Rules:
   there for what it is; ``rungs`` alone: the default rungs;
 - ``oracle:F:N``: what a perfect stopping decision could buy: after N complete trials, a trial
   stops at fraction F of the epochs exactly when its final score would not beat the best
-  complete trial's (read there as ``rungs`` reads it). No tuner knows this; it bounds how
-  much a better ``chance`` could gain from rungs at F.
+  complete trial's (read there as ``rungs`` reads it). No tuner knows this; it shows what a
+  better ``chance`` could gain from a rung at F (not a strict bound: a trial stopped tells
+  transfer GP less than one trained to the end, and that changes what it proposes next).
 
 ``--inner`` chooses a rule without the held-out tasks: within each fold, the meta-train tasks
 are split in two halves (alternate tasks), and each half is the held-out set of a run whose
