@@ -14,7 +14,9 @@ taken whole from the surrogate. Rules:
 - ``rungs:F/F...:P:N``: budget-aware transfer GP (:class:`hporl.bench.Rungs`, the bench's
   default): after N complete trials, a trial stops at the first rung (fraction F of the epochs)
   where its chance to beat the best complete trial is below P, and transfer GP reads its score
-  there for what it is; ``rungs`` alone: the default rungs;
+  there for what it is; ``rungs`` alone: the default rungs; ``rungs:F/F...:P:N:resume``: the
+  same with freeze-thaw (:meth:`hporl.bench.Rungs.resumed`: a stopped trial is trained on to
+  the end when that is the better use of the next epochs);
 - ``oracle:F:N``: what a perfect stopping decision could buy: after N complete trials, a trial
   stops at fraction F of the epochs exactly when its final score would not beat the best
   complete trial's (read there as ``rungs`` reads it). No tuner knows this; it shows what a
@@ -69,6 +71,16 @@ def run(
     spent, found = 0, []  # (epochs spent, best complete value) after each complete trial
     while spent < budget * full:
         config = sampler.next_config(trials) if trials else first
+        thaw = rungs.resumed(sampler, trials, config, full) if rungs is not None else None
+        if thaw is not None:  # freeze-thaw: train a stopped trial on to the end
+            config, at = trials[thaw][0], trials[thaw][2]
+            curve = np.asarray(bench.evaluate(task, config, 0).curve, dtype=float)
+            spent += full - at
+            trials[thaw] = (config, float(curve[-1]))
+            if best is None or curve[-1] > best[-1]:
+                best = curve
+            found.append((spent, float(best[-1])))
+            continue
         curve = np.asarray(bench.evaluate(task, config, 0).curve, dtype=float)
         at = None
         if rungs is not None and len(curve) == full:
@@ -109,8 +121,9 @@ def _rungs(rule: str) -> Rungs | None:
         return RUNGS
     if not rule.startswith("rungs:"):
         return None
-    _, at, chance, after = rule.split(":")
-    return Rungs(tuple(float(f) for f in at.split("/")), float(chance), int(after))
+    _, at, chance, after, *resume = rule.split(":")
+    fractions = tuple(float(f) for f in at.split("/"))
+    return Rungs(fractions, float(chance), int(after), resume == ["resume"])
 
 
 def _splits(

@@ -245,6 +245,32 @@ def test_budget_aware_transfer_gp_stops_trials_at_rungs_and_reads_them(tmp_path)
     assert all(r["epochs"] == 52 for r in rows["full"])
 
 
+@needs_lcbench
+def test_freeze_thaw_trains_a_stopped_trial_on_and_costs_the_epochs_left(tmp_path):
+    """``rungs: {resume: true}``: a trial stopped at a rung may later be trained on to the end
+    (:meth:`Rungs.resumed`); its row continues the stopped one's, costs the epochs left and
+    scores the full training, and the run's epochs add up."""
+    config = {
+        **TRANSFER_EPOCHS,
+        "methods": ["policy"],
+        "policy": {"rungs": {"at": [0.25, 0.5], "chance": 0.9, "after": 2, "resume": True}},
+    }
+    run(config, out=tmp_path)
+    rows = sorted(json.loads((tmp_path / "results.json").read_text()), key=lambda r: r["trial"])
+    by_trial = {r["trial"]: r for r in rows}
+    resumed = [r for r in rows if r.get("continues") is not None]
+    assert resumed
+    for r in resumed:
+        before = by_trial[r["continues"]]
+        assert before["status"] == "partial" and before["trial"] < r["trial"]
+        assert r["config"] == before["config"] and r["score"] is not None
+        assert r["epochs"] == 52 - before["epochs"] and r["fidelity"] == 1.0
+    assert len({r["continues"] for r in resumed}) == len(resumed)  # each resumed once
+    spent = [r["epochs_spent"] for r in rows]
+    assert spent == list(np.cumsum([r["epochs"] for r in rows]))
+    assert spent[-2] < 5 * 52 <= spent[-1]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

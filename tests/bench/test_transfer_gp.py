@@ -491,6 +491,39 @@ def test_a_trial_read_after_fewer_epochs_tells_how_likely_it_is_to_beat_the_best
     assert after is not None and config_key(after) != config_key(nxt)
 
 
+def test_freeze_thaw_resumes_a_stopped_trial_when_it_is_the_better_use_of_the_epochs(small_space):
+    """With ``resume``, a trial stopped at a rung is trained on instead of the next proposal when
+    its expected improvement per epoch left beats the proposal's per full training: one whose
+    early score points above the best complete trial is, one whose early score points far below
+    it is not. Without ``resume`` nothing is ever resumed."""
+    from hporl.bench import Rungs
+
+    configs, transfer, family, _ = _with_epochs(small_space)
+    truth = dict(zip(map(config_key, configs), family(-3, 0.0), strict=True))
+    sampler = TransferGPSampler(small_space, transfer, seed=0)
+    trials = []
+    for _ in range(3):
+        config = sampler.next_config(trials)
+        trials.append((config, truth[config_key(config)]))
+    best = max(y for _, y in trials)
+    stopped = sampler.next_config(trials)
+    thaw = Rungs(at=(0.5,), resume=True)
+    gains = {}
+    for d in (-0.3, 0.05):
+        history = [*trials, (stopped, 0.75 * (best + d), 5)]
+        proposal = sampler.next_config(history)
+        gains[d] = sampler.expected_improvements(history, [stopped, proposal])
+        assert (gains[d] >= 0).all()
+        assert Rungs(at=(0.5,)).resumed(sampler, history, proposal, 10) is None
+        assert thaw.resumed(sampler, history, proposal, 10) == (3 if d > 0 else None)
+    assert gains[0.05][0] > 10 * gains[-0.3][0]
+    # nothing stopped, or nothing complete to improve on: nothing to resume
+    assert thaw.resumed(sampler, trials, stopped, 10) is None
+    assert thaw.resumed(sampler, [(stopped, 0.5, 5)], configs[0], 10) is None
+    with pytest.raises(ValueError, match="at least one observed trial"):
+        sampler.expected_improvements([], [stopped])
+
+
 def test_a_trial_read_after_fewer_epochs_needs_the_tasks_scores_at_any_epoch(small_space):
     configs, transfer, _ = _families(small_space)
     sampler = TransferGPSampler(small_space, transfer, seed=0)
@@ -505,6 +538,7 @@ def test_rungs_settings():
     assert Rungs.from_setting(False) is None
     rungs = Rungs.from_setting({"at": [0.25, 0.5], "chance": 0.2, "after": 3})
     assert rungs == Rungs(at=(0.25, 0.5), chance=0.2, after=3)
+    assert not rungs.resume and Rungs.from_setting({"resume": True}) == Rungs(resume=True)
     assert rungs.epochs(52) == [13, 26] and RUNGS.epochs(52) == [26, 39]
     assert RUNGS.epochs(1) == [] and Rungs(at=(0.1, 0.2)).epochs(4) == [1]
     for bad, message in [
@@ -513,6 +547,7 @@ def test_rungs_settings():
         ({"at": []}, "increasing fractions"),
         ({"chance": 1.5}, "chance must be in"),
         ({"after": -1}, "after must be a whole number"),
+        ({"resume": "yes"}, "resume must be true or false"),
         ({"every": 2}, "rungs must be true, false or a mapping"),
         ("half", "rungs must be true, false or a mapping"),
     ]:

@@ -911,37 +911,56 @@ def _rung_run(
     proposal trains to the first rung, then on, rung by rung, while it is likely enough to beat
     the best complete trial, until ``max(budgets)`` full trainings' epochs are spent. A trial
     stopped at a rung is ``partial`` (no score, as a pruned one), and transfer GP reads its
-    score there for what it is (:meth:`TransferGPSampler.next_config`)."""
+    score there for what it is (:meth:`TransferGPSampler.next_config`). With ``rungs.resume``
+    a stopped trial may later be trained on to the end instead of a new proposal
+    (:meth:`Rungs.resumed`): its row ``continues`` the stopped one's and costs the epochs
+    left."""
     full = int(task.epochs)
     total = bench.config.n_trials * full
     sampler = TransferGPSampler(bench.space, transfer, seed=seed)
     rng = np.random.default_rng(seed)
     trials: list[tuple[dict[str, Any], float | None, int | None]] = []
+    stopped: dict[int, tuple[int, TrialResult]] = {}  # trial index: its row, its result
     rows: list[dict[str, Any]] = []
     best: float | None = None
     spent = 0
     while spent < total:
         t0 = time.perf_counter()
         config = sampler.next_config(trials) or bench.space.sample(rng)  # all tried: random
+        thaw = rungs.resumed(sampler, trials, config, full)
         results: dict[int, TrialResult] = {}  # the rungs' evaluations (a surrogate's: ms)
-        score_at = _scorer(bench, task, config, seed, results)
-        epochs = rungs.stop_at(sampler, trials, config, score_at, full) or full
+        if thaw is None:
+            score_at = _scorer(bench, task, config, seed, results)
+            epochs = rungs.stop_at(sampler, trials, config, score_at, full) or full
+        else:
+            config, epochs = trials[thaw][0], full
         propose = time.perf_counter() - t0
         result = results[epochs] if epochs in results else bench.evaluate(task, config, seed)
-        cost = max(result.epochs_done, 1)
+        cost, seconds, continues = max(result.epochs_done, 1), result.wall_time, None
+        if thaw is not None:  # the backend resumes it: the epochs and seconds left
+            continues, before = stopped.pop(thaw)
+            cost = max(result.epochs_done - before.epochs_done, 1)
+            seconds = max(seconds - before.wall_time, 0.0)
         y = bench.score(result)
         if y is None:  # failed or diverged: tried, nothing observed
-            trials.append((config, math.nan, None))
+            observed: tuple[dict[str, Any], float | None, int | None] = (config, math.nan, None)
         elif epochs < full:
-            trials.append((config, y, epochs))
-            y = None
+            observed, y = (config, y, epochs), None
+            stopped[len(trials)] = (len(rows) + 1, result)
         else:
-            trials.append((config, y, None))
+            observed = (config, y, None)
             best = y if best is None else max(best, y)
+        if thaw is None:
+            trials.append(observed)
+        else:
+            trials[thaw] = observed
         spent += cost
         status = "partial" if result.ok and epochs < full else result.status
         row = (method, name, seed, fold, config, result, status, y, best, propose)
-        _add_epoch_row(bench, rows, *row, cost=cost, spent=spent, full=full, fidelity=epochs / full)
+        _add_epoch_row(
+            bench, rows, *row, cost=cost, spent=spent, full=full, fidelity=epochs / full,
+            continues=continues, seconds=round(seconds, 4),
+        )  # fmt: skip
     return rows
 
 
