@@ -15,7 +15,8 @@ finished bench): their rows are merged and every regret is computed again agains
 per task, the highest of the runs' (each run raised its own to the best its methods found).
 y_min and each run's y_max are read back from the rows (two rows of a task with different
 scores fix both), so no backend is needed. The report lists the methods of all runs; a method
-run on a task in several runs is taken from the first (the others still count for y_max).
+run on a task with the same seed in several runs is taken from the first (the others still
+count for y_max). Runs may also hold more seeds of the same methods (``first_seed``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def main() -> None:
         if tasks & set(test) and not args.methods_apart:
             raise SystemExit(f"{run}: its test tasks overlap another run's (--methods-apart?)")
         runs.append(json.loads((run / "results.json").read_text()))
-        taken = {(r["method"], r["task"]) for r in records} if args.methods_apart else set()
-        records += [r for r in runs[-1] if (r["method"], r["task"]) not in taken]
+        taken = {_run_of(r) for r in records} if args.methods_apart else set()
+        records += [r for r in runs[-1] if _run_of(r) not in taken]
         train |= set(summary["train_tasks"])
         test += [t for t in summary["test_tasks"] if t not in test]
         timings |= {f"{k}_run{i}": v for k, v in summary.get("timings_seconds", {}).items()}
@@ -67,6 +68,11 @@ def main() -> None:
     write_json(args.out / "summary.json", merged)
     write_report(records, merged, config, args.out)
     print((args.out / "report.md").read_text())
+
+
+def _run_of(row: dict) -> tuple[str, str, int]:
+    """The run a row belongs to: its method, task and seed."""
+    return row["method"], row["task"], row["seed"]
 
 
 def renormalise(runs: list[list[dict]]) -> None:

@@ -51,3 +51,32 @@ def test_runs_of_other_methods_merge_under_one_normalisation(tmp_path):
     assert any(alone[k] != pytest.approx(want[k]) for k in alone)  # the merge changed them
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert list(summary["methods"]) == ["random", "tpe"]
+
+
+@needs_lcbench
+def test_more_seeds_run_apart_merge_into_the_bench_of_all_seeds(tmp_path):
+    """``first_seed``: seeds 0 and 1 run as two benches give the runs of one bench of both
+    seeds, and merge (``--methods-apart``, one run per method, task and seed) into its report."""
+    config = {
+        **LCBENCH_BENCH,
+        "test_tasks": ["34539"],
+        "methods": ["random", "tpe"],
+        "budgets": [1, 12],
+        "seeds": 2,
+        "normalisation_samples": 30,
+    }
+    run(config, out=tmp_path / "both")
+    run({**config, "seeds": 1}, out=tmp_path / "a")
+    run({**config, "seeds": 1, "first_seed": 1}, out=tmp_path / "b")
+    assert {k[2] for k in _regrets(tmp_path / "b")} == {1}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(config))
+    merged = subprocess.run(
+        [sys.executable, str(MERGE), str(tmp_path / "both.yaml"), str(tmp_path / "a"),
+         str(tmp_path / "b"), "--methods-apart", "--out", str(tmp_path / "m")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    want, got = _regrets(tmp_path / "both"), _regrets(tmp_path / "m")
+    assert got.keys() == want.keys() and got == pytest.approx(want)
+    with pytest.raises(ValueError, match="first_seed"):
+        run({**config, "first_seed": -1}, out=tmp_path / "bad")

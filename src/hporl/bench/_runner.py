@@ -64,6 +64,12 @@ class BenchConfig(BaseModel):
     )
     budgets: list[int] = Field(default_factory=lambda: [1, 3, 10, 30])
     seeds: int = Field(3, gt=0)
+    first_seed: int = Field(
+        0,
+        ge=0,
+        description="the runs' seeds are first_seed .. first_seed + seeds - 1: more seeds of a "
+        "bench, run apart and merged (benchmarks/merge_bench.py --methods-apart)",
+    )
     policy: dict[str, Any] = Field(default_factory=dict)
     policy_path: str | None = None
     policies: dict[str, dict[str, Any]] = Field(
@@ -618,7 +624,7 @@ def _run(
         for name in test:
             task = bench.task(name)
             for method in config.methods:
-                for seed in range(config.seeds):
+                for seed in range(config.first_seed, config.first_seed + config.seeds):
                     rows = _one_run(
                         bench, method, task, name, seed, transfer, policies.get(method), f
                     )
