@@ -632,7 +632,7 @@ class TransferGPSampler(BaseSampler):
         seen = _seen(trials)
         if not any(e is None for _, _, e in seen):
             return 1.0
-        weights, _, mu, var = self._final_posterior(seen, [config])
+        weights, _, mu, var = self._posterior(seen, *self._final_choices([config]))
         return float(weights @ norm.sf((_best(seen) - mu[:, 0]) / np.sqrt(var[:, 0])))
 
     def expected_improvements(
@@ -644,18 +644,13 @@ class TransferGPSampler(BaseSampler):
         seen = _seen(trials)
         if not seen:
             raise ValueError("expected_improvements needs at least one observed trial")
-        weights, _, mu, var = self._final_posterior(seen, configs)
-        best = _best(seen)
-        return weights @ np.array([_improvement(m, v, best) for m, v in zip(mu, var, strict=True)])
+        return self._expected_improvement(seen, *self._final_choices(configs))
 
-    def _final_posterior(
-        self, seen: Sequence[_Seen], configs: Sequence[Mapping[str, Any]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_posterior` of ``configs``' final scores (their meta-train scores kept: they
-        are asked again at each rung and proposal)."""
-        z = self._prior(configs)
-        x = np.array([self.space.encode(c) for c in configs])
-        return self._posterior(seen, z, x)
+    def _final_choices(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """``configs`` as choices of :meth:`_posterior`: their standardised final scores on the
+        meta-train tasks ``[t, c]`` (kept: they are asked again at each rung and proposal) and
+        their encodings ``[c, d]``."""
+        return self._prior(configs), np.array([self.space.encode(c) for c in configs])
 
     def _posterior(
         self, seen: Sequence[_Seen], z: np.ndarray, x: np.ndarray
