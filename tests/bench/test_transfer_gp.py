@@ -463,20 +463,26 @@ def _with_epochs(space):
     return configs, transfer, family, asked
 
 
+def _three_complete_then_next(space):
+    """Transfer GP over ``_with_epochs``' candidates after 3 complete trials on the first family
+    task: the sampler, the trials, the best score, the next proposal and the epochs ``meta`` was
+    asked for."""
+    configs, transfer, family, asked = _with_epochs(space)
+    truth = dict(zip(map(config_key, configs), family(-3, 0.0), strict=True))
+    sampler = TransferGPSampler(space, transfer, seed=0)
+    trials = []
+    for _ in range(3):
+        config = sampler.next_config(trials)
+        trials.append((config, truth[config_key(config)]))
+    return sampler, trials, max(y for _, y in trials), sampler.next_config(trials), asked
+
+
 def test_a_trial_read_after_fewer_epochs_tells_how_likely_it_is_to_beat_the_best(small_space):
     """A trial stopped after 5 of 10 epochs is read against the meta-train tasks' scores after 5
     epochs: a score there that, on those tasks, leads to more than the best complete trial makes
     finishing it likely; one that leads to less makes it unlikely. Such a trial is never the best
     found: the improvement is over the complete trials."""
-    configs, transfer, family, asked = _with_epochs(small_space)
-    truth = dict(zip(map(config_key, configs), family(-3, 0.0), strict=True))
-    sampler = TransferGPSampler(small_space, transfer, seed=0)
-    trials = []
-    for _ in range(3):
-        config = sampler.next_config(trials)
-        trials.append((config, truth[config_key(config)]))
-    best = max(y for _, y in trials)
-    nxt = sampler.next_config(trials)
+    sampler, trials, best, nxt, asked = _three_complete_then_next(small_space)
     chance = [
         sampler.improvement_chance([*trials, (nxt, 0.75 * (best + d), 5)], nxt)
         for d in (-0.3, -0.1, -0.02, 0.02, 0.05)
@@ -498,15 +504,8 @@ def test_freeze_thaw_resumes_a_stopped_trial_when_it_is_the_better_use_of_the_ep
     it is not. Without ``resume`` nothing is ever resumed."""
     from hporl.bench import Rungs
 
-    configs, transfer, family, _ = _with_epochs(small_space)
-    truth = dict(zip(map(config_key, configs), family(-3, 0.0), strict=True))
-    sampler = TransferGPSampler(small_space, transfer, seed=0)
-    trials = []
-    for _ in range(3):
-        config = sampler.next_config(trials)
-        trials.append((config, truth[config_key(config)]))
-    best = max(y for _, y in trials)
-    stopped = sampler.next_config(trials)
+    sampler, trials, best, stopped, _ = _three_complete_then_next(small_space)
+    configs = sampler.transfer.configs
     thaw = Rungs(at=(0.5,), resume=True)
     gains = {}
     for d in (-0.3, 0.05):
