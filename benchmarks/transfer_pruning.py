@@ -16,7 +16,9 @@ taken whole from the surrogate. Rules:
   where its chance to beat the best complete trial is below P, and transfer GP reads its score
   there for what it is; ``rungs`` alone: the default rungs; ``rungs:F/F...:P:N:resume``: the
   same with freeze-thaw (:meth:`hporl.bench.Rungs.resumed`: a stopped trial is trained on to
-  the end when that is the better use of the next epochs);
+  the end when that is the better use of the next epochs); ``...:cost`` (with or after
+  ``resume``): the proposals' expected improvement per expected epochs
+  (:meth:`hporl.bench.Rungs.expected_cost`);
 - ``oracle:F:N``: what a perfect stopping decision could buy: after N complete trials, a trial
   stops at fraction F of the epochs exactly when its final score would not beat the best
   complete trial's (read there as ``rungs`` reads it). No tuner knows this; it shows what a
@@ -37,6 +39,7 @@ of the sample). Prints mean regret at each B and paired differences against the 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,7 +73,8 @@ def run(
     best: np.ndarray | None = None  # the best complete trial's curve
     spent, found = 0, []  # (epochs spent, best complete value) after each complete trial
     while spent < budget * full:
-        config = sampler.next_config(trials) if trials else first
+        cost = rungs.cost(trials) if rungs is not None else None
+        config = sampler.next_config(trials, cost) if trials else first
         thaw = rungs.resumed(sampler, trials, config, full) if rungs is not None else None
         if thaw is not None:  # freeze-thaw: train a stopped trial on to the end
             config, at = trials[thaw][0], trials[thaw][2]
@@ -121,9 +125,9 @@ def _rungs(rule: str) -> Rungs | None:
         return RUNGS
     if not rule.startswith("rungs:"):
         return None
-    _, at, chance, after, *resume = rule.split(":")
+    _, at, chance, after, *flags = rule.split(":")
     fractions = tuple(float(f) for f in at.split("/"))
-    return Rungs(fractions, float(chance), int(after), resume == ["resume"])
+    return Rungs(fractions, float(chance), int(after), "resume" in flags, "cost" in flags)
 
 
 def _splits(
@@ -145,6 +149,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--inner", action="store_true", help="held out: halves of train tasks")
     parser.add_argument("--folds", help="only these folds (comma-separated, from 0)")
+    parser.add_argument("--out", type=Path, help="write each rule's regrets per run (JSON)")
     args = parser.parse_args()
     config = BenchConfig.load(args.config)
     rules = args.rules.split(",")
@@ -166,6 +171,8 @@ def main() -> None:
                             run(bench, name, transfer, seed, rule, args.budget, first)
                         )
                     print(f"task {name} seed {seed} done", flush=True)
+    if args.out is not None:
+        args.out.write_text(json.dumps({"budgets": BUDGETS, "rows": rows}))
     base = np.array(rows[rules[0]])
     print(f"{len(base)} runs; mean normalised regret at B = {', '.join(map(str, BUDGETS))}")
     for rule in rules:

@@ -215,12 +215,14 @@ def test_budget_aware_transfer_gp_stops_trials_at_rungs_and_reads_them(tmp_path)
     its first two trials, each trial stops at a rung unless it is likely enough to beat the best
     complete one; a stopped trial is partial (no score) and costs the epochs up to its rung, a
     trial that goes on costs a full training. ``rungs: false`` trains every trial fully, as the
-    ``transfer_gp`` method does."""
+    ``transfer_gp`` method does; ``per_cost`` chooses by expected improvement per expected
+    epochs once trials can stop, so it proposes differently from then on."""
+    rungs = {"at": [0.25, 0.5], "chance": 0.9, "after": 2}
     config = {
         **TRANSFER_EPOCHS,
-        "methods": ["policy", "full", "transfer_gp"],
-        "policy": {"rungs": {"at": [0.25, 0.5], "chance": 0.9, "after": 2}},
-        "policies": {"full": {"rungs": False}},
+        "methods": ["policy", "full", "transfer_gp", "per_cost"],
+        "policy": {"rungs": rungs},
+        "policies": {"full": {"rungs": False}, "per_cost": {"rungs": rungs | {"per_cost": True}}},
     }
     summary = run(config, out=tmp_path)
     records = json.loads((tmp_path / "results.json").read_text())
@@ -243,6 +245,10 @@ def test_budget_aware_transfer_gp_stops_trials_at_rungs_and_reads_them(tmp_path)
     assert [r["config"] for r in aware[:2]] == [r["config"] for r in rows["transfer_gp"][:2]]
     assert [r["config"] for r in rows["full"]] == [r["config"] for r in rows["transfer_gp"]]
     assert all(r["epochs"] == 52 for r in rows["full"])
+    per_cost = rows["per_cost"]
+    assert [r["config"] for r in per_cost[:2]] == [r["config"] for r in aware[:2]]
+    assert [r["config"] for r in per_cost[2:]] != [r["config"] for r in aware[2:]]
+    assert per_cost[-2]["epochs_spent"] < 5 * 52 <= per_cost[-1]["epochs_spent"]
 
 
 @needs_lcbench

@@ -523,6 +523,40 @@ def test_freeze_thaw_resumes_a_stopped_trial_when_it_is_the_better_use_of_the_ep
         sampler.expected_improvements([], [stopped])
 
 
+def test_per_cost_the_acquisition_favours_a_choice_likely_to_be_stopped(small_space):
+    """With ``cost`` (``rungs: {per_cost: true}``), expected improvement is divided by the
+    expected cost: a choice sure to beat the best trains to the end (cost 1), one sure not to
+    stops at the first rung; so a choice's acquisition rises by at most 1 / first rung, the
+    more the less likely it is to beat the best. Before ``after`` trials, and without
+    ``per_cost``, there is no cost."""
+    from hporl.bench import Rungs
+
+    sampler, trials, _, _, _ = _three_complete_then_next(small_space)
+    rungs = Rungs(at=(0.5, 0.75), per_cost=True)
+    assert Rungs().cost(trials) is None and rungs.cost(trials[:1]) is None
+    cost = rungs.cost(trials)
+    assert cost is not None
+    assert np.allclose(cost(np.array([0.0, 0.5, 1.0])), [0.5, 0.75, 1.0])
+    seen = [(c, y, None) for c, y in trials]
+    z, x = sampler._z, sampler._x
+    for stage in (
+        lambda c: sampler._expected_improvement(seen, z, x, cost=c),
+        lambda c: sampler._mixture_improvement(seen, z, c),
+    ):
+        plain, per_cost = stage(None), stage(cost)
+        ratio = per_cost / np.maximum(plain, 1e-300)
+        some = plain > 1e-12
+        assert np.all((ratio[some] >= 1 - 1e-9) & (ratio[some] <= 2 + 1e-9))
+        assert ratio[some].max() - ratio[some].min() > 0.1  # it does rank differently
+    # the chance it divides by is improvement_chance's
+    one = sampler.transfer.configs[:1]
+    chance = sampler.improvement_chance(trials, one[0])
+    z1, x1 = sampler._final_choices(one)
+    ei = sampler._expected_improvement(seen, z1, x1)
+    assert np.allclose(sampler._expected_improvement(seen, z1, x1, cost=cost), ei / cost(chance))
+    assert sampler.next_config(trials, cost) is not None
+
+
 def test_a_trial_read_after_fewer_epochs_needs_the_tasks_scores_at_any_epoch(small_space):
     configs, transfer, _ = _families(small_space)
     sampler = TransferGPSampler(small_space, transfer, seed=0)
@@ -538,6 +572,7 @@ def test_rungs_settings():
     rungs = Rungs.from_setting({"at": [0.25, 0.5], "chance": 0.2, "after": 3})
     assert rungs == Rungs(at=(0.25, 0.5), chance=0.2, after=3)
     assert not rungs.resume and Rungs.from_setting({"resume": True}) == Rungs(resume=True)
+    assert not rungs.per_cost and Rungs.from_setting({"per_cost": True}).per_cost
     assert rungs.epochs(52) == [13, 26] and RUNGS.epochs(52) == [26, 39]
     assert RUNGS.epochs(1) == [] and Rungs(at=(0.1, 0.2)).epochs(4) == [1]
     for bad, message in [
@@ -547,6 +582,7 @@ def test_rungs_settings():
         ({"chance": 1.5}, "chance must be in"),
         ({"after": -1}, "after must be a whole number"),
         ({"resume": "yes"}, "resume must be true or false"),
+        ({"per_cost": 1}, "per_cost must be true or false"),
         ({"every": 2}, "rungs must be true, false or a mapping"),
         ("half", "rungs must be true, false or a mapping"),
     ]:

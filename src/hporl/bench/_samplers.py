@@ -159,6 +159,7 @@ class Rungs:
     chance: float = 0.3
     after: int = 2
     resume: bool = False
+    per_cost: bool = False
 
     def __post_init__(self) -> None:
         at = self.at
@@ -177,8 +178,9 @@ class Rungs:
         a = self.after
         if not isinstance(a, int) or isinstance(a, bool) or a < 0:
             raise ValueError(f"rungs after must be a whole number >= 0, got {a!r}")
-        if not isinstance(self.resume, bool):
-            raise ValueError(f"rungs resume must be true or false, got {self.resume!r}")
+        for flag in ("resume", "per_cost"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"rungs {flag} must be true or false, got {getattr(self, flag)!r}")
 
     @classmethod
     def from_setting(cls, value: Any) -> Rungs | None:
@@ -189,12 +191,33 @@ class Rungs:
             return RUNGS
         if value is False:
             return None
-        if isinstance(value, Mapping) and set(value) <= {"at", "chance", "after", "resume"}:
+        if isinstance(value, Mapping) and set(value) <= {
+            "at",
+            "chance",
+            "after",
+            "resume",
+            "per_cost",
+        }:
             return cls(**value)
         raise ValueError(
             "rungs must be true, false or a mapping of at (fractions of the epochs), chance, "
             f"after and resume; got {value!r}"
         )
+
+    def cost(self, trials: Sequence[tuple[Any, ...]]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """With ``per_cost``, what the next proposal after ``trials`` is expected to cost
+        (:meth:`TransferGPSampler.next_config`'s ``cost``): ``None`` without it, or while
+        trials train to the end (``after``)."""
+        if not self.per_cost or len(trials) < self.after:
+            return None
+        return self.expected_cost
+
+    def expected_cost(self, chance: np.ndarray) -> np.ndarray:
+        """A new trial's expected epochs, in full trainings, given its chance to beat the best
+        complete trial: a trial that would beat it trains to the end, one that would not stops
+        at the first rung (as the rungs would decide, knowing its final score)."""
+        first = self.at[0]
+        return first + (1.0 - first) * np.asarray(chance)
 
     def epochs(self, full: int) -> list[int]:
         """The epochs of the rungs for a task of ``full`` epochs (those below ``full``)."""
@@ -436,12 +459,19 @@ class TransferGPSampler(BaseSampler):
         x = np.where(snap, np.round(rng.random(x.shape)), x)
         return [self.space.decode(v) for v in np.clip(x, 0.0, 1.0)]
 
-    def next_config(self, trials: Sequence[tuple[Any, ...]]) -> dict[str, Any] | None:
+    def next_config(
+        self,
+        trials: Sequence[tuple[Any, ...]],
+        cost: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> dict[str, Any] | None:
         """The configuration to try after ``trials`` (configuration, score to maximise, NaN
         for a failure, or ``None`` for a trial under way; a third item, when not ``None``, the
         epochs the score was read after, for a trial stopped before the task's epochs);
         ``None`` when every one it can choose among was tried (the trial is then sampled at
-        random)."""
+        random). With ``cost`` (each choice's chance to beat the best complete trial to its
+        expected cost, in full trainings: :meth:`Rungs.expected_cost`), the mixture's and the
+        GP's expected improvement is taken per expected cost: a choice likely to be stopped
+        early costs less."""
         tried = {config_key(t[0]) for t in trials}
         seen = _seen(trials)
         rng = np.random.default_rng([self.seed or 0, len(trials)])
@@ -455,10 +485,10 @@ class TransferGPSampler(BaseSampler):
         else:
             z, x, more = self._choices(seen, tried, rng)
             if len(trials) < self.mixture:
-                stage = lambda z, x: self._mixture_improvement(seen, z)  # noqa: E731
+                stage = lambda z, x: self._mixture_improvement(seen, z, cost)  # noqa: E731
             else:
                 xi = self.xi if self._stalled([y for _, y, e in seen if e is None]) else 0.0
-                stage = lambda z, x: self._expected_improvement(seen, z, x, xi)  # noqa: E731
+                stage = lambda z, x: self._expected_improvement(seen, z, x, xi, cost)  # noqa: E731
         acquisition = stage(z, x)
         acquisition[[self._index[k] for k in tried if k in self._index]] = -np.inf
         if len(trials) < self.mixture:
@@ -574,19 +604,28 @@ class TransferGPSampler(BaseSampler):
         (the mixture's posterior, summed over the scale)."""
         return self._mixture_fits(seen)[1].sum(0)
 
-    def _mixture_improvement(self, seen: Sequence[_Seen], z: np.ndarray) -> np.ndarray:
+    def _mixture_improvement(
+        self,
+        seen: Sequence[_Seen],
+        z: np.ndarray,
+        cost: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Expected improvement if the test task is one of the meta-train tasks, affinely:
         ``y(c) = a + s * z_t(c) + e``, ``e`` of standard deviation ``tau * s``, ``a`` and ``s``
         with the GP's priors (``s`` on a grid, ``a`` integrated out), averaged over the
-        posterior of ``(t, s)``: which task the scores so far look like."""
+        posterior of ``(t, s)``: which task the scores so far look like. Per expected cost
+        with ``cost`` (:meth:`next_config`)."""
         fits, weights = self._mixture_fits(seen)
         best = _best(seen)
-        acquisition = np.zeros(z.shape[1])
+        acquisition, chance = np.zeros(z.shape[1]), np.zeros(z.shape[1])
         for (s, a, var), w in zip(fits, weights, strict=True):
             keep = w > 1e-4 * weights.max()  # tasks the scores rule out cost nothing
             if keep.any():
-                acquisition += w[keep] @ _improvement(a[keep, None] + s * z[keep], var, best)
-        return acquisition
+                mean = a[keep, None] + s * z[keep]
+                acquisition += w[keep] @ _improvement(mean, var, best)
+                if cost is not None:
+                    chance += w[keep] @ norm.sf((best - mean) / np.sqrt(var))
+        return acquisition if cost is None else acquisition / cost(chance / weights.sum())
 
     def _stalled(self, ys: Sequence[float]) -> bool:
         """Whether the GP is stuck on a plateau (``ys``: the scores in trial order): at some
@@ -611,16 +650,25 @@ class TransferGPSampler(BaseSampler):
         return stuck_at is not None
 
     def _expected_improvement(
-        self, seen: Sequence[_Seen], z: np.ndarray, x: np.ndarray, xi: float = 0.0
+        self,
+        seen: Sequence[_Seen],
+        z: np.ndarray,
+        x: np.ndarray,
+        xi: float = 0.0,
+        cost: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> np.ndarray:
         """The GP's expected improvement of each choice (``z``, ``x``: :meth:`_choices`) over
-        the best score plus ``xi`` times the task's scale."""
+        the best score plus ``xi`` times the task's scale; per expected cost with ``cost``
+        (:meth:`next_config`)."""
         best = _best(seen)
         weights, scales, mu, var = self._posterior(seen, z, x)
         improvement = [
             _improvement(m, v, best + xi * s) for s, m, v in zip(scales, mu, var, strict=True)
         ]
-        return weights @ np.array(improvement)
+        acquisition = weights @ np.array(improvement)
+        if cost is None:
+            return acquisition
+        return acquisition / cost(weights @ norm.sf((best - mu) / np.sqrt(var)))
 
     def improvement_chance(
         self, trials: Sequence[tuple[Any, ...]], config: Mapping[str, Any]
