@@ -27,7 +27,9 @@ taken whole from the surrogate. Rules:
 
 ``--inner`` chooses a rule without the held-out tasks: within each fold, the meta-train tasks
 are split in two halves (alternate tasks), and each half is the held-out set of a run whose
-candidates come from the other.
+candidates come from the other. ``--inner loo`` holds out each meta-train task in turn, with
+candidates from all the others: as many runs, each with a prior from nearly as many tasks as
+the held-out runs have (the halves' candidates come from half of them).
 
 A run's regret at B is that of the best complete trial within B full trainings' epochs,
 normalised by the task's 10,000-sample y_min / y_max (below 0: better than every configuration
@@ -131,14 +133,25 @@ def _rungs(rule: str) -> Rungs | None:
 
 
 def _splits(
-    config: BenchConfig, tasks: list[str], inner: bool
-) -> list[tuple[list[str], list[str]]]:
-    """The folds' (candidates' tasks, held-out tasks); with ``inner``, each fold's meta-train
-    tasks split in two halves, each held out once."""
+    config: BenchConfig, tasks: list[str], inner: str | None
+) -> list[tuple[int, list[str], list[str]]]:
+    """The folds' (fold, candidates' tasks, held-out tasks); with ``inner="halves"``, each
+    fold's meta-train tasks split in two halves, each held out once; with ``"loo"``, each of
+    them held out once, the candidates from the others."""
     folds = _folds(config, tasks)
-    if not inner:
-        return folds
-    return [(train[1 - h :: 2], train[h::2]) for train, _ in folds for h in (0, 1)]
+    if inner is None:
+        return [(i, train, test) for i, (train, test) in enumerate(folds)]
+    if inner == "halves":
+        return [
+            (i, train[1 - h :: 2], train[h::2])
+            for i, (train, _) in enumerate(folds)
+            for h in (0, 1)
+        ]
+    return [
+        (i, [t for t in train if t != name], [name])
+        for i, (train, _) in enumerate(folds)
+        for name in train
+    ]
 
 
 def main() -> None:
@@ -147,7 +160,13 @@ def main() -> None:
     parser.add_argument("--rules", default="full,stop:13:estimate,stop:13:nothing")
     parser.add_argument("--budget", type=int, default=10, help="full trainings' epochs")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--inner", action="store_true", help="held out: halves of train tasks")
+    parser.add_argument(
+        "--inner",
+        nargs="?",
+        const="halves",
+        choices=("halves", "loo"),
+        help="held out: halves of the meta-train tasks (default), or each one (loo)",
+    )
     parser.add_argument("--folds", help="only these folds (comma-separated, from 0)")
     parser.add_argument("--out", type=Path, help="write each rule's regrets per run (JSON)")
     args = parser.parse_args()
@@ -157,10 +176,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         bench = _Bench(config, Path(out))
         splits = _splits(config, bench.all_tasks, args.inner)
-        per_fold = 2 if args.inner else 1
         keep = None if args.folds is None else {int(f) for f in args.folds.split(",")}
-        for i, (train, test) in enumerate(splits):
-            if keep is not None and i // per_fold not in keep:
+        for fold, train, test in splits:
+            if keep is not None and fold not in keep:
                 continue
             transfer = bench.transfer_candidates(train)
             for seed in range(args.seeds):
