@@ -932,6 +932,7 @@ def _rung_run(
     spent = 0
     while spent < total:
         t0 = time.perf_counter()
+        # None when every one it can choose among was tried: a random configuration
         config = sampler.next_config(trials, rungs.cost(trials)) or bench.space.sample(rng)
         thaw = rungs.resumed(sampler, trials, config, full)
         results: dict[int, TrialResult] = {}  # the rungs' evaluations (a surrogate's: ms)

@@ -625,8 +625,8 @@ class TransferGPSampler(BaseSampler):
                 mean = a[keep, None] + s * z[keep]
                 acquisition += w[keep] @ _improvement(mean, var, best)
                 if cost is not None:
-                    chance += w[keep] @ norm.sf((best - mean) / np.sqrt(var))
-        return acquisition if cost is None else acquisition / cost(chance / weights.sum())
+                    chance += w[keep] @ _chance(mean, var, best)
+        return acquisition if cost is None else acquisition / cost(chance)
 
     def _stalled(self, ys: Sequence[float]) -> bool:
         """Whether the GP is stuck on a plateau (``ys``: the scores in trial order): at some
@@ -669,7 +669,7 @@ class TransferGPSampler(BaseSampler):
         acquisition = weights @ np.array(improvement)
         if cost is None:
             return acquisition
-        return acquisition / cost(weights @ norm.sf((best - mu) / np.sqrt(var)))
+        return acquisition / cost(weights @ _chance(mu, var, best))
 
     def improvement_chance(
         self, trials: Sequence[tuple[Any, ...]], config: Mapping[str, Any]
@@ -682,7 +682,7 @@ class TransferGPSampler(BaseSampler):
         if not any(e is None for _, _, e in seen):
             return 1.0
         weights, _, mu, var = self._posterior(seen, *self._final_choices([config]))
-        return float(weights @ norm.sf((_best(seen) - mu[:, 0]) / np.sqrt(var[:, 0])))
+        return float(weights @ _chance(mu[:, 0], var[:, 0], _best(seen)))
 
     def expected_improvements(
         self, trials: Sequence[tuple[Any, ...]], configs: Sequence[Mapping[str, Any]]
@@ -808,6 +808,11 @@ def _improvement(mean: np.ndarray, var: Any, best: float) -> np.ndarray:
     sd = np.sqrt(var)
     u = (mean - best) / sd
     return (mean - best) * norm.cdf(u) + sd * norm.pdf(u)
+
+
+def _chance(mean: np.ndarray, var: Any, best: float) -> np.ndarray:
+    """Probability of scoring above ``best`` of normal beliefs."""
+    return norm.sf((best - mean) / np.sqrt(var))
 
 
 def _argmax(configs: Sequence[Any], acquisition: np.ndarray) -> dict[str, Any] | None:
