@@ -13,7 +13,8 @@ taken whole from the surrogate. Rules:
   trial its pruner stopped) or ``nothing`` (a trial under way);
 - ``rungs:F/F...:P:N``: budget-aware transfer GP (:class:`hporl.bench.Rungs`, the bench's
   default): after N complete trials, a trial stops at the first rung (fraction F of the epochs)
-  where its chance to beat the best complete trial is below P, and transfer GP reads its score
+  where its chance to beat the best complete trial is below P (``P/P...``: per trial, the
+  last for every later one), and transfer GP reads its score
   there for what it is; ``rungs`` alone: the default rungs; ``rungs:F/F...:P:N:resume``: the
   same with freeze-thaw (:meth:`hporl.bench.Rungs.resumed`: a stopped trial is trained on to
   the end when that is the better use of the next epochs); ``...:cost`` (with or after
@@ -129,7 +130,14 @@ def _rungs(rule: str) -> Rungs | None:
         return None
     _, at, chance, after, *flags = rule.split(":")
     fractions = tuple(float(f) for f in at.split("/"))
-    return Rungs(fractions, float(chance), int(after), "resume" in flags, "cost" in flags)
+    chances = tuple(float(p) for p in chance.split("/"))
+    return Rungs(
+        fractions,
+        chances[0] if len(chances) == 1 else chances,
+        int(after),
+        "resume" in flags,
+        "cost" in flags,
+    )
 
 
 def _splits(

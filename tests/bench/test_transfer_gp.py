@@ -557,6 +557,28 @@ def test_per_cost_the_acquisition_favours_a_choice_likely_to_be_stopped(small_sp
     assert sampler.next_config(trials, cost) is not None
 
 
+def test_per_trial_chances_stop_each_trial_below_its_own(small_space):
+    """``chance: [P, ...]``: the trial after ``after`` trials stops below the first, the next
+    below the second, every later one below the last; so a trial whose chance lies between two
+    thresholds stops where the higher one is its own, and goes on where the lower one is."""
+    from hporl.bench import Rungs
+
+    rungs = Rungs.from_setting({"chance": [0.2, 0.4, 0.6]})
+    assert rungs.chance == (0.2, 0.4, 0.6) and Rungs().threshold(7) == 0.3
+    assert [rungs.threshold(n) for n in range(7)] == [0.2, 0.2, 0.2, 0.4, 0.6, 0.6, 0.6]
+    sampler, trials, best, nxt, _ = _three_complete_then_next(small_space)
+    # the score after 5 of 10 epochs whose chance is nearest 0.4
+    chances = {
+        y: sampler.improvement_chance([*trials, (nxt, y, 5)], nxt)
+        for y in 0.75 * (best + np.linspace(-0.3, 0.05, 36))
+    }
+    y = min(chances, key=lambda y: abs(chances[y] - 0.4))
+    assert 0.25 < chances[y] < 0.55
+    for after, stops in ((3, None), (2, 5)):  # the 4th trial: its first threshold, its second
+        rungs = Rungs(at=(0.5,), chance=(0.2, 0.6), after=after)
+        assert rungs.stop_at(sampler, trials, nxt, lambda e, y=y: y, 10) == stops
+
+
 def test_a_trial_read_after_fewer_epochs_needs_the_tasks_scores_at_any_epoch(small_space):
     configs, transfer, _ = _families(small_space)
     sampler = TransferGPSampler(small_space, transfer, seed=0)
@@ -580,6 +602,8 @@ def test_rungs_settings():
         ({"at": [1.0]}, "increasing fractions"),
         ({"at": []}, "increasing fractions"),
         ({"chance": 1.5}, "chance must be in"),
+        ({"chance": []}, "chance must be in"),
+        ({"chance": [0.3, 1.0]}, "chance must be in"),
         ({"after": -1}, "after must be a whole number"),
         ({"resume": "yes"}, "resume must be true or false"),
         ({"per_cost": 1}, "per_cost must be true or false"),

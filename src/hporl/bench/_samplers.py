@@ -136,6 +136,11 @@ class TransferCandidates:
         return [self.configs[i] for i in greedy_portfolio(-self.regret, n)]
 
 
+def _fraction(p: Any) -> bool:
+    """Whether ``p`` is a number strictly between 0 and 1."""
+    return isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p < 1
+
+
 @dataclass(frozen=True)
 class Rungs:
     """How budget-aware transfer GP spends a budget in epochs: its first ``after`` trials train
@@ -155,6 +160,11 @@ class Rungs:
     on the inner splits and, on the held-out tasks, lowered the regret at 10 full trainings'
     epochs a little and raised it at 5 more (README, "Freeze-thaw").
 
+    ``chance`` may be a list, one threshold per trial from trial ``after + 1`` on, the last for
+    every later one (:meth:`threshold`): the chance overstates a later trial's (README, "How
+    well the chance is calibrated"), and a threshold raised for later trials did not lower
+    the regret on the inner splits.
+
     With ``per_cost`` (off by default), transfer GP chooses, once trials can stop, by expected
     improvement per expected cost (:meth:`cost`): a proposal unlikely to beat the best is
     likely to stop at the first rung, so it costs less. It gained at 3 to 6 full trainings'
@@ -162,7 +172,7 @@ class Rungs:
     (README, "Expected improvement per expected epochs")."""
 
     at: tuple[float, ...] = (0.5, 0.75)
-    chance: float = 0.3
+    chance: float | tuple[float, ...] = 0.3
     after: int = 2
     resume: bool = False
     per_cost: bool = False
@@ -179,8 +189,13 @@ class Rungs:
             raise ValueError(f"rungs at must be increasing fractions in (0, 1), got {at!r}")
         object.__setattr__(self, "at", tuple(float(f) for f in at))
         c = self.chance
-        if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0 < c < 1:
-            raise ValueError(f"rungs chance must be in (0, 1), got {c!r}")
+        several = isinstance(c, (tuple, list))
+        if not (bool(c) and all(map(_fraction, c)) if several else _fraction(c)):
+            raise ValueError(
+                f"rungs chance must be in (0, 1), or a list of such per trial, got {c!r}"
+            )
+        if several:
+            object.__setattr__(self, "chance", tuple(float(p) for p in c))
         a = self.after
         if not isinstance(a, int) or isinstance(a, bool) or a < 0:
             raise ValueError(f"rungs after must be a whole number >= 0, got {a!r}")
@@ -191,8 +206,8 @@ class Rungs:
     @classmethod
     def from_setting(cls, value: Any) -> Rungs | None:
         """A bench setting ``rungs``: ``true`` or absent (the default, :data:`RUNGS`),
-        ``false`` (full trainings only), or ``{at: [F, ...], chance: P, after: N, resume:
-        B, per_cost: B}`` (each key optional: the default's value)."""
+        ``false`` (full trainings only), or ``{at: [F, ...], chance: P or [P, ...], after: N,
+        resume: B, per_cost: B}`` (each key optional: the default's value)."""
         if value is None or value is True:
             return RUNGS
         if value is False:
@@ -220,6 +235,13 @@ class Rungs:
         first = self.at[0]
         return first + (1.0 - first) * np.asarray(chance)
 
+    def threshold(self, before: int) -> float:
+        """The chance below which the trial after ``before`` trials stops: ``chance``, or its
+        item for that trial (the first for trial ``after + 1``, the last for every later one)."""
+        if isinstance(self.chance, tuple):
+            return self.chance[min(max(before - self.after, 0), len(self.chance) - 1)]
+        return self.chance
+
     def epochs(self, full: int) -> list[int]:
         """The epochs of the rungs for a task of ``full`` epochs (those below ``full``)."""
         return sorted({e for f in self.at if (e := max(1, round(f * full))) < full})
@@ -241,7 +263,8 @@ class Rungs:
             value = score_at(epochs)
             if value is None or not math.isfinite(value):
                 return None
-            if sampler.improvement_chance([*trials, (config, value, epochs)], config) < self.chance:
+            chance = sampler.improvement_chance([*trials, (config, value, epochs)], config)
+            if chance < self.threshold(len(trials)):
                 return epochs
         return None
 
