@@ -32,6 +32,10 @@ candidates come from the other. ``--inner loo`` holds out each meta-train task i
 candidates from all the others: as many runs, each with a prior from nearly as many tasks as
 the held-out runs have (the halves' candidates come from half of them).
 
+``--calibration`` prints, for each ``rungs`` rule, how often the trials its rungs asked about
+would have beaten the best complete trial, by trial and by the chance they were given
+(:func:`calibration`): where the share is below the chance, the chance overstates it.
+
 A run's regret at B is that of the best complete trial within B full trainings' epochs,
 normalised by the task's 10,000-sample y_min / y_max (below 0: better than every configuration
 of the sample). Prints mean regret at each B and paired differences against the first rule.
@@ -42,7 +46,9 @@ of the sample). Prints mean regret at each B and paired differences against the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,12 +69,18 @@ def run(
     rule: str,
     budget: int,
     first: dict[str, Any],
+    decisions: list[tuple[int, float, bool]] | None = None,
 ) -> list[float]:
-    """Normalised regret at each of :data:`BUDGETS` (up to ``budget``) of one run."""
+    """Normalised regret at each of :data:`BUDGETS` (up to ``budget``) of one run; each rung's
+    decision appended to ``decisions`` as (trials before it, its chance to beat the best
+    complete trial, whether it would have)."""
     task = bench.task(name)
     full = int(task.epochs)
     lo, hi = bench.normalisation(name)
     sampler = TransferGPSampler(bench.space, transfer, seed=seed)
+    asked: list[tuple[int, float]] = []
+    if decisions is not None:
+        sampler.improvement_chance = _recording(sampler.improvement_chance, asked)
     rungs = _rungs(rule)
     stop, read = (int(rule.split(":")[1]), rule.split(":")[2]) if rule[:5] == "stop:" else (0, "")
     oracle = rule.split(":") if rule.startswith("oracle:") else None
@@ -92,6 +104,9 @@ def run(
         at = None
         if rungs is not None and len(curve) == full:
             at = rungs.stop_at(sampler, trials, config, lambda e, c=curve: float(c[e - 1]), full)
+            if decisions is not None and best is not None:
+                decisions += [(n, chance, bool(curve[-1] > best[-1])) for n, chance in asked]
+            asked.clear()
         if (
             oracle is not None
             and len(curve) == full
@@ -121,6 +136,45 @@ def run(
         within = [v for s, v in found if s <= b * full]
         out.append((hi - (within[-1] if within else lo)) / (hi - lo) if b <= budget else np.nan)
     return out
+
+
+def _recording(ask: Any, asked: list[tuple[int, float]]) -> Any:
+    """``improvement_chance`` that also notes each answer, with the trials before the one asked
+    about (the last of ``trials``)."""
+
+    def improvement_chance(trials: list[tuple[Any, ...]], config: dict[str, Any]) -> float:
+        chance = ask(trials, config)
+        asked.append((len(trials) - 1, chance))
+        return chance
+
+    return improvement_chance
+
+
+def calibration(decisions: list[tuple[int, float, bool]]) -> str:
+    """How often the trials the rungs asked about would have beaten the best complete trial,
+    by trial and by the chance they were given (a calibrated chance: the share equals it)."""
+    if not decisions:
+        return "no rung decisions"
+    n, chance, won = (np.array(v) for v in zip(*decisions, strict=True))
+    bins = (0.0, 0.1, 0.3, 0.5, 0.7, 1.01)
+    lines = [
+        "trial | decisions | mean chance | share won | "
+        + " | ".join(f"won, chance {a:.1f}-{min(b, 1):.1f}" for a, b in itertools.pairwise(bins))
+    ]
+    groups = (("1-3", 1, 3), ("4-6", 4, 6), ("7-9", 7, 9), ("10+", 10, math.inf))
+    for label, first, last in groups:  # the trial asked about: trials before it + 1
+        rows = (n + 1 >= first) & (n + 1 <= last)
+        if not rows.any():
+            continue
+        cells = []
+        for a, b in itertools.pairwise(bins):
+            cell = rows & (chance >= a) & (chance < b)
+            cells.append(f"{won[cell].mean():.2f} ({cell.sum()})" if cell.any() else "-")
+        lines.append(
+            f"{label} | {rows.sum()} | {chance[rows].mean():.3f} | {won[rows].mean():.3f} | "
+            + " | ".join(cells)
+        )
+    return "\n".join(lines)
 
 
 def _rungs(rule: str) -> Rungs | None:
@@ -177,10 +231,16 @@ def main() -> None:
     )
     parser.add_argument("--folds", help="only these folds (comma-separated, from 0)")
     parser.add_argument("--out", type=Path, help="write each rule's regrets per run (JSON)")
+    parser.add_argument(
+        "--calibration",
+        action="store_true",
+        help="print how often the trials a rule's rungs asked about would have won, by chance",
+    )
     args = parser.parse_args()
     config = BenchConfig.load(args.config)
     rules = args.rules.split(",")
     rows: dict[str, list[list[float]]] = {r: [] for r in rules}
+    decisions: dict[str, list[tuple[int, float, bool]]] = {r: [] for r in rules}
     with tempfile.TemporaryDirectory() as out:
         bench = _Bench(config, Path(out))
         splits = _splits(config, bench.all_tasks, args.inner)
@@ -193,8 +253,9 @@ def main() -> None:
                 first = TransferGPSampler(bench.space, transfer, seed=seed).next_config([])
                 for name in test:
                     for rule in rules:
+                        record = decisions[rule] if args.calibration else None
                         rows[rule].append(
-                            run(bench, name, transfer, seed, rule, args.budget, first)
+                            run(bench, name, transfer, seed, rule, args.budget, first, record)
                         )
                     print(f"task {name} seed {seed} done", flush=True)
     if args.out is not None:
@@ -211,6 +272,8 @@ def main() -> None:
                 f"{m:+.4f}±{s:.4f}" for m, s in zip(d.mean(0), se, strict=True)
             )
         print(line)
+        if args.calibration and _rungs(rule) is not None:
+            print(calibration(decisions[rule]))
 
 
 if __name__ == "__main__":

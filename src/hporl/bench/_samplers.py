@@ -162,8 +162,8 @@ class Rungs:
 
     ``chance`` may be a list, one threshold per trial from trial ``after + 1`` on, the last for
     every later one (:meth:`threshold`): the chance overstates a later trial's (README, "How
-    well the chance is calibrated"), and a threshold raised for later trials did not lower
-    the regret on the inner splits.
+    well the chance is calibrated"), yet a threshold raised for later trials did not lower the
+    regret, on the leave-one-out splits nor on the held-out tasks.
 
     With ``per_cost`` (off by default), transfer GP chooses, once trials can stop, by expected
     improvement per expected cost (:meth:`cost`): a proposal unlikely to beat the best is
