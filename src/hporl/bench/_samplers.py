@@ -182,15 +182,15 @@ class Rungs:
         if (
             not isinstance(at, (tuple, list))
             or not at
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in at)
-            or not all(0 < f < 1 for f in at)
+            or not all(map(_fraction, at))
             or list(at) != sorted(set(at))
         ):
             raise ValueError(f"rungs at must be increasing fractions in (0, 1), got {at!r}")
         object.__setattr__(self, "at", tuple(float(f) for f in at))
         c = self.chance
         several = isinstance(c, (tuple, list))
-        if not (bool(c) and all(map(_fraction, c)) if several else _fraction(c)):
+        valid = bool(c) and all(map(_fraction, c)) if several else _fraction(c)
+        if not valid:
             raise ValueError(
                 f"rungs chance must be in (0, 1), or a list of such per trial, got {c!r}"
             )
