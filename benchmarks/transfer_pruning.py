@@ -70,6 +70,7 @@ def run(
     budget: int,
     first: dict[str, Any],
     decisions: list[tuple[int, float, bool]] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> list[float]:
     """Normalised regret at each of :data:`BUDGETS` (up to ``budget``) of one run; each rung's
     decision appended to ``decisions`` as (trials before it, its chance to beat the best
@@ -77,7 +78,7 @@ def run(
     task = bench.task(name)
     full = int(task.epochs)
     lo, hi = bench.normalisation(name)
-    sampler = TransferGPSampler(bench.space, transfer, seed=seed)
+    sampler = TransferGPSampler(bench.space, transfer, seed=seed, **(settings or {}))
     asked: list[tuple[int, float]] = []
     if decisions is not None:
         sampler.improvement_chance = _recording(sampler.improvement_chance, asked)
@@ -194,6 +195,21 @@ def _rungs(rule: str) -> Rungs | None:
     )
 
 
+def _settings(text: str | None) -> dict[str, Any]:
+    """``--sampler``'s ``KEY=VALUE,...`` as keyword arguments of :class:`TransferGPSampler`:
+    a number, or ``V/V/...`` a list of numbers."""
+    settings: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--sampler takes KEY=VALUE,..., got {item!r}")
+        numbers = [float(v) if "." in v or "e" in v else int(v) for v in value.split("/")]
+        settings[key] = numbers if "/" in value else numbers[0]
+    return settings
+
+
 def _splits(
     config: BenchConfig, tasks: list[str], inner: str | None
 ) -> list[tuple[int, list[str], list[str]]]:
@@ -236,7 +252,12 @@ def main() -> None:
         action="store_true",
         help="print how often the trials a rule's rungs asked about would have won, by chance",
     )
+    parser.add_argument(
+        "--sampler",
+        help="TransferGPSampler's keyword arguments for every rule: KEY=VALUE,... (V/V/...: a list)",
+    )
     args = parser.parse_args()
+    settings = _settings(args.sampler)
     config = BenchConfig.load(args.config)
     rules = args.rules.split(",")
     rows: dict[str, list[list[float]]] = {r: [] for r in rules}
@@ -250,12 +271,23 @@ def main() -> None:
                 continue
             transfer = bench.transfer_candidates(train)
             for seed in range(args.seeds):
-                first = TransferGPSampler(bench.space, transfer, seed=seed).next_config([])
+                first = TransferGPSampler(bench.space, transfer, seed=seed, **settings)
+                first = first.next_config([])
                 for name in test:
                     for rule in rules:
                         record = decisions[rule] if args.calibration else None
                         rows[rule].append(
-                            run(bench, name, transfer, seed, rule, args.budget, first, record)
+                            run(
+                                bench,
+                                name,
+                                transfer,
+                                seed,
+                                rule,
+                                args.budget,
+                                first,
+                                record,
+                                settings,
+                            )
                         )
                     print(f"task {name} seed {seed} done", flush=True)
     if args.out is not None:

@@ -612,3 +612,53 @@ def test_rungs_settings():
     ]:
         with pytest.raises(ValueError, match=message):
             Rungs.from_setting(bad)
+
+
+def test_a_grid_of_rbf_weights_reads_how_far_the_task_lies_from_the_tasks_span(small_space):
+    """``rbf=[...]``: the RBF term's weight is weighed by the evidence, beside the scale. A task
+    that is one of the meta-train family's puts its weight on the smallest; one with an effect
+    that no meta-train task has (here: Adam scores 0.3 more) on the largest. One weight in a
+    list is the scalar."""
+    configs, transfer, family = _families(small_space)
+    base = family(-3, 0.0)
+    adam = np.array([c["optimizer"] == "adam" for c in configs])
+    picked = np.random.default_rng(1).choice(len(configs), 10, replace=False)
+    grid = TransferGPSampler(small_space, transfer, seed=0, rbf=[0.001, 0.04, 1.0])
+    weights = {}
+    for name, task in (("in the span", base), ("outside it", base + 0.3 * adam)):
+        seen = [(configs[i], float(task[i]), None) for i in picked]
+        w, *_ = grid._posterior(seen, grid._z, grid._x)
+        weights[name] = w.reshape(3, -1).sum(1)
+    assert 0 < adam[picked].sum() < len(picked)
+    assert weights["in the span"][0] > 0.9 and weights["outside it"][2] > 0.9
+    trials = [(configs[i], float(base[i])) for i in picked]
+    one, alone = (TransferGPSampler(small_space, transfer, rbf=r) for r in ([0.04], 0.04))
+    assert one.next_config(trials) == alone.next_config(trials)
+    for bad in ([], -0.1, [0.04, float("nan")]):
+        with pytest.raises(ValueError, match="rbf must be a weight"):
+            TransferGPSampler(small_space, transfer, rbf=bad)
+
+
+def test_weighing_the_tasks_by_the_mixture_narrows_the_gp_to_the_tasks_it_looks_like(small_space):
+    """``weigh``: the GP's prior mean and covariance over configurations come partly (``weigh``)
+    from the tasks as likely as the mixture makes them, not all alike. Once the scores say the
+    test task is of the lr-1e-3 family, the other family's best (lr 1e-1), which only the other
+    family's tasks make uncertain, is given a smaller chance to beat the best trial."""
+    configs, transfer, family = _families(small_space)
+    truth = dict(zip(map(config_key, configs), family(-3, -0.3), strict=True))
+    lr = np.log10([c["lr"] for c in configs])
+    other = configs[int(np.argmin(abs(lr + 1)))]
+    chances = []
+    for weigh in (0.0, 1.0):
+        sampler = TransferGPSampler(small_space, transfer, seed=0, weigh=weigh)
+        trials = []
+        for _ in range(6):
+            config = sampler.next_config(trials)
+            trials.append((config, truth[config_key(config)]))
+        assert sampler._task_posterior([(*t, None) for t in trials])[:4].sum() > 0.99
+        chances.append(sampler.improvement_chance(trials, other))
+    assert TransferGPSampler(small_space, transfer).weigh == 0.0
+    assert chances[1] < chances[0] / 100
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="weigh must be in"):
+            TransferGPSampler(small_space, transfer, weigh=bad)

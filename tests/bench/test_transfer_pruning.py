@@ -42,3 +42,11 @@ def test_the_calibration_table_counts_the_share_won_by_trial_and_chance(harness)
     assert rows["10+"][1:4] == ["5", "0.660", "0.400"]
     assert rows["10+"][7] == "0.25 (4)" and rows["10+"][8] == "1.00 (1)"
     assert harness.calibration([]) == "no rung decisions"
+
+
+def test_sampler_settings_are_numbers_or_lists(harness):
+    settings = harness._settings("weigh=0.5,rbf=0.01/0.04/0.16,local=100")
+    assert settings == {"weigh": 0.5, "rbf": [0.01, 0.04, 0.16], "local": 100}
+    assert harness._settings(None) == {} and harness._settings("") == {}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        harness._settings("weigh")

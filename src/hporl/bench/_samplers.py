@@ -371,7 +371,7 @@ class TransferGPSampler(BaseSampler):
         transfer: TransferCandidates,
         *,
         seed: int | None = None,
-        rbf: float = 0.04,
+        rbf: float | Sequence[float] = 0.04,
         length: float = 0.3,
         noise: float = 0.002,
         local: int = 300,
@@ -383,6 +383,7 @@ class TransferGPSampler(BaseSampler):
         xi: float = 0.1,
         tol: float = 0.003,
         hedge: str = "posterior",
+        weigh: float = 0.0,
     ) -> None:
         if transfer.values is None:
             raise ValueError("transfer_gp needs the candidates' scores on the meta-train tasks")
@@ -392,7 +393,13 @@ class TransferGPSampler(BaseSampler):
         if hedge not in ("posterior", "uniform"):
             raise ValueError(f"hedge must be 'posterior' or 'uniform', got {hedge!r}")
         self.patience, self.xi, self.tol, self.hedge = patience, xi, tol, hedge
-        self._rbf, self._noise, self._length = rbf, noise, length
+        if not 0 <= weigh <= 1:
+            raise ValueError(f"weigh must be in [0, 1], got {weigh!r}")
+        self.weigh = weigh
+        rbfs = np.atleast_1d(np.asarray(rbf, dtype=np.float64))
+        if rbfs.ndim != 1 or not len(rbfs) or not np.all(np.isfinite(rbfs) & (rbfs >= 0)):
+            raise ValueError(f"rbf must be a weight >= 0 or a list of such, got {rbf!r}")
+        self._rbfs, self._noise, self._length = rbfs, noise, length
         values = np.asarray(transfer.values, dtype=np.float64)
         std = values.std(1)
         spread = std > 0  # a task that scores every candidate alike has no shape
@@ -728,35 +735,49 @@ class TransferGPSampler(BaseSampler):
         self, seen: Sequence[_Seen], z: np.ndarray, x: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The GP's posterior of each choice's score (``z``, ``x``: :meth:`_choices`) given
-        ``seen``, per scale ``s`` of the grid: its weights ``[s]``, the scales ``[s]``, the means
-        and the variances ``[s, c]``."""
-        z_mean = z.mean(0)
-        z_dev = z - z_mean
+        ``seen``, per scale ``s`` of the grid and RBF weight (``rbf``, one or a grid): its
+        weights ``[h]``, the scales ``[h]``, the means and the variances ``[h, c]``, ``h`` over
+        the pairs (scale, RBF weight)."""
         z_o = self._observed_prior(seen)
-        dev_o, mean_o = z_o - z_o.mean(0), z_o.mean(0)
         x_o = np.array([self.space.encode(c) for c, _, _ in seen])
         y = np.array([y for _, y, _ in seen], dtype=np.float64)
-        n = len(z)
-        # g's covariance among the trials, with the candidates, and each candidate's variance
-        k_oo = dev_o.T @ dev_o / n + self._rbf * self._kernel(x_o, x_o)
-        k_oo += self._noise * np.eye(len(y))
-        k_co = z_dev.T @ dev_o / n + self._rbf * self._kernel(x, x_o)
-        k_cc = (z_dev**2).mean(0) + self._rbf
+        # g's covariance among the trials, with the candidates, and each candidate's variance:
+        # what the tasks share (alike, or partly as likely as the mixture makes them), plus an
+        # RBF term of each weight for what they do not
+        if self.weigh > 0:
+            tasks = (1 - self.weigh) / len(z) + self.weigh * self._task_posterior(seen)
+            z_mean, mean_o = tasks @ z, tasks @ z_o
+            z_dev, dev_o = z - z_mean, z_o - mean_o
+            t_oo, t_co = (dev_o.T * tasks) @ dev_o, (z_dev.T * tasks) @ dev_o
+            t_cc = tasks @ z_dev**2
+        else:
+            z_mean, mean_o = z.mean(0), z_o.mean(0)
+            z_dev, dev_o = z - z_mean, z_o - mean_o
+            t_oo, t_co, t_cc = (
+                dev_o.T @ dev_o / len(z),
+                z_dev.T @ dev_o / len(z),
+                (z_dev**2).mean(0),
+            )
+        noise = self._noise * np.eye(len(y))
+        r_oo, r_co = self._kernel(x_o, x_o), self._kernel(x, x_o)
         level, level_var = self._level_prior
         log_mean, log_sd = self._log_scale
         scales = np.exp(log_mean + log_sd * self.SCALES)
-        log_post, means, variances = [], [], []
-        for s in scales:
-            chol = np.linalg.cholesky(s * s * k_oo + level_var)
-            r = np.linalg.solve(chol, y - level - s * mean_o)
-            prior = -0.5 * ((np.log(s) - log_mean) / log_sd) ** 2
-            log_post.append(prior - 0.5 * r @ r - np.log(np.diag(chol)).sum())
-            cross = s * s * k_co + level_var
-            means.append(level + s * z_mean + cross @ np.linalg.solve(chol.T, r))
-            w = np.linalg.solve(chol, cross.T)
-            variances.append(np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12))
+        log_post, means, variances, pairs = [], [], [], []
+        for rbf in self._rbfs:
+            k_oo, k_co, k_cc = t_oo + rbf * r_oo + noise, t_co + rbf * r_co, t_cc + rbf
+            for s in scales:
+                chol = np.linalg.cholesky(s * s * k_oo + level_var)
+                r = np.linalg.solve(chol, y - level - s * mean_o)
+                prior = -0.5 * ((np.log(s) - log_mean) / log_sd) ** 2
+                log_post.append(prior - 0.5 * r @ r - np.log(np.diag(chol)).sum())
+                cross = s * s * k_co + level_var
+                means.append(level + s * z_mean + cross @ np.linalg.solve(chol.T, r))
+                w = np.linalg.solve(chol, cross.T)
+                variances.append(np.maximum(s * s * k_cc + level_var - (w**2).sum(0), 1e-12))
+                pairs.append(s)
         weights = np.exp(np.array(log_post) - max(log_post))
-        return weights / weights.sum(), scales, np.array(means), np.array(variances)
+        return weights / weights.sum(), np.array(pairs), np.array(means), np.array(variances)
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
