@@ -19,7 +19,8 @@ taken whole from the surrogate. Rules:
   same with freeze-thaw (:meth:`hporl.bench.Rungs.resumed`: a stopped trial is trained on to
   the end when that is the better use of the next epochs); ``...:cost`` (with or after
   ``resume``): the proposals' expected improvement per expected epochs
-  (:meth:`hporl.bench.Rungs.expected_cost`);
+  (:meth:`hporl.bench.Rungs.expected_cost`); ``...:anyway``: a trial may stop even when the
+  epochs it saves fit no other complete trial in ``--budget`` (``Rungs(fits=False)``);
 - ``oracle:F:N``: what a perfect stopping decision could buy: after N complete trials, a trial
   stops at fraction F of the epochs exactly when its final score would not beat the best
   complete trial's (read there as ``rungs`` reads it). No tuner knows this; it shows what a
@@ -104,7 +105,14 @@ def run(
         curve = np.asarray(bench.evaluate(task, config, 0).curve, dtype=float)
         at = None
         if rungs is not None and len(curve) == full:
-            at = rungs.stop_at(sampler, trials, config, lambda e, c=curve: float(c[e - 1]), full)
+            at = rungs.stop_at(
+                sampler,
+                trials,
+                config,
+                lambda e, c=curve: float(c[e - 1]),
+                full,
+                budget * full - spent,
+            )
             if decisions is not None and best is not None:
                 decisions += [(n, chance, bool(curve[-1] > best[-1])) for n, chance in asked]
             asked.clear()
@@ -192,6 +200,7 @@ def _rungs(rule: str) -> Rungs | None:
         int(after),
         "resume" in flags,
         "cost" in flags,
+        "anyway" not in flags,
     )
 
 

@@ -579,6 +579,33 @@ def test_per_trial_chances_stop_each_trial_below_its_own(small_space):
         assert rungs.stop_at(sampler, trials, nxt, lambda e, y=y: y, 10) == stops
 
 
+def test_a_trial_stops_only_when_what_it_saves_fits_another_complete_trial(small_space):
+    """``fits`` (the default): stopping at a rung of ``e`` epochs with ``left`` epochs left in
+    the budget saves epochs only if ``left - e`` still fits a full training; otherwise the
+    trial trains on (it is not even scored at the rung). ``fits=False``, or no end
+    (``left=None``), stops it as before."""
+    from hporl.bench import Rungs
+
+    sampler, trials, best, nxt, _ = _three_complete_then_next(small_space)
+    low = 0.75 * (best - 0.3)  # after 5 of 10 epochs: far below what the best had
+    asked = []
+
+    def score_at(e):
+        asked.append(e)
+        return low
+
+    rungs = Rungs(at=(0.5,), chance=0.3, after=2)
+    assert rungs.fits and Rungs().fits
+    assert rungs.stop_at(sampler, trials, nxt, score_at, 10) == 5
+    assert rungs.stop_at(sampler, trials, nxt, score_at, 10, left=15) == 5  # 10 left after
+    asked.clear()
+    assert rungs.stop_at(sampler, trials, nxt, score_at, 10, left=14) is None
+    assert asked == []
+    anyway = Rungs(at=(0.5,), chance=0.3, after=2, fits=False)
+    assert anyway.stop_at(sampler, trials, nxt, score_at, 10, left=14) == 5
+    assert Rungs.from_setting({"fits": False}) == Rungs(fits=False)
+
+
 def test_a_trial_read_after_fewer_epochs_needs_the_tasks_scores_at_any_epoch(small_space):
     configs, transfer, _ = _families(small_space)
     sampler = TransferGPSampler(small_space, transfer, seed=0)
@@ -607,6 +634,7 @@ def test_rungs_settings():
         ({"after": -1}, "after must be a whole number"),
         ({"resume": "yes"}, "resume must be true or false"),
         ({"per_cost": 1}, "per_cost must be true or false"),
+        ({"fits": "no"}, "fits must be true or false"),
         ({"every": 2}, "rungs must be true, false or a mapping"),
         ("half", "rungs must be true, false or a mapping"),
     ]:

@@ -27,6 +27,7 @@ def test_rules_name_the_rungs(harness):
     assert harness._rungs("rungs:0.25/0.5:0.2:3:resume") == Rungs((0.25, 0.5), 0.2, 3, True)
     per_trial = harness._rungs("rungs:0.5/0.75:0.3/0.5:2:cost")
     assert per_trial == Rungs((0.5, 0.75), (0.3, 0.5), 2, per_cost=True)
+    assert harness._rungs("rungs:0.5:0.3:2:anyway") == Rungs((0.5,), 0.3, 2, fits=False)
 
 
 def test_the_calibration_table_counts_the_share_won_by_trial_and_chance(harness):

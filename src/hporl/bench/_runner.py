@@ -938,7 +938,8 @@ def _rung_run(
         results: dict[int, TrialResult] = {}  # the rungs' evaluations (a surrogate's: ms)
         if thaw is None:
             score_at = _scorer(bench, task, config, seed, results)
-            epochs = rungs.stop_at(sampler, trials, config, score_at, full) or full
+            left = total - spent
+            epochs = rungs.stop_at(sampler, trials, config, score_at, full, left) or full
         else:
             config, epochs = trials[thaw][0], full
         propose = time.perf_counter() - t0

@@ -169,13 +169,20 @@ class Rungs:
     improvement per expected cost (:meth:`cost`): a proposal unlikely to beat the best is
     likely to stop at the first rung, so it costs less. It gained at 3 to 6 full trainings'
     epochs on the inner splits, and was within noise of the default on the held-out tasks
-    (README, "Expected improvement per expected epochs")."""
+    (README, "Expected improvement per expected epochs").
+
+    With ``fits`` (the default), a trial stops only when the epochs left in the budget after
+    stopping it fit another complete trial (:meth:`stop_at`'s ``left``): otherwise the epochs
+    it saves could not train anything to the end within the budget, and training it on can
+    only raise the best found. A run that knows its budget then never loses to full trainings
+    by stopping its last trials (README, "Knowing where the budget ends")."""
 
     at: tuple[float, ...] = (0.5, 0.75)
     chance: float | tuple[float, ...] = 0.3
     after: int = 2
     resume: bool = False
     per_cost: bool = False
+    fits: bool = True
 
     def __post_init__(self) -> None:
         at = self.at
@@ -199,7 +206,7 @@ class Rungs:
         a = self.after
         if not isinstance(a, int) or isinstance(a, bool) or a < 0:
             raise ValueError(f"rungs after must be a whole number >= 0, got {a!r}")
-        for flag in ("resume", "per_cost"):
+        for flag in ("resume", "per_cost", "fits"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"rungs {flag} must be true or false, got {getattr(self, flag)!r}")
 
@@ -207,17 +214,17 @@ class Rungs:
     def from_setting(cls, value: Any) -> Rungs | None:
         """A bench setting ``rungs``: ``true`` or absent (the default, :data:`RUNGS`),
         ``false`` (full trainings only), or ``{at: [F, ...], chance: P or [P, ...], after: N,
-        resume: B, per_cost: B}`` (each key optional: the default's value)."""
+        resume: B, per_cost: B, fits: B}`` (each key optional: the default's value)."""
         if value is None or value is True:
             return RUNGS
         if value is False:
             return None
-        keys = {"at", "chance", "after", "resume", "per_cost"}
+        keys = {"at", "chance", "after", "resume", "per_cost", "fits"}
         if isinstance(value, Mapping) and set(value) <= keys:
             return cls(**value)
         raise ValueError(
             "rungs must be true, false or a mapping of at (fractions of the epochs), chance, "
-            f"after, resume and per_cost; got {value!r}"
+            f"after, resume, per_cost and fits; got {value!r}"
         )
 
     def cost(self, trials: Sequence[tuple[Any, ...]]) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -253,13 +260,18 @@ class Rungs:
         config: Mapping[str, Any],
         score_at: Callable[[int], float | None],
         full: int,
+        left: int | None = None,
     ) -> int | None:
         """The rung (epochs) at which the trial of ``config`` after ``trials`` stops, ``None``
         when it trains to the end; ``score_at(e)`` trains it to ``e`` epochs and gives its
-        score there (``None`` or NaN when it failed: the full training then says how)."""
+        score there (``None`` or NaN when it failed: the full training then says how).
+        ``left``: the epochs left in the budget as the trial starts (``None``: no end); with
+        ``fits``, it goes on from any rung after which fewer than ``full`` would be left."""
         if len(trials) < self.after:
             return None
         for epochs in self.epochs(full):
+            if self.fits and left is not None and left - epochs < full:
+                return None  # what stopping saves would train nothing to the end
             value = score_at(epochs)
             if value is None or not math.isfinite(value):
                 return None
