@@ -372,6 +372,12 @@ class TransferGPSampler(BaseSampler):
     improvement is over the best complete trial). :meth:`improvement_chance` says how likely a
     trial stopped so far is to beat the best complete one if trained to the end: the bench's
     budget-aware transfer GP (:class:`Rungs`) continues a trial only while it is likely enough.
+
+    Two variants of the GP's prior, off by default, were measured for less optimistic late
+    proposals and not kept (README, "Two priors for less optimistic late proposals"): ``rbf``
+    as a list (the RBF term's weight weighed by the evidence, beside the scale) and ``weigh``
+    (that share of the prior mean and covariance taken from the tasks as likely as the
+    mixture makes them, :meth:`_task_posterior`, the rest from all tasks alike).
     """
 
     SCALES = np.linspace(-2.5, 2.5, 11)
