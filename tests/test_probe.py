@@ -99,9 +99,14 @@ def test_first_trial_full_then_probes_and_the_best_probe_continued(tiny_policy):
     assert more.config == probe.config
     history[1] = (probe.config, _ok([0.4, 0.95, 0.9, 0.9, 0.9, 0.9]), 1.0)
     assert _choose(policy, task, history).epochs == 2  # continued: a new round of probes
-    # What fits: a continuation of 4 epochs does not fit in 3, a probe of 2 does; in 1, nothing.
+    # What fits: in fewer than a full training's 6 epochs a new probe could not be continued
+    # within the budget, so the best open probe is (4 epochs), even before its round of two is
+    # complete; in 3 nothing could be trained to the end, and the run ends.
     history[1] = (probe.config, _ok([0.4, 0.95]), 1 / 3)
-    assert _choose(policy, task, history, left=3).epochs == 2
+    one_open = history[:2]
+    assert _choose(policy, task, one_open, left=6).epochs == 2  # a probe, continued later
+    assert _choose(policy, task, one_open, left=5).continues == 1
+    assert _choose(policy, task, history, left=3) is None
     assert _choose(policy, task, history, left=1) is None
     # A failed probe is never continued.
     history[1] = (probe.config, TrialResult(status="failed", metric_name="accuracy"), 1 / 3)
@@ -154,8 +159,7 @@ def test_tune_model_probes_a_trial_count_policy_and_resumes(tiny_policy, tmp_pat
         (third, 2, 2),
         (1.0, 6, 4),  # the better probe, resumed for 4 more epochs
         (third, 2, 2),
-        (third, 2, 2),
-        (third, 2, 2),  # 20 epochs: a continuation (4) no longer fits
+        (1.0, 6, 4),  # 4 epochs left: no new probe could be continued, this one is (20 epochs)
     ]
     assert report["epochs_spent"] == 20
     continued = trials[3]

@@ -403,7 +403,10 @@ def probe_choice(
     deterministic: bool = True,
 ) -> TrialChoice | None:
     """A full-fidelity policy's next trial in a budget in epochs (``None`` when nothing fits
-    in ``epochs_left``): see :class:`Probe`. The policy reads every trial at the probes'
+    in ``epochs_left``, or nothing that fits could be trained to the end): see :class:`Probe`.
+    Once fewer than a full training's epochs are left, a new probe could never be continued
+    within the budget, and only a full training counts as found: the best open probe is
+    continued if that fits, else the run ends there. The policy reads every trial at the probes'
     epochs (a full training's curve cut there), so that it ranks like with like. Without
     ``probe``, or when the backend cannot resume (a continuation would train again from the
     start), or when a probe would be the full training, every trial trains fully.
@@ -435,6 +438,8 @@ def probe_choice(
         j, _ = max(open_probes, key=lambda e: (max(e[1].curve), -e[0]))
         return TrialChoice(dict(history[j][0]), 1.0, full, j, cost)
 
+    if full > epochs_left:  # a probe now could not be continued within the budget
+        return carry_on()
     if probes // probe.rounds > done and (choice := carry_on()) is not None:
         return choice
     return new(probe.fidelity, short) or carry_on()
