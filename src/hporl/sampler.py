@@ -357,7 +357,9 @@ class Probe:
     """How a full-fidelity (K-trial) policy spends a budget in epochs (:func:`probe_choice`):
     its first proposal trains fully; every later one is a probe of ``fidelity`` of the epochs,
     and after every ``rounds`` probes the best one not yet continued is continued to the full
-    epochs (successive halving at rate ``rounds``, from the policy's proposals)."""
+    epochs (successive halving at rate ``rounds``, from the policy's proposals). Once fewer than
+    a full training's epochs are left, no new probe is started: the best open one is continued
+    if that fits, else the run ends."""
 
     fidelity: float = 1 / 3
     rounds: int = 2
