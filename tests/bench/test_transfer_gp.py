@@ -665,28 +665,3 @@ def test_a_grid_of_rbf_weights_reads_how_far_the_task_lies_from_the_tasks_span(s
     for bad in ([], -0.1, [0.04, float("nan")]):
         with pytest.raises(ValueError, match="rbf must be a weight"):
             TransferGPSampler(small_space, transfer, rbf=bad)
-
-
-def test_weighing_the_tasks_by_the_mixture_narrows_the_gp_to_the_tasks_it_looks_like(small_space):
-    """``weigh``: the GP's prior mean and covariance over configurations come partly (``weigh``)
-    from the tasks as likely as the mixture makes them, not all alike. Once the scores say the
-    test task is of the lr-1e-3 family, the other family's best (lr 1e-1), which only the other
-    family's tasks make uncertain, is given a smaller chance to beat the best trial."""
-    configs, transfer, family = _families(small_space)
-    truth = dict(zip(map(config_key, configs), family(-3, -0.3), strict=True))
-    lr = np.log10([c["lr"] for c in configs])
-    other = configs[int(np.argmin(abs(lr + 1)))]
-    chances = []
-    for weigh in (0.0, 1.0):
-        sampler = TransferGPSampler(small_space, transfer, seed=0, weigh=weigh)
-        trials = []
-        for _ in range(6):
-            config = sampler.next_config(trials)
-            trials.append((config, truth[config_key(config)]))
-        assert sampler._task_posterior([(*t, None) for t in trials])[:4].sum() > 0.99
-        chances.append(sampler.improvement_chance(trials, other))
-    assert TransferGPSampler(small_space, transfer).weigh == 0.0
-    assert chances[1] < chances[0] / 100
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="weigh must be in"):
-            TransferGPSampler(small_space, transfer, weigh=bad)

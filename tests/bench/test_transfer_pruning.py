@@ -46,8 +46,8 @@ def test_the_calibration_table_counts_the_share_won_by_trial_and_chance(harness)
 
 
 def test_sampler_settings_are_numbers_or_lists(harness):
-    settings = harness._settings("weigh=0.5,rbf=0.01/0.04/0.16,local=100")
-    assert settings == {"weigh": 0.5, "rbf": [0.01, 0.04, 0.16], "local": 100}
+    settings = harness._settings("xi=0.5,rbf=0.01/0.04/0.16,local=100")
+    assert settings == {"xi": 0.5, "rbf": [0.01, 0.04, 0.16], "local": 100}
     assert harness._settings(None) == {} and harness._settings("") == {}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
-        harness._settings("weigh")
+        harness._settings("xi")

@@ -373,11 +373,9 @@ class TransferGPSampler(BaseSampler):
     trial stopped so far is to beat the best complete one if trained to the end: the bench's
     budget-aware transfer GP (:class:`Rungs`) continues a trial only while it is likely enough.
 
-    Two variants of the GP's prior, off by default, were measured for less optimistic late
-    proposals and not kept (README, "Two priors for less optimistic late proposals"): ``rbf``
-    as a list (the RBF term's weight weighed by the evidence, beside the scale) and ``weigh``
-    (that share of the prior mean and covariance taken from the tasks as likely as the
-    mixture makes them, :meth:`_task_posterior`, the rest from all tasks alike).
+    ``rbf`` may be a list: the RBF term's weight is then weighed by the evidence, beside the
+    scale. Measured for less optimistic late proposals, it did not help and is off (README,
+    "Two priors for less optimistic late proposals").
     """
 
     SCALES = np.linspace(-2.5, 2.5, 11)
@@ -401,7 +399,6 @@ class TransferGPSampler(BaseSampler):
         xi: float = 0.1,
         tol: float = 0.003,
         hedge: str = "posterior",
-        weigh: float = 0.0,
     ) -> None:
         if transfer.values is None:
             raise ValueError("transfer_gp needs the candidates' scores on the meta-train tasks")
@@ -411,9 +408,6 @@ class TransferGPSampler(BaseSampler):
         if hedge not in ("posterior", "uniform"):
             raise ValueError(f"hedge must be 'posterior' or 'uniform', got {hedge!r}")
         self.patience, self.xi, self.tol, self.hedge = patience, xi, tol, hedge
-        if not 0 <= weigh <= 1:
-            raise ValueError(f"weigh must be in [0, 1], got {weigh!r}")
-        self.weigh = weigh
         rbfs = np.atleast_1d(np.asarray(rbf, dtype=np.float64))
         if rbfs.ndim != 1 or not len(rbfs) or not np.all(np.isfinite(rbfs) & (rbfs >= 0)):
             raise ValueError(f"rbf must be a weight >= 0 or a list of such, got {rbf!r}")
@@ -760,22 +754,11 @@ class TransferGPSampler(BaseSampler):
         x_o = np.array([self.space.encode(c) for c, _, _ in seen])
         y = np.array([y for _, y, _ in seen], dtype=np.float64)
         # g's covariance among the trials, with the candidates, and each candidate's variance:
-        # what the tasks share (alike, or partly as likely as the mixture makes them), plus an
-        # RBF term of each weight for what they do not
-        if self.weigh > 0:
-            tasks = (1 - self.weigh) / len(z) + self.weigh * self._task_posterior(seen)
-            z_mean, mean_o = tasks @ z, tasks @ z_o
-            z_dev, dev_o = z - z_mean, z_o - mean_o
-            t_oo, t_co = (dev_o.T * tasks) @ dev_o, (z_dev.T * tasks) @ dev_o
-            t_cc = tasks @ z_dev**2
-        else:
-            z_mean, mean_o = z.mean(0), z_o.mean(0)
-            z_dev, dev_o = z - z_mean, z_o - mean_o
-            t_oo, t_co, t_cc = (
-                dev_o.T @ dev_o / len(z),
-                z_dev.T @ dev_o / len(z),
-                (z_dev**2).mean(0),
-            )
+        # what the tasks share, plus an RBF term of each weight for what they do not
+        z_mean, mean_o = z.mean(0), z_o.mean(0)
+        z_dev, dev_o = z - z_mean, z_o - mean_o
+        t_oo, t_co = dev_o.T @ dev_o / len(z), z_dev.T @ dev_o / len(z)
+        t_cc = (z_dev**2).mean(0)
         noise = self._noise * np.eye(len(y))
         r_oo, r_co = self._kernel(x_o, x_o), self._kernel(x, x_o)
         level, level_var = self._level_prior
